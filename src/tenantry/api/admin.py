@@ -1,0 +1,142 @@
+"""Admin REST: tenants and their API keys (admin API key or admin JWT)."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from tenantry import tenants as tenant_service
+from tenantry.api.deps import AdminDep, ServicesDep
+from tenantry.auth import api_keys
+from tenantry.auth.jwt import issue_admin_token
+from tenantry.errors import BadRequest, Conflict, Unauthenticated
+from tenantry.tenancy import TenantStatus, parse_tenant_id
+
+router = APIRouter(prefix="/api")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AdminTokenRequest(Strict):
+    key: str = Field(min_length=1, max_length=512)
+
+
+class TenantCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    plan: str | None = None
+
+
+class TenantPatch(Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    plan: str | None = None
+    status: Literal["active", "suspended"] | None = None
+
+
+class KeyCreate(Strict):
+    name: str = Field(default="default", min_length=1, max_length=200)
+
+
+def _tenant_id(value: str) -> uuid.UUID:
+    return parse_tenant_id(value)
+
+
+def _check_plan(services: ServicesDep, plan: str | None) -> None:
+    if plan is not None and plan not in services.settings.plans:
+        raise BadRequest(f"unknown plan {plan!r}; plans are {services.settings.plans}", code="invalid_plan")
+
+
+@router.post("/auth/token")
+async def admin_token(body: AdminTokenRequest, services: ServicesDep) -> dict[str, Any]:
+    if not hmac.compare_digest(body.key.encode(), services.settings.admin_api_key.encode()):
+        raise Unauthenticated("invalid admin key", code="invalid_credentials")
+    return {
+        "access_token": issue_admin_token(services.settings),
+        "token_type": "bearer",
+        "expires_in": services.settings.admin_token_ttl_seconds,
+    }
+
+
+@router.post("/tenants", status_code=201, dependencies=[AdminDep])
+async def create_tenant(body: TenantCreate, services: ServicesDep) -> dict[str, Any]:
+    _check_plan(services, body.plan)
+    async with services.db.system() as conn:
+        tenant = await tenant_service.create_tenant(
+            conn, body.name, body.plan or services.settings.default_plan
+        )
+    return tenant.public()
+
+
+@router.get("/tenants", dependencies=[AdminDep])
+async def list_tenants(
+    services: ServicesDep,
+    status: Annotated[Literal["provisioning", "active", "suspended", "deprovisioned"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    async with services.db.system() as conn:
+        found = await tenant_service.list_tenants(conn, status=status, limit=limit, offset=offset)
+    return {"tenants": [t.public() for t in found], "limit": limit, "offset": offset}
+
+
+@router.get("/tenants/{tenant_id}", dependencies=[AdminDep])
+async def get_tenant(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    async with services.db.system() as conn:
+        tenant = await tenant_service.get_tenant(conn, _tenant_id(tenant_id))
+    return tenant.public()
+
+
+@router.patch("/tenants/{tenant_id}", dependencies=[AdminDep])
+async def update_tenant(tenant_id: str, body: TenantPatch, services: ServicesDep) -> dict[str, Any]:
+    _check_plan(services, body.plan)
+    async with services.db.system() as conn:
+        tenant = await tenant_service.update_tenant(
+            conn,
+            _tenant_id(tenant_id),
+            name=body.name,
+            plan=body.plan,
+            status=TenantStatus(body.status) if body.status else None,
+        )
+    services.resolver.invalidate()
+    return tenant.public()
+
+
+@router.delete("/tenants/{tenant_id}", dependencies=[AdminDep])
+async def delete_tenant(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    async with services.db.system() as conn:
+        tenant = await tenant_service.deprovision_tenant(conn, _tenant_id(tenant_id))
+    services.resolver.invalidate()
+    return tenant.public()
+
+
+@router.post("/tenants/{tenant_id}/keys", status_code=201, dependencies=[AdminDep])
+async def create_key(tenant_id: str, services: ServicesDep, body: KeyCreate | None = None) -> dict[str, Any]:
+    tid = _tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        tenant = await tenant_service.get_tenant(conn, tid)
+        if tenant.status == TenantStatus.DEPROVISIONED:
+            raise Conflict("a deprovisioned tenant cannot get new keys", code="tenant_deprovisioned")
+        info, secret = await api_keys.create_key(conn, tid, (body or KeyCreate()).name)
+    return {**info.public(), "secret": secret, "note": "The secret is shown only now; store it safely."}
+
+
+@router.get("/tenants/{tenant_id}/keys", dependencies=[AdminDep])
+async def list_keys(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    tid = _tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        await tenant_service.get_tenant(conn, tid)
+        keys = await api_keys.list_keys(conn, tid)
+    return {"keys": [k.public() for k in keys]}
+
+
+@router.delete("/tenants/{tenant_id}/keys/{key_id}", dependencies=[AdminDep])
+async def revoke_key(tenant_id: str, key_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
+    async with services.db.system() as conn:
+        info = await api_keys.revoke_key(conn, _tenant_id(tenant_id), key_id)
+    services.resolver.invalidate()
+    return info.public()

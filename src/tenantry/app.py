@@ -1,0 +1,108 @@
+"""The composition root: `create_app(settings)` builds every object once; the lifespan runs and closes them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tenantry.api import admin, health, tenant
+from tenantry.api.body_limit import BodyLimit
+from tenantry.auth.resolver import CredentialResolver
+from tenantry.db.engine import Database
+from tenantry.errors import TenantryError
+from tenantry.gateway.calls import ToolCalls
+from tenantry.gateway.catalog import Catalog, builtin_tools
+from tenantry.gateway.server import Gateway
+from tenantry.metrics import Metrics
+from tenantry.services import Services
+from tenantry.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
+
+
+def build_services(settings: Settings) -> Services:
+    """Every long-lived object, built once. Nothing connects until first used."""
+    db = Database(settings)
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    metrics = Metrics()
+    resolver = CredentialResolver(settings, db)
+    calls = ToolCalls(settings, db, Catalog(builtin_tools()), metrics)
+    gateway = Gateway(settings, calls, resolver, metrics)
+    return Services(settings, db, redis, metrics, resolver, calls, gateway)
+
+
+async def _refuse_unsafe_app_role(services: Services) -> None:
+    """An app role that bypasses RLS would silently turn isolation off: refuse to serve with one."""
+    try:
+        async with services.db.unbound() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+                )
+            ).one()
+    except (DBAPIError, OSError) as exc:
+        log.warning("database not reachable at startup (%s); /health will say so", type(exc).__name__)
+        return
+    if row.rolsuper or row.rolbypassrls:
+        raise RuntimeError(
+            f"database role {services.db.app_role!r} bypasses row-level security; refusing to start"
+        )
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return JSONResponse({"error": "invalid_json", "detail": "the request body is not valid JSON"}, 400)
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:5])
+    return JSONResponse({"error": "invalid_request", "detail": problems}, 400)
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+
+def _tenantry_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TenantryError)
+    return exc.to_response()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    services = build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        await _refuse_unsafe_app_role(services)
+        try:
+            async with services.gateway.run():
+                yield {}
+        finally:
+            await services.redis.aclose()
+            await services.db.dispose()
+
+    app = FastAPI(title="Tenantry", version="0.1.0", lifespan=lifespan)
+    app.state.services = services
+    app.add_exception_handler(TenantryError, _tenantry_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.include_router(admin.router)
+    app.include_router(tenant.router)
+    app.include_router(health.router)
+    app.router.routes.extend(services.gateway.routes())
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    return app

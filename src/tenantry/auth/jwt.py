@@ -1,0 +1,74 @@
+"""Short-lived JWTs for tenants and admins (HS256, algorithm and audience pinned).
+
+Tenant and admin tokens carry different audiences, so neither can stand in
+for the other. Decoding accepts exactly one algorithm: `alg: none` and
+RS/HS confusion tokens fail before any claim is read.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import jwt
+
+from tenantry.errors import Unauthenticated
+from tenantry.settings import Settings
+
+ALGORITHM = "HS256"
+TENANT_AUDIENCE = "tenantry:tenant"
+ADMIN_AUDIENCE = "tenantry:admin"
+
+
+def _issue(settings: Settings, audience: str, subject: str, ttl: int, extra: dict[str, Any]) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": settings.jwt_issuer,
+        "aud": audience,
+        "sub": subject,
+        "iat": now,
+        "exp": now + ttl,
+        "jti": uuid.uuid4().hex,
+        **extra,
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm=ALGORITHM)
+
+
+def issue_tenant_token(settings: Settings, tenant_id: uuid.UUID, key_id: uuid.UUID) -> str:
+    ttl = settings.tenant_token_ttl_seconds
+    return _issue(settings, TENANT_AUDIENCE, str(tenant_id), ttl, {"kid": str(key_id)})
+
+
+def issue_admin_token(settings: Settings) -> str:
+    return _issue(settings, ADMIN_AUDIENCE, "admin", settings.admin_token_ttl_seconds, {})
+
+
+def _decode(settings: Settings, token: str, audience: str) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=settings.jwt_issuer,
+            options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthenticated("token expired", code="token_expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthenticated(f"invalid token: {exc}", code="invalid_token") from None
+    return claims
+
+
+def decode_tenant_token(settings: Settings, token: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The (tenant id, key id) a valid tenant token names."""
+    claims = _decode(settings, token, TENANT_AUDIENCE)
+    try:
+        return uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["kid"]))
+    except (KeyError, ValueError):
+        raise Unauthenticated("invalid token: malformed subject", code="invalid_token") from None
+
+
+def decode_admin_token(settings: Settings, token: str) -> None:
+    _decode(settings, token, ADMIN_AUDIENCE)

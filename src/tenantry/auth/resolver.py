@@ -1,0 +1,97 @@
+"""Turn a bearer credential into a Principal, with a short-lived cache.
+
+The credential lookup runs before any tenant is known, so it reads through
+the owner's pool (one indexed query on the key hash). Its answer (key ->
+tenant, revoked?, tenant status, plan) is cached for
+`auth_cache_ttl_seconds`; anything that changes a key or a tenant through
+this process calls `invalidate()`, so revocation and suspension take effect
+at once here and within the TTL on other replicas.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from tenantry.auth.api_keys import hash_key, looks_like_api_key
+from tenantry.auth.jwt import decode_tenant_token
+from tenantry.db.engine import Database
+from tenantry.db.models import api_keys, tenants
+from tenantry.errors import Forbidden, Unauthenticated
+from tenantry.settings import Settings
+from tenantry.tenancy import Principal, TenantStatus
+
+_MAX_ENTRIES = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyState:
+    tenant_id: uuid.UUID
+    key_id: uuid.UUID
+    revoked: bool
+    tenant_status: str
+    plan: str
+    loaded_at: float
+
+
+_QUERY = select(
+    api_keys.c.tenant_id,
+    api_keys.c.id,
+    api_keys.c.revoked_at.is_not(None),
+    tenants.c.status,
+    tenants.c.plan,
+).join(tenants, tenants.c.id == api_keys.c.tenant_id)
+
+
+class CredentialResolver:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self._settings = settings
+        self._db = db
+        self._ttl = settings.auth_cache_ttl_seconds
+        # Keyed by key hash (API keys) or by key id (JWTs, which name their key).
+        self._cache: OrderedDict[bytes | uuid.UUID, _KeyState] = OrderedDict()
+
+    def invalidate(self) -> None:
+        """Forget every cached credential (called after any key or tenant change)."""
+        self._cache.clear()
+
+    async def resolve(self, token: str) -> Principal:
+        """The principal `token` stands for; 401 if it stands for nobody, 403 if its tenant may not call."""
+        if looks_like_api_key(token):
+            state = await self._lookup(hash_key(token), api_keys.c.key_hash == hash_key(token))
+            via = "api_key"
+        else:
+            tenant_id, key_id = decode_tenant_token(self._settings, token)
+            state = await self._lookup(key_id, api_keys.c.id == key_id)
+            if state is not None and state.tenant_id != tenant_id:
+                state = None
+            via = "jwt"
+        if state is None:
+            raise Unauthenticated("unknown credential", code="invalid_credentials")
+        if state.revoked:
+            raise Unauthenticated("credential revoked", code="credential_revoked")
+        if state.tenant_status != TenantStatus.ACTIVE:
+            raise Forbidden(f"tenant is {state.tenant_status}", code=f"tenant_{state.tenant_status}")
+        return Principal(tenant_id=state.tenant_id, key_id=state.key_id, plan=state.plan, via=via)
+
+    async def _lookup(self, cache_key: bytes | uuid.UUID, where: object) -> _KeyState | None:
+        now = time.monotonic()
+        state = self._cache.get(cache_key)
+        if state is not None and now - state.loaded_at < self._ttl:
+            self._cache.move_to_end(cache_key)
+            return state
+        async with self._db.system() as conn:
+            row = (await conn.execute(_QUERY.where(where))).one_or_none()  # type: ignore[arg-type]
+        if row is None:
+            self._cache.pop(cache_key, None)
+            return None
+        state = _KeyState(row[0], row[1], bool(row[2]), row[3], row[4], now)
+        if self._ttl > 0:
+            self._cache[cache_key] = state
+            if len(self._cache) > _MAX_ENTRIES:
+                self._cache.popitem(last=False)
+        return state

@@ -1,0 +1,66 @@
+"""The two connection pools and the only two ways to get a transaction.
+
+- `tenant(tenant_id)`: a transaction on the application role's pool with the
+  tenant bound by `set_config('tenantry.tenant_id', $1, true)`. The setting is
+  transaction-local, so it cannot leak to the next user of the pooled
+  connection (and it is safe under PgBouncer transaction pooling). Every
+  tenant-scoped statement runs here, where RLS decides what exists.
+- `system()`: a transaction on the owner's pool, for work that is cross-tenant
+  by nature (admin, credential lookup, billing).
+
+Both commit when the block exits normally and roll back when it raises:
+callers never commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from tenantry.settings import Settings
+
+_BIND_TENANT = text("SELECT set_config('tenantry.tenant_id', :tenant_id, true)")
+
+
+class Database:
+    def __init__(self, settings: Settings) -> None:
+        self.app_role = settings.db_app_role
+        self.app_engine: AsyncEngine = create_async_engine(
+            settings.app_database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+            pool_recycle=1800,
+        )
+        self.system_engine: AsyncEngine = create_async_engine(
+            settings.database_url, pool_size=4, max_overflow=4, pool_recycle=1800
+        )
+
+    @asynccontextmanager
+    async def tenant(self, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
+        async with self.app_engine.begin() as conn:
+            await conn.execute(_BIND_TENANT, {"tenant_id": str(tenant_id)})
+            yield conn
+
+    @asynccontextmanager
+    async def unbound(self) -> AsyncIterator[AsyncConnection]:
+        """The application role with no tenant bound: RLS must show it nothing (health, tests)."""
+        async with self.app_engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def system(self) -> AsyncIterator[AsyncConnection]:
+        async with self.system_engine.begin() as conn:
+            yield conn
+
+    def pool_status(self) -> dict[str, Any]:
+        pool: Any = self.app_engine.pool
+        return {"size": pool.size(), "checked_out": pool.checkedout(), "overflow": pool.overflow()}
+
+    async def dispose(self) -> None:
+        await self.app_engine.dispose()
+        await self.system_engine.dispose()

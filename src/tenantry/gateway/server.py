@@ -1,0 +1,114 @@
+"""The MCP face of the gateway: a low-level SDK `Server` whose handlers answer per tenant.
+
+Handlers take the principal from the HTTP request of the message they are
+handling (put there by `TenantAuth`), never from connection state, so each
+message is authorised on its own. Built once per app; `transports()` gives
+the ASGI endpoints for streamable HTTP (`/mcp`) and legacy SSE (`/sse`,
+`/messages/`), each behind `TenantAuth`.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Mount, Route
+
+from tenantry.auth.middleware import TenantAuth, principal_from_scope
+from tenantry.auth.resolver import CredentialResolver
+from tenantry.gateway.calls import ToolCalls
+from tenantry.metrics import Metrics
+from tenantry.settings import Settings
+from tenantry.tenancy import Principal, bind_principal
+
+UNAUTHENTICATED = -32001
+
+
+def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
+    request = ctx.request
+    principal = principal_from_scope(request.scope) if isinstance(request, Request) else None
+    if principal is None:
+        raise MCPError(UNAUTHENTICATED, "unauthenticated: this message carried no tenant credential")
+    return principal
+
+
+class Gateway:
+    def __init__(
+        self, settings: Settings, calls: ToolCalls, resolver: CredentialResolver, metrics: Metrics
+    ) -> None:
+        self._calls = calls
+        self.server: Server[Any] = Server(
+            "tenantry",
+            version="0.1.0",
+            instructions="Your tenant's tools. Every call is scoped to the tenant of your credential.",
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+        # The OpenTelemetry middleware is a no-op without an exporter; skip it on the hot path.
+        self.server.middleware = []
+        security = None
+        if settings.mcp_allowed_hosts:
+            security = TransportSecuritySettings(
+                enable_dns_rebinding_protection=True,
+                allowed_hosts=settings.mcp_allowed_hosts,
+                allowed_origins=settings.mcp_allowed_origins,
+            )
+        self.session_manager = StreamableHTTPSessionManager(
+            app=self.server,
+            stateless=not settings.mcp_stateful,
+            json_response=settings.mcp_json_response,
+            security_settings=security,
+            max_request_body_size=settings.max_request_bytes,
+        )
+        self._sse = SseServerTransport(
+            "/messages/", security_settings=security, max_request_body_size=settings.max_request_bytes
+        )
+        self._resolver = resolver
+        self._metrics = metrics
+
+    def run(self) -> AbstractAsyncContextManager[None]:
+        """Enter in the app's lifespan: the session manager's task group lives this long."""
+        return self.session_manager.run()
+
+    def routes(self) -> list[BaseRoute]:
+        def guard(app: Any) -> TenantAuth:
+            return TenantAuth(app, self._resolver, self._metrics)
+
+        return [
+            Route(
+                "/mcp",
+                endpoint=guard(StreamableHTTPASGIApp(self.session_manager)),
+                methods=["GET", "POST", "DELETE"],
+            ),
+            Route("/sse", endpoint=guard(self._handle_sse), methods=["GET"]),
+            Mount("/messages/", app=guard(self._sse.handle_post_message)),
+        ]
+
+    async def _handle_sse(self, scope: Any, receive: Any, send: Any) -> None:
+        async with self._sse.connect_sse(scope, receive, send) as (read_stream, write_stream):
+            await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
+        # connect_sse has answered the request; Starlette needs nothing more.
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        principal = _principal(ctx)
+        return types.ListToolsResult(tools=self._calls.list_tools(principal))
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        principal = _principal(ctx)
+        with bind_principal(principal):
+            if not self._calls.exists(principal, params.name):
+                raise MCPError(types.INVALID_PARAMS, f"unknown tool: {params.name[:100]}")
+            outcome = await self._calls.call(principal, params.name, params.arguments)
+        return outcome.to_mcp()

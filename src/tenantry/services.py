@@ -1,0 +1,25 @@
+"""The objects the app is made of, built once in the lifespan and torn down in reverse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from tenantry.auth.resolver import CredentialResolver
+from tenantry.db.engine import Database
+from tenantry.gateway.calls import ToolCalls
+from tenantry.gateway.server import Gateway
+from tenantry.metrics import Metrics
+from tenantry.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    redis: Redis
+    metrics: Metrics
+    resolver: CredentialResolver
+    calls: ToolCalls
+    gateway: Gateway

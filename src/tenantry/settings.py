@@ -1,0 +1,87 @@
+"""Every setting Tenantry reads, in one place.
+
+Nothing else reads the environment. Settings come from `TENANTRY_*` variables
+(or a `.env` file) and are validated once; placeholder secrets are refused
+outside development mode so a production deployment cannot start with the
+defaults a laptop uses.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+# Values that are fine on a laptop and fatal anywhere else.
+DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
+DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TENANTRY_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+
+    # The owner role: runs migrations, admin and cross-tenant (system) work.
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/tenantry"
+    # The role every tenant-scoped statement runs as: not superuser, not owner, NOBYPASSRLS.
+    # It connects to the same server and database as `database_url`.
+    db_app_role: str = "tenantry_app"
+    db_app_password: str | None = None
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=10, ge=0, le=200)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    admin_api_key: str = DEV_ADMIN_API_KEY
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_issuer: str = "tenantry"
+    tenant_token_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
+    admin_token_ttl_seconds: int = Field(default=3600, ge=60, le=86_400)
+    # How long a resolved credential (key -> tenant, tenant status) is trusted before
+    # it is read again. Changes made through this process invalidate it at once.
+    auth_cache_ttl_seconds: float = Field(default=5.0, ge=0, le=300)
+
+    stripe_api_key: str = ""
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_webhook_secret: str = ""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65_535)
+    # Stateless JSON is the default: any replica can serve any request.
+    mcp_stateful: bool = False
+    mcp_json_response: bool = True
+    # DNS-rebinding defence on the MCP endpoints: allowed Host and Origin values; empty = no check.
+    mcp_allowed_hosts: list[str] = Field(default_factory=list)
+    mcp_allowed_origins: list[str] = Field(default_factory=list)
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+
+    # The plans a tenant may be on (metering gives each its limits).
+    plans: list[str] = Field(default_factory=lambda: ["free", "starter", "pro", "enterprise"])
+    default_plan: str = "free"
+
+    # Tenant data store limits.
+    data_max_key_length: int = Field(default=256, ge=1, le=1024)
+    data_max_value_bytes: int = Field(default=65_536, ge=16, le=16 * 1_048_576)
+    data_max_keys_per_tenant: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.environment == "production":
+            if self.admin_api_key == DEV_ADMIN_API_KEY or len(self.admin_api_key) < 24:
+                raise ValueError(
+                    "TENANTRY_ADMIN_API_KEY must be set to a secret of 24+ characters in production"
+                )
+            if self.jwt_secret == DEV_JWT_SECRET or len(self.jwt_secret) < 32:
+                raise ValueError(
+                    "TENANTRY_JWT_SECRET must be set to a secret of 32+ characters in production"
+                )
+        return self
+
+    @property
+    def app_database_url(self) -> str:
+        """The owner URL with the application role's credentials in place of the owner's."""
+        url = make_url(self.database_url).set(username=self.db_app_role, password=self.db_app_password)
+        return url.render_as_string(hide_password=False)

@@ -1,0 +1,67 @@
+"""Who is calling: the Principal, and the contextvar that carries it.
+
+The contextvar is a convenience for code deep in a call (logging, metrics);
+it is never the source of truth at a boundary. Each boundary re-derives the
+principal from its own input (the ASGI middleware from headers, each MCP
+message from its own HTTP request, a background task from the tenant it is
+handed) and binds it with `bind_principal`, which resets in `finally`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import StrEnum
+
+from tenantry.errors import BadRequest, Unauthenticated
+
+
+class TenantStatus(StrEnum):
+    PROVISIONING = "provisioning"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DEPROVISIONED = "deprovisioned"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated tenant caller."""
+
+    tenant_id: uuid.UUID
+    key_id: uuid.UUID
+    plan: str
+    via: str  # "api_key" or "jwt"
+
+
+_current: ContextVar[Principal | None] = ContextVar("tenantry_principal", default=None)
+
+
+@contextmanager
+def bind_principal(principal: Principal) -> Iterator[Principal]:
+    token = _current.set(principal)
+    try:
+        yield principal
+    finally:
+        _current.reset(token)
+
+
+def current_principal() -> Principal | None:
+    return _current.get()
+
+
+def require_principal() -> Principal:
+    principal = _current.get()
+    if principal is None:
+        raise Unauthenticated("no tenant is bound to this request")
+    return principal
+
+
+def parse_tenant_id(value: str) -> uuid.UUID:
+    """A tenant id from untrusted input, or a 400 that says what was wrong."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise BadRequest(f"tenant id must be a UUID, got {value[:64]!r}", code="invalid_tenant_id") from None

@@ -1,0 +1,73 @@
+"""What a built-in tool is: a definition built once, an argument model, a coroutine.
+
+A tool's coroutine gets a `ToolContext` and its validated arguments and
+returns a JSON object (the structured result). It reports a tool-level
+failure by raising a `TenantryError`; the gateway turns that into an MCP
+tool result with `isError: true` and the error's code, or an HTTP status on
+the REST bridge.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import mcp_types as types
+from pydantic import BaseModel, ConfigDict
+
+from tenantry.db.engine import Database
+from tenantry.settings import Settings
+from tenantry.tenancy import Principal
+
+
+class Arguments(BaseModel):
+    """Base for tool arguments: unknown fields and silent type coercion are refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    principal: Principal
+    db: Database
+    settings: Settings
+
+    @property
+    def tenant_id(self) -> uuid.UUID:
+        return self.principal.tenant_id
+
+
+ToolFn = Callable[[ToolContext, Any], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class BuiltinTool:
+    name: str
+    title: str
+    description: str
+    arguments: type[Arguments]
+    run: ToolFn
+    read_only: bool = False
+    destructive: bool = False
+    idempotent: bool = True
+    definition: types.Tool = field(init=False)
+
+    def __post_init__(self) -> None:
+        schema = self.arguments.model_json_schema()
+        schema.pop("title", None)
+        definition = types.Tool(
+            name=self.name,
+            title=self.title,
+            description=self.description,
+            input_schema=schema,
+            annotations=types.ToolAnnotations(
+                title=self.title,
+                read_only_hint=self.read_only,
+                destructive_hint=self.destructive,
+                idempotent_hint=self.idempotent,
+                open_world_hint=False,
+            ),
+        )
+        object.__setattr__(self, "definition", definition)
