@@ -48,17 +48,13 @@ async def _refuse_unsafe_app_role(services: Services) -> None:
     try:
         async with services.db.unbound() as conn:
             row = (
-                await conn.execute(
-                    text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
-                )
+                await conn.execute(text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"))
             ).one()
     except (DBAPIError, OSError) as exc:
         log.warning("database not reachable at startup (%s); /health will say so", type(exc).__name__)
         return
     if row.rolsuper or row.rolbypassrls:
-        raise RuntimeError(
-            f"database role {services.db.app_role!r} bypasses row-level security; refusing to start"
-        )
+        raise RuntimeError(f"database role {services.db.app_role!r} bypasses row-level security; refusing to start")
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:

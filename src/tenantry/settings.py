@@ -71,13 +71,9 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "production":
             if self.admin_api_key == DEV_ADMIN_API_KEY or len(self.admin_api_key) < 24:
-                raise ValueError(
-                    "TENANTRY_ADMIN_API_KEY must be set to a secret of 24+ characters in production"
-                )
+                raise ValueError("TENANTRY_ADMIN_API_KEY must be set to a secret of 24+ characters in production")
             if self.jwt_secret == DEV_JWT_SECRET or len(self.jwt_secret) < 32:
-                raise ValueError(
-                    "TENANTRY_JWT_SECRET must be set to a secret of 32+ characters in production"
-                )
+                raise ValueError("TENANTRY_JWT_SECRET must be set to a secret of 32+ characters in production")
         return self
 
     @property

@@ -95,9 +95,7 @@ async def update_tenant(
     if status is not None:
         values["status"] = status
     row = (
-        await conn.execute(
-            update(tenants).where(tenants.c.id == tenant_id).values(**values).returning(*_COLUMNS)
-        )
+        await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(**values).returning(*_COLUMNS))
     ).one()
     return Tenant(*row)
 

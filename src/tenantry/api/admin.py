@@ -66,9 +66,7 @@ async def admin_token(body: AdminTokenRequest, services: ServicesDep) -> dict[st
 async def create_tenant(body: TenantCreate, services: ServicesDep) -> dict[str, Any]:
     _check_plan(services, body.plan)
     async with services.db.system() as conn:
-        tenant = await tenant_service.create_tenant(
-            conn, body.name, body.plan or services.settings.default_plan
-        )
+        tenant = await tenant_service.create_tenant(conn, body.name, body.plan or services.settings.default_plan)
     return tenant.public()
 
 

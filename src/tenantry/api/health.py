@@ -72,10 +72,7 @@ async def _app_role(s: Services) -> Check:
     async with s.db.unbound() as conn:
         row = (await conn.execute(_ROLE)).one()
     ok = (
-        not row.rolsuper
-        and not row.rolbypassrls
-        and row.rows_visible_unbound == 0
-        and row.tenants_visible_unbound == 0
+        not row.rolsuper and not row.rolbypassrls and row.rows_visible_unbound == 0 and row.tenants_visible_unbound == 0
     )
     return {
         "status": "ok" if ok else "fail",

@@ -18,9 +18,7 @@ router = APIRouter(prefix="/api")
 
 class ToolRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: str = Field(
-        min_length=1, max_length=200, description="'listTools', or the name of a tool to call."
-    )
+    method: str = Field(min_length=1, max_length=200, description="'listTools', or the name of a tool to call.")
     params: dict[str, Any] | None = None
 
 

@@ -33,9 +33,7 @@ def bearer_token(authorization: str | None) -> str:
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated(
-            "Authorization must be 'Bearer <API key or tenant token>'", code="invalid_credentials"
-        )
+        raise Unauthenticated("Authorization must be 'Bearer <API key or tenant token>'", code="invalid_credentials")
     return token
 
 

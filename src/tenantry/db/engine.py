@@ -59,7 +59,7 @@ class Database:
 
     def pool_status(self) -> dict[str, Any]:
         pool: Any = self.app_engine.pool
-        return {"size": pool.size(), "checked_out": pool.checkedout(), "overflow": pool.overflow()}
+        return {"size": pool.size(), "checked_out": pool.checkedout(), "idle": pool.checkedin()}
 
     async def dispose(self) -> None:
         await self.app_engine.dispose()

@@ -44,9 +44,7 @@ class ToolOutcome:
             )
         result = self.result or {}
         text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text=text)], structured_content=result
-        )
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=result)
 
 
 def _describe(exc: ValidationError) -> str:

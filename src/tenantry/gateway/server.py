@@ -41,9 +41,7 @@ def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
 
 
 class Gateway:
-    def __init__(
-        self, settings: Settings, calls: ToolCalls, resolver: CredentialResolver, metrics: Metrics
-    ) -> None:
+    def __init__(self, settings: Settings, calls: ToolCalls, resolver: CredentialResolver, metrics: Metrics) -> None:
         self._calls = calls
         self.server: Server[Any] = Server(
             "tenantry",

@@ -139,9 +139,7 @@ async def data_list(ctx: ToolContext, args: ListArgs) -> dict[str, Any]:
         rows = (await conn.execute(_LIST, params)).all()
     page = rows[: args.limit]
     return {
-        "keys": [
-            {"key": r.key, "size_bytes": r.size_bytes, "updated_at": r.updated_at.isoformat()} for r in page
-        ],
+        "keys": [{"key": r.key, "size_bytes": r.size_bytes, "updated_at": r.updated_at.isoformat()} for r in page],
         "next_after": page[-1].key if len(rows) > args.limit else None,
     }
 

@@ -66,9 +66,7 @@ def upgrade() -> None:
         f"CREATE POLICY tenants_self_select ON tenants FOR SELECT TO {role} "
         "USING (id = NULLIF(current_setting('tenantry.tenant_id', true), '')::uuid)"
     )
-    op.execute(
-        "CREATE POLICY tenants_owner_all ON tenants FOR ALL TO CURRENT_USER USING (true) WITH CHECK (true)"
-    )
+    op.execute("CREATE POLICY tenants_owner_all ON tenants FOR ALL TO CURRENT_USER USING (true) WITH CHECK (true)")
     op.execute(f"GRANT SELECT ON tenants TO {role}")
 
     op.execute(
