@@ -72,10 +72,11 @@ class CredentialResolver:
             via = "jwt"
         if state is None:
             raise Unauthenticated("unknown credential", code="invalid_credentials")
-        if state.revoked:
-            raise Unauthenticated("credential revoked", code="credential_revoked")
+        # Status first: a deprovisioned tenant (whose keys were revoked with it) is told it is deprovisioned.
         if state.tenant_status != TenantStatus.ACTIVE:
             raise Forbidden(f"tenant is {state.tenant_status}", code=f"tenant_{state.tenant_status}")
+        if state.revoked:
+            raise Unauthenticated("credential revoked", code="credential_revoked")
         return Principal(tenant_id=state.tenant_id, key_id=state.key_id, plan=state.plan, via=via)
 
     async def _lookup(self, cache_key: bytes | uuid.UUID, where: object) -> _KeyState | None:

@@ -1,0 +1,34 @@
+"""Migrations go up, down and up again on a fresh database."""
+
+from __future__ import annotations
+
+import os
+
+import asyncpg
+
+from tenantry.db.migrate import migrate
+from tests.conftest import SERVER, recreate_database
+
+
+async def _tables(name: str) -> set[str]:
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await conn.close()
+    return {r["tablename"] for r in rows} - {"alembic_version"}
+
+
+async def test_upgrade_downgrade_upgrade_round_trips(services_up: None) -> None:
+    name = f"tenantry_migrations_{os.getpid()}"
+    await recreate_database(name)
+    url = f"{SERVER}/{name}"
+    try:
+        await migrate(url)
+        assert {"tenants", "api_keys", "tenant_data"} <= await _tables(name)
+        await migrate(url, revision="base", downgrade=True)
+        assert await _tables(name) == set()
+        await migrate(url)
+        assert {"tenants", "api_keys", "tenant_data"} <= await _tables(name)
+    finally:
+        await recreate_database(name, create=False)
