@@ -31,6 +31,7 @@ import uvicorn
 from tenantry.app import create_app
 from tenantry.db.engine import Database
 from tenantry.db.migrate import migrate
+from tenantry.devservices import ensure_postgres, ensure_redis
 from tenantry.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,10 +80,6 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 
 @pytest.fixture(scope="session")
 def services_up() -> None:
-    try:
-        from tenantry.devservices import ensure_postgres, ensure_redis
-    except ImportError:  # TEMP until devservices lands
-        return
     state = ROOT / ".tenantry"
     ensure_postgres(f"{SERVER}/postgres", state)
     ensure_redis("redis://127.0.0.1:6379/0", state)

@@ -53,9 +53,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings, downgrade_to: str | None) -> None:
-    from tenantry.devservices import ensure_database
+    from tenantry.devservices import ensure_database_async
 
-    await ensure_database(settings.database_url)
+    await ensure_database_async(settings.database_url)
     await migrate(
         settings.database_url,
         app_role=settings.db_app_role,

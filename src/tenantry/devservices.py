@@ -64,10 +64,8 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 import asyncpg
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("tenantry.devservices")  # not __name__: that is "__main__" under -m
 
-DEFAULT_DATABASE_URL: Final = "postgresql+asyncpg://postgres@127.0.0.1:5432/tenantry"
-DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 DEFAULT_STATE_DIR: Final = ".tenantry"
 
 RUNNING: Final = "running"
@@ -111,18 +109,16 @@ class Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _split(url: str) -> SplitResult:
+def _split(url: str, schemes: tuple[str, ...], kind: str) -> SplitResult:
     parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        raise ValueError(f"not a network URL: {redact(url)!r}")
+    if parts.scheme.partition("+")[0] not in schemes or not parts.netloc:
+        raise ValueError(f"not a {kind} URL: {redact(url)!r}")
     return parts
 
 
 def parse_postgres_url(url: str) -> Endpoint:
     """Split a SQLAlchemy/libpq style PostgreSQL URL (``postgresql+asyncpg://user@host:port/db``)."""
-    parts = _split(url)
-    if not parts.scheme.startswith("postgres"):
-        raise ValueError(f"not a PostgreSQL URL: {redact(url)!r}")
+    parts = _split(url, ("postgresql", "postgres"), "PostgreSQL")
     return Endpoint(
         host=parts.hostname or "127.0.0.1",
         port=parts.port or 5432,
@@ -134,9 +130,7 @@ def parse_postgres_url(url: str) -> Endpoint:
 
 def parse_redis_url(url: str) -> Endpoint:
     """Split a ``redis://`` (or ``rediss://``) URL."""
-    parts = _split(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"not a TCP Redis URL: {redact(url)!r}")
+    parts = _split(url, ("redis", "rediss"), "TCP Redis")
     return Endpoint(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, path=parts.path.lstrip("/"))
 
 
@@ -460,7 +454,7 @@ def ensure_postgres(
 
 
 def _start_system_cluster(version: str, endpoint: Endpoint, deadline: float) -> None:
-    logger.warning("starting Debian PostgreSQL cluster %s/main for %s", version, endpoint.address)
+    logger.info("starting Debian PostgreSQL cluster %s/main for %s", version, endpoint.address)
     _run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
         timeout=_remaining(deadline),
@@ -481,7 +475,7 @@ def _start_embedded(bin_dir: Path, endpoint: Endpoint, state: Path, deadline: fl
         if any(data.iterdir()):
             raise DevServiceError(f"{data} holds files but no PG_VERSION: move it away and try again")
         data.chmod(0o700)
-        logger.warning("initialising PostgreSQL in %s (%s, as %s)", data, bin_dir, kind)
+        logger.info("initialising PostgreSQL in %s (%s, as %s)", data, bin_dir, kind)
         _run(
             [
                 *run.prefix,
@@ -504,7 +498,7 @@ def _start_embedded(bin_dir: Path, endpoint: Endpoint, state: Path, deadline: fl
                 f"port = {endpoint.port}\n"
                 "unix_socket_directories = ''\n"
             )
-    logger.warning("starting embedded PostgreSQL on %s from %s", endpoint.address, data)
+    logger.info("starting embedded PostgreSQL on %s from %s", endpoint.address, data)
     wait = max(int(_remaining(deadline)), 1)
     try:
         _run(
@@ -627,7 +621,7 @@ def ensure_redis(
 def _start_redis(binary: Path, endpoint: Endpoint, directory: Path, deadline: float) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "redis.log"
-    logger.warning("starting %s on %s", binary, endpoint.address)
+    logger.info("starting %s on %s", binary, endpoint.address)
     _run(
         [
             binary,
@@ -678,10 +672,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    database_url = os.environ.get("TENANTRY_DATABASE_URL", DEFAULT_DATABASE_URL)
-    redis_url = os.environ.get("TENANTRY_REDIS_URL", DEFAULT_REDIS_URL)
+    from tenantry.settings import Settings
+
+    settings = Settings()
+    database_url, redis_url = settings.database_url, settings.redis_url
     pg, rd = parse_postgres_url(database_url), parse_redis_url(redis_url)
     try:
         if args.action == "down":

@@ -1,0 +1,19 @@
+# Tenantry gateway image: a slim Python runtime, the package installed, run as a non-root user.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir --prefix=/install .
+
+FROM python:3.11-slim
+RUN groupadd --system tenantry && useradd --system --gid tenantry --home-dir /app --shell /usr/sbin/nologin tenantry
+COPY --from=build /install /usr/local
+WORKDIR /app
+USER tenantry
+ENV TENANTRY_HOST=0.0.0.0 \
+    TENANTRY_PORT=8000 \
+    PYTHONUNBUFFERED=1
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status == 200 else 1)"
+CMD ["tenantry", "serve"]
