@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_gateway.py [--concurrency 1,16] [--duration 5] [--warmup 1]
                                             [--protocol legacy|modern] [--client raw|httpx]
+                                            [--rounds N] [--variants all|a,b] [--only bare|gateway]
                                             [--profile DIR]
 
 What it does, in one run:
@@ -12,12 +13,20 @@ What it does, in one run:
 4. for each concurrency, drives each server for `--warmup` + `--duration` seconds with raw
    JSON-RPC `tools/call data_get` POSTs over persistent HTTP/1.1 connections, checks every
    response is a successful tool result carrying the stored value, and records latency;
-5. prints a table (req/s, p50, p99, errors, and CPU per request of the server, of PostgreSQL
-   and of this load generator), then the gateway/bare ratios.
+5. prints a table (req/s, p50, p99, errors, and CPU per request of the server, of the PostgreSQL
+   backends serving the bench database and of this load generator, plus the hypervisor's steal
+   share as a noise indicator), then the gateway/bare ratios. Exits 1 if any response was wrong.
+
+The machine is small and shared, so read `srv µs/req` (server CPU per call) alongside req/s: it
+moves much less with background load. `--rounds N` repeats everything and reports, per server and
+concurrency, the run with the median throughput. `--variants` also drives the gateway ablations
+of `gateway_variants.py` and prints what each removed layer costs (gateway minus variant).
 
 `--protocol legacy` sends `MCP-Protocol-Version: 2025-11-25` (the SDK's stateless handshake-era
 path); `modern` sends `2026-07-28` with the per-request `_meta` envelope and the `Mcp-Method` /
 `Mcp-Name` headers that path requires. Both servers are always driven the same way.
+`--client httpx` swaps the raw asyncio-streams client for httpx (10-20x the client CPU per call;
+kept to show why the default is raw).
 
 `--profile DIR` adds one more run per server at the highest concurrency with py-spy attached,
 writing DIR/{bare,gateway}.folded (collapsed stacks; needs `pip install py-spy`; the figures of that
@@ -233,15 +242,26 @@ def _postgres_cpu() -> dict[int, float]:
     return found
 
 
+def _machine_ticks() -> tuple[int, int, int] | None:
+    """(total, idle + iowait, steal) jiffies over all CPUs, from /proc/stat."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]), fields[3] + fields[4], steal
+
+
 @dataclass
 class CpuSnapshot:
     server: float | None
     postgres: dict[int, float]
     client: float
+    machine: tuple[int, int, int] | None
 
     @classmethod
     def take(cls, server_pid: int) -> CpuSnapshot:
-        return cls(_proc_cpu(server_pid), _postgres_cpu(), time.process_time())
+        return cls(_proc_cpu(server_pid), _postgres_cpu(), time.process_time(), _machine_ticks())
 
     def since(self, earlier: CpuSnapshot) -> tuple[float | None, float | None, float]:
         server = None if self.server is None or earlier.server is None else self.server - earlier.server
@@ -250,6 +270,13 @@ class CpuSnapshot:
             sum(cpu - earlier.postgres.get(pid, 0.0) for pid, cpu in self.postgres.items()) if self.postgres else None
         )
         return server, postgres, self.client - earlier.client
+
+    def steal_since(self, earlier: CpuSnapshot) -> float | None:
+        """Share of CPU time the hypervisor took away during the window (noise indicator)."""
+        if self.machine is None or earlier.machine is None:
+            return None
+        total = self.machine[0] - earlier.machine[0]
+        return (self.machine[2] - earlier.machine[2]) / total if total else None
 
 
 # --- the load generator ----------------------------------------------------------------------------
@@ -350,6 +377,7 @@ class RunResult:
     server_cpu: float | None = None
     postgres_cpu: float | None = None
     client_cpu: float = 0.0
+    steal: float | None = None
 
     @property
     def ok(self) -> int:
@@ -485,6 +513,7 @@ async def drive(
         if httpx_client is not None:
             await httpx_client.aclose()
     result.server_cpu, result.postgres_cpu, result.client_cpu = snapshot[1].since(snapshot[0])
+    result.steal = snapshot[1].steal_since(snapshot[0])
     return result
 
 
@@ -515,7 +544,10 @@ def py_spy(pid: int, out: Path, seconds: float) -> Iterator[None]:
     exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if exe is None:
         raise RuntimeError("py-spy is not installed (pip install py-spy)")
+    # --nonblocking: py-spy's default (stopping the process per sample) lands samples on syscalls far more
+    # often than they take time, e.g. asyncio.get_running_loop(), whose getpid() shows as 15% instead of ~2%.
     cmd = [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "250"]
+    cmd += ["--nonblocking"]
     # Collapsed stacks: speedscope and flamegraph.pl open them, and bench/profile_summary.py ranks them.
     cmd += ["--format", "raw", "--output", str(out.with_suffix(".folded"))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -537,15 +569,17 @@ def fmt_us(value: float | None) -> str:
 
 
 def print_table(results: list[RunResult]) -> None:
+    width = max(8, *(len(r.server) for r in results))
     print(
-        f"{'server':<8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-        f" {'srv µs/req':>10} {'pg µs/req':>9} {'cli µs/req':>10}"
+        f"{'server':<{width}} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+        f" {'srv µs/req':>10} {'pg µs/req':>9} {'cli µs/req':>10} {'steal':>5}"
     )
     for r in results:
         print(
-            f"{r.server:<8} {r.concurrency:>4} {r.rps:>8.0f} {r.percentile_ms(50):>8.2f} {r.percentile_ms(99):>8.2f}"
-            f" {r.errors:>6} {fmt_us(r.per_request_us(r.server_cpu)):>10}"
+            f"{r.server:<{width}} {r.concurrency:>4} {r.rps:>8.0f} {r.percentile_ms(50):>8.2f}"
+            f" {r.percentile_ms(99):>8.2f} {r.errors:>6} {fmt_us(r.per_request_us(r.server_cpu)):>10}"
             f" {fmt_us(r.per_request_us(r.postgres_cpu)):>9} {fmt_us(r.per_request_us(r.client_cpu)):>10}"
+            f" {'-' if r.steal is None else f'{100 * r.steal:.0f}%':>5}"
         )
     for r in results:
         for sample in r.error_samples:
@@ -566,6 +600,40 @@ def print_ratios(results: list[RunResult]) -> None:
         print(f"{conc:>4} {ratio:>17.2f}x {g.percentile_ms(50) - b.percentile_ms(50):>+20.2f} {cpu_ratio:>20}")
 
 
+def print_layer_costs(results: list[RunResult], variants: list[str]) -> None:
+    """What each ablated layer costs per call: gateway minus variant (server CPU, and p50 latency)."""
+    if not variants:
+        return
+    by = {(r.server, r.concurrency): r for r in results}
+    print("\nlayer cost = gateway - variant (server CPU µs/call; p50 ms)")
+    for conc in sorted({r.concurrency for r in results}):
+        g = by.get(("gateway", conc))
+        if g is None:
+            continue
+        g_cpu = g.per_request_us(g.server_cpu)
+        cells = []
+        for name in variants:
+            v = by.get((name, conc))
+            if v is None:
+                continue
+            v_cpu = v.per_request_us(v.server_cpu)
+            cpu = f"{g_cpu - v_cpu:+.0f}" if g_cpu is not None and v_cpu is not None else "-"
+            cells.append(f"{name} {cpu} µs / {g.percentile_ms(50) - v.percentile_ms(50):+.2f} ms")
+        print(f"  c={conc}: " + ", ".join(cells))
+
+
+def median_runs(runs: list[RunResult]) -> list[RunResult]:
+    """One result per (server, concurrency): the run with the median throughput, in first-seen order."""
+    groups: dict[tuple[str, int], list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault((r.server, r.concurrency), []).append(r)
+    picked = []
+    for group in groups.values():
+        ordered = sorted(group, key=lambda r: r.rps)
+        picked.append(ordered[(len(ordered) - 1) // 2])
+    return picked
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 
@@ -581,7 +649,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="legacy = MCP-Protocol-Version 2025-11-25 (default); modern = 2026-07-28",
     )
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator HTTP client")
-    p.add_argument("--only", choices=["bare", "gateway"], help="drive only this server")
+    p.add_argument("--only", choices=["bare", "gateway"], help="drive only this server (and any --variants)")
+    p.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated gateway ablations from bench/gateway_variants.py to drive too, or 'all'",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="repeat every run this many times, report the median (default 1)"
+    )
     p.add_argument("--profile", type=Path, metavar="DIR", help="also profile each server with py-spy into DIR")
     args = p.parse_args(argv)
     try:
@@ -590,8 +666,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--concurrency must be comma-separated integers")
     if not args.concurrency or min(args.concurrency) < 1:
         p.error("--concurrency needs positive integers")
-    if args.duration <= 0 or args.warmup < 0:
-        p.error("--duration must be > 0 and --warmup >= 0")
+    if args.duration <= 0 or args.warmup < 0 or args.rounds < 1:
+        p.error("--duration must be > 0, --warmup >= 0 and --rounds >= 1")
+    from gateway_variants import VARIANTS
+
+    args.variants = list(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
+    if unknown := [v for v in args.variants if v not in VARIANTS]:
+        p.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     return args
 
 
@@ -619,26 +700,41 @@ def main(argv: list[str] | None = None) -> int:
         try:
             servers.append(start_server("bare", ["bare_server:app", "--app-dir", str(BENCH)], env, logdir))
             servers.append(start_server("gateway", ["tenantry.app:create_app", "--factory"], env, logdir))
+            for variant in args.variants:
+                target = [f"gateway_variants:{variant}", "--factory", "--app-dir", str(BENCH)]
+                servers.append(start_server(variant, target, env, logdir))
             for server in servers:
                 wait_healthy(server)
-            bare, gateway = servers
             targets = {
-                "bare": Target("bare", bare.port, request_headers(args.protocol, None, None), bare.pid),
-                "gateway": Target(
-                    "gateway", gateway.port, request_headers(args.protocol, tenant_id, api_key), gateway.pid
-                ),
+                s.name: Target(
+                    s.name,
+                    s.port,
+                    request_headers(args.protocol, None, None)
+                    if s.name == "bare"
+                    else request_headers(args.protocol, tenant_id, api_key),
+                    s.pid,
+                )
+                for s in servers
             }
-            runner.run(call_once(targets["gateway"], args.protocol, "data_put", {"key": KEY, "value": VALUE}))
+            for name, target in targets.items():
+                if name != "bare":
+                    runner.run(call_once(target, args.protocol, "data_put", {"key": KEY, "value": VALUE}))
             names = [args.only] if args.only else ["bare", "gateway"]
-            results: list[RunResult] = []
-            for conc in args.concurrency:
-                for name in names:
-                    results.append(
-                        runner.run(drive(targets[name], args.protocol, conc, args.warmup, args.duration, args.client))
-                    )
+            names += args.variants
+            runs: list[RunResult] = []
+            for _ in range(args.rounds):
+                for conc in args.concurrency:
+                    for name in names:
+                        runs.append(
+                            runner.run(
+                                drive(targets[name], args.protocol, conc, args.warmup, args.duration, args.client)
+                            )
+                        )
+            results = median_runs(runs)
             print()
             print_table(results)
             print_ratios(results)
+            print_layer_costs(results, args.variants)
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 conc = max(args.concurrency)
@@ -646,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
                     with py_spy(targets[name].pid, args.profile / name, args.duration):
                         runner.run(drive(targets[name], args.protocol, conc, 0.5, args.duration, args.client))
                 print(f"\nprofiles (c={conc}): {args.profile}/{{{','.join(names)}}}.folded")
-            failed = any(r.errors for r in results)
+            failed = any(r.errors for r in runs)
         finally:
             for server in servers:
                 stop_server(server)

@@ -31,6 +31,7 @@ class Tenant:
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
+    limits: dict[str, Any]
 
     def public(self) -> dict[str, Any]:
         return {
@@ -41,6 +42,7 @@ class Tenant:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "deleted_at": self.deleted_at.isoformat() if self.deleted_at else None,
+            "limits": self.limits,
         }
 
 

@@ -7,7 +7,20 @@ columns. `tests/db/test_schema.py` checks the two agree.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, ForeignKey, Integer, LargeBinary, MetaData, Table, Text, Uuid, func
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
@@ -22,6 +35,7 @@ tenants = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("deleted_at", DateTime(timezone=True)),
+    Column("limits", JSONB, nullable=False, server_default="{}"),
 )
 
 api_keys = Table(
@@ -47,4 +61,18 @@ tenant_data = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-TENANT_SCOPED_TABLES = ("api_keys", "tenant_data")
+usage_events = Table(
+    "usage_events",
+    metadata,
+    Column("tenant_id", Uuid, ForeignKey("tenants.id"), primary_key=True),
+    Column("event_id", Uuid, primary_key=True),
+    Column("tool", Text, nullable=False),
+    Column("units", Integer, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("metered", Boolean, nullable=False, server_default="true"),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+TENANT_SCOPED_TABLES = ("api_keys", "tenant_data", "usage_events")

@@ -1,0 +1,209 @@
+"""Ablations of the gateway, for `bench_gateway.py --variants ...`: each removes one layer of the tools/call path.
+
+Each factory builds the real app (or the real services) and then swaps one piece for a stub, without
+touching `src/`. Served and driven exactly like the gateway (same headers, same tool, same value), so
+`gateway CPU/req - variant CPU/req` is what that layer costs per call:
+
+- `no_db`      data_get answers a fixed result instead of the 4-round-trip RLS transaction
+- `no_auth`    TenantAuth (header parsing, key hashing, cache lookup, AuthenticatedUser) -> a stub that puts
+               a fixed Principal in the scope
+- `no_metrics` the Prometheus counter + histogram per call -> nothing
+- `starlette`  the /mcp route on a bare Starlette app: no FastAPI middleware stack, no BodyLimit
+- `lean`       all four at once; what is left over bare is Gateway._call_tool + ToolCalls (validation, outcome)
+
+and two candidate improvements, to see what they would buy:
+
+- `asyncpg_get`   data_get on a plain asyncpg pool (same RLS transaction, BEGIN and the tenant binding sent as
+                  one simple query: 3 round trips instead of 4, and no SQLAlchemy/greenlet layer)
+- `schema_lookup` `Server.get_tool_input_schema` set from the catalog, so the 2026-07-28 path stops running
+                  the whole tools/list handler on every tools/call to validate `Mcp-Param-*` headers
+
+These poke at private attributes (`_catalog`, `_builtins`): they are benchmark scaffolding, not API.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tenantry.app import build_services, create_app
+from tenantry.auth.middleware import PRINCIPAL_SCOPE_KEY, TenantAuth
+from tenantry.services import Services
+from tenantry.settings import Settings
+from tenantry.tenancy import Principal, bind_principal
+from tenantry.tools.base import ToolContext
+
+FIXED_UPDATED_AT = "2025-01-01T00:00:00.000000+00:00"
+_stored: dict[str, Any] = {}
+
+
+async def _fixed_data_get(ctx: ToolContext, args: Any) -> dict[str, Any]:
+    """data_get without the database: the value the benchmark stored (captured at data_put time)."""
+    value = _stored.get(args.key)
+    return {"key": args.key, "value": value, "size_bytes": len(str(value)), "updated_at": FIXED_UPDATED_AT}
+
+
+async def _fixed_data_put(ctx: ToolContext, args: Any) -> dict[str, Any]:
+    _stored[args.key] = args.value
+    return {"key": args.key, "created": True, "size_bytes": 0, "updated_at": FIXED_UPDATED_AT}
+
+
+class _StubAuth:
+    """TenantAuth minus everything: trust Tenant-ID, bind a Principal built once per tenant."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._principals: dict[bytes, tuple[Principal, AuthenticatedUser]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        claimed = next((v for k, v in scope["headers"] if k == b"tenant-id"), b"")
+        known = self._principals.get(claimed)
+        if known is None:
+            tenant = uuid.UUID(claimed.decode())
+            principal = Principal(tenant_id=tenant, key_id=uuid.uuid4(), plan="pro", via="api_key")
+            # What TenantAuth also sets per request; built once here.
+            user = AuthenticatedUser(AccessToken(token="", client_id=str(tenant), scopes=[], subject=str(tenant)))
+            known = self._principals[claimed] = (principal, user)
+        scope[PRINCIPAL_SCOPE_KEY], scope["user"] = known
+        with bind_principal(known[0]):
+            await self.app(scope, receive, send)
+
+
+def _services(app: Any) -> Services:
+    services: Services = app.state.services
+    return services
+
+
+def _apply_no_db(services: Services) -> None:
+    builtins = services.calls._catalog._builtins
+    builtins["data_get"] = dataclasses.replace(builtins["data_get"], run=_fixed_data_get)
+    builtins["data_put"] = dataclasses.replace(builtins["data_put"], run=_fixed_data_put)
+
+
+def _apply_no_metrics(services: Services) -> None:
+    services.metrics.observe_tool_call = lambda *args, **kwargs: None  # type: ignore[method-assign]
+
+
+def _stub_auth(routes: list[BaseRoute]) -> None:
+    for route in routes:
+        if isinstance(route, Route) and route.path == "/mcp" and isinstance(route.app, TenantAuth):
+            route.app = _StubAuth(route.app.app)
+
+
+def no_db() -> Any:
+    app = create_app(Settings())
+    _apply_no_db(_services(app))
+    return app
+
+
+def no_auth() -> Any:
+    app = create_app(Settings())
+    _stub_auth(app.router.routes)
+    return app
+
+
+def no_metrics() -> Any:
+    app = create_app(Settings())
+    _apply_no_metrics(_services(app))
+    return app
+
+
+def _starlette_app(mutate: Callable[[Services, list[BaseRoute]], None] | None = None) -> Starlette:
+    services = build_services(Settings())
+    routes = services.gateway.routes()
+    if mutate is not None:
+        mutate(services, routes)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            async with services.gateway.run():
+                yield
+        finally:
+            await services.redis.aclose()
+            await services.db.dispose()
+
+    return Starlette(routes=[*routes, Route("/health", health)], lifespan=lifespan)
+
+
+def starlette() -> Starlette:
+    return _starlette_app()
+
+
+def lean() -> Starlette:
+    def mutate(services: Services, routes: list[BaseRoute]) -> None:
+        _apply_no_db(services)
+        _apply_no_metrics(services)
+        _stub_auth(routes)
+
+    return _starlette_app(mutate)
+
+
+class _AsyncpgDataGet:
+    """data_get on its own asyncpg pool (made on first use, in the serving loop), as the app role, under RLS."""
+
+    _SELECT = "SELECT value, size_bytes, updated_at FROM tenant_data WHERE key = $1"
+
+    def __init__(self, settings: Settings) -> None:
+        self._dsn = settings.app_database_url.replace("postgresql+asyncpg://", "postgresql://")
+        self._size = settings.db_pool_size
+        self._pool: Any = None
+
+    async def __call__(self, ctx: ToolContext, args: Any) -> dict[str, Any]:
+        import json
+
+        import asyncpg
+
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._size)
+        tenant = str(uuid.UUID(str(ctx.tenant_id)))  # a canonical UUID: safe to inline as a literal
+        async with self._pool.acquire() as conn:
+            await conn.execute(f"BEGIN; SELECT set_config('tenantry.tenant_id', '{tenant}', true)")
+            try:
+                row = await conn.fetchrow(self._SELECT, args.key)
+            finally:
+                await conn.execute("COMMIT")
+        if row is None:
+            raise RuntimeError("key not found")
+        return {
+            "key": args.key,
+            "value": json.loads(row["value"]),
+            "size_bytes": row["size_bytes"],
+            "updated_at": row["updated_at"].isoformat(),
+        }
+
+
+def asyncpg_get() -> Any:
+    app = create_app(Settings())
+    services = _services(app)
+    builtins = services.calls._catalog._builtins
+    builtins["data_get"] = dataclasses.replace(builtins["data_get"], run=_AsyncpgDataGet(services.settings))
+    return app
+
+
+def schema_lookup() -> Any:
+    app = create_app(Settings())
+    services = _services(app)
+    schemas = {name: tool.definition.input_schema for name, tool in services.calls._catalog._builtins.items()}
+    services.gateway.server.get_tool_input_schema = schemas.get
+    return app
+
+
+VARIANTS = ("no_db", "no_auth", "no_metrics", "starlette", "lean", "asyncpg_get", "schema_lookup")

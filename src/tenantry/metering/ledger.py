@@ -1,0 +1,278 @@
+"""The usage ledger: every completed tool call becomes exactly one durable usage event.
+
+Design
+------
+Hot path (no database round trip): when a call completes, its event is
+appended to the Redis stream `tenantry:{ledger}` *before* the result is
+returned to the client, in the same pipelined round trip that frees the
+call's in-flight slot in the meter. So a gateway crash at any moment loses
+no event of a call whose result the client received: either the event is
+in the stream, or the client got no result.
+
+Drain (lifespan task, any number of replicas): a consumer group reads the
+stream, inserts each batch into `usage_events` with `ON CONFLICT DO NOTHING`
+on (tenant_id, event_id), commits, and only then acknowledges and deletes
+the entries. A crash between commit and acknowledgement leaves the entries
+pending; they are re-read (by this consumer, or claimed by another replica
+after `claim_idle_ms`) and the insert is a no-op for them. The event id is
+minted when the call is admitted, so every later step (ledger, aggregation,
+Stripe `identifier`) is idempotent on it.
+
+Each batch is written as the application role under RLS, binding each
+tenant in turn inside one transaction, so the ledger obeys the same
+isolation as the tools.
+
+When Redis cannot take the event, it is written straight to PostgreSQL
+(slower, still exactly once); only if both fail is the call reported as
+failed (`ledger_unavailable`) rather than returned unrecorded.
+
+Durability of the stream across a *Redis* restart needs Redis persistence
+(AOF); docker-compose.yml turns it on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
+
+from tenantry.db.engine import Database
+from tenantry.db.models import usage_events
+
+log = logging.getLogger(__name__)
+
+STREAM = "tenantry:{ledger}"
+GROUP = "ledger"
+_BIND_TENANT = text("SELECT set_config('tenantry.tenant_id', :tenant_id, true)")
+_REDIS_DOWN = (RedisError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    event_id: uuid.UUID
+    tenant_id: uuid.UUID
+    tool: str
+    units: int
+    outcome: str  # "ok" or the error code that ended the call
+    latency_ms: float
+    occurred_at_ms: int
+    metered: bool = True  # False when the meter was bypassed (Redis down, plan fails open)
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "e": str(self.event_id),
+            "t": str(self.tenant_id),
+            "tool": self.tool,
+            "u": str(self.units),
+            "o": self.outcome,
+            "l": f"{self.latency_ms:.3f}",
+            "at": str(self.occurred_at_ms),
+            "m": "1" if self.metered else "0",
+        }
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes]) -> UsageEvent:
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            event_id=uuid.UUID(f["e"]),
+            tenant_id=uuid.UUID(f["t"]),
+            tool=f["tool"],
+            units=int(f["u"]),
+            outcome=f["o"],
+            latency_ms=float(f["l"]),
+            occurred_at_ms=int(f["at"]),
+            metered=f.get("m", "1") == "1",
+        )
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "event_id": self.event_id,
+            "tool": self.tool,
+            "units": self.units,
+            "outcome": self.outcome,
+            "latency_ms": self.latency_ms,
+            "occurred_at": datetime.fromtimestamp(self.occurred_at_ms / 1000, tz=UTC),
+            "metered": self.metered,
+        }
+
+
+class LedgerUnavailable(Exception):
+    """Neither Redis nor PostgreSQL took the event."""
+
+
+async def insert_events(db: Database, events: Iterable[UsageEvent]) -> int:
+    """Insert idempotently as the app role, binding each tenant in turn; return how many were new."""
+    by_tenant: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        by_tenant[event.tenant_id].append(event.row())
+    inserted = 0
+    async with db.unbound() as conn:
+        for tenant_id, rows in by_tenant.items():
+            await conn.execute(_BIND_TENANT, {"tenant_id": str(tenant_id)})
+            result = await conn.execute(
+                insert(usage_events).values(rows).on_conflict_do_nothing().returning(usage_events.c.event_id)
+            )
+            inserted += len(result.all())
+    return inserted
+
+
+class Ledger:
+    def __init__(self, redis: Redis, db: Database) -> None:
+        self._redis = redis
+        self._db = db
+        self.fallbacks = 0
+
+    async def record(self, event: UsageEvent, *, also: Callable[[Pipeline], None] | None = None) -> None:
+        """Make `event` durable before the call's result is returned.
+
+        `also(pipe)` may queue more commands (the meter's release) on the same round trip.
+        """
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(STREAM, event.fields())  # type: ignore[arg-type]
+                if also is not None:
+                    also(pipe)
+                await pipe.execute()
+            return
+        except _REDIS_DOWN as exc:
+            log.warning("ledger: Redis unavailable (%s); writing event %s to PostgreSQL", exc, event.event_id)
+        self.fallbacks += 1
+        try:
+            await insert_events(self._db, [event])
+        except (DBAPIError, OSError) as exc:
+            raise LedgerUnavailable(str(exc)) from exc
+
+
+class LedgerDrainer:
+    """Moves events from the stream into `usage_events`; one per replica, as a lifespan task."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        db: Database,
+        *,
+        batch_size: int = 500,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        consumer: str | None = None,
+    ) -> None:
+        self._redis = redis
+        self._db = db
+        self._batch = batch_size
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._stopping = asyncio.Event()
+        self.drained = 0
+        self.last_error: str | None = None
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def drain_once(self, *, block: bool = False) -> int:
+        """Move one batch: this consumer's own pending entries first, then abandoned ones, then new ones."""
+        entries = await self._read(block=block)
+        if not entries:
+            return 0
+        ids = [entry_id for entry_id, _ in entries]
+        events = [UsageEvent.from_fields(fields) for _, fields in entries if fields]
+        if events:
+            await insert_events(self._db, events)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xack(STREAM, GROUP, *ids)
+            pipe.xdel(STREAM, *ids)
+            await pipe.execute()
+        self.drained += len(events)
+        return len(ids)
+
+    async def _read(self, *, block: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        # A batch this consumer read but did not acknowledge (the insert failed, or we were cancelled).
+        entries = _entries(await self._redis.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=self._batch))
+        if entries:
+            return entries
+        # Entries a dead consumer read and never acknowledged.
+        claimed = await self._redis.xautoclaim(
+            STREAM, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, count=self._batch
+        )
+        entries = [(entry_id, fields) for entry_id, fields in claimed[1] if fields is not None]
+        if entries:
+            return entries
+        block_ms = self._block_ms if block else None
+        return _entries(
+            await self._redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=self._batch, block=block_ms)
+        )
+
+    async def run(self) -> None:
+        """Drain until `stop()`; then drain what is left (bounded) and return."""
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self.ensure_group()
+                while not self._stopping.is_set():
+                    await self.drain_once(block=True)
+                    self.last_error = None
+                    backoff = 0.1
+            except (*_REDIS_DOWN, DBAPIError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("ledger drain failed (%s); retrying in %.1fs", self.last_error, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+        await self.flush()
+
+    async def flush(self, within_s: float = 10.0) -> None:
+        """Drain everything in the stream now (at shutdown, and in tests), for at most `within_s`."""
+        deadline = time.monotonic() + within_s
+        try:
+            await self.ensure_group()
+            while time.monotonic() < deadline:
+                if await self.drain_once(block=False) == 0:
+                    return
+        except (*_REDIS_DOWN, DBAPIError) as exc:
+            log.warning("ledger: final drain incomplete: %s", exc)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+async def oldest_undrained_age_ms(redis: Redis, now_ms: int | None = None) -> int:
+    """Age of the oldest event not yet in PostgreSQL (pending or undelivered); 0 when there is none.
+
+    Drained entries are deleted from the stream, so its first entry is the oldest undrained one.
+    """
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    first = await redis.xrange(STREAM, count=1)
+    if not first:
+        return 0
+    entry_id = first[0][0]
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return max(0, now_ms - int(raw.split("-")[0]))
+
+
+def _entries(response: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    if not response:
+        return []
+    if isinstance(response, dict):  # RESP3
+        return [entry for entries in response.values() for entry in (entries[0] if entries else [])]
+    return [entry for _, entries in response for entry in entries]

@@ -1,0 +1,330 @@
+"""The per-tenant meter: quota, request rate and in-flight cap, decided and counted in one round trip.
+
+Design
+------
+One Lua script (`meter.lua`, package data) checks every limit that applies
+to the call and, only if all of them pass, counts the call against all of
+them, atomically; a refused call consumes nothing. It is registered with
+redis-py's `register_script` (EVALSHA, reloaded by redis-py on NOSCRIPT).
+
+Quota and request rate are sliding-window counters: two fixed-window
+counters (current and previous window) weighted by the overlap,
+
+    estimate = previous * (window - elapsed) / window + current
+
+so memory per (tenant, limit) is two small integer keys whatever the limit.
+Window-index key names are computed here from `now_ms` and every key is
+passed in KEYS; all of a tenant's keys carry the hash tag `{<tenant uuid>}`
+so they live on one Redis Cluster slot. Counter keys expire two windows
+after their last write.
+
+The in-flight cap is a sorted set of call ids scored by their deadline
+(`now + call_timeout_ms`); expired entries are dropped before each check, so
+a crashed process cannot leak slots beyond its calls' deadlines.
+
+When Redis is unreachable the tenant's plan decides (`Limits.fail_open`):
+admit unmetered (`bypassed=True`) or refuse (`meter_unavailable`). `admit`
+never raises for that; `failures` counts such events for a metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any, Final, TypedDict
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tenantry.errors import Unavailable
+
+__all__ = ["REASONS", "Decision", "Limits", "Meter", "Usage", "wall_clock_ms"]
+
+METER_LUA: Final[str] = files("tenantry.metering").joinpath("meter.lua").read_text(encoding="utf-8")
+
+RATE_WINDOW_MS: Final = 60_000
+
+REASONS: Final = frozenset(
+    {"quota_exceeded", "rate_limited", "concurrency_limited", "cost_exceeds_limit", "meter_unavailable"}
+)
+
+# What "Redis is unreachable" looks like from redis-py (builtin TimeoutError is an OSError).
+_REDIS_DOWN: Final = (RedisConnectionError, RedisTimeoutError, OSError)
+
+_NO_LIMIT: Final = -1
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    calls_per_window: int | None  # None = unlimited (enterprise)
+    window_seconds: int = 3600
+    requests_per_minute: int | None = None  # per-tenant request rate limit, None = none
+    max_concurrent: int | None = None  # per-tenant in-flight call cap, None = none
+    fail_open: bool = False  # policy when Redis is unreachable (free: closed, paid: open)
+
+    def __post_init__(self) -> None:
+        if self.window_seconds <= 0:
+            raise ValueError("window_seconds must be positive")
+        for name in ("calls_per_window", "requests_per_minute", "max_concurrent"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0 or None")
+
+    @property
+    def window_ms(self) -> int:
+        return self.window_seconds * 1000
+
+    @property
+    def unmetered(self) -> bool:
+        """No limit at all: the meter has nothing to check or count, and does not touch Redis."""
+        return self.calls_per_window is None and self.requests_per_minute is None and self.max_concurrent is None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    admitted: bool
+    reason: str | None  # None or one of REASONS
+    retry_after_ms: int  # 0 when admitted; when refused, the wait until the same call would pass; -1 never
+    limit: int | None  # the quota limit (for check_rate: the per-minute limit)
+    remaining: int | None  # quota units left in the window after this decision (None if unlimited or unknown)
+    bypassed: bool = False  # Redis was unreachable and fail_open admitted the call unmetered
+
+
+class Usage(TypedDict):
+    limit: int | None
+    used: int | None  # quota units counted in the sliding window (rounded up); None when unlimited
+    remaining: int | None
+    window_seconds: int
+    resets_in_ms: int  # until the window holds nothing of what is counted now (used would be 0)
+    window_ends_in_ms: int  # until the current fixed window rolls over
+
+
+class Meter:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        key_prefix: str = "tenantry",
+        timeout_s: float | None = None,
+        unavailable_retry_ms: int = 1000,
+    ) -> None:
+        """`timeout_s` bounds each Redis round trip of the meter on top of the client's own
+        timeouts (redis-py 8 retries a failed connection 10 times by default); past it the
+        call is treated as "Redis unreachable". `unavailable_retry_ms` is the retry hint
+        given with `meter_unavailable`."""
+        self._redis = redis
+        self._script = redis.register_script(METER_LUA)
+        self._clock = clock
+        self._prefix = key_prefix
+        self._timeout_s = timeout_s
+        self._unavailable_retry_ms = unavailable_retry_ms
+        self.failures = 0  # Redis unreachable (each admit/check_rate/release that could not reach it)
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _base(self, tenant_id: uuid.UUID) -> str:
+        return f"{self._prefix}:{{{tenant_id}}}"
+
+    def quota_keys(self, tenant_id: uuid.UUID, window_ms: int, now_ms: int) -> tuple[str, str]:
+        """(current, previous) quota counter keys at `now_ms`; the window length is in the name,
+        so changing a plan's window never mixes counts of different windows."""
+        index = now_ms // window_ms
+        base = self._base(tenant_id)
+        return f"{base}:q:{window_ms}:{index}", f"{base}:q:{window_ms}:{index - 1}"
+
+    def rate_keys(self, tenant_id: uuid.UUID, now_ms: int) -> tuple[str, str]:
+        index = now_ms // RATE_WINDOW_MS
+        base = self._base(tenant_id)
+        return f"{base}:r:{index}", f"{base}:r:{index - 1}"
+
+    def inflight_key(self, tenant_id: uuid.UUID) -> str:
+        return f"{self._base(tenant_id)}:inflight"
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        tenant_id: uuid.UUID,
+        call_id: str,
+        cost: int,
+        limits: Limits,
+        *,
+        now_ms: int | None = None,
+        call_timeout_ms: int = 120_000,
+    ) -> Decision:
+        """Decide whether a tool call of `cost` quota units may run, and if so count it (one round trip)."""
+        if cost < 0:
+            raise ValueError("cost must be >= 0")
+        if call_timeout_ms <= 0:
+            raise ValueError("call_timeout_ms must be positive")
+        quota = limits.calls_per_window
+        if limits.unmetered:
+            return Decision(admitted=True, reason=None, retry_after_ms=0, limit=None, remaining=None)
+        if quota is not None and cost > quota:
+            # Never admissible: no round trip needed.
+            return Decision(False, "cost_exceeds_limit", -1, quota, None)
+        now = self._clock() if now_ms is None else now_ms
+        return await self._run(
+            tenant_id,
+            call_id,
+            now,
+            cost=cost,
+            quota=quota,
+            window_ms=limits.window_ms,
+            rate=limits.requests_per_minute,
+            concurrent=limits.max_concurrent,
+            call_timeout_ms=call_timeout_ms,
+            limits=limits,
+            report_rate=False,
+        )
+
+    async def check_rate(self, tenant_id: uuid.UUID, limits: Limits, *, now_ms: int | None = None) -> Decision:
+        """For requests that are not tool calls: only the per-minute request limit, counting this request.
+
+        `limit` and `remaining` in the decision are those of the per-minute limit.
+        """
+        rate = limits.requests_per_minute
+        if rate is None:
+            return Decision(admitted=True, reason=None, retry_after_ms=0, limit=None, remaining=None)
+        now = self._clock() if now_ms is None else now_ms
+        return await self._run(
+            tenant_id,
+            "",
+            now,
+            cost=0,
+            quota=None,
+            window_ms=limits.window_ms,
+            rate=rate,
+            concurrent=None,
+            call_timeout_ms=1,
+            limits=limits,
+            report_rate=True,
+        )
+
+    async def _run(
+        self,
+        tenant_id: uuid.UUID,
+        call_id: str,
+        now: int,
+        *,
+        cost: int,
+        quota: int | None,
+        window_ms: int,
+        rate: int | None,
+        concurrent: int | None,
+        call_timeout_ms: int,
+        limits: Limits,
+        report_rate: bool,
+    ) -> Decision:
+        q_cur, q_prev = self.quota_keys(tenant_id, window_ms, now)
+        r_cur, r_prev = self.rate_keys(tenant_id, now)
+        keys = [q_cur, q_prev, r_cur, r_prev, self.inflight_key(tenant_id)]
+        args: list[int | str] = [
+            now,
+            call_id,
+            cost,
+            _NO_LIMIT if quota is None else quota,
+            window_ms,
+            now % window_ms,
+            _NO_LIMIT if rate is None else rate,
+            RATE_WINDOW_MS,
+            now % RATE_WINDOW_MS,
+            _NO_LIMIT if concurrent is None else concurrent,
+            call_timeout_ms,
+        ]
+        limit = rate if report_rate else quota
+        try:
+            reply = await self._call(self._script(keys=keys, args=args))
+        except _REDIS_DOWN:
+            self.failures += 1
+            if limits.fail_open:
+                return Decision(True, None, 0, limit, None, bypassed=True)
+            return Decision(False, "meter_unavailable", self._unavailable_retry_ms, limit, None)
+        admitted, reason, retry, q_remaining, r_remaining = reply
+        remaining = r_remaining if report_rate else q_remaining
+        reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)
+        return Decision(
+            admitted=bool(admitted),
+            reason=reason_text or None,
+            retry_after_ms=int(retry),
+            limit=limit,
+            remaining=None if limit is None else int(remaining),
+        )
+
+    async def _call(self, awaitable: Any) -> Any:
+        if self._timeout_s is None:
+            return await awaitable
+        async with asyncio.timeout(self._timeout_s):
+            return await awaitable
+
+    # -- in-flight slots -----------------------------------------------------------------------
+
+    async def release(self, tenant_id: uuid.UUID, call_id: str, limits: Limits | None = None) -> None:
+        """Free the call's in-flight slot. With `limits` lacking `max_concurrent`, no round trip at all.
+
+        Never raises for Redis being unreachable: the slot then frees itself at its deadline.
+        """
+        if limits is not None and limits.max_concurrent is None:
+            return
+        try:
+            await self._call(self._redis.zrem(self.inflight_key(tenant_id), call_id))
+        except _REDIS_DOWN:
+            self.failures += 1
+
+    def release_commands(self, pipe: Pipeline, tenant_id: uuid.UUID, call_id: str) -> None:
+        """Queue the release on the caller's pipeline (one round trip with the caller's own commands)."""
+        pipe.zrem(self.inflight_key(tenant_id), call_id)
+
+    # -- read-only ---------------------------------------------------------------------------
+
+    async def usage(self, tenant_id: uuid.UUID, limits: Limits, *, now_ms: int | None = None) -> Usage:
+        """The quota window as the next `admit` would see it; counts nothing.
+
+        Raises `tenantry.errors.Unavailable` (code `meter_unavailable`) when Redis is unreachable.
+        """
+        now = self._clock() if now_ms is None else now_ms
+        w = limits.window_ms
+        elapsed = now % w
+        quota = limits.calls_per_window
+        if quota is None:
+            return Usage(
+                limit=None,
+                used=None,
+                remaining=None,
+                window_seconds=limits.window_seconds,
+                resets_in_ms=0,
+                window_ends_in_ms=w - elapsed,
+            )
+        try:
+            raw = await self._call(self._redis.mget(self.quota_keys(tenant_id, w, now)))
+        except _REDIS_DOWN as exc:
+            self.failures += 1
+            raise Unavailable("the usage meter is unavailable", code="meter_unavailable") from exc
+        cur, prev = (int(v) if v is not None else 0 for v in raw)
+        scaled = prev * (w - elapsed) + cur * w  # estimate * w, exact
+        used = -(-scaled // w)  # rounded up, so used + remaining == limit and remaining is what admit allows
+        if cur:
+            resets_in = (w - elapsed) + w  # this window's count decays through the next one
+        elif prev:
+            resets_in = w - elapsed
+        else:
+            resets_in = 0
+        return Usage(
+            limit=quota,
+            used=used,
+            remaining=max(0, quota - used),
+            window_seconds=limits.window_seconds,
+            resets_in_ms=resets_in,
+            window_ends_in_ms=w - elapsed,
+        )
