@@ -51,6 +51,8 @@ def test_settings(**overrides: Any) -> Settings:
         "jwt_secret": JWT_SECRET,
         "db_pool_size": 5,
         "db_max_overflow": 5,
+        # Redis is shared with other runs (a developer's, a helper's): keep this run's keys apart.
+        "redis_key_prefix": f"tenantry-test-{os.getpid()}",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

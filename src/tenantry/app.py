@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,7 +11,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +26,9 @@ from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
 from tenantry.gateway.server import Gateway
+from tenantry.metering.ledger import Ledger, LedgerDrainer, stream_key
+from tenantry.metering.meter import Meter
+from tenantry.metering.plans import PlanBook
 from tenantry.metrics import Metrics
 from tenantry.services import Services
 from tenantry.settings import Settings
@@ -35,12 +41,28 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_me
 def build_services(settings: Settings) -> Services:
     """Every long-lived object, built once. Nothing connects until first used."""
     db = Database(settings)
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    # A blocking pool: past its size a caller waits for a connection instead of getting
+    # MaxConnectionsError (a ConnectionError the meter could not tell from "Redis is down").
+    # One quick retry, not redis-py's default ten: a down Redis must be noticed fast.
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=64,
+        timeout=settings.meter_timeout_seconds,
+        socket_connect_timeout=settings.meter_timeout_seconds,
+        socket_timeout=2,
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+    )
+    redis = Redis.from_pool(pool)
     metrics = Metrics()
-    resolver = CredentialResolver(settings, db)
-    calls = ToolCalls(settings, db, Catalog(builtin_tools()), metrics)
+    plans = PlanBook(settings)
+    resolver = CredentialResolver(settings, db, plans)
+    meter = Meter(redis, key_prefix=settings.redis_key_prefix, timeout_s=settings.meter_timeout_seconds)
+    stream = stream_key(settings.redis_key_prefix)
+    ledger = Ledger(redis, db, stream=stream)
+    drainer = LedgerDrainer(redis, db, stream=stream)
+    calls = ToolCalls(settings, db, Catalog(builtin_tools()), metrics, meter=meter, ledger=ledger, plans=plans)
     gateway = Gateway(settings, calls, resolver, metrics)
-    return Services(settings, db, redis, metrics, resolver, calls, gateway)
+    return Services(settings, db, redis, metrics, resolver, calls, gateway, plans, meter, ledger, drainer)
 
 
 async def _refuse_unsafe_app_role(services: Services) -> None:
@@ -84,10 +106,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await _refuse_unsafe_app_role(services)
+        drain = asyncio.create_task(services.drainer.run(), name="ledger-drain")
         try:
             async with services.gateway.run():
                 yield {}
         finally:
+            # In-flight calls have finished (the session manager waited for them); move what
+            # they recorded into PostgreSQL before the connections close.
+            services.drainer.stop()
+            await drain
             await services.redis.aclose()
             await services.db.dispose()
 

@@ -77,7 +77,21 @@ class LimitExceeded(TenantryError):
     http_status = 429
     default_code = "rate_limited"
 
+    def headers(self) -> dict[str, str]:
+        return _retry_after(self)
+
 
 class Unavailable(TenantryError):
     http_status = 503
     default_code = "unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return _retry_after(self)
+
+
+def _retry_after(error: TenantryError) -> dict[str, str]:
+    """`Retry-After` (whole seconds, rounded up) when the error says when to retry."""
+    retry_ms = error.extra.get("retry_after_ms")
+    if isinstance(retry_ms, int) and retry_ms >= 0:
+        return {"Retry-After": str(max(1, -(-retry_ms // 1000)))}
+    return {}

@@ -31,6 +31,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.meter_unavailable = Counter(
+            "tenantry_meter_unavailable_total",
+            "Tool calls decided without Redis, by plan and the plan's policy (fail_open admits, fail_closed refuses).",
+            ["plan", "policy"],
+            registry=self.registry,
+        )
+        self.ledger_failures = Counter(
+            "tenantry_ledger_failures_total",
+            "Completed calls whose usage event neither Redis nor PostgreSQL took (their result was withheld).",
+            registry=self.registry,
+        )
+
     def observe_tool_call(self, tenant_id: uuid.UUID, tool: str, outcome: str, started: float) -> None:
         self.tool_calls.labels(str(tenant_id), tool, outcome).inc()
         self.tool_latency.labels(tool).observe(time.perf_counter() - started)

@@ -10,6 +10,9 @@ from tenantry.auth.resolver import CredentialResolver
 from tenantry.db.engine import Database
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.server import Gateway
+from tenantry.metering.ledger import Ledger, LedgerDrainer
+from tenantry.metering.meter import Meter
+from tenantry.metering.plans import PlanBook
 from tenantry.metrics import Metrics
 from tenantry.settings import Settings
 
@@ -23,3 +26,7 @@ class Services:
     resolver: CredentialResolver
     calls: ToolCalls
     gateway: Gateway
+    plans: PlanBook
+    meter: Meter
+    ledger: Ledger
+    drainer: LedgerDrainer

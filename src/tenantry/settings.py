@@ -10,13 +10,35 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 # Values that are fine on a laptop and fatal anywhere else.
 DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
 DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"
+
+
+class PlanLimits(BaseModel):
+    """What one plan allows a tenant. `None` means no limit of that kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calls_per_window: int | None = Field(default=None, ge=0)  # quota units per window
+    window_seconds: int = Field(default=3600, ge=1, le=31 * 86_400)
+    requests_per_minute: int | None = Field(default=None, ge=0)  # MCP + REST requests, per tenant
+    max_concurrent: int | None = Field(default=None, ge=0)  # in-flight tool calls, per tenant
+    # When Redis is unreachable: admit unmetered and record the pass (True), or refuse (False).
+    fail_open: bool = False
+
+
+DEFAULT_PLAN_LIMITS: dict[str, PlanLimits] = {
+    "free": PlanLimits(calls_per_window=100, requests_per_minute=120, max_concurrent=4, fail_open=False),
+    "starter": PlanLimits(calls_per_window=1_000, requests_per_minute=600, max_concurrent=16, fail_open=True),
+    "pro": PlanLimits(calls_per_window=10_000, requests_per_minute=3_000, max_concurrent=64, fail_open=True),
+    # Unlimited: the meter does not touch Redis at all for these tenants.
+    "enterprise": PlanLimits(fail_open=True),
+}
 
 
 class Settings(BaseSettings):
@@ -58,14 +80,39 @@ class Settings(BaseSettings):
     mcp_allowed_origins: list[str] = Field(default_factory=list)
     max_request_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
 
-    # The plans a tenant may be on (metering gives each its limits).
-    plans: list[str] = Field(default_factory=lambda: ["free", "starter", "pro", "enterprise"])
+    # The plans a tenant may be on, and what each allows (a tenant's own `limits` override its plan's).
+    plan_limits: dict[str, PlanLimits] = Field(default_factory=lambda: dict(DEFAULT_PLAN_LIMITS))
     default_plan: str = "free"
+    # Quota units a call of a tool costs, by tool name (default 1), e.g. {"usage_summary": 2}.
+    tool_costs: dict[str, int] = Field(default_factory=dict)
+    # Off only for benchmarks that measure what metering costs: no quota, no ledger.
+    metering_enabled: bool = True
+    # Every Redis key Tenantry writes starts with this (one Redis can serve several deployments).
+    redis_key_prefix: str = Field(default="tenantry", pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    # A meter round trip slower than this counts as "Redis unreachable" (the plan's policy applies).
+    meter_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
+    # A tool call holds its in-flight slot at most this long (a crashed process frees it then).
+    call_timeout_seconds: float = Field(default=120, gt=0, le=3600)
+    # /health fails when the oldest usage event not yet in PostgreSQL is older than this.
+    ledger_max_lag_seconds: float = Field(default=60, gt=0)
 
     # Tenant data store limits.
     data_max_key_length: int = Field(default=256, ge=1, le=1024)
     data_max_value_bytes: int = Field(default=65_536, ge=16, le=16 * 1_048_576)
     data_max_keys_per_tenant: int = Field(default=10_000, ge=1)
+
+    @property
+    def plans(self) -> list[str]:
+        return list(self.plan_limits)
+
+    @model_validator(mode="after")
+    def _check_plans(self) -> Settings:
+        if self.default_plan not in self.plan_limits:
+            raise ValueError(f"TENANTRY_DEFAULT_PLAN {self.default_plan!r} is not one of {list(self.plan_limits)}")
+        bad = {tool: cost for tool, cost in self.tool_costs.items() if cost < 0}
+        if bad:
+            raise ValueError(f"TENANTRY_TOOL_COSTS must be >= 0: {bad}")
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from tenantry.errors import BadRequest, Unauthenticated
+from tenantry.metering.meter import Limits
 
 
 class TenantStatus(StrEnum):
@@ -34,6 +35,7 @@ class Principal:
     key_id: uuid.UUID
     plan: str
     via: str  # "api_key" or "jwt"
+    limits: Limits  # the plan's limits with the tenant's own overrides applied
 
 
 _current: ContextVar[Principal | None] = ContextVar("tenantry_principal", default=None)

@@ -83,7 +83,9 @@ async def update_tenant(
     name: str | None = None,
     plan: str | None = None,
     status: TenantStatus | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> Tenant:
+    """Change what is given; `limits` replaces the tenant's overrides of its plan's limits."""
     current = await get_tenant(conn, tenant_id)
     if current.status == TenantStatus.DEPROVISIONED:
         raise Conflict("a deprovisioned tenant cannot be changed", code="tenant_deprovisioned")
@@ -96,6 +98,8 @@ async def update_tenant(
         values["plan"] = plan
     if status is not None:
         values["status"] = status
+    if limits is not None:
+        values["limits"] = limits
     row = (
         await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(**values).returning(*_COLUMNS))
     ).one()

@@ -11,7 +11,7 @@ from mcp.shared.exceptions import MCPError
 from tenantry.client import connect
 from tests.conftest import Admin, TenantHandle, serve
 
-BUILTINS = {"data_put", "data_get", "data_list", "data_delete", "health_check"}
+BUILTINS = {"data_put", "data_get", "data_list", "data_delete", "health_check", "usage_summary"}
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 

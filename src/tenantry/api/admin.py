@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -14,6 +15,8 @@ from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.auth import api_keys
 from tenantry.auth.jwt import issue_admin_token
 from tenantry.errors import BadRequest, Conflict, Unauthenticated
+from tenantry.metering.plans import validate_overrides
+from tenantry.metering.usage import summarize, time_range
 from tenantry.tenancy import TenantStatus, parse_tenant_id
 
 router = APIRouter(prefix="/api")
@@ -36,6 +39,8 @@ class TenantPatch(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     plan: str | None = None
     status: Literal["active", "suspended"] | None = None
+    # Overrides of the plan's limits for this tenant ({} clears them), e.g. {"calls_per_window": 5000}.
+    limits: dict[str, Any] | None = None
 
 
 class KeyCreate(Strict):
@@ -99,6 +104,7 @@ async def update_tenant(tenant_id: str, body: TenantPatch, services: ServicesDep
             name=body.name,
             plan=body.plan,
             status=TenantStatus(body.status) if body.status else None,
+            limits=validate_overrides(body.limits) if body.limits is not None else None,
         )
     services.resolver.invalidate()
     return tenant.public()
@@ -110,6 +116,22 @@ async def delete_tenant(tenant_id: str, services: ServicesDep) -> dict[str, Any]
         tenant = await tenant_service.deprovision_tenant(conn, _tenant_id(tenant_id))
     services.resolver.invalidate()
     return tenant.public()
+
+
+@router.get("/tenants/{tenant_id}/usage", dependencies=[AdminDep])
+async def tenant_usage(
+    tenant_id: str,
+    services: ServicesDep,
+    since: Annotated[datetime | None, Query(description="ISO 8601; default 24 h before `until`")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601; default now")] = None,
+) -> dict[str, Any]:
+    """Calls and units per tool in [since, until), and the tenant's quota window now."""
+    tid = _tenant_id(tenant_id)
+    start, end = time_range(since, until)
+    async with services.db.system() as conn:
+        tenant = await tenant_service.get_tenant(conn, tid)
+        limits = services.plans.limits(tenant.plan, tenant.limits)
+        return await summarize(conn, services.meter, tid, limits, start, end)
 
 
 @router.post("/tenants/{tenant_id}/keys", status_code=201, dependencies=[AdminDep])

@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import ServicesDep
+from tenantry.metering.ledger import oldest_undrained_age_ms
 from tenantry.services import Services
 from tenantry.tenancy import parse_tenant_id
 
@@ -64,8 +65,37 @@ async def _database(s: Services) -> Check:
 
 
 async def _redis(s: Services) -> Check:
-    await s.redis.ping()
-    return {"status": "ok"}
+    policy = {plan: "fail_open" if p.fail_open else "fail_closed" for plan, p in s.settings.plan_limits.items()}
+    try:
+        await s.redis.ping()
+    except Exception as exc:  # reported, never raised
+        return {
+            "status": "fail",
+            "state": "down",
+            "detail": f"{type(exc).__name__}: {str(exc)[:200]}",
+            "when_down": policy,
+            "meter_failures": s.meter.failures,
+        }
+    return {"status": "ok", "state": "up", "when_down": policy, "meter_failures": s.meter.failures}
+
+
+async def _ledger(s: Services) -> Check:
+    """The usage ledger: how far the drain into PostgreSQL lags, and whether it is failing."""
+    lag_ms = await oldest_undrained_age_ms(s.redis, s.ledger.stream)
+    limit_ms = int(s.settings.ledger_max_lag_seconds * 1000)
+    ok = lag_ms <= limit_ms
+    check: Check = {
+        "status": "ok" if ok else "fail",
+        "lag_ms": lag_ms,
+        "max_lag_ms": limit_ms,
+        "drained": s.drainer.drained,
+        "postgres_fallbacks": s.ledger.fallbacks,
+    }
+    if s.drainer.last_error:
+        check["last_error"] = s.drainer.last_error
+    if not ok:
+        check["detail"] = f"the oldest usage event not yet in PostgreSQL is {lag_ms / 1000:.0f}s old"
+    return check
 
 
 async def _app_role(s: Services) -> Check:
@@ -106,11 +136,12 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
         async with services.db.system() as conn:
             found = await tenant_service.get_tenant(conn, tenant_id)
         body["tenant"] = {"id": str(found.id), "status": found.status, "plan": found.plan}
-    names = ["database", "redis", "app_role"]
+    names = ["database", "redis", "app_role", "ledger"]
     jobs = [
         _run(lambda: _database(services)),
         _run(lambda: _redis(services)),
         _run(lambda: _app_role(services)),
+        _run(lambda: _ledger(services)),
     ]
     if tenant_id is not None:
         names.append("rls_canary")

@@ -2,7 +2,7 @@
 
 The credential lookup runs before any tenant is known, so it reads through
 the owner's pool (one indexed query on the key hash). Its answer (key ->
-tenant, revoked?, tenant status, plan) is cached for
+tenant, revoked?, tenant status, plan and limits) is cached for
 `auth_cache_ttl_seconds`; anything that changes a key or a tenant through
 this process calls `invalidate()`, so revocation and suspension take effect
 at once here and within the TTL on other replicas.
@@ -22,6 +22,8 @@ from tenantry.auth.jwt import decode_tenant_token
 from tenantry.db.engine import Database
 from tenantry.db.models import api_keys, tenants
 from tenantry.errors import Forbidden, Unauthenticated
+from tenantry.metering.meter import Limits
+from tenantry.metering.plans import PlanBook
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, TenantStatus
 
@@ -35,6 +37,7 @@ class _KeyState:
     revoked: bool
     tenant_status: str
     plan: str
+    limits: Limits
     loaded_at: float
 
 
@@ -44,13 +47,15 @@ _QUERY = select(
     api_keys.c.revoked_at.is_not(None),
     tenants.c.status,
     tenants.c.plan,
+    tenants.c.limits,
 ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
 
 
 class CredentialResolver:
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, plans: PlanBook) -> None:
         self._settings = settings
         self._db = db
+        self._plans = plans
         self._ttl = settings.auth_cache_ttl_seconds
         # Keyed by key hash (API keys) or by key id (JWTs, which name their key).
         self._cache: OrderedDict[bytes | uuid.UUID, _KeyState] = OrderedDict()
@@ -77,7 +82,7 @@ class CredentialResolver:
             raise Forbidden(f"tenant is {state.tenant_status}", code=f"tenant_{state.tenant_status}")
         if state.revoked:
             raise Unauthenticated("credential revoked", code="credential_revoked")
-        return Principal(tenant_id=state.tenant_id, key_id=state.key_id, plan=state.plan, via=via)
+        return Principal(tenant_id=state.tenant_id, key_id=state.key_id, plan=state.plan, via=via, limits=state.limits)
 
     async def _lookup(self, cache_key: bytes | uuid.UUID, where: object) -> _KeyState | None:
         now = time.monotonic()
@@ -90,7 +95,7 @@ class CredentialResolver:
         if row is None:
             self._cache.pop(cache_key, None)
             return None
-        state = _KeyState(row[0], row[1], bool(row[2]), row[3], row[4], now)
+        state = _KeyState(row[0], row[1], bool(row[2]), row[3], row[4], self._plans.limits(row[4], row[5]), now)
         if self._ttl > 0:
             self._cache[cache_key] = state
             if len(self._cache) > _MAX_ENTRIES:

@@ -27,6 +27,11 @@ from tenantry.settings import Settings
 _BIND_TENANT = text("SELECT set_config('tenantry.tenant_id', :tenant_id, true)")
 
 
+async def bind_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
+    """Bind `tenant_id` for the rest of `conn`'s transaction (and no longer)."""
+    await conn.execute(_BIND_TENANT, {"tenant_id": str(tenant_id)})
+
+
 class Database:
     def __init__(self, settings: Settings) -> None:
         self.app_role = settings.db_app_role
@@ -43,7 +48,7 @@ class Database:
     @asynccontextmanager
     async def tenant(self, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
         async with self.app_engine.begin() as conn:
-            await conn.execute(_BIND_TENANT, {"tenant_id": str(tenant_id)})
+            await bind_tenant(conn, tenant_id)
             yield conn
 
     @asynccontextmanager

@@ -1,7 +1,17 @@
-"""One tool call, the same for every path: catalog -> validate -> execute.
+"""One tool call, the same for every path: catalog -> validate -> meter -> execute -> ledger.
 
 Both the MCP handler and the REST bridge call `ToolCalls.call`, so a rule
-added here (policy, metering, the usage ledger) holds on every path.
+added here holds on every path. The order matters:
+
+- an unknown tool or invalid arguments is refused before the meter, so bad
+  input consumes no quota and leaves no usage event;
+- the meter's one round trip decides and counts (quota, request rate,
+  in-flight cap); a refused call is not executed and leaves no usage event;
+- an admitted call gets its event id at admission; when it completes, its
+  usage event is made durable (Redis stream, pipelined with the release of
+  its in-flight slot) *before* the result goes back, so every result a client
+  ever saw is in the ledger. The event id travels back in the result's
+  `_meta` (`tenantry/event_id`), so a client or an auditor can match the two.
 """
 
 from __future__ import annotations
@@ -9,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import mcp_types as types
@@ -17,14 +29,19 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
-from tenantry.errors import BadRequest, NotFound, TenantryError, Unavailable
+from tenantry.errors import BadRequest, LimitExceeded, NotFound, TenantryError, Unavailable
 from tenantry.gateway.catalog import Catalog
+from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
+from tenantry.metering.meter import Decision, Meter, wall_clock_ms
+from tenantry.metering.plans import PlanBook
 from tenantry.metrics import Metrics
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal
-from tenantry.tools.base import ToolContext
+from tenantry.tools.base import BuiltinTool, ToolContext
 
 log = logging.getLogger(__name__)
+
+EVENT_ID_META = "tenantry/event_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +50,23 @@ class ToolOutcome:
 
     result: dict[str, Any] | None = None
     error: TenantryError | None = None
+    event_id: uuid.UUID | None = None  # set when the call was admitted and is in the ledger
 
     def to_mcp(self) -> types.CallToolResult:
+        meta = {EVENT_ID_META: str(self.event_id)} if self.event_id is not None else None
         if self.error is not None:
             body = self.error.body()
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=f"{self.error.code}: {self.error.detail}")],
                 structured_content=body,
                 is_error=True,
+                meta=meta,
             )
         result = self.result or {}
         text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
-        return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=result)
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=text)], structured_content=result, meta=meta
+        )
 
 
 def _describe(exc: ValidationError) -> str:
@@ -55,12 +77,53 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def refusal(decision: Decision, principal: Principal, tool: str | None, cost: int) -> TenantryError:
+    """The error a refused meter decision becomes (429, or 503 when the meter itself is unreachable)."""
+    retry_ms = decision.retry_after_ms
+    extra: dict[str, Any] = {"retry_after_ms": retry_ms, "plan": principal.plan, "limit": decision.limit}
+    if tool is not None:
+        extra["tool"] = tool
+    wait = "never, at this plan's limits" if retry_ms < 0 else f"in {retry_ms / 1000:.1f}s"
+    limits = principal.limits
+    match decision.reason:
+        case "quota_exceeded" | "cost_exceeds_limit":
+            detail = (
+                f"tool {tool!r} costs {cost} unit(s); plan {principal.plan!r} allows {limits.calls_per_window}"
+                f" per {limits.window_seconds}s and {max(decision.remaining or 0, 0)} remain; retry {wait}"
+            )
+            return LimitExceeded(detail, code=decision.reason, extra=extra)
+        case "rate_limited":
+            detail = f"plan {principal.plan!r} allows {limits.requests_per_minute} requests per minute; retry {wait}"
+            return LimitExceeded(detail, code="rate_limited", extra=extra)
+        case "concurrency_limited":
+            detail = f"plan {principal.plan!r} allows {limits.max_concurrent} calls in flight; retry {wait}"
+            return LimitExceeded(detail, code="concurrency_limited", extra=extra)
+        case _:
+            detail = f"the usage meter is unavailable and plan {principal.plan!r} fails closed; retry {wait}"
+            return Unavailable(detail, code="meter_unavailable", extra=extra)
+
+
 class ToolCalls:
-    def __init__(self, settings: Settings, db: Database, catalog: Catalog, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        catalog: Catalog,
+        metrics: Metrics,
+        *,
+        meter: Meter,
+        ledger: Ledger,
+        plans: PlanBook,
+    ) -> None:
         self._settings = settings
         self._db = db
         self._catalog = catalog
         self._metrics = metrics
+        self._meter = meter
+        self._ledger = ledger
+        self._plans = plans
+        self._metering = settings.metering_enabled
+        self._call_timeout_ms = int(settings.call_timeout_seconds * 1000)
 
     def list_tools(self, principal: Principal) -> list[types.Tool]:
         return self._catalog.list_tools(principal)
@@ -68,25 +131,81 @@ class ToolCalls:
     def exists(self, principal: Principal, name: str) -> bool:
         return self._catalog.lookup(principal, name) is not None
 
+    async def check_rate(self, principal: Principal) -> None:
+        """Count a request that is not a tool call against the tenant's request rate; raise if over it."""
+        if not self._metering or principal.limits.requests_per_minute is None:
+            return
+        decision = await self._meter.check_rate(principal.tenant_id, principal.limits)
+        self._observe_decision(principal, decision)
+        # Listing tools costs nothing billable, so a meter outage does not refuse it; only the rate does.
+        if decision.reason == "rate_limited":
+            raise refusal(decision, principal, None, 0)
+
     async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> ToolOutcome:
         started = time.perf_counter()
         tool = self._catalog.lookup(principal, name)
         if tool is None:
             outcome = ToolOutcome(error=NotFound(f"no tool named {name[:100]!r}", code="unknown_tool"))
+            self._metrics.observe_tool_call(principal.tenant_id, "_unknown", "unknown_tool", started)
+            return outcome
+        try:
+            args = tool.arguments.model_validate(arguments or {})
+        except ValidationError as exc:
+            outcome = ToolOutcome(error=BadRequest(_describe(exc), code="invalid_arguments"))
         else:
-            try:
-                args = tool.arguments.model_validate(arguments or {})
-            except ValidationError as exc:
-                outcome = ToolOutcome(error=BadRequest(_describe(exc), code="invalid_arguments"))
-            else:
-                ctx = ToolContext(principal=principal, db=self._db, settings=self._settings)
-                try:
-                    outcome = ToolOutcome(result=await tool.run(ctx, args))
-                except TenantryError as exc:
-                    outcome = ToolOutcome(error=exc)
-                except (DBAPIError, OSError):
-                    log.exception("tool %s failed for tenant %s", name, principal.tenant_id)
-                    outcome = ToolOutcome(error=Unavailable("the data store is unavailable; retry later"))
+            outcome = await self._metered(principal, tool, args, started)
         status = "ok" if outcome.error is None else outcome.error.code
-        self._metrics.observe_tool_call(principal.tenant_id, name if tool else "_unknown", status, started)
+        self._metrics.observe_tool_call(principal.tenant_id, name, status, started)
         return outcome
+
+    async def _metered(self, principal: Principal, tool: BuiltinTool, args: Any, started: float) -> ToolOutcome:
+        if not self._metering:
+            return await self._execute(principal, tool, args)
+        tenant_id, limits = principal.tenant_id, principal.limits
+        event_id = uuid.uuid4()
+        cost = self._plans.cost(tool.name)
+        decision = await self._meter.admit(
+            tenant_id, event_id.hex, cost, limits, call_timeout_ms=self._call_timeout_ms
+        )
+        self._observe_decision(principal, decision)
+        if not decision.admitted:
+            return ToolOutcome(error=refusal(decision, principal, tool.name, cost))
+        outcome = await self._execute(principal, tool, args)
+        event = UsageEvent(
+            event_id=event_id,
+            tenant_id=tenant_id,
+            tool=tool.name,
+            units=cost,
+            outcome="ok" if outcome.error is None else outcome.error.code,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            occurred_at_ms=wall_clock_ms(),
+            metered=not decision.bypassed,
+        )
+        holds_slot = limits.max_concurrent is not None and not decision.bypassed
+        release = partial(self._meter.release_commands, tenant_id=tenant_id, call_id=event_id.hex)
+        try:
+            await self._ledger.record(event, also=release if holds_slot else None)
+        except LedgerUnavailable:
+            log.error("usage event %s of tenant %s could not be recorded; result withheld", event_id, tenant_id)
+            self._metrics.ledger_failures.inc()
+            if holds_slot:
+                await self._meter.release(tenant_id, event_id.hex)
+            error = Unavailable("the usage ledger is unavailable; retry later", code="ledger_unavailable")
+            return ToolOutcome(error=error)
+        return ToolOutcome(result=outcome.result, error=outcome.error, event_id=event_id)
+
+    async def _execute(self, principal: Principal, tool: BuiltinTool, args: Any) -> ToolOutcome:
+        ctx = ToolContext(principal=principal, db=self._db, settings=self._settings, meter=self._meter)
+        try:
+            return ToolOutcome(result=await tool.run(ctx, args))
+        except TenantryError as exc:
+            return ToolOutcome(error=exc)
+        except (DBAPIError, OSError):
+            log.exception("tool %s failed for tenant %s", tool.name, principal.tenant_id)
+            return ToolOutcome(error=Unavailable("the data store is unavailable; retry later"))
+
+    def _observe_decision(self, principal: Principal, decision: Decision) -> None:
+        if decision.bypassed:
+            self._metrics.meter_unavailable.labels(principal.plan, "fail_open").inc()
+        elif decision.reason == "meter_unavailable":
+            self._metrics.meter_unavailable.labels(principal.plan, "fail_closed").inc()

@@ -27,6 +27,6 @@ class Catalog:
 
 
 def builtin_tools() -> list[BuiltinTool]:
-    from tenantry.tools import data_store, health_check
+    from tenantry.tools import data_store, health_check, usage_summary
 
-    return [*data_store.TOOLS, health_check.TOOL]
+    return [*data_store.TOOLS, health_check.TOOL, usage_summary.TOOL]

@@ -24,12 +24,22 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from tenantry.auth.middleware import TenantAuth, principal_from_scope
 from tenantry.auth.resolver import CredentialResolver
+from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
 from tenantry.metrics import Metrics
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
 
 UNAUTHENTICATED = -32001
+# Too many requests (request rate, in-flight cap): refused as a JSON-RPC error, like HTTP 429,
+# since they say nothing about the tool. Quota refusals are tool results (`quota_exceeded`).
+LIMIT_EXCEEDED = -32029
+REQUEST_LEVEL_REFUSALS = frozenset({"rate_limited", "concurrency_limited"})
+
+
+def _jsonrpc_error(exc: TenantryError) -> MCPError:
+    code = LIMIT_EXCEEDED if exc.code in REQUEST_LEVEL_REFUSALS else types.INTERNAL_ERROR
+    return MCPError(code, f"{exc.code}: {exc.detail}", data=exc.body())
 
 
 def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
@@ -99,6 +109,10 @@ class Gateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         principal = _principal(ctx)
+        try:
+            await self._calls.check_rate(principal)
+        except TenantryError as exc:
+            raise _jsonrpc_error(exc) from None
         return types.ListToolsResult(tools=self._calls.list_tools(principal))
 
     async def _call_tool(
@@ -109,4 +123,6 @@ class Gateway:
             if not self._calls.exists(principal, params.name):
                 raise MCPError(types.INVALID_PARAMS, f"unknown tool: {params.name[:100]}")
             outcome = await self._calls.call(principal, params.name, params.arguments)
+        if outcome.error is not None and outcome.error.code in REQUEST_LEVEL_REFUSALS:
+            raise _jsonrpc_error(outcome.error)
         return outcome.to_mcp()

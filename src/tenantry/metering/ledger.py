@@ -3,7 +3,7 @@
 Design
 ------
 Hot path (no database round trip): when a call completes, its event is
-appended to the Redis stream `tenantry:{ledger}` *before* the result is
+appended to the Redis stream `<prefix>:{ledger}` *before* the result is
 returned to the client, in the same pipelined round trip that frees the
 call's in-flight slot in the meter. So a gateway crash at any moment loses
 no event of a call whose result the client received: either the event is
@@ -48,18 +48,21 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
-from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
-from tenantry.db.engine import Database
+from tenantry.db.engine import Database, bind_tenant
 from tenantry.db.models import usage_events
 
 log = logging.getLogger(__name__)
 
-STREAM = "tenantry:{ledger}"
 GROUP = "ledger"
-_BIND_TENANT = text("SELECT set_config('tenantry.tenant_id', :tenant_id, true)")
+
+
+def stream_key(prefix: str = "tenantry") -> str:
+    """The ledger stream's key; `{ledger}` is its Redis Cluster hash tag."""
+    return f"{prefix}:{{ledger}}"
+
 _REDIS_DOWN = (RedisError, OSError)
 
 
@@ -125,7 +128,7 @@ async def insert_events(db: Database, events: Iterable[UsageEvent]) -> int:
     inserted = 0
     async with db.unbound() as conn:
         for tenant_id, rows in by_tenant.items():
-            await conn.execute(_BIND_TENANT, {"tenant_id": str(tenant_id)})
+            await bind_tenant(conn, tenant_id)
             result = await conn.execute(
                 insert(usage_events).values(rows).on_conflict_do_nothing().returning(usage_events.c.event_id)
             )
@@ -134,10 +137,11 @@ async def insert_events(db: Database, events: Iterable[UsageEvent]) -> int:
 
 
 class Ledger:
-    def __init__(self, redis: Redis, db: Database) -> None:
+    def __init__(self, redis: Redis, db: Database, *, stream: str = stream_key()) -> None:
         self._redis = redis
         self._db = db
-        self.fallbacks = 0
+        self.stream = stream
+        self.fallbacks = 0  # events written straight to PostgreSQL because Redis was unreachable
 
     async def record(self, event: UsageEvent, *, also: Callable[[Pipeline], None] | None = None) -> None:
         """Make `event` durable before the call's result is returned.
@@ -146,7 +150,7 @@ class Ledger:
         """
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(STREAM, event.fields())  # type: ignore[arg-type]
+                pipe.xadd(self.stream, event.fields())  # type: ignore[arg-type]
                 if also is not None:
                     also(pipe)
                 await pipe.execute()
@@ -172,7 +176,9 @@ class LedgerDrainer:
         block_ms: int = 1000,
         claim_idle_ms: int = 30_000,
         consumer: str | None = None,
+        stream: str = stream_key(),
     ) -> None:
+        self.stream = stream
         self._redis = redis
         self._db = db
         self._batch = batch_size
@@ -185,7 +191,7 @@ class LedgerDrainer:
 
     async def ensure_group(self) -> None:
         try:
-            await self._redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+            await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -200,27 +206,27 @@ class LedgerDrainer:
         if events:
             await insert_events(self._db, events)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xack(STREAM, GROUP, *ids)
-            pipe.xdel(STREAM, *ids)
+            pipe.xack(self.stream, GROUP, *ids)
+            pipe.xdel(self.stream, *ids)
             await pipe.execute()
         self.drained += len(events)
         return len(ids)
 
     async def _read(self, *, block: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
         # A batch this consumer read but did not acknowledge (the insert failed, or we were cancelled).
-        entries = _entries(await self._redis.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=self._batch))
+        entries = _entries(await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self._batch))
         if entries:
             return entries
         # Entries a dead consumer read and never acknowledged.
         claimed = await self._redis.xautoclaim(
-            STREAM, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, count=self._batch
+            self.stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, count=self._batch
         )
         entries = [(entry_id, fields) for entry_id, fields in claimed[1] if fields is not None]
         if entries:
             return entries
         block_ms = self._block_ms if block else None
         return _entries(
-            await self._redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=self._batch, block=block_ms)
+            await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self._batch, block=block_ms)
         )
 
     async def run(self) -> None:
@@ -256,13 +262,13 @@ class LedgerDrainer:
         self._stopping.set()
 
 
-async def oldest_undrained_age_ms(redis: Redis, now_ms: int | None = None) -> int:
+async def oldest_undrained_age_ms(redis: Redis, stream: str, now_ms: int | None = None) -> int:
     """Age of the oldest event not yet in PostgreSQL (pending or undelivered); 0 when there is none.
 
     Drained entries are deleted from the stream, so its first entry is the oldest undrained one.
     """
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    first = await redis.xrange(STREAM, count=1)
+    first = await redis.xrange(stream, count=1)
     if not first:
         return 0
     entry_id = first[0][0]

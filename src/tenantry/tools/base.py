@@ -18,6 +18,7 @@ import mcp_types as types
 from pydantic import BaseModel, ConfigDict
 
 from tenantry.db.engine import Database
+from tenantry.metering.meter import Meter
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal
 
@@ -33,6 +34,7 @@ class ToolContext:
     principal: Principal
     db: Database
     settings: Settings
+    meter: Meter
 
     @property
     def tenant_id(self) -> uuid.UUID:
