@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     call_timeout_seconds: float = Field(default=120, gt=0, le=3600)
     # /health fails when the oldest usage event not yet in PostgreSQL is older than this.
     ledger_max_lag_seconds: float = Field(default=60, gt=0)
+    # Usage events a crashed replica read but never stored are taken over by another after this long.
+    ledger_claim_idle_seconds: float = Field(default=30, gt=0, le=3600)
 
     # Tenant data store limits.
     data_max_key_length: int = Field(default=256, ge=1, le=1024)
