@@ -112,6 +112,9 @@ async def prepare_database(env: dict[str, str]) -> tuple[str, str]:
     try:
         async with db.system() as c:
             tenant = await tenant_service.create_tenant(c, "bench", "pro")
+            # Metered (every call goes through the Lua meter and the ledger) but never refused.
+            limits = {"calls_per_window": 10**9, "requests_per_minute": 10**9, "max_concurrent": 10_000}
+            await tenant_service.update_tenant(c, tenant.id, limits=limits)
             _, secret = await api_keys.create_key(c, tenant.id, "bench")
     finally:
         await db.dispose()

@@ -4,6 +4,8 @@ Each factory builds the real app (or the real services) and then swaps one piece
 touching `src/`. Served and driven exactly like the gateway (same headers, same tool, same value), so
 `gateway CPU/req - variant CPU/req` is what that layer costs per call:
 
+- `no_metering` no meter round trip (Lua quota/rate/in-flight) and no usage event (Redis stream): what
+               metering plus the ledger cost per call (`TENANTRY_METERING_ENABLED=false`)
 - `no_db`      data_get answers a fixed result instead of the 4-round-trip RLS transaction
 - `no_auth`    TenantAuth (header parsing, key hashing, cache lookup, AuthenticatedUser) -> a stub that puts
                a fixed Principal in the scope
@@ -23,6 +25,7 @@ These poke at private attributes (`_catalog`, `_builtins`): they are benchmark s
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -39,6 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenantry.app import build_services, create_app
 from tenantry.auth.middleware import PRINCIPAL_SCOPE_KEY, TenantAuth
+from tenantry.metering.plans import PlanBook
 from tenantry.services import Services
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
@@ -46,6 +50,7 @@ from tenantry.tools.base import ToolContext
 
 FIXED_UPDATED_AT = "2025-01-01T00:00:00.000000+00:00"
 _stored: dict[str, Any] = {}
+_UNREFUSED = {"calls_per_window": 10**9, "requests_per_minute": 10**9, "max_concurrent": 10_000}
 
 
 async def _fixed_data_get(ctx: ToolContext, args: Any) -> dict[str, Any]:
@@ -74,7 +79,8 @@ class _StubAuth:
         known = self._principals.get(claimed)
         if known is None:
             tenant = uuid.UUID(claimed.decode())
-            principal = Principal(tenant_id=tenant, key_id=uuid.uuid4(), plan="pro", via="api_key")
+            limits = PlanBook(Settings()).limits("pro", _UNREFUSED)
+            principal = Principal(tenant_id=tenant, key_id=uuid.uuid4(), plan="pro", via="api_key", limits=limits)
             # What TenantAuth also sets per request; built once here.
             user = AuthenticatedUser(AccessToken(token="", client_id=str(tenant), scopes=[], subject=str(tenant)))
             known = self._principals[claimed] = (principal, user)
@@ -116,6 +122,11 @@ def no_auth() -> Any:
     return app
 
 
+def no_metering() -> Any:
+    """No meter round trip and no ledger write: what metering plus the ledger cost per call."""
+    return create_app(Settings(metering_enabled=False))
+
+
 def no_metrics() -> Any:
     app = create_app(Settings())
     _apply_no_metrics(_services(app))
@@ -133,10 +144,13 @@ def _starlette_app(mutate: Callable[[Services, list[BaseRoute]], None] | None = 
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        drain = asyncio.create_task(services.drainer.run())
         try:
             async with services.gateway.run():
                 yield
         finally:
+            services.drainer.stop()
+            await drain
             await services.redis.aclose()
             await services.db.dispose()
 
@@ -206,4 +220,4 @@ def schema_lookup() -> Any:
     return app
 
 
-VARIANTS = ("no_db", "no_auth", "no_metrics", "starlette", "lean", "asyncpg_get", "schema_lookup")
+VARIANTS = ("no_metering", "no_db", "no_auth", "no_metrics", "starlette", "lean", "asyncpg_get", "schema_lookup")
