@@ -172,7 +172,7 @@ async def part2(calls: int, rounds: int, tenant_id: str, api_key: str) -> dict[s
     tid = uuid.UUID(tenant_id)
     headers = Headers(raw=[(b"tenant-id", tenant_id.encode()), (b"authorization", f"Bearer {api_key}".encode())])
     principal = await authenticate(services.resolver, headers)
-    ctx = ToolContext(principal=principal, db=services.db, settings=settings)
+    ctx = ToolContext(principal=principal, db=services.db, settings=settings, meter=services.meter)
     await data_put(ctx, PutArgs.model_validate({"key": bg.KEY, "value": bg.VALUE}))
     args = KeyArgs.model_validate({"key": bg.KEY})
     result = await data_get(ctx, args)
