@@ -59,9 +59,7 @@ def build_services(settings: Settings) -> Services:
     meter = Meter(redis, key_prefix=settings.redis_key_prefix, timeout_s=settings.meter_timeout_seconds)
     stream = stream_key(settings.redis_key_prefix)
     ledger = Ledger(redis, db, stream=stream)
-    drainer = LedgerDrainer(
-        redis, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
-    )
+    drainer = LedgerDrainer(redis, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000))
     calls = ToolCalls(settings, db, Catalog(builtin_tools()), metrics, meter=meter, ledger=ledger, plans=plans)
     gateway = Gateway(settings, calls, resolver, metrics)
     return Services(settings, db, redis, metrics, resolver, calls, gateway, plans, meter, ledger, drainer)

@@ -164,9 +164,7 @@ class ToolCalls:
         tenant_id, limits = principal.tenant_id, principal.limits
         event_id = uuid.uuid4()
         cost = self._plans.cost(tool.name)
-        decision = await self._meter.admit(
-            tenant_id, event_id.hex, cost, limits, call_timeout_ms=self._call_timeout_ms
-        )
+        decision = await self._meter.admit(tenant_id, event_id.hex, cost, limits, call_timeout_ms=self._call_timeout_ms)
         self._observe_decision(principal, decision)
         if not decision.admitted:
             return ToolOutcome(error=refusal(decision, principal, tool.name, cost))

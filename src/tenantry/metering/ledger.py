@@ -63,6 +63,7 @@ def stream_key(prefix: str = "tenantry") -> str:
     """The ledger stream's key; `{ledger}` is its Redis Cluster hash tag."""
     return f"{prefix}:{{ledger}}"
 
+
 _REDIS_DOWN = (RedisError, OSError)
 
 
@@ -175,15 +176,19 @@ class LedgerDrainer:
         batch_size: int = 500,
         block_ms: int = 1000,
         claim_idle_ms: int = 30_000,
+        linger_ms: int = 50,
         consumer: str | None = None,
         stream: str = stream_key(),
     ) -> None:
+        """`linger_ms`: after a batch that was not full, wait this long for more events, so under load
+        the drain moves them in batches (one transaction for many calls) instead of one by one."""
         self.stream = stream
         self._redis = redis
         self._db = db
         self._batch = batch_size
         self._block_ms = block_ms
         self._claim_idle_ms = claim_idle_ms
+        self._linger_s = linger_ms / 1000
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stopping = asyncio.Event()
         self.drained = 0
@@ -196,9 +201,10 @@ class LedgerDrainer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def drain_once(self, *, block: bool = False) -> int:
-        """Move one batch: this consumer's own pending entries first, then abandoned ones, then new ones."""
-        entries = await self._read(block=block)
+    async def drain_once(self, *, block: bool = False, recover: bool = True) -> int:
+        """Move one batch. With `recover`, this consumer's own pending entries first, then abandoned
+        ones, then new ones; without it (the steady state), new ones only: one read."""
+        entries = await self._read(block=block, recover=recover)
         if not entries:
             return 0
         ids = [entry_id for entry_id, _ in entries]
@@ -212,7 +218,9 @@ class LedgerDrainer:
         self.drained += len(events)
         return len(ids)
 
-    async def _read(self, *, block: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _read(self, *, block: bool, recover: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        if not recover:
+            return await self._read_new(block=block)
         # A batch this consumer read but did not acknowledge (the insert failed, or we were cancelled).
         entries = _entries(await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self._batch))
         if entries:
@@ -224,6 +232,9 @@ class LedgerDrainer:
         entries = [(entry_id, fields) for entry_id, fields in claimed[1] if fields is not None]
         if entries:
             return entries
+        return await self._read_new(block=block)
+
+    async def _read_new(self, *, block: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
         block_ms = self._block_ms if block else None
         return _entries(
             await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self._batch, block=block_ms)
@@ -232,18 +243,26 @@ class LedgerDrainer:
     async def run(self) -> None:
         """Drain until `stop()`; then drain what is left (bounded) and return."""
         backoff = 0.1
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             try:
                 await self.ensure_group()
+                # Recover (own pending, then abandoned entries) at start, after an error, and every
+                # half claim interval; otherwise each round is one blocking read of new entries.
+                next_recovery = 0.0
                 while not self._stopping.is_set():
-                    await self.drain_once(block=True)
+                    recover = loop.time() >= next_recovery
+                    if recover:
+                        next_recovery = loop.time() + self._claim_idle_ms / 2000
+                    moved = await self.drain_once(block=True, recover=recover)
                     self.last_error = None
                     backoff = 0.1
+                    if 0 < moved < self._batch:
+                        await self._pause(self._linger_s)
             except (*_REDIS_DOWN, DBAPIError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("ledger drain failed (%s); retrying in %.1fs", self.last_error, backoff)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+                await self._pause(backoff)
                 backoff = min(backoff * 2, 5.0)
         await self.flush()
 
@@ -260,6 +279,11 @@ class LedgerDrainer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if `stop()` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
 
 async def oldest_undrained_age_ms(redis: Redis, stream: str, now_ms: int | None = None) -> int:

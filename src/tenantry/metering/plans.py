@@ -23,9 +23,7 @@ def validate_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     """`overrides` if every key is a plan field with a valid value; else a 400 that names the problem."""
     unknown = set(overrides) - OVERRIDABLE
     if unknown:
-        raise BadRequest(
-            f"unknown limit(s) {sorted(unknown)}; limits are {sorted(OVERRIDABLE)}", code="invalid_limits"
-        )
+        raise BadRequest(f"unknown limit(s) {sorted(unknown)}; limits are {sorted(OVERRIDABLE)}", code="invalid_limits")
     try:
         PlanLimits.model_validate(overrides, strict=True)
     except ValidationError as exc:
