@@ -61,6 +61,10 @@ def test_tenant_and_key_commands_speak_json(settings: Settings) -> None:
 
     suspended = json.loads(run(settings, "tenant", "set", tenant_id, "--status", "suspended", "--json").stdout)
     assert suspended["tenant"]["status"] == "suspended"
+    limited = json.loads(
+        run(settings, "tenant", "set", tenant_id, "--limits", '{"calls_per_window": 7}', "--json").stdout
+    )
+    assert limited["tenant"]["limits"] == {"calls_per_window": 7}
     revoked = json.loads(run(settings, "key", "revoke", "--tenant", tenant_id, key["id"], "--json").stdout)
     assert revoked["key"]["revoked_at"] is not None
 
@@ -71,6 +75,8 @@ def test_tenant_and_key_commands_speak_json(settings: Settings) -> None:
         ["tenant", "create", "--name", "x", "--plan", "gold"],
         ["key", "create", "--tenant", "not-a-uuid"],
         ["tenant", "set", "00000000-0000-0000-0000-000000000000", "--status", "active"],
+        ["tenant", "set", "00000000-0000-0000-0000-000000000000", "--limits", "{not json"],
+        ["tenant", "set", "00000000-0000-0000-0000-000000000000", "--limits", '{"calls_per_window": -5}'],
     ],
 )
 def test_bad_input_exits_2_with_a_clear_error_and_changes_nothing(settings: Settings, args: list[str]) -> None:
@@ -98,8 +104,20 @@ def test_call_lists_and_calls_tools_through_the_gateway(settings: Settings, gate
     assert missing.returncode == 1
     assert missing.stdout.startswith("key_not_found:")
 
-    sse = run(settings, "call", "--url", f"{gateway_url}/sse", "--transport", "sse", "--tenant", tenant_a.id,
-              "--key", tenant_a.key, "health_check", "--json")
+    sse = run(
+        settings,
+        "call",
+        "--url",
+        f"{gateway_url}/sse",
+        "--transport",
+        "sse",
+        "--tenant",
+        tenant_a.id,
+        "--key",
+        tenant_a.key,
+        "health_check",
+        "--json",
+    )
     assert json.loads(sse.stdout)["structuredContent"]["tenant_id"] == tenant_a.id
 
     bad = run(settings, "call", *common, "data_get", "--args", "[1]")

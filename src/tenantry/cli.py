@@ -15,7 +15,8 @@ from tenantry import tenants as tenant_service
 from tenantry.auth import api_keys
 from tenantry.db.engine import Database
 from tenantry.db.migrate import migrate
-from tenantry.errors import TenantryError
+from tenantry.errors import BadRequest, TenantryError
+from tenantry.metering.plans import validate_overrides
 from tenantry.settings import Settings
 from tenantry.tenancy import TenantStatus, parse_tenant_id
 
@@ -157,15 +158,29 @@ def cmd_tenant_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _json_object(raw: str, what: str, code: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}", code=code) from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object", code=code)
+    return value
+
+
 def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
     if args.plan is not None and args.plan not in settings.plans:
         raise TenantryError(f"unknown plan {args.plan!r}; plans are {settings.plans}", code="invalid_plan")
     tenant_id = parse_tenant_id(args.tenant)
+    limits = None
+    if args.limits is not None:
+        limits = validate_overrides(_json_object(args.limits, "--limits", "invalid_limits"))
 
     async def work(db: Database) -> dict[str, Any]:
         async with db.system() as conn:
             status = TenantStatus(args.status) if args.status else None
-            return (await tenant_service.update_tenant(conn, tenant_id, plan=args.plan, status=status)).public()
+            tenant = await tenant_service.update_tenant(conn, tenant_id, plan=args.plan, status=status, limits=limits)
+            return tenant.public()
 
     tenant = asyncio.run(_with_system_db(settings, work))
     _emit(args, {"tenant": tenant}, f"tenant {tenant['id']}: {tenant['status']}, plan {tenant['plan']}")
@@ -214,12 +229,7 @@ def cmd_call(args: argparse.Namespace, settings: Settings) -> int:
         tools = asyncio.run(list_tools(url, headers, args.transport))
         _emit(args, {"tools": tools}, "\n".join(f"{t['name']:<14} {t.get('description', '')}" for t in tools))
         return 0
-    try:
-        arguments = json.loads(args.args)
-    except json.JSONDecodeError as exc:
-        raise TenantryError(f"--args is not valid JSON: {exc}", code="invalid_arguments") from None
-    if not isinstance(arguments, dict):
-        raise TenantryError("--args must be a JSON object", code="invalid_arguments")
+    arguments = _json_object(args.args, "--args", "invalid_arguments")
     result = asyncio.run(call_tool(url, headers, args.transport, args.tool, arguments))
     text = "\n".join(c.get("text", json.dumps(c)) for c in result.get("content", []))
     _emit(args, result, text)
@@ -266,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tenant", help="tenant id")
     p.add_argument("--plan")
     p.add_argument("--status", choices=["active", "suspended"])
+    p.add_argument("--limits", help="""overrides of the plan's limits as JSON, e.g. '{"calls_per_window": 5000}'""")
 
     key = sub.add_parser("key", help="Create and revoke tenant API keys.").add_subparsers(
         dest="key_command", required=True

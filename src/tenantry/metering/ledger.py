@@ -12,7 +12,10 @@ in the stream, or the client got no result.
 Drain (lifespan task, any number of replicas): a consumer group reads the
 stream, inserts each batch into `usage_events` with `ON CONFLICT DO NOTHING`
 on (tenant_id, event_id), commits, and only then acknowledges and deletes
-the entries. A crash between commit and acknowledgement leaves the entries
+the entries. After a batch that was not full it lingers (200 ms) so that
+under load one transaction carries many events: the per-drain cost (a read,
+a transaction, an acknowledgement) is about 2 ms of CPU, the per-event cost
+about 0.1 ms. A crash between commit and acknowledgement leaves the entries
 pending; they are re-read (by this consumer, or claimed by another replica
 after `claim_idle_ms`) and the insert is a no-op for them. The event id is
 minted when the call is admitted, so every later step (ledger, aggregation,
@@ -48,11 +51,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database, bind_tenant
-from tenantry.db.models import usage_events
 
 log = logging.getLogger(__name__)
 
@@ -104,36 +106,49 @@ class UsageEvent:
             metered=f.get("m", "1") == "1",
         )
 
-    def row(self) -> dict[str, Any]:
-        return {
-            "tenant_id": self.tenant_id,
-            "event_id": self.event_id,
-            "tool": self.tool,
-            "units": self.units,
-            "outcome": self.outcome,
-            "latency_ms": self.latency_ms,
-            "occurred_at": datetime.fromtimestamp(self.occurred_at_ms / 1000, tz=UTC),
-            "metered": self.metered,
-        }
-
 
 class LedgerUnavailable(Exception):
     """Neither Redis nor PostgreSQL took the event."""
 
 
+# One statement per tenant and batch, whatever its size: the columns travel as arrays, so the
+# statement text (and its prepared plan) never changes. A multi-row VALUES would be compiled anew
+# for every batch size and cost several times more CPU per event.
+_INSERT_BATCH = text(
+    """
+    INSERT INTO usage_events (tenant_id, event_id, tool, units, outcome, latency_ms, occurred_at, metered)
+    SELECT CAST(:tenant_id AS uuid), e.*
+    FROM unnest(CAST(:event_ids AS uuid[]), CAST(:tools AS text[]), CAST(:units AS integer[]),
+                CAST(:outcomes AS text[]), CAST(:latencies AS double precision[]),
+                CAST(:occurred AS timestamptz[]), CAST(:metered AS boolean[])) AS e
+    ON CONFLICT (tenant_id, event_id) DO NOTHING
+    """
+)
+
+
 async def insert_events(db: Database, events: Iterable[UsageEvent]) -> int:
     """Insert idempotently as the app role, binding each tenant in turn; return how many were new."""
-    by_tenant: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    by_tenant: dict[uuid.UUID, list[UsageEvent]] = defaultdict(list)
     for event in events:
-        by_tenant[event.tenant_id].append(event.row())
+        by_tenant[event.tenant_id].append(event)
     inserted = 0
     async with db.unbound() as conn:
-        for tenant_id, rows in by_tenant.items():
+        for tenant_id, batch in by_tenant.items():
             await bind_tenant(conn, tenant_id)
             result = await conn.execute(
-                insert(usage_events).values(rows).on_conflict_do_nothing().returning(usage_events.c.event_id)
+                _INSERT_BATCH,
+                {
+                    "tenant_id": str(tenant_id),
+                    "event_ids": [e.event_id for e in batch],
+                    "tools": [e.tool for e in batch],
+                    "units": [e.units for e in batch],
+                    "outcomes": [e.outcome for e in batch],
+                    "latencies": [e.latency_ms for e in batch],
+                    "occurred": [datetime.fromtimestamp(e.occurred_at_ms / 1000, tz=UTC) for e in batch],
+                    "metered": [e.metered for e in batch],
+                },
             )
-            inserted += len(result.all())
+            inserted += result.rowcount
     return inserted
 
 
@@ -176,7 +191,7 @@ class LedgerDrainer:
         batch_size: int = 500,
         block_ms: int = 1000,
         claim_idle_ms: int = 30_000,
-        linger_ms: int = 50,
+        linger_ms: int = 200,
         consumer: str | None = None,
         stream: str = stream_key(),
     ) -> None:
