@@ -85,6 +85,16 @@ async def test_redis_down_refuses_free_serves_paid_records_the_pass_and_recovers
     assert len(await ledger_rows(db, free)) == 2
 
 
+async def test_a_graceful_shutdown_drains_every_usage_event_before_exit(settings: Settings, db: Database) -> None:
+    # No takeover of unstored events during the test: what reaches PostgreSQL is what the drain moved.
+    with serve(conftest.test_settings(ledger_claim_idle_seconds=3600)) as url:
+        async with httpx.AsyncClient(base_url=url, headers=ADMIN_HEADERS, timeout=30) as http:
+            tenant = await Admin(http).create_tenant(plan="pro")
+            answers = await asyncio.gather(*(bridge(http, tenant, "data_list", {}) for _ in range(20)))
+    assert [r.status_code for r in answers] == [200] * 20
+    assert len(await ledger_rows(db, tenant)) == 20
+
+
 def _gateway_env(settings: Settings, port: int) -> dict[str, str]:
     return {
         **os.environ,

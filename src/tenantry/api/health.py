@@ -22,6 +22,7 @@ from sqlalchemy import text
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import ServicesDep
 from tenantry.metering.ledger import oldest_undrained_age_ms
+from tenantry.metering.meter import Limits
 from tenantry.services import Services
 from tenantry.tenancy import parse_tenant_id
 
@@ -127,6 +128,11 @@ async def _rls_canary(s: Services, tenant_id: uuid.UUID) -> Check:
     }
 
 
+async def _quota(s: Services, tenant_id: uuid.UUID, limits: Limits) -> Check:
+    """The tenant's quota window as its next call would see it (ok even when exhausted: that is not a fault)."""
+    return {"status": "ok", **(await s.meter.usage(tenant_id, limits))}
+
+
 @router.get("/health", response_model=None)
 async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] = None) -> JSONResponse:
     checks: dict[str, Check] = {}
@@ -136,6 +142,7 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
         async with services.db.system() as conn:
             found = await tenant_service.get_tenant(conn, tenant_id)
         body["tenant"] = {"id": str(found.id), "status": found.status, "plan": found.plan}
+        limits = services.plans.limits(found.plan, found.limits)
     names = ["database", "redis", "app_role", "ledger"]
     jobs = [
         _run(lambda: _database(services)),
@@ -144,8 +151,8 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
         _run(lambda: _ledger(services)),
     ]
     if tenant_id is not None:
-        names.append("rls_canary")
-        jobs.append(_run(lambda: _rls_canary(services, tenant_id)))
+        names += ["rls_canary", "quota"]
+        jobs += [_run(lambda: _rls_canary(services, tenant_id)), _run(lambda: _quota(services, tenant_id, limits))]
     for name, result in zip(names, await asyncio.gather(*jobs), strict=True):
         checks[name] = result
     healthy = all(c["status"] == "ok" for c in checks.values())
