@@ -239,3 +239,29 @@ async def test_tool_cost_weights_count_against_the_quota(weighted_gateway: str, 
     assert [r.status_code for r in cheap] == [404, 404, 429]
     await ledger_count_is(db, tenant, 4)
     assert sorted(row.units for row in await ledger_rows(db, tenant)) == [1, 1, 4, 4]
+
+
+async def test_the_in_flight_cap_refuses_a_call_while_the_tenant_has_its_limit_in_flight(
+    gateway_url: str, admin: Admin, settings: Settings, http: httpx.AsyncClient
+) -> None:
+    tenant = await limited_tenant(admin, max_concurrent=1)
+    # Another replica's call of this tenant is in flight (its slot runs to a far deadline).
+    redis = Redis.from_url(settings.redis_url)
+    key = f"{settings.redis_key_prefix}:{{{tenant.id}}}:inflight"
+    try:
+        await redis.zadd(key, {"elsewhere": 2**50})
+        await redis.pexpire(key, 60_000)
+        rest = await bridge(http, tenant, "data_list", {})
+        async with connect(f"{gateway_url}/mcp", tenant.headers) as client:
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("data_list", {})
+        await redis.zrem(key, "elsewhere")
+        freed = await bridge(http, tenant, "data_list", {})
+    finally:
+        await redis.delete(key)
+        await redis.aclose()
+    assert rest.status_code == 429
+    assert rest.json()["error"] == "concurrency_limited"
+    assert refused.value.error.code == -32029
+    assert refused.value.error.message.startswith("concurrency_limited:")
+    assert freed.status_code == 200
