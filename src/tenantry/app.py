@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tenantry.api import admin, health, tenant
 from tenantry.api.body_limit import BodyLimit
 from tenantry.auth.resolver import CredentialResolver
+from tenantry.billing import webhooks as billing_webhooks
+from tenantry.billing.runtime import build_billing
 from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
@@ -40,7 +42,9 @@ def build_services(settings: Settings) -> Services:
     resolver = CredentialResolver(settings, db)
     calls = ToolCalls(settings, db, Catalog(builtin_tools()), metrics)
     gateway = Gateway(settings, calls, resolver, metrics)
-    return Services(settings, db, redis, metrics, resolver, calls, gateway)
+    services = Services(settings, db, redis, metrics, resolver, calls, gateway)
+    services.billing = build_billing(settings, db, resolver)
+    return services
 
 
 async def _refuse_unsafe_app_role(services: Services) -> None:
@@ -84,10 +88,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await _refuse_unsafe_app_role(services)
+        billing = services.billing
         try:
             async with services.gateway.run():
+                if billing is not None:
+                    await billing.start(settings)
                 yield {}
         finally:
+            if billing is not None:
+                await billing.stop()
             await services.redis.aclose()
             await services.db.dispose()
 
@@ -99,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(tenant.router)
     app.include_router(health.router)
+    app.include_router(billing_webhooks.router)
     app.router.routes.extend(services.gateway.routes())
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app
