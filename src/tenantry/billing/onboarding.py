@@ -92,6 +92,7 @@ class Onboarding:
         self._resolver = resolver
         self._reporter = reporter
         self.fault = fault
+        self.base_url = settings.self_base_url
 
     async def _at(self, step: str) -> None:
         if self.fault is not None:
@@ -207,7 +208,7 @@ class Onboarding:
         """`health_check` as the tenant, through the gateway's own MCP endpoint."""
         token = issue_canary_token(self._settings, tid, key_id)
         headers = {"Tenant-ID": str(tid), "Authorization": f"Bearer {token}"}
-        url = f"{self._settings.self_base_url}/mcp"
+        url = f"{self.base_url}/mcp"
         try:
             result = await call_tool(url, headers, "http", "health_check", {})
         except Exception as exc:  # any failure of the path is the canary failing; the step is retried
@@ -224,7 +225,7 @@ class Onboarding:
             revoked = await revoke_all_keys(conn, tid)
         self._resolver.invalidate()
         reported = None
-        if self._reporter is not None:
+        if self._reporter is not None and self._settings.billing_enabled:
             reported = (await self._reporter.run_once([tid])).public()
         async with self._db.system() as conn:
             archived = (await conn.execute(_ARCHIVE, {"tenant_id": tid})).rowcount
