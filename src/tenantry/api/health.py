@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import ServicesDep
+from tenantry.billing.health import billing_checks, billing_configured
 from tenantry.services import Services
 from tenantry.tenancy import parse_tenant_id
 
@@ -115,6 +116,10 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
     if tenant_id is not None:
         names.append("rls_canary")
         jobs.append(_run(lambda: _rls_canary(services, tenant_id)))
+    if billing_configured(services.settings):
+        for name, check in billing_checks(services).items():
+            names.append(name)
+            jobs.append(_run(check))
     for name, result in zip(names, await asyncio.gather(*jobs), strict=True):
         checks[name] = result
     healthy = all(c["status"] == "ok" for c in checks.values())
