@@ -9,6 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from tenantry.auth.api_keys import create_key
+from tenantry.auth.jwt import issue_canary_token, issue_tenant_token
 from tenantry.billing.onboarding import STEPS
 from tenantry.client import call_tool
 from tenantry.db.engine import Database
@@ -183,3 +185,31 @@ async def test_offboarding_revokes_reports_archives_and_soft_deletes(
     async with db.system() as conn:
         archived = (await conn.execute(select(func.count()).where(usage_archive.c.tenant_id == tenant))).scalar_one()
     assert archived == 7
+
+
+async def test_a_provisioning_tenant_is_admitted_only_with_the_gateways_canary_token(
+    billing_settings: Settings, db: Database
+) -> None:
+    tenant = await make_tenant(db, customer=None)
+    async with db.system() as conn:
+        info, secret = await create_key(conn, tenant, "k")
+        await conn.execute(tenants.update().where(tenants.c.id == tenant).values(status="provisioning"))
+    body = {"method": "health_check"}
+    async with in_process(billing_settings) as (client, _):
+        with_key = await client.post(
+            f"/api/tenant/{tenant}/tool", json=body, headers={"Authorization": f"Bearer {secret}"}
+        )
+        with_jwt = await client.post(
+            f"/api/tenant/{tenant}/tool",
+            json=body,
+            headers={"Authorization": f"Bearer {issue_tenant_token(billing_settings, tenant, info.id)}"},
+        )
+        with_canary = await client.post(
+            f"/api/tenant/{tenant}/tool",
+            json=body,
+            headers={"Authorization": f"Bearer {issue_canary_token(billing_settings, tenant, info.id)}"},
+        )
+    assert (with_key.status_code, with_key.json()["error"]) == (403, "tenant_provisioning")
+    assert (with_jwt.status_code, with_jwt.json()["error"]) == (403, "tenant_provisioning")
+    assert with_canary.status_code == 200, with_canary.text
+    assert with_canary.json()["structuredContent"]["tenant_id"] == str(tenant)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +16,7 @@ from tenantry.billing.reporter import LOCK_KEY, MAX_EVENT_AGE, Reporter, backoff
 from tenantry.billing.stripe_client import StripeBilling
 from tenantry.db.engine import Database
 from tenantry.settings import Settings
-from tests.billing.conftest import Clock, make_tenant, new_customer, record
+from tests.billing.conftest import Clock, make_tenant, new_customer, record, serve_app
 from tests.billing.fake_stripe import FakeStripe
 
 
@@ -209,3 +210,22 @@ async def test_tools_mapped_to_other_meters_get_their_own_meter_events(
     await reporter(mapped, db, clock).run_once([tenant])
     by_meter = {e["event_name"]: int(e["payload"]["value"]) for e in stripe_fake.events.values()}
     assert by_meter == {"tenantry_tool_calls": 3, "tenantry_reads": 2}
+
+
+async def test_the_gateway_runs_the_reporter_as_a_lifespan_task(
+    billing_settings: Settings, db: Database, stripe_fake: FakeStripe
+) -> None:
+    customer = new_customer()
+    stripe_fake.customers.add(customer)
+    tenant = await make_tenant(db, customer=customer)
+    units = await record(db, tenant, 4, 1)
+    running = billing_settings.model_copy(
+        update={"billing_reporter_enabled": True, "billing_report_interval_seconds": 0.05}
+    )
+    waiting = threading.Event()
+    with serve_app(running):
+        for _ in range(500):  # bounded: at most 5 s
+            if stripe_fake.billed(customer) == units:
+                break
+            waiting.wait(0.01)
+    assert stripe_fake.billed(customer) == units

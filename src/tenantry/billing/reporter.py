@@ -304,6 +304,8 @@ class Reporter:
                     self._on_tenants_changed()
             except (DBAPIError, OSError) as exc:
                 log.warning("billing reporter cycle failed: %s", exc)
+            except Exception:  # the task must outlive any one bad cycle; its rows are resent next time
+                log.exception("billing reporter cycle failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=self._settings.billing_report_interval_seconds)
 
