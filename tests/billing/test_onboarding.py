@@ -25,6 +25,7 @@ from tests.billing.conftest import (
     record,
     serve_app,
     stripe_event,
+    subscription,
 )
 from tests.billing.fake_stripe import FakeStripe
 from tests.conftest import ADMIN_KEY, free_port
@@ -213,3 +214,32 @@ async def test_a_provisioning_tenant_is_admitted_only_with_the_gateways_canary_t
     assert (with_jwt.status_code, with_jwt.json()["error"]) == (403, "tenant_provisioning")
     assert with_canary.status_code == 200, with_canary.text
     assert with_canary.json()["structuredContent"]["tenant_id"] == str(tenant)
+
+
+async def test_a_subscription_event_that_beats_checkout_is_applied_by_onboarding(
+    billing_settings: Settings, db: Database
+) -> None:
+    priced = billing_settings.model_copy(update={"billing_price_plans": {"price_ent": "enterprise"}})
+    customer = new_customer()
+    session = checkout(customer, plan="starter")
+    early = stripe_event("customer.subscription.created", subscription(customer, price="price_ent"))
+    failures: list[str] = []
+
+    async def fail_after_replay_once(at: str) -> None:
+        if at == "stripe_ids" and not failures:
+            failures.append(at)
+            raise Unavailable("injected", code="injected")
+
+    payload = stripe_event("checkout.session.completed", session)
+    with serve_app(priced) as (url, services):
+        assert services.billing is not None
+        services.billing.onboarding.fault = fail_after_replay_once
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            kept = await post_event(client, early)
+            failed = await post_event(client, payload)
+            onboarded = await post_event(client, payload)
+    assert kept.json()["outcome"] == "unknown_customer"
+    assert failed.status_code == 503
+    assert onboarded.json()["onboarding"]["status"] == "active"
+    (row,) = await _onboarded(db, session["id"])
+    assert (row.status, row.plan) == ("active", "enterprise")

@@ -165,3 +165,17 @@ async def test_suspend_policy_suspends_after_grace_and_paid_invoice_reactivates(
         await post_event(client, stripe_event("invoice.paid", invoice))
     state = await _tenant_state(db, tenant)
     assert (state["plan"], state["status"]) == ("starter", "active")
+
+
+async def test_an_older_payment_failure_arriving_after_payment_changes_nothing(
+    billing_settings: Settings, db: Database
+) -> None:
+    customer = new_customer()
+    tenant = await make_tenant(db, customer=customer, plan="pro")
+    invoice = {"object": "invoice", "customer": customer}
+    now = int(time.time())
+    async with in_process(billing_settings) as (client, _):
+        await post_event(client, stripe_event("invoice.paid", invoice, created=now))
+        late = await post_event(client, stripe_event("invoice.payment_failed", invoice, created=now - 30))
+    assert late.json()["outcome"] == "stale_ignored"
+    assert (await _tenant_state(db, tenant))["past_due_since"] is None

@@ -40,6 +40,7 @@ from tenantry import tenants as tenant_service
 from tenantry.auth.api_keys import create_key, revoke_all_keys
 from tenantry.auth.jwt import issue_canary_token
 from tenantry.auth.resolver import CredentialResolver
+from tenantry.billing.events import replay_unmatched
 from tenantry.billing.plans import plan_for_checkout
 from tenantry.billing.reporter import Reporter, unpark_tenant, utcnow
 from tenantry.client import call_tool
@@ -117,7 +118,17 @@ class Onboarding:
             await conn.execute(
                 update(tenants)
                 .where(tenants.c.id == tid, tenants.c.status == TenantStatus.PROVISIONING)
-                .values(plan=plan_for_checkout(self._settings, session), limits={}, updated_at=func.now())
+                .values(limits={}, updated_at=func.now())
+            )
+            # The checkout's plan, unless a subscription event already said better (a retry after replay).
+            await conn.execute(
+                update(tenants)
+                .where(
+                    tenants.c.id == tid,
+                    tenants.c.status == TenantStatus.PROVISIONING,
+                    tenants.c.subscription_event_at.is_(None),
+                )
+                .values(plan=plan_for_checkout(self._settings, session))
             )
         result.steps.append("configuration")
         await self._at("configuration")
@@ -139,6 +150,7 @@ class Onboarding:
                         )
                     )
                     await unpark_tenant(conn, tid, utcnow())
+                    await replay_unmatched(conn, self._settings, str(customer))
             except IntegrityError:
                 raise Conflict(
                     f"Stripe customer {customer} belongs to another tenant", code="stripe_customer_taken"

@@ -7,8 +7,8 @@
 - Each event id is recorded in `stripe_webhook_events` in the same
   transaction as its effect, so a duplicate delivery changes nothing (a
   concurrent duplicate waits on the primary key, then sees it).
-- Stripe delivers out of order: a subscription event older (by `created`)
-  than the newest one applied to that tenant is recorded and ignored.
+- Stripe delivers out of order: see `billing.events` (newest state wins, and
+  events that beat onboarding are replayed by it).
 - `checkout.session.completed` runs onboarding outside that transaction (it
   calls the gateway itself); its id is recorded only once onboarding
   finished, so a failed step answers 503 and Stripe's retry resumes it.
@@ -23,15 +23,14 @@ from typing import Any
 
 import stripe
 from fastapi import APIRouter, Request
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.api.deps import AdminDep, ServicesDep
-from tenantry.billing.dunning import mark_past_due, restore_paid
+from tenantry.billing.events import UNKNOWN_CUSTOMER, apply_event, customer_of
 from tenantry.billing.onboarding import claim_onboarding_key
-from tenantry.billing.plans import ENDED_STATUSES, PAST_DUE_STATUSES, plan_for_subscription
-from tenantry.db.models import stripe_webhook_events, tenants
+from tenantry.db.models import stripe_webhook_events
 from tenantry.errors import BadRequest, NotFound, Unavailable
 from tenantry.services import Services
 from tenantry.settings import Settings
@@ -40,12 +39,6 @@ from tenantry.tenancy import parse_tenant_id
 log = logging.getLogger(__name__)
 
 router = APIRouter()
-
-SUBSCRIPTION_EVENTS = {
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-}
 
 
 def verify(settings: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
@@ -90,9 +83,14 @@ async def handle_event(services: Services, event: dict[str, Any]) -> dict[str, A
     async with services.db.system() as conn:
         if not await _record(conn, event, created, "received"):
             return {"received": True, "duplicate": True}
-        outcome = await _dispatch(conn, services.settings, event["type"], created, obj)
+        outcome = await apply_event(conn, services.settings, event["type"], created, obj)
+        kept: dict[str, Any] = {}
+        if outcome == UNKNOWN_CUSTOMER:  # kept for onboarding to replay once it links the customer
+            kept = {"customer": customer_of(obj), "payload": event}
         await conn.execute(
-            update(stripe_webhook_events).where(stripe_webhook_events.c.id == event["id"]).values(outcome=outcome)
+            update(stripe_webhook_events)
+            .where(stripe_webhook_events.c.id == event["id"])
+            .values(outcome=outcome, **kept)
         )
     services.resolver.invalidate()
     log.info("stripe webhook %s %s: %s", event["id"], event["type"], outcome)
@@ -124,65 +122,3 @@ async def _checkout(
     async with services.db.system() as conn:
         await _record(conn, event, created, f"onboarded:{result.status}")
     return {"received": True, "outcome": "onboarded", "onboarding": result.public()}
-
-
-async def _tenant_for_customer(conn: AsyncConnection, customer: Any) -> Any:
-    if not customer:
-        return None
-    customer_id = customer.get("id") if isinstance(customer, dict) else str(customer)
-    return (
-        await conn.execute(
-            select(tenants.c.id, tenants.c.subscription_event_at, tenants.c.plan_before_restriction)
-            .where(tenants.c.stripe_customer_id == customer_id)
-            .with_for_update()
-        )
-    ).one_or_none()
-
-
-async def _dispatch(
-    conn: AsyncConnection, settings: Settings, kind: str, created: datetime, obj: dict[str, Any]
-) -> str:
-    if kind not in SUBSCRIPTION_EVENTS and kind not in {"invoice.payment_failed", "invoice.paid"}:
-        return "ignored"
-    tenant = await _tenant_for_customer(conn, obj.get("customer"))
-    if tenant is None:
-        return "unknown_customer"
-    if kind == "invoice.payment_failed":
-        await mark_past_due(conn, tenant.id, created)
-        return "past_due"
-    if kind == "invoice.paid":
-        await restore_paid(conn, tenant.id)
-        return "paid"
-    return await _subscription(conn, settings, kind, created, obj, tenant)
-
-
-async def _subscription(
-    conn: AsyncConnection, settings: Settings, kind: str, created: datetime, sub: dict[str, Any], tenant: Any
-) -> str:
-    if tenant.subscription_event_at is not None and created < tenant.subscription_event_at:
-        return "stale_ignored"
-    status = "canceled" if kind == "customer.subscription.deleted" else str(sub.get("status") or "active")
-    plan = settings.billing_canceled_plan if status in ENDED_STATUSES else plan_for_subscription(settings, sub)
-    values: dict[str, Any] = {
-        "stripe_subscription_id": sub.get("id"),
-        "subscription_status": status,
-        "subscription_event_at": created,
-        "updated_at": func.now(),
-    }
-    if plan is not None:
-        # A tenant restricted by dunning gets its new plan back when it pays, not before.
-        values["plan_before_restriction" if tenant.plan_before_restriction else "plan"] = plan
-    await conn.execute(update(tenants).where(tenants.c.id == tenant.id).values(**values))
-    if status in PAST_DUE_STATUSES:
-        await mark_past_due(conn, tenant.id, created)
-    elif status in {"active", "trialing"}:
-        await restore_paid(conn, tenant.id)
-    return f"subscription:{status}" + (f":{plan}" if plan else "")
-
-
-_LAST_WEBHOOK = text("SELECT max(received_at) FROM stripe_webhook_events")
-
-
-async def last_webhook_at(conn: AsyncConnection) -> datetime | None:
-    value: datetime | None = (await conn.execute(_LAST_WEBHOOK)).scalar()
-    return value

@@ -43,6 +43,7 @@ tenants = Table(
     Column("checkout_session_id", Text, unique=True),
     Column("subscription_status", Text),
     Column("subscription_event_at", DateTime(timezone=True)),
+    Column("payment_event_at", DateTime(timezone=True)),
     Column("past_due_since", DateTime(timezone=True)),
     Column("plan_before_restriction", Text),
     Column("canary_passed_at", DateTime(timezone=True)),
@@ -145,6 +146,8 @@ stripe_webhook_events = Table(
     Column("created", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("outcome", Text, nullable=False),
+    Column("customer", Text),
+    Column("payload", JSONB),
 )
 
 TENANT_SCOPED_TABLES = (

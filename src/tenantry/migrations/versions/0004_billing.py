@@ -34,6 +34,7 @@ def upgrade() -> None:
             ADD COLUMN subscription_status text,
             -- `created` of the newest subscription event applied: an older one arriving later is ignored.
             ADD COLUMN subscription_event_at timestamptz,
+            ADD COLUMN payment_event_at timestamptz,
             ADD COLUMN past_due_since timestamptz,
             -- The plan a past-due tenant was on before the dunning policy restricted it.
             ADD COLUMN plan_before_restriction text,
@@ -125,11 +126,18 @@ def upgrade() -> None:
             type text NOT NULL,
             created timestamptz NOT NULL,
             received_at timestamptz NOT NULL DEFAULT now(),
-            outcome text NOT NULL
+            outcome text NOT NULL,
+            -- Only for events whose customer no tenant had yet: replayed by onboarding, then cleared.
+            customer text,
+            payload jsonb
         )
         """
     )
     op.execute("CREATE INDEX stripe_webhook_events_received_idx ON stripe_webhook_events (received_at)")
+    op.execute(
+        "CREATE INDEX stripe_webhook_events_unmatched_idx ON stripe_webhook_events (customer) "
+        "WHERE outcome = 'unknown_customer'"
+    )
 
 
 def downgrade() -> None:
@@ -146,6 +154,7 @@ def downgrade() -> None:
             DROP COLUMN canary_passed_at,
             DROP COLUMN plan_before_restriction,
             DROP COLUMN past_due_since,
+            DROP COLUMN payment_event_at,
             DROP COLUMN subscription_event_at,
             DROP COLUMN subscription_status,
             DROP COLUMN checkout_session_id,
