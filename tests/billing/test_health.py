@@ -68,3 +68,13 @@ async def test_health_has_no_billing_checks_when_billing_is_not_configured(setti
     async with in_process(settings) as (client, _):
         body = (await client.get("/health")).json()
     assert not BILLING_CHECKS & set(body["checks"])
+
+
+async def test_tenant_health_shows_its_billing_state(billing_settings: Settings, db: Database) -> None:
+    unbillable = await make_tenant(db, customer=None)
+    await record(db, unbillable, 3, 1)
+    async with in_process(billing_settings) as (client, _):
+        r = await client.get("/health", params={"tenant": str(unbillable)})
+    check = r.json()["checks"]["billing_tenant"]
+    assert check["status"] == "ok"
+    assert (check["billable"], check["unreported_units"], check["parked_reports"]) == (False, 3, 0)

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import ServicesDep
-from tenantry.billing.health import billing_checks, billing_configured
+from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
 from tenantry.services import Services
 from tenantry.tenancy import parse_tenant_id
 
@@ -120,6 +120,9 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
         for name, check in billing_checks(services).items():
             names.append(name)
             jobs.append(_run(check))
+        if tenant_id is not None:
+            names.append("billing_tenant")
+            jobs.append(_run(lambda: tenant_billing(services, tenant_id)))
     for name, result in zip(names, await asyncio.gather(*jobs), strict=True):
         checks[name] = result
     healthy = all(c["status"] == "ok" for c in checks.values())

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,39 @@ async def _parked(s: Services) -> Check:
             {"tenant_id": str(r.tenant_id), "report_id": str(r.id), "units": r.units, "error": r.last_error}
             for r in rows
         ],
+    }
+
+
+_TENANT = text(
+    """
+    SELECT t.stripe_customer_id, t.stripe_subscription_id, t.subscription_status, t.past_due_since,
+           t.plan_before_restriction,
+           (SELECT count(*) FROM usage_reports r WHERE r.tenant_id = t.id AND r.status = 'parked') AS parked,
+           (SELECT count(*) FROM usage_reports r WHERE r.tenant_id = t.id AND r.status = 'pending') AS pending,
+           (SELECT coalesce(sum(e.units), 0) FROM usage_events e
+             WHERE e.tenant_id = t.id AND e.outcome = 'ok'
+               AND NOT EXISTS (SELECT 1 FROM usage_report_events c
+                               WHERE c.tenant_id = e.tenant_id AND c.event_id = e.event_id)) AS unreported_units
+    FROM tenants t WHERE t.id = :tenant_id
+    """
+)
+
+
+async def tenant_billing(s: Services, tenant_id: uuid.UUID) -> Check:
+    """One tenant's billing state for `/health?tenant=`: fails if its usage cannot be reported."""
+    async with s.db.system() as conn:
+        row = (await conn.execute(_TENANT, {"tenant_id": tenant_id})).one()
+    return {
+        "status": "fail" if row.parked else "ok",
+        "billable": row.stripe_customer_id is not None,
+        "stripe_customer_id": row.stripe_customer_id,
+        "stripe_subscription_id": row.stripe_subscription_id,
+        "subscription_status": row.subscription_status,
+        "past_due_since": row.past_due_since.isoformat() if row.past_due_since else None,
+        "restricted_from_plan": row.plan_before_restriction,
+        "unreported_units": int(row.unreported_units),
+        "pending_reports": row.pending,
+        "parked_reports": row.parked,
     }
 
 
