@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -243,3 +244,17 @@ async def test_a_subscription_event_that_beats_checkout_is_applied_by_onboarding
     assert onboarded.json()["onboarding"]["status"] == "active"
     (row,) = await _onboarded(db, session["id"])
     assert (row.status, row.plan) == ("active", "enterprise")
+
+
+async def test_concurrent_deliveries_of_one_checkout_make_one_tenant_with_one_key(
+    billing_settings: Settings, db: Database
+) -> None:
+    customer = new_customer()
+    session = checkout(customer)
+    with serve_app(billing_settings) as (url, _):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            results = await asyncio.gather(
+                *(post_event(client, stripe_event("checkout.session.completed", session)) for _ in range(3))
+            )
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    _assert_one_active_tenant(await _onboarded(db, session["id"]), customer)

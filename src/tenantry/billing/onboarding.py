@@ -203,6 +203,8 @@ class Onboarding:
 
     async def _first_key(self, tid: uuid.UUID) -> uuid.UUID:
         async with self._db.system() as conn:
+            # Two deliveries of one checkout at once must not make two keys: serialise on the tenant row.
+            await conn.execute(select(tenants.c.id).where(tenants.c.id == tid).with_for_update())
             existing = (
                 await conn.execute(select(onboarding_keys.c.key_id).where(onboarding_keys.c.tenant_id == tid))
             ).scalar()
