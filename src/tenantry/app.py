@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tenantry.api import admin, health, tenant
 from tenantry.api.body_limit import BodyLimit
 from tenantry.auth.resolver import CredentialResolver
+from tenantry.billing import webhooks as billing_webhooks
+from tenantry.billing.runtime import build_billing
 from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
@@ -62,7 +64,8 @@ def build_services(settings: Settings) -> Services:
     drainer = LedgerDrainer(redis, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000))
     calls = ToolCalls(settings, db, Catalog(builtin_tools()), metrics, meter=meter, ledger=ledger, plans=plans)
     gateway = Gateway(settings, calls, resolver, metrics)
-    return Services(settings, db, redis, metrics, resolver, calls, gateway, plans, meter, ledger, drainer)
+    billing = build_billing(settings, db, resolver)
+    return Services(settings, db, redis, metrics, resolver, calls, gateway, plans, meter, ledger, drainer, billing)
 
 
 async def _refuse_unsafe_app_role(services: Services) -> None:
@@ -107,14 +110,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await _refuse_unsafe_app_role(services)
         drain = asyncio.create_task(services.drainer.run(), name="ledger-drain")
+        billing = services.billing
         try:
             async with services.gateway.run():
+                if billing is not None:
+                    await billing.start(settings)
                 yield {}
         finally:
             # In-flight calls have finished (the session manager waited for them); move what
             # they recorded into PostgreSQL before the connections close.
             services.drainer.stop()
             await drain
+            if billing is not None:
+                await billing.stop()
             await services.redis.aclose()
             await services.db.dispose()
 
@@ -126,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(tenant.router)
     app.include_router(health.router)
+    app.include_router(billing_webhooks.router)
     app.router.routes.extend(services.gateway.routes())
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

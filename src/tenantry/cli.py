@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", help="tenant id (sent as Tenant-ID)")
     p.add_argument("--key", required=True, help="API key or tenant token (sent as Bearer)")
     p.add_argument("--transport", choices=["http", "sse"], default="http")
+
+    from tenantry.billing.cli import add_commands as add_billing_commands
+
+    add_billing_commands(sub, command)
     return parser
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from tenantry.auth.resolver import CredentialResolver
+from tenantry.billing.runtime import Billing
 from tenantry.db.engine import Database
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.server import Gateway
@@ -30,3 +31,4 @@ class Services:
     meter: Meter
     ledger: Ledger
     drainer: LedgerDrainer
+    billing: Billing | None = None

@@ -69,6 +69,26 @@ class Settings(BaseSettings):
     stripe_api_key: str = ""
     stripe_api_base: str = "https://api.stripe.com"
     stripe_webhook_secret: str = ""
+    # --- billing (see README "Billing") ---
+    # Seconds of clock skew a signed webhook may have; older signatures are refused (replays).
+    stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
+    stripe_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    # The reporter runs when a Stripe API key is set and this is on.
+    billing_reporter_enabled: bool = True
+    billing_report_interval_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Meter event name for every tool, unless `billing_tool_meters` names another for a tool.
+    billing_meter_event_name: str = "tenantry_tool_calls"
+    billing_tool_meters: dict[str, str] = Field(default_factory=dict)
+    # Stripe price or product id -> plan name; a subscription's `metadata.plan` is the fallback.
+    billing_price_plans: dict[str, str] = Field(default_factory=dict)
+    billing_canceled_plan: str = "free"
+    # invoice.payment_failed: the tenant keeps its plan for the grace period, then the policy applies.
+    billing_past_due_grace_seconds: int = Field(default=3 * 86_400, ge=0)
+    billing_past_due_policy: Literal["restrict", "suspend"] = "restrict"
+    billing_past_due_plan: str = "free"
+    # Where onboarding's canary reaches this gateway's own MCP endpoint (default http://host:port).
+    gateway_base_url: str | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
@@ -124,6 +144,14 @@ class Settings(BaseSettings):
             if self.jwt_secret == DEV_JWT_SECRET or len(self.jwt_secret) < 32:
                 raise ValueError("TENANTRY_JWT_SECRET must be set to a secret of 32+ characters in production")
         return self
+
+    @property
+    def billing_enabled(self) -> bool:
+        return bool(self.stripe_api_key)
+
+    @property
+    def self_base_url(self) -> str:
+        return (self.gateway_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def app_database_url(self) -> str:

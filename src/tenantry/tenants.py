@@ -46,7 +46,17 @@ class Tenant:
         }
 
 
-_COLUMNS = tuple(tenants.c)
+# Named, not `tuple(tenants.c)`: billing adds columns this record does not carry.
+_COLUMNS = (
+    tenants.c.id,
+    tenants.c.name,
+    tenants.c.plan,
+    tenants.c.status,
+    tenants.c.created_at,
+    tenants.c.updated_at,
+    tenants.c.deleted_at,
+    tenants.c.limits,
+)
 
 
 async def create_tenant(

@@ -112,6 +112,9 @@ async def update_tenant(tenant_id: str, body: TenantPatch, services: ServicesDep
 
 @router.delete("/tenants/{tenant_id}", dependencies=[AdminDep])
 async def delete_tenant(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    if services.billing is not None:  # revoke keys, report remaining usage, archive it, soft-delete
+        result = await services.billing.onboarding.offboard(_tenant_id(tenant_id))
+        return {**result.pop("tenant"), "offboarding": result}
     async with services.db.system() as conn:
         tenant = await tenant_service.deprovision_tenant(conn, _tenant_id(tenant_id))
     services.resolver.invalidate()

@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import ServicesDep
+from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
 from tenantry.metering.ledger import oldest_undrained_age_ms
 from tenantry.metering.meter import Limits
 from tenantry.services import Services
@@ -153,6 +154,13 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
     if tenant_id is not None:
         names += ["rls_canary", "quota"]
         jobs += [_run(lambda: _rls_canary(services, tenant_id)), _run(lambda: _quota(services, tenant_id, limits))]
+    if billing_configured(services.settings):
+        for name, check in billing_checks(services).items():
+            names.append(name)
+            jobs.append(_run(check))
+        if tenant_id is not None:
+            names.append("billing_tenant")
+            jobs.append(_run(lambda: tenant_billing(services, tenant_id)))
     for name, result in zip(names, await asyncio.gather(*jobs), strict=True):
         checks[name] = result
     healthy = all(c["status"] == "ok" for c in checks.values())

@@ -19,6 +19,10 @@ from tenantry.settings import Settings
 ALGORITHM = "HS256"
 TENANT_AUDIENCE = "tenantry:tenant"
 ADMIN_AUDIENCE = "tenantry:admin"
+# Onboarding's canary: the only credential a tenant still `provisioning` is admitted with (billing).
+CANARY_AUDIENCE = "tenantry:canary"
+CANARY_PREFIX = "tcn_"
+CANARY_TTL_SECONDS = 120
 
 
 def _issue(settings: Settings, audience: str, subject: str, ttl: int, extra: dict[str, Any]) -> str:
@@ -64,6 +68,20 @@ def _decode(settings: Settings, token: str, audience: str) -> dict[str, Any]:
 def decode_tenant_token(settings: Settings, token: str) -> tuple[uuid.UUID, uuid.UUID]:
     """The (tenant id, key id) a valid tenant token names."""
     claims = _decode(settings, token, TENANT_AUDIENCE)
+    try:
+        return uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["kid"]))
+    except (KeyError, ValueError):
+        raise Unauthenticated("invalid token: malformed subject", code="invalid_token") from None
+
+
+def issue_canary_token(settings: Settings, tenant_id: uuid.UUID, key_id: uuid.UUID) -> str:
+    """A short-lived token the gateway mints for itself to run onboarding's canary call."""
+    token = _issue(settings, CANARY_AUDIENCE, str(tenant_id), CANARY_TTL_SECONDS, {"kid": str(key_id)})
+    return CANARY_PREFIX + token
+
+
+def decode_canary_token(settings: Settings, token: str) -> tuple[uuid.UUID, uuid.UUID]:
+    claims = _decode(settings, token.removeprefix(CANARY_PREFIX), CANARY_AUDIENCE)
     try:
         return uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["kid"]))
     except (KeyError, ValueError):

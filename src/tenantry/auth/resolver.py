@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from tenantry.auth.api_keys import hash_key, looks_like_api_key
-from tenantry.auth.jwt import decode_tenant_token
+from tenantry.auth.jwt import CANARY_PREFIX, decode_canary_token, decode_tenant_token
 from tenantry.db.engine import Database
 from tenantry.db.models import api_keys, tenants
 from tenantry.errors import Forbidden, Unauthenticated
@@ -69,6 +69,12 @@ class CredentialResolver:
         if looks_like_api_key(token):
             state = await self._lookup(hash_key(token), api_keys.c.key_hash == hash_key(token))
             via = "api_key"
+        elif token.startswith(CANARY_PREFIX):
+            tenant_id, key_id = decode_canary_token(self._settings, token)
+            state = await self._lookup(key_id, api_keys.c.id == key_id)
+            if state is not None and state.tenant_id != tenant_id:
+                state = None
+            via = "canary"
         else:
             tenant_id, key_id = decode_tenant_token(self._settings, token)
             state = await self._lookup(key_id, api_keys.c.id == key_id)
@@ -78,7 +84,9 @@ class CredentialResolver:
         if state is None:
             raise Unauthenticated("unknown credential", code="invalid_credentials")
         # Status first: a deprovisioned tenant (whose keys were revoked with it) is told it is deprovisioned.
-        if state.tenant_status != TenantStatus.ACTIVE:
+        # A tenant being onboarded is admitted only for the canary the gateway itself runs.
+        provisioning_canary = via == "canary" and state.tenant_status == TenantStatus.PROVISIONING
+        if state.tenant_status != TenantStatus.ACTIVE and not provisioning_canary:
             raise Forbidden(f"tenant is {state.tenant_status}", code=f"tenant_{state.tenant_status}")
         if state.revoked:
             raise Unauthenticated("credential revoked", code="credential_revoked")

@@ -8,6 +8,7 @@ columns. `tests/db/test_schema.py` checks the two agree.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -36,6 +37,16 @@ tenants = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("deleted_at", DateTime(timezone=True)),
     Column("limits", JSONB, nullable=False, server_default="{}"),
+    # --- billing (migration 0004) ---
+    Column("stripe_customer_id", Text, unique=True),
+    Column("stripe_subscription_id", Text),
+    Column("checkout_session_id", Text, unique=True),
+    Column("subscription_status", Text),
+    Column("subscription_event_at", DateTime(timezone=True)),
+    Column("payment_event_at", DateTime(timezone=True)),
+    Column("past_due_since", DateTime(timezone=True)),
+    Column("plan_before_restriction", Text),
+    Column("canary_passed_at", DateTime(timezone=True)),
 )
 
 api_keys = Table(
@@ -75,4 +86,77 @@ usage_events = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-TENANT_SCOPED_TABLES = ("api_keys", "tenant_data", "usage_events")
+# --- billing (migration 0004) ---
+usage_reports = Table(
+    "usage_reports",
+    metadata,
+    Column("tenant_id", Uuid, ForeignKey("tenants.id"), primary_key=True),
+    Column("id", Uuid, primary_key=True),
+    Column("meter", Text, nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("event_count", Integer, nullable=False),
+    Column("first_occurred_at", DateTime(timezone=True)),
+    Column("last_occurred_at", DateTime(timezone=True)),
+    Column("event_timestamp", DateTime(timezone=True), nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_error", Text),
+    Column("stripe_customer_id", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("sent_at", DateTime(timezone=True)),
+)
+
+usage_report_events = Table(
+    "usage_report_events",
+    metadata,
+    Column("tenant_id", Uuid, primary_key=True),
+    Column("event_id", Uuid, primary_key=True),
+    Column("report_id", Uuid, nullable=False),
+)
+
+usage_archive = Table(
+    "usage_archive",
+    metadata,
+    Column("tenant_id", Uuid, ForeignKey("tenants.id"), primary_key=True),
+    Column("event_id", Uuid, primary_key=True),
+    Column("tool", Text, nullable=False),
+    Column("units", Integer, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("report_id", Uuid),
+    Column("archived_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+onboarding_keys = Table(
+    "onboarding_keys",
+    metadata,
+    Column("tenant_id", Uuid, ForeignKey("tenants.id"), primary_key=True),
+    Column("key_id", Uuid, primary_key=True),
+    Column("ciphertext", LargeBinary),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("claimed_at", DateTime(timezone=True)),
+)
+
+stripe_webhook_events = Table(
+    "stripe_webhook_events",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("outcome", Text, nullable=False),
+    Column("customer", Text),
+    Column("payload", JSONB),
+)
+
+TENANT_SCOPED_TABLES = (
+    "api_keys",
+    "tenant_data",
+    "usage_events",
+    # billing
+    "usage_reports",
+    "usage_report_events",
+    "usage_archive",
+    "onboarding_keys",
+)
