@@ -110,10 +110,13 @@ async def test_plan_upgrade_takes_effect_on_the_next_call(billing_settings: Sett
     async with db.system() as conn:
         _, secret = await create_key(conn, tenant, "k")
     async with in_process(cached) as (client, services):
-        assert (await services.resolver.resolve(secret)).plan == "free"  # and now it is cached
+        before = await services.resolver.resolve(secret)  # and now it is cached
         payload = stripe_event("customer.subscription.updated", subscription(customer, price="price_pro_monthly"))
         assert (await post_event(client, payload)).status_code == 200
-        assert (await services.resolver.resolve(secret)).plan == "pro"
+        after = await services.resolver.resolve(secret)
+    assert (before.plan, before.limits.calls_per_window) == ("free", 100)
+    # The next call is metered against the new plan's quota.
+    assert (after.plan, after.limits.calls_per_window) == ("pro", 10_000)
 
 
 async def test_deleted_subscription_moves_the_tenant_to_the_canceled_plan(
