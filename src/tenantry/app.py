@@ -15,15 +15,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tenantry.api import admin, health, tenant
+from tenantry.api import admin, health, tenant, upstreams
 from tenantry.api.body_limit import BodyLimit
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
+from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
+from tenantry.gateway.upstream import UpstreamPool
 from tenantry.metrics import Metrics
+from tenantry.secrets import SecretBox
 from tenantry.services import Services
 from tenantry.settings import Settings
 
@@ -38,9 +41,11 @@ def build_services(settings: Settings) -> Services:
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
     metrics = Metrics()
     resolver = CredentialResolver(settings, db)
-    calls = ToolCalls(settings, db, Catalog(builtin_tools()), metrics)
+    secrets = SecretBox(settings.secret_keys)
+    discovery = Discovery(settings, db, UpstreamPool(settings, secrets))
+    calls = ToolCalls(settings, db, Catalog(builtin_tools(), discovery), metrics)
     gateway = Gateway(settings, calls, resolver, metrics)
-    return Services(settings, db, redis, metrics, resolver, calls, gateway)
+    return Services(settings, db, redis, metrics, resolver, calls, gateway, secrets, discovery)
 
 
 async def _refuse_unsafe_app_role(services: Services) -> None:
@@ -88,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with services.gateway.run():
                 yield {}
         finally:
+            await services.upstreams.pool.aclose()
             await services.redis.aclose()
             await services.db.dispose()
 
@@ -98,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(admin.router)
     app.include_router(tenant.router)
+    app.include_router(upstreams.router)
     app.include_router(health.router)
     app.router.routes.extend(services.gateway.routes())
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)

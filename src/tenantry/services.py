@@ -9,8 +9,10 @@ from redis.asyncio import Redis
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.db.engine import Database
 from tenantry.gateway.calls import ToolCalls
+from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
 from tenantry.metrics import Metrics
+from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 
 
@@ -23,3 +25,5 @@ class Services:
     resolver: CredentialResolver
     calls: ToolCalls
     gateway: Gateway
+    secrets: SecretBox
+    upstreams: Discovery

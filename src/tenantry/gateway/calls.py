@@ -33,8 +33,12 @@ class ToolOutcome:
 
     result: dict[str, Any] | None = None
     error: TenantryError | None = None
+    # An upstream's result, passed through as it came (content, structuredContent, isError).
+    forwarded: types.CallToolResult | None = None
 
     def to_mcp(self) -> types.CallToolResult:
+        if self.forwarded is not None:
+            return self.forwarded
         if self.error is not None:
             body = self.error.body()
             return types.CallToolResult(
@@ -62,15 +66,15 @@ class ToolCalls:
         self._catalog = catalog
         self._metrics = metrics
 
-    def list_tools(self, principal: Principal) -> list[types.Tool]:
-        return self._catalog.list_tools(principal)
+    async def list_tools(self, principal: Principal) -> list[types.Tool]:
+        return await self._catalog.list_tools(principal)
 
-    def exists(self, principal: Principal, name: str) -> bool:
-        return self._catalog.lookup(principal, name) is not None
+    async def exists(self, principal: Principal, name: str) -> bool:
+        return await self._catalog.lookup(principal, name) is not None
 
     async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> ToolOutcome:
         started = time.perf_counter()
-        tool = self._catalog.lookup(principal, name)
+        tool = await self._catalog.lookup(principal, name)
         if tool is None:
             outcome = ToolOutcome(error=NotFound(f"no tool named {name[:100]!r}", code="unknown_tool"))
         else:
@@ -81,7 +85,11 @@ class ToolCalls:
             else:
                 ctx = ToolContext(principal=principal, db=self._db, settings=self._settings)
                 try:
-                    outcome = ToolOutcome(result=await tool.run(ctx, args))
+                    value = await tool.execute(ctx, args)
+                    if isinstance(value, types.CallToolResult):
+                        outcome = ToolOutcome(forwarded=value)
+                    else:
+                        outcome = ToolOutcome(result=value)
                 except TenantryError as exc:
                     outcome = ToolOutcome(error=exc)
                 except (DBAPIError, OSError):

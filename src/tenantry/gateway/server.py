@@ -99,14 +99,14 @@ class Gateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         principal = _principal(ctx)
-        return types.ListToolsResult(tools=self._calls.list_tools(principal))
+        return types.ListToolsResult(tools=await self._calls.list_tools(principal))
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         principal = _principal(ctx)
         with bind_principal(principal):
-            if not self._calls.exists(principal, params.name):
+            if not await self._calls.exists(principal, params.name):
                 raise MCPError(types.INVALID_PARAMS, f"unknown tool: {params.name[:100]}")
             outcome = await self._calls.call(principal, params.name, params.arguments)
         return outcome.to_mcp()

@@ -52,6 +52,7 @@ class BuiltinTool:
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = True
+    cost: int = 1
     definition: types.Tool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -71,3 +72,6 @@ class BuiltinTool:
             ),
         )
         object.__setattr__(self, "definition", definition)
+
+    async def execute(self, ctx: ToolContext, args: Any) -> dict[str, Any]:
+        return await self.run(ctx, args)
