@@ -51,6 +51,8 @@ def test_settings(**overrides: Any) -> Settings:
         "jwt_secret": JWT_SECRET,
         "db_pool_size": 5,
         "db_max_overflow": 5,
+        # Upstream fixture servers run on loopback.
+        "upstream_allow_loopback": True,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

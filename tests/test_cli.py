@@ -98,8 +98,20 @@ def test_call_lists_and_calls_tools_through_the_gateway(settings: Settings, gate
     assert missing.returncode == 1
     assert missing.stdout.startswith("key_not_found:")
 
-    sse = run(settings, "call", "--url", f"{gateway_url}/sse", "--transport", "sse", "--tenant", tenant_a.id,
-              "--key", tenant_a.key, "health_check", "--json")
+    sse = run(
+        settings,
+        "call",
+        "--url",
+        f"{gateway_url}/sse",
+        "--transport",
+        "sse",
+        "--tenant",
+        tenant_a.id,
+        "--key",
+        tenant_a.key,
+        "health_check",
+        "--json",
+    )
     assert json.loads(sse.stdout)["structuredContent"]["tenant_id"] == tenant_a.id
 
     bad = run(settings, "call", *common, "data_get", "--args", "[1]")
