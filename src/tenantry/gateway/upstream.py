@@ -89,21 +89,27 @@ class _Entry:
     error: BaseException | None = None
     task: asyncio.Task[None] | None = None
     last_used: float = 0.0
+    # The SDK folds an HTTP 401/403 into a generic JSON-RPC error; this keeps the status.
+    last_status: int = 0
 
 
 def describe_failure(exc: BaseException) -> tuple[str, bool]:
-    """A short reason, and whether the upstream refused our credential (401/403)."""
+    """A short reason (the innermost error), and whether the upstream refused our credential (401/403)."""
     seen: list[BaseException] = [exc]
+    leaf = exc
     while seen:
         current = seen.pop()
         if isinstance(current, httpx2.HTTPStatusError) and current.response.status_code in (401, 403):
             return f"credentials refused (HTTP {current.response.status_code})", True
         if isinstance(current, BaseExceptionGroup):
             seen.extend(current.exceptions)
+            continue
+        leaf = current
         if current.__cause__ is not None:
             seen.append(current.__cause__)
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text[:200]}", "401" in text or "403" in text
+    text = str(leaf) or type(leaf).__name__
+    refused = any(f"{code} " in text or f"'{code} " in text for code in ("401", "403"))
+    return f"{type(leaf).__name__}: {text[:200]}", refused
 
 
 class UpstreamPool:
@@ -207,6 +213,8 @@ class UpstreamPool:
         if entry.client is None:
             await self.close(key)
             reason, refused = describe_failure(entry.error or RuntimeError("session ended"))
+            if entry.last_status in (401, 403):
+                reason, refused = f"credentials refused (HTTP {entry.last_status})", True
             raise UpstreamError(
                 f"upstream {upstream.name!r} is unreachable: {reason}",
                 extra={"upstream": upstream.name, "credentials_refused": refused},
@@ -221,6 +229,9 @@ class UpstreamPool:
         timeout = httpx2.Timeout(s.upstream_call_timeout_seconds, connect=s.upstream_connect_timeout_seconds)
         tenant_id = upstream.tenant_id
 
+        async def record(response: httpx2.Response) -> None:
+            entry.last_status = response.status_code
+
         async def notice(message: Any) -> None:
             if isinstance(message, types.ToolListChangedNotification):
                 self.on_tools_changed(tenant_id)
@@ -230,7 +241,8 @@ class UpstreamPool:
                 if upstream.transport == "sse":
 
                     def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> httpx2.AsyncClient:
-                        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth)
+                        hooks = {"response": [record]}
+                        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks=hooks)
 
                     transport: Any = sse_client(
                         upstream.url,
@@ -240,7 +252,9 @@ class UpstreamPool:
                     )
                     mode: Any = "legacy"
                 else:
-                    http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=timeout))
+                    http = await stack.enter_async_context(
+                        httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"response": [record]})
+                    )
                     transport = streamable_http_client(upstream.url, http_client=http)
                     mode = "auto"
                 client = await stack.enter_async_context(
