@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from tenantry import cli_upstreams
 from tenantry import tenants as tenant_service
 from tenantry.auth import api_keys
 from tenantry.db.engine import Database
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", help="tenant id (sent as Tenant-ID)")
     p.add_argument("--key", required=True, help="API key or tenant token (sent as Bearer)")
     p.add_argument("--transport", choices=["http", "sse"], default="http")
+    cli_upstreams.add_commands(sub, command)
     return parser
 
 
