@@ -19,11 +19,12 @@ import mcp_types as types
 import uvicorn
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
+from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from tests.conftest import free_port
 
@@ -101,23 +102,35 @@ class FixtureUpstream:
         manager = StreamableHTTPSessionManager(app=self.server, stateless=True, json_response=True)
         mcp_app = StreamableHTTPASGIApp(manager)
 
-        async def guarded(scope: Any, receive: Any, send: Any) -> None:
-            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-            self.received.append(headers)
-            token = headers.get("authorization", "").removeprefix("Bearer ")
-            if token not in TOOLS_BY_TOKEN:
-                await JSONResponse({"error": "unauthorized"}, status_code=401)(scope, receive, send)
-                return
-            await mcp_app(scope, receive, send)
+        sse = SseServerTransport("/messages/")
+
+        async def sse_stream(scope: Any, receive: Any, send: Any) -> None:
+            async with sse.connect_sse(scope, receive, send) as (read_stream, write_stream):
+                await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
+
+        def guard(inner: Any) -> Any:
+            async def guarded(scope: Any, receive: Any, send: Any) -> None:
+                headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+                self.received.append(headers)
+                token = headers.get("authorization", "").removeprefix("Bearer ")
+                if token not in TOOLS_BY_TOKEN:
+                    await JSONResponse({"error": "unauthorized"}, status_code=401)(scope, receive, send)
+                    return
+                await inner(scope, receive, send)
+
+            return guarded
 
         @asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:
             async with manager.run():
                 yield
 
-        return Starlette(
-            routes=[Route("/mcp", endpoint=_Asgi(guarded), methods=["GET", "POST", "DELETE"])], lifespan=lifespan
-        )
+        routes = [
+            Route("/mcp", endpoint=_Asgi(guard(mcp_app)), methods=["GET", "POST", "DELETE"]),
+            Route("/sse", endpoint=_Asgi(guard(sse_stream)), methods=["GET"]),
+            Mount("/messages/", app=guard(sse.handle_post_message)),
+        ]
+        return Starlette(routes=routes, lifespan=lifespan)
 
 
 class _Asgi:

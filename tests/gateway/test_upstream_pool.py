@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,3 +99,19 @@ async def test_same_upstream_for_two_tenants_means_two_sessions_with_their_own_c
         await p.aclose()
     assert "rich" in alpha
     assert beta == {"echo"}
+
+
+async def test_a_legacy_sse_upstream_is_pooled_and_forwarded_too(settings: Settings, fixture_upstream: Any) -> None:
+    upstream, url = fixture_upstream
+    p = pool(settings, FakeClock())
+    sse = replace(row(url.removesuffix("/mcp") + "/sse"), transport="sse")
+    upstream.received.clear()
+    try:
+        names = {t.name for t in await p.list_tools(sse)}
+        result = await p.call_tool(sse, "echo", {"text": "over sse"})
+    finally:
+        await p.aclose()
+    assert "echo" in names
+    assert result.content[0].text == "over sse"  # type: ignore[union-attr]
+    assert upstream.received
+    assert all(h.get("authorization") == "Bearer alpha" for h in upstream.received)
