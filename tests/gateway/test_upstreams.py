@@ -223,3 +223,19 @@ async def test_health_reports_each_upstream_of_the_tenant(
     assert check["credentials_accepted"]
     assert check["tool_count"] == 5
     assert check["drift"] == []
+
+
+async def test_adding_an_upstream_does_not_re_list_the_others(
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle
+) -> None:
+    first, second = FixtureUpstream(), FixtureUpstream()
+    with serve_upstream(first) as (first_url, _), serve_upstream(second) as (second_url, _):
+        await add_upstream(admin, tenant_a, first_url, "alpha")
+        async with connect(f"{gateway_url}/mcp", tenant_a.headers) as client:
+            assert "fx__echo" in {t.name for t in (await client.list_tools()).tools}
+            asked = len(first.received)
+            await add_upstream(admin, tenant_a, second_url, "alpha", name="second")
+            names = {t.name for t in (await client.list_tools()).tools}
+    assert {"fx__echo", "second__echo"} <= names
+    assert len(first.received) == asked
+    assert second.received

@@ -117,7 +117,7 @@ async def update_upstream(
             costs=body.costs,
         )
     await services.upstreams.pool.close_tenant_upstream(tid, upstream_id)
-    services.upstreams.invalidate(tid)
+    services.upstreams.invalidate(tid, upstream_id)
     return updated.public()
 
 
@@ -127,7 +127,7 @@ async def delete_upstream(tenant_id: str, upstream_id: uuid.UUID, services: Serv
     async with services.db.tenant(tid) as conn:
         deleted = await upstream_service.delete_upstream(conn, upstream_id)
     await services.upstreams.pool.close_tenant_upstream(tid, upstream_id)
-    services.upstreams.invalidate(tid)
+    services.upstreams.invalidate(tid, upstream_id)
     return deleted.public()
 
 

@@ -105,11 +105,16 @@ class Discovery:
         self._db = db
         self.pool = pool
         self._views: dict[uuid.UUID, TenantView] = {}
+        # Discovery per (tenant, upstream), so one upstream's change re-lists only that upstream.
+        self._statuses: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, UpstreamStatus]] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         pool.on_tools_changed = self.invalidate
 
-    def invalidate(self, tenant_id: uuid.UUID) -> None:
+    def invalidate(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID | None = None) -> None:
+        """Forget the tenant's view; with `upstream_id`, also that upstream's discovered tools."""
         self._views.pop(tenant_id, None)
+        if upstream_id is not None:
+            self._statuses.pop((tenant_id, upstream_id), None)
 
     async def view(self, tenant_id: uuid.UUID, *, fresh: bool = False) -> TenantView:
         view = self._views.get(tenant_id)
@@ -120,7 +125,7 @@ class Discovery:
             view = self._views.get(tenant_id)
             if view is not None and not fresh and self.pool.clock() < view.expires_at:
                 return view
-            view = await self._build(tenant_id)
+            view = await self._build(tenant_id, fresh=fresh)
             self._views[tenant_id] = view
             return view
 
@@ -131,13 +136,26 @@ class Discovery:
             raise NotFound(f"no upstream {upstream_id}", code="upstream_not_found")
         return found
 
-    async def _build(self, tenant_id: uuid.UUID) -> TenantView:
+    async def _build(self, tenant_id: uuid.UUID, *, fresh: bool) -> TenantView:
         async with self._db.tenant(tenant_id) as conn:
             rows = await upstream_service.list_upstreams(conn)
-        view = TenantView(expires_at=self.pool.clock() + self._ttl)
+        now = self.pool.clock()
+        view = TenantView(expires_at=now + self._ttl)
+        known = {row.id for row in rows}
+        for key in [k for k in self._statuses if k[0] == tenant_id and k[1] not in known]:
+            del self._statuses[key]
         if not rows:
             return view
-        statuses = await asyncio.gather(*(self._discover(row) for row in rows))
+
+        async def discover(row: Upstream) -> UpstreamStatus:
+            cached = self._statuses.get((tenant_id, row.id))
+            if not fresh and cached is not None and now < cached[0] and cached[1].upstream == row:
+                return cached[1]
+            status = await self._discover(row)
+            self._statuses[(tenant_id, row.id)] = (self.pool.clock() + self._ttl, status)
+            return status
+
+        statuses = await asyncio.gather(*(discover(row) for row in rows))
         for status in statuses:
             view.statuses[status.upstream.id] = status
             for entry in self._entries(status):
@@ -227,5 +245,5 @@ class Discovery:
             raise NotFound(f"upstream {status.upstream.name!r} offers no tool {tool[:100]!r} now", code="unknown_tool")
         async with self._db.tenant(tenant_id) as conn:
             pin = await upstream_service.pin_tool(conn, tenant_id, upstream_id, definition)
-        self.invalidate(tenant_id)
+        self.invalidate(tenant_id, upstream_id)
         return {"tool": tool, "status": "approved", "sha256": pin.sha256}

@@ -119,7 +119,7 @@ class UpstreamPool:
         self.clock = clock
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._breakers: dict[Key, Breaker] = {}
-        self.on_tools_changed: Callable[[uuid.UUID], None] = lambda tenant_id: None
+        self.on_tools_changed: Callable[[uuid.UUID, uuid.UUID], None] = lambda tenant_id, upstream_id: None
 
     def breaker(self, key: Key) -> Breaker:
         found = self._breakers.get(key)
@@ -234,7 +234,7 @@ class UpstreamPool:
 
         async def notice(message: Any) -> None:
             if isinstance(message, types.ToolListChangedNotification):
-                self.on_tools_changed(tenant_id)
+                self.on_tools_changed(tenant_id, upstream.id)
 
         try:
             async with contextlib.AsyncExitStack() as stack:
