@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with services.gateway.run():
                 yield {}
         finally:
-            await services.upstreams.pool.aclose()
+            await services.upstreams.aclose()
             await services.redis.aclose()
             await services.db.dispose()
 

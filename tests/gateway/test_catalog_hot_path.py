@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -79,3 +80,41 @@ async def test_upstream_tools_work_over_the_rest_bridge(
     assert "fx__echo" in {t["name"] for t in listed.json()["tools"]}
     assert called.status_code == 200, called.text
     assert called.json()["content"][0]["text"] == "rest"
+
+
+async def test_an_expired_view_is_served_while_it_refreshes_in_the_background(
+    settings: Settings, db: Database, tenant_a: TenantHandle
+) -> None:
+    from tenantry import upstreams as upstream_service
+
+    box = SecretBox([DEV_SECRET_KEY])
+    clock = Clock()
+    discovery = Discovery(settings, db, UpstreamPool(settings, box, clock=clock))
+    tid = uuid.UUID(tenant_a.id)
+    upstream = FixtureUpstream()
+    try:
+        with serve_upstream(upstream) as (url, _):
+            async with db.tenant(tid) as conn:
+                await upstream_service.create_upstream(
+                    conn,
+                    box,
+                    tid,
+                    name="fx",
+                    url=url,
+                    transport="streamable_http",
+                    headers={"Authorization": "Bearer alpha"},
+                    costs={},
+                )
+            first = await discovery.view(tid)
+            assert "fx__echo" in {t.name for t in first.definitions}
+            upstream.echo_description = "changed"
+            clock.now += settings.upstream_discovery_ttl_seconds + 1
+            stale = await discovery.view(tid)
+            assert stale is first
+            refresh = discovery._refreshing[tid]
+            refreshed = await asyncio.wait_for(refresh, timeout=10)
+            assert "fx__echo" not in {t.name for t in refreshed.definitions}
+            assert refreshed.tools["fx__echo"].withheld
+            assert await discovery.view(tid) is refreshed
+    finally:
+        await discovery.aclose()

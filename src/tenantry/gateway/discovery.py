@@ -20,6 +20,7 @@ from typing import Any
 
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError
 
 from tenantry import upstreams as upstream_service
 from tenantry.db.engine import Database
@@ -108,6 +109,7 @@ class Discovery:
         # Discovery per (tenant, upstream), so one upstream's change re-lists only that upstream.
         self._statuses: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, UpstreamStatus]] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._refreshing: dict[uuid.UUID, asyncio.Task[TenantView]] = {}
         pool.on_tools_changed = self.invalidate
 
     def invalidate(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID | None = None) -> None:
@@ -117,17 +119,45 @@ class Discovery:
             self._statuses.pop((tenant_id, upstream_id), None)
 
     async def view(self, tenant_id: uuid.UUID, *, fresh: bool = False) -> TenantView:
+        """The tenant's upstream tools. An expired view with upstreams is served while it refreshes
+        in the background, so a slow upstream never holds up a tenant's calls or listings."""
         view = self._views.get(tenant_id)
-        if view is not None and not fresh and self.pool.clock() < view.expires_at:
-            return view
+        if view is not None and not fresh:
+            if self.pool.clock() < view.expires_at:
+                return view
+            if view.statuses:
+                self._refresh_soon(tenant_id)
+                return view
+        return await self._rebuild(tenant_id, fresh=fresh)
+
+    async def _rebuild(self, tenant_id: uuid.UUID, *, fresh: bool) -> TenantView:
         lock = self._locks.setdefault(tenant_id, asyncio.Lock())
         async with lock:
             view = self._views.get(tenant_id)
             if view is not None and not fresh and self.pool.clock() < view.expires_at:
                 return view
-            view = await self._build(tenant_id, fresh=fresh)
+            try:
+                view = await self._build(tenant_id, fresh=fresh)
+            except (DBAPIError, OSError) as exc:
+                # Without the database the upstream rows are unknown: built-ins only, retried soon.
+                log.warning("upstreams of tenant %s unreadable (%s)", tenant_id, type(exc).__name__)
+                stale = self._views.get(tenant_id)
+                return stale if stale is not None else TenantView(expires_at=self.pool.clock() + 1.0)
             self._views[tenant_id] = view
             return view
+
+    def _refresh_soon(self, tenant_id: uuid.UUID) -> None:
+        if tenant_id in self._refreshing:
+            return
+        task = asyncio.create_task(self._rebuild(tenant_id, fresh=False), name=f"discovery-{tenant_id}")
+        self._refreshing[tenant_id] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(tenant_id, None))
+
+    async def aclose(self) -> None:
+        for task in list(self._refreshing.values()):
+            task.cancel()
+        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+        await self.pool.aclose()
 
     async def status(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID) -> UpstreamStatus:
         view = await self.view(tenant_id, fresh=True)
