@@ -189,3 +189,15 @@ async def test_private_setting_never_opens_link_local() -> None:
     await check_url("http://10.1.2.3/", allow_private=True, allow_loopback=True)
     with pytest.raises(BadRequest):
         await check_url("http://169.254.1.1/", allow_private=True, allow_loopback=True)
+
+
+async def test_a_tool_that_errors_does_not_trip_the_breaker(fragile_gateway: str, tenant_a: TenantHandle) -> None:
+    upstream = FixtureUpstream()
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with httpx.AsyncClient(base_url=fragile_gateway, headers=headers, timeout=30) as http:
+        with serve_upstream(upstream) as (url, _):
+            await add(Admin(http), tenant_a, "flaky", url)
+            async with connect(f"{fragile_gateway}/mcp", tenant_a.headers) as client:
+                for _ in range(3):
+                    assert error_code(await client.call_tool("flaky__crash", {})) == "upstream_error"
+                assert not (await client.call_tool("flaky__echo", {"text": "still fine"})).is_error

@@ -26,6 +26,7 @@ import mcp_types as types
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tenantry.errors import Unavailable
 from tenantry.secrets import SecretBox
@@ -160,13 +161,15 @@ class UpstreamPool:
                 f"upstream {upstream.name!r} is failing; calls are refused until it recovers",
                 extra={"upstream": upstream.name, "breaker": "open"},
             )
+        entry: _Entry | None = None
         try:
             client = await self._session(upstream)
+            entry = self._entries.get(key)
             async with asyncio.timeout(self._settings.upstream_call_timeout_seconds):
                 result = await work(client)
         except TimeoutError as exc:
+            # The session stays: other calls may be in flight on it, and one slow tool is not a dead link.
             breaker.failure()
-            await self.close(key)
             raise UpstreamError(
                 f"upstream {upstream.name!r} did not answer within {self._settings.upstream_call_timeout_seconds}s",
                 code="upstream_timeout",
@@ -175,9 +178,22 @@ class UpstreamPool:
         except UpstreamError:
             breaker.failure()
             raise
+        except MCPError as exc:
+            # The SDK reports both a JSON-RPC error the upstream sent (a healthy upstream, a failed
+            # tool) and a broken link (connection closed, an HTTP error status) as MCPError.
+            if exc.code == types.CONNECTION_CLOSED or (entry is not None and entry.last_status >= 400):
+                breaker.failure()
+                await self.close(key, entry)
+            else:
+                breaker.success()
+            raise UpstreamError(
+                f"upstream {upstream.name!r} answered with an error: {exc.error.message[:200]}",
+                code="upstream_error",
+                extra={"upstream": upstream.name},
+            ) from exc
         except Exception as exc:
             breaker.failure()
-            await self.close(key)
+            await self.close(key, entry)
             reason, _ = describe_failure(exc)
             log.warning("upstream %s of tenant %s failed: %s", upstream.name, upstream.tenant_id, reason)
             raise UpstreamError(
@@ -194,24 +210,21 @@ class UpstreamPool:
             await self.close(key)
             entry = None
         if entry is None:
-            await self._evict(now)
-            await check_url(
-                upstream.url,
-                allow_private=self._settings.upstream_allow_private,
-                allow_loopback=self._settings.upstream_allow_loopback,
-            )
+            # Registered before any await, so concurrent first calls share one session.
             entry = self._entries[key] = _Entry(upstream)
             entry.task = asyncio.create_task(self._own(entry), name=f"upstream-{upstream.name}")
-        self._entries.move_to_end(key)
+            await self._evict(now, keep=key)
+        if key in self._entries:
+            self._entries.move_to_end(key)
         entry.last_used = now
         try:
             async with asyncio.timeout(self._settings.upstream_connect_timeout_seconds):
                 await entry.ready.wait()
         except TimeoutError as exc:
-            await self.close(key)
+            await self.close(key, entry)
             raise UpstreamError(f"upstream {upstream.name!r} did not connect in time", code="upstream_timeout") from exc
         if entry.client is None:
-            await self.close(key)
+            await self.close(key, entry)
             reason, refused = describe_failure(entry.error or RuntimeError("session ended"))
             if entry.last_status in (401, 403):
                 reason, refused = f"credentials refused (HTTP {entry.last_status})", True
@@ -226,7 +239,9 @@ class UpstreamPool:
         upstream = entry.upstream
         headers = self._box.open(upstream.credentials)
         s = self._settings
-        timeout = httpx2.Timeout(s.upstream_call_timeout_seconds, connect=s.upstream_connect_timeout_seconds)
+        # The call timeout is enforced around each call; httpx2's own read timeout only backs it up.
+        slack = s.upstream_call_timeout_seconds + s.upstream_connect_timeout_seconds
+        timeout = httpx2.Timeout(slack, connect=s.upstream_connect_timeout_seconds)
         tenant_id = upstream.tenant_id
 
         async def record(response: httpx2.Response) -> None:
@@ -237,6 +252,10 @@ class UpstreamPool:
                 self.on_tools_changed(tenant_id, upstream.id)
 
         try:
+            # Checked again at connect time: the name may resolve elsewhere than at registration.
+            await check_url(
+                upstream.url, allow_private=s.upstream_allow_private, allow_loopback=s.upstream_allow_loopback
+            )
             async with contextlib.AsyncExitStack() as stack:
                 if upstream.transport == "sse":
 
@@ -271,15 +290,19 @@ class UpstreamPool:
             entry.client = None if entry.closing.is_set() or entry.error else entry.client
             entry.ready.set()
 
-    async def _evict(self, now: float) -> None:
+    async def _evict(self, now: float, keep: Key) -> None:
         idle = self._settings.upstream_idle_ttl_seconds
         for key, entry in list(self._entries.items()):
-            if now - entry.last_used > idle:
+            if key != keep and now - entry.last_used > idle:
                 await self.close(key)
-        while len(self._entries) >= self._settings.upstream_pool_max_sessions:
-            await self.close(next(iter(self._entries)))
+        while len(self._entries) > self._settings.upstream_pool_max_sessions:
+            oldest = next(k for k in self._entries if k != keep)
+            await self.close(oldest)
 
-    async def close(self, key: Key) -> None:
+    async def close(self, key: Key, only: _Entry | None = None) -> None:
+        """Close the session under `key` (only if it is still `only`, when given)."""
+        if only is not None and self._entries.get(key) is not only:
+            return
         entry = self._entries.pop(key, None)
         if entry is None:
             return
