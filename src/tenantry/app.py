@@ -45,7 +45,7 @@ def build_services(settings: Settings) -> Services:
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets))
     calls = ToolCalls(settings, db, Catalog(builtin_tools(), discovery), metrics)
     gateway = Gateway(settings, calls, resolver, metrics)
-    return Services(settings, db, redis, metrics, resolver, calls, gateway, secrets, discovery)
+    return Services(settings, db, redis, metrics, resolver, calls, gateway, secrets=secrets, upstreams=discovery)
 
 
 async def _refuse_unsafe_app_role(services: Services) -> None:
