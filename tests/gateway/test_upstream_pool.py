@@ -115,3 +115,21 @@ async def test_a_legacy_sse_upstream_is_pooled_and_forwarded_too(settings: Setti
     assert result.content[0].text == "over sse"  # type: ignore[union-attr]
     assert upstream.received
     assert all(h.get("authorization") == "Bearer alpha" for h in upstream.received)
+
+
+async def test_idle_sessions_are_reaped_by_later_traffic_to_another_upstream(
+    settings: Settings, fixture_upstream: Any
+) -> None:
+    _, url = fixture_upstream
+    clock = FakeClock()
+    p = pool(settings, clock, upstream_idle_ttl_seconds=120)
+    busy, idle = row(url), row(url)
+    try:
+        await p.call_tool(idle, "echo", {"text": "once"})
+        await p.call_tool(busy, "echo", {"text": "a"})
+        assert p.open_sessions() == 2
+        clock.now += 121
+        await p.call_tool(busy, "echo", {"text": "b"})
+        assert p.open_sessions() == 1
+    finally:
+        await p.aclose()

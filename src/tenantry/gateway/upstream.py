@@ -120,6 +120,7 @@ class UpstreamPool:
         self.clock = clock
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._breakers: dict[Key, Breaker] = {}
+        self._swept_at = clock()
         self.on_tools_changed: Callable[[uuid.UUID, uuid.UUID], None] = lambda tenant_id, upstream_id: None
 
     def breaker(self, key: Key) -> Breaker:
@@ -205,6 +206,10 @@ class UpstreamPool:
     async def _session(self, upstream: Upstream) -> Client:
         key = (upstream.tenant_id, upstream.id)
         now = self.clock()
+        if now - self._swept_at > min(60.0, self._settings.upstream_idle_ttl_seconds):
+            # Idle sessions are reaped by the traffic itself, at most once a minute.
+            self._swept_at = now
+            await self._evict(now, keep=key)
         entry = self._entries.get(key)
         if entry is not None and entry.upstream.updated_at != upstream.updated_at:
             await self.close(key)
