@@ -239,3 +239,19 @@ async def test_adding_an_upstream_does_not_re_list_the_others(
     assert {"fx__echo", "second__echo"} <= names
     assert len(first.received) == asked
     assert second.received
+
+
+async def test_credentials_never_reach_the_logs(
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    upstream = FixtureUpstream()
+    with serve_upstream(upstream) as (url, _):
+        secret = "Bearer never-log-me-0123"
+        body = {"name": "fx", "url": url, "headers": {"Authorization": secret}}
+        assert (await admin.http.post(f"/api/tenants/{tenant_a.id}/upstreams", json=body)).status_code == 201
+        async with connect(f"{gateway_url}/mcp", tenant_a.headers) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+    assert "fx__echo" not in names  # the upstream refused that credential
+    assert caplog.records
+    assert "never-log-me" not in caplog.text
