@@ -53,6 +53,8 @@ def test_settings(**overrides: Any) -> Settings:
         "db_max_overflow": 5,
         # Redis is shared with other runs (a developer's, a helper's): keep this run's keys apart.
         "redis_key_prefix": f"tenantry-test-{os.getpid()}",
+        # Upstream fixture servers run on loopback.
+        "upstream_allow_loopback": True,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tenantry.api import admin, health, tenant
+from tenantry.api import admin, health, tenant, upstreams
 from tenantry.api.body_limit import BodyLimit
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing import webhooks as billing_webhooks
@@ -27,11 +27,14 @@ from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
+from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
+from tenantry.gateway.upstream import UpstreamPool
 from tenantry.metering.ledger import Ledger, LedgerDrainer, stream_key
 from tenantry.metering.meter import Meter
 from tenantry.metering.plans import PlanBook
 from tenantry.metrics import Metrics
+from tenantry.secrets import SecretBox
 from tenantry.services import Services
 from tenantry.settings import Settings
 
@@ -62,10 +65,27 @@ def build_services(settings: Settings) -> Services:
     stream = stream_key(settings.redis_key_prefix)
     ledger = Ledger(redis, db, stream=stream)
     drainer = LedgerDrainer(redis, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000))
-    calls = ToolCalls(settings, db, Catalog(builtin_tools()), metrics, meter=meter, ledger=ledger, plans=plans)
+    secrets = SecretBox(settings.secret_keys)
+    discovery = Discovery(settings, db, UpstreamPool(settings, secrets))
+    catalog = Catalog(builtin_tools(), discovery)
+    calls = ToolCalls(settings, db, catalog, metrics, meter=meter, ledger=ledger, plans=plans)
     gateway = Gateway(settings, calls, resolver, metrics)
-    billing = build_billing(settings, db, resolver)
-    return Services(settings, db, redis, metrics, resolver, calls, gateway, plans, meter, ledger, drainer, billing)
+    return Services(
+        settings,
+        db,
+        redis,
+        metrics,
+        resolver,
+        calls,
+        gateway,
+        plans=plans,
+        meter=meter,
+        ledger=ledger,
+        drainer=drainer,
+        secrets=secrets,
+        upstreams=discovery,
+        billing=build_billing(settings, db, resolver),
+    )
 
 
 async def _refuse_unsafe_app_role(services: Services) -> None:
@@ -123,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await drain
             if billing is not None:
                 await billing.stop()
+            await services.upstreams.aclose()
             await services.redis.aclose()
             await services.db.dispose()
 
@@ -133,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(admin.router)
     app.include_router(tenant.router)
+    app.include_router(upstreams.router)
     app.include_router(health.router)
     app.include_router(billing_webhooks.router)
     app.router.routes.extend(services.gateway.routes())

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from tenantry import cli_upstreams
 from tenantry import tenants as tenant_service
 from tenantry.auth import api_keys
 from tenantry.db.engine import Database
@@ -299,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tenantry.billing.cli import add_commands as add_billing_commands
 
     add_billing_commands(sub, command)
+
+    cli_upstreams.add_commands(sub, command)
     return parser
 
 

@@ -10,11 +10,13 @@ from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import Billing
 from tenantry.db.engine import Database
 from tenantry.gateway.calls import ToolCalls
+from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
 from tenantry.metering.ledger import Ledger, LedgerDrainer
 from tenantry.metering.meter import Meter
 from tenantry.metering.plans import PlanBook
 from tenantry.metrics import Metrics
+from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 
 
@@ -31,4 +33,6 @@ class Services:
     meter: Meter
     ledger: Ledger
     drainer: LedgerDrainer
+    secrets: SecretBox
+    upstreams: Discovery
     billing: Billing | None = None

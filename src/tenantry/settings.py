@@ -17,6 +17,8 @@ from sqlalchemy.engine import make_url
 # Values that are fine on a laptop and fatal anywhere else.
 DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
 DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"
+# A valid Fernet key, public by design: it encrypts laptop upstream credentials and nothing else.
+DEV_SECRET_KEY = "ZGV2LXNlY3JldC1rZXktY2hhbmdlLW1lLTAxMjM0NTY="
 
 
 class PlanLimits(BaseModel):
@@ -123,6 +125,19 @@ class Settings(BaseSettings):
     data_max_value_bytes: int = Field(default=65_536, ge=16, le=16 * 1_048_576)
     data_max_keys_per_tenant: int = Field(default=10_000, ge=1)
 
+    # Upstream federation. Fernet keys for upstream credentials: the first encrypts, all decrypt.
+    secret_keys: list[str] = Field(default_factory=lambda: [DEV_SECRET_KEY], min_length=1)
+    # SSRF policy: link-local and metadata addresses are always refused; these open the rest.
+    upstream_allow_private: bool = False
+    upstream_allow_loopback: bool = False
+    upstream_discovery_ttl_seconds: float = Field(default=60.0, ge=0, le=86_400)
+    upstream_pool_max_sessions: int = Field(default=200, ge=1, le=100_000)
+    upstream_idle_ttl_seconds: float = Field(default=1800.0, ge=1, le=86_400)
+    upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    upstream_call_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    upstream_breaker_failures: int = Field(default=5, ge=1, le=1000)
+    upstream_breaker_cooldown_seconds: float = Field(default=30.0, ge=0, le=3600)
+
     @property
     def plans(self) -> list[str]:
         return list(self.plan_limits)
@@ -143,6 +158,8 @@ class Settings(BaseSettings):
                 raise ValueError("TENANTRY_ADMIN_API_KEY must be set to a secret of 24+ characters in production")
             if self.jwt_secret == DEV_JWT_SECRET or len(self.jwt_secret) < 32:
                 raise ValueError("TENANTRY_JWT_SECRET must be set to a secret of 32+ characters in production")
+            if DEV_SECRET_KEY in self.secret_keys:
+                raise ValueError("TENANTRY_SECRET_KEYS must not contain the development key in production")
         return self
 
     @property

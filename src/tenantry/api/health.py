@@ -134,6 +134,15 @@ async def _quota(s: Services, tenant_id: uuid.UUID, limits: Limits) -> Check:
     return {"status": "ok", **(await s.meter.usage(tenant_id, limits))}
 
 
+async def _upstreams(s: Services, tenant_id: uuid.UUID) -> dict[str, Check]:
+    """One check per upstream of the tenant, discovered live (bounded by the upstream timeouts)."""
+    try:
+        view = await s.upstreams.view(tenant_id, fresh=True)
+    except Exception as exc:  # a health check reports every failure; it never raises
+        return {"upstreams": {"status": "fail", "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}}
+    return {f"upstream:{st.upstream.name}": st.check() for st in view.statuses.values()}
+
+
 @router.get("/health", response_model=None)
 async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] = None) -> JSONResponse:
     checks: dict[str, Check] = {}
@@ -163,6 +172,8 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
             jobs.append(_run(lambda: tenant_billing(services, tenant_id)))
     for name, result in zip(names, await asyncio.gather(*jobs), strict=True):
         checks[name] = result
+    if tenant_id is not None:
+        checks.update(await _upstreams(services, tenant_id))
     healthy = all(c["status"] == "ok" for c in checks.values())
     body = {"status": "ok" if healthy else "degraded", **body, "checks": checks}
     return JSONResponse(body, status_code=200 if healthy else 503)

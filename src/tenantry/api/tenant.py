@@ -43,7 +43,7 @@ async def tool_bridge(tenant_id: str, body: ToolRequest, principal: TenantDep, s
     with bind_principal(principal):
         if body.method == "listTools":
             await services.calls.check_rate(principal)
-            tools = services.calls.list_tools(principal)
+            tools = await services.calls.list_tools(principal)
             return {"tools": [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in tools]}
         outcome = await services.calls.call(principal, body.method, body.params)
     if outcome.error is not None:

@@ -22,7 +22,7 @@ from sqlalchemy import (
     Uuid,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -150,6 +150,45 @@ stripe_webhook_events = Table(
     Column("payload", JSONB),
 )
 
+
+upstreams = Table(
+    "upstreams",
+    metadata,
+    Column("tenant_id", Uuid, ForeignKey("tenants.id"), primary_key=True),
+    Column("id", Uuid, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("transport", Text, nullable=False),
+    Column("credentials", LargeBinary, nullable=False),
+    Column("header_names", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("costs", JSONB, nullable=False, server_default="{}"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+upstream_tool_pins = Table(
+    "upstream_tool_pins",
+    metadata,
+    Column("tenant_id", Uuid, primary_key=True),
+    Column("upstream_id", Uuid, primary_key=True),
+    Column("tool", Text, primary_key=True),
+    Column("sha256", Text, nullable=False),
+    Column("definition", JSONB, nullable=False),
+    Column("approved_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+upstream_tool_drift = Table(
+    "upstream_tool_drift",
+    metadata,
+    Column("tenant_id", Uuid, primary_key=True),
+    Column("upstream_id", Uuid, primary_key=True),
+    Column("tool", Text, primary_key=True),
+    Column("pinned_sha256", Text, nullable=False),
+    Column("seen_sha256", Text, primary_key=True),
+    Column("definition", JSONB, nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 TENANT_SCOPED_TABLES = (
     "api_keys",
     "tenant_data",
@@ -159,4 +198,7 @@ TENANT_SCOPED_TABLES = (
     "usage_report_events",
     "usage_archive",
     "onboarding_keys",
+    "upstreams",
+    "upstream_tool_pins",
+    "upstream_tool_drift",
 )

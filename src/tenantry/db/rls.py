@@ -31,6 +31,13 @@ def identifier(name: str) -> str:
     return name
 
 
+def migration_app_role() -> str:
+    """The application role the running migration grants to (set by `db.migrate`), checked."""
+    from alembic import context
+
+    return identifier(str(context.config.attributes.get("app_role", "tenantry_app")))
+
+
 def tenant_table_policies(table: str, app_role: str, column: str = "tenant_id") -> list[str]:
     """Statements that put `table` under forced RLS keyed on `column`."""
     t, role, col = identifier(table), identifier(app_role), identifier(column)

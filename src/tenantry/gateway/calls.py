@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -30,14 +30,14 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, LimitExceeded, NotFound, TenantryError, Unavailable
-from tenantry.gateway.catalog import Catalog
+from tenantry.gateway.catalog import Catalog, CatalogEntry
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
 from tenantry.metering.plans import PlanBook
 from tenantry.metrics import Metrics
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal
-from tenantry.tools.base import BuiltinTool, ToolContext
+from tenantry.tools.base import ToolContext
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,24 @@ class ToolOutcome:
     result: dict[str, Any] | None = None
     error: TenantryError | None = None
     event_id: uuid.UUID | None = None  # set when the call was admitted and is in the ledger
+    # An upstream's result, passed through as it came (content, structuredContent, isError).
+    forwarded: types.CallToolResult | None = None
+
+    @property
+    def status(self) -> str:
+        """'ok', or the code of what ended the call (the ledger's `outcome`; only 'ok' is billed)."""
+        if self.error is not None:
+            return self.error.code
+        if self.forwarded is not None and self.forwarded.is_error:
+            return "upstream_tool_error"
+        return "ok"
 
     def to_mcp(self) -> types.CallToolResult:
         meta = {EVENT_ID_META: str(self.event_id)} if self.event_id is not None else None
+        if self.forwarded is not None:
+            if meta is None:
+                return self.forwarded
+            return self.forwarded.model_copy(update={"meta": {**(self.forwarded.meta or {}), **meta}})
         if self.error is not None:
             body = self.error.body()
             return types.CallToolResult(
@@ -125,11 +140,8 @@ class ToolCalls:
         self._metering = settings.metering_enabled
         self._call_timeout_ms = int(settings.call_timeout_seconds * 1000)
 
-    def list_tools(self, principal: Principal) -> list[types.Tool]:
-        return self._catalog.list_tools(principal)
-
-    def exists(self, principal: Principal, name: str) -> bool:
-        return self._catalog.lookup(principal, name) is not None
+    async def list_tools(self, principal: Principal) -> list[types.Tool]:
+        return await self._catalog.list_tools(principal)
 
     async def check_rate(self, principal: Principal) -> None:
         """Count a request that is not a tool call against the tenant's request rate; raise if over it."""
@@ -143,7 +155,7 @@ class ToolCalls:
 
     async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> ToolOutcome:
         started = time.perf_counter()
-        tool = self._catalog.lookup(principal, name)
+        tool = await self._catalog.lookup(principal, name)
         if tool is None:
             outcome = ToolOutcome(error=NotFound(f"no tool named {name[:100]!r}", code="unknown_tool"))
             self._metrics.observe_tool_call(principal.tenant_id, "_unknown", "unknown_tool", started)
@@ -154,16 +166,17 @@ class ToolCalls:
             outcome = ToolOutcome(error=BadRequest(_describe(exc), code="invalid_arguments"))
         else:
             outcome = await self._metered(principal, tool, args, started)
-        status = "ok" if outcome.error is None else outcome.error.code
+        status = outcome.status
         self._metrics.observe_tool_call(principal.tenant_id, name, status, started)
         return outcome
 
-    async def _metered(self, principal: Principal, tool: BuiltinTool, args: Any, started: float) -> ToolOutcome:
-        if not self._metering:
+    async def _metered(self, principal: Principal, tool: CatalogEntry, args: Any, started: float) -> ToolOutcome:
+        # A withheld upstream tool (its definition drifted) is refused by its own execute(): not metered.
+        if not self._metering or getattr(tool, "withheld", False):
             return await self._execute(principal, tool, args)
         tenant_id, limits = principal.tenant_id, principal.limits
         event_id = uuid.uuid4()
-        cost = self._plans.cost(tool.name)
+        cost = self._plans.cost(tool.name, default=tool.cost)
         decision = await self._meter.admit(tenant_id, event_id.hex, cost, limits, call_timeout_ms=self._call_timeout_ms)
         self._observe_decision(principal, decision)
         if not decision.admitted:
@@ -174,7 +187,7 @@ class ToolCalls:
             tenant_id=tenant_id,
             tool=tool.name,
             units=cost,
-            outcome="ok" if outcome.error is None else outcome.error.code,
+            outcome=outcome.status,
             latency_ms=(time.perf_counter() - started) * 1000,
             occurred_at_ms=wall_clock_ms(),
             metered=not decision.bypassed,
@@ -190,17 +203,20 @@ class ToolCalls:
                 await self._meter.release(tenant_id, event_id.hex)
             error = Unavailable("the usage ledger is unavailable; retry later", code="ledger_unavailable")
             return ToolOutcome(error=error)
-        return ToolOutcome(result=outcome.result, error=outcome.error, event_id=event_id)
+        return replace(outcome, event_id=event_id)
 
-    async def _execute(self, principal: Principal, tool: BuiltinTool, args: Any) -> ToolOutcome:
+    async def _execute(self, principal: Principal, tool: CatalogEntry, args: Any) -> ToolOutcome:
         ctx = ToolContext(principal=principal, db=self._db, settings=self._settings, meter=self._meter)
         try:
-            return ToolOutcome(result=await tool.run(ctx, args))
+            value = await tool.execute(ctx, args)
         except TenantryError as exc:
             return ToolOutcome(error=exc)
         except (DBAPIError, OSError):
             log.exception("tool %s failed for tenant %s", tool.name, principal.tenant_id)
             return ToolOutcome(error=Unavailable("the data store is unavailable; retry later"))
+        if isinstance(value, types.CallToolResult):
+            return ToolOutcome(forwarded=value)
+        return ToolOutcome(result=value)
 
     def _observe_decision(self, principal: Principal, decision: Decision) -> None:
         if decision.bypassed:

@@ -1,29 +1,56 @@
 """The tools a tenant may see and call.
 
-Today that is the built-in tools; upstream federation adds each tenant's
-own upstream tools here, so every path (MCP, REST bridge) asks one place.
+Built-in tools, plus each of the tenant's healthy upstreams' tools named
+`<upstream>__<tool>` (see `gateway.discovery`), so every path (MCP, REST
+bridge) asks one place. A lookup returns an entry that knows its cost and
+how to run itself; a built-in lookup never touches the database or network.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, Protocol
 
 import mcp_types as types
+from pydantic import BaseModel
 
+from tenantry.gateway.discovery import Discovery
 from tenantry.tenancy import Principal
-from tenantry.tools.base import BuiltinTool
+from tenantry.tools.base import BuiltinTool, ToolContext
+from tenantry.upstreams import SEPARATOR
+
+
+class CatalogEntry(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def cost(self) -> int: ...
+    @property
+    def arguments(self) -> type[BaseModel]: ...
+    @property
+    def definition(self) -> types.Tool: ...
+
+    async def execute(self, ctx: ToolContext, args: Any) -> dict[str, Any] | types.CallToolResult: ...
 
 
 class Catalog:
-    def __init__(self, builtins: Iterable[BuiltinTool]) -> None:
+    def __init__(self, builtins: Iterable[BuiltinTool], upstreams: Discovery | None = None) -> None:
         self._builtins = {tool.name: tool for tool in builtins}
         self._definitions = [tool.definition for tool in self._builtins.values()]
+        self._upstreams = upstreams
 
-    def list_tools(self, principal: Principal) -> list[types.Tool]:
-        return self._definitions
+    async def list_tools(self, principal: Principal) -> list[types.Tool]:
+        if self._upstreams is None:
+            return self._definitions
+        view = await self._upstreams.view(principal.tenant_id)
+        return [*self._definitions, *view.definitions] if view.definitions else self._definitions
 
-    def lookup(self, principal: Principal, name: str) -> BuiltinTool | None:
-        return self._builtins.get(name)
+    async def lookup(self, principal: Principal, name: str) -> CatalogEntry | None:
+        builtin = self._builtins.get(name)
+        if builtin is not None or self._upstreams is None or SEPARATOR not in name:
+            return builtin
+        view = await self._upstreams.view(principal.tenant_id)
+        return view.tools.get(name)
 
 
 def builtin_tools() -> list[BuiltinTool]:

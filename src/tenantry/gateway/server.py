@@ -113,16 +113,16 @@ class Gateway:
             await self._calls.check_rate(principal)
         except TenantryError as exc:
             raise _jsonrpc_error(exc) from None
-        return types.ListToolsResult(tools=self._calls.list_tools(principal))
+        return types.ListToolsResult(tools=await self._calls.list_tools(principal))
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         principal = _principal(ctx)
         with bind_principal(principal):
-            if not self._calls.exists(principal, params.name):
-                raise MCPError(types.INVALID_PARAMS, f"unknown tool: {params.name[:100]}")
             outcome = await self._calls.call(principal, params.name, params.arguments)
+        if outcome.error is not None and outcome.error.code == "unknown_tool":
+            raise MCPError(types.INVALID_PARAMS, f"unknown tool: {params.name[:100]}")
         if outcome.error is not None and outcome.error.code in REQUEST_LEVEL_REFUSALS:
             raise _jsonrpc_error(outcome.error)
         return outcome.to_mcp()

@@ -54,6 +54,7 @@ class BuiltinTool:
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = True
+    cost: int = 1
     definition: types.Tool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -73,3 +74,6 @@ class BuiltinTool:
             ),
         )
         object.__setattr__(self, "definition", definition)
+
+    async def execute(self, ctx: ToolContext, args: Any) -> dict[str, Any]:
+        return await self.run(ctx, args)

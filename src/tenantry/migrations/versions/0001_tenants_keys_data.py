@@ -7,9 +7,9 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from alembic import context, op
+from alembic import op
 
-from tenantry.db.rls import drop_tenant_table_policies, identifier, tenant_table_policies
+from tenantry.db.rls import drop_tenant_table_policies, migration_app_role, tenant_table_policies
 
 revision = "0001"
 down_revision = None
@@ -17,12 +17,8 @@ branch_labels = None
 depends_on = None
 
 
-def _app_role() -> str:
-    return identifier(str(context.config.attributes.get("app_role", "tenantry_app")))
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = migration_app_role()
     # Roles are cluster-wide, so the role may exist already (another database, an earlier run).
     # Whatever it was, it ends up unable to bypass RLS.
     op.execute(
@@ -106,7 +102,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    role = _app_role()
+    role = migration_app_role()
     for table in ("tenant_data", "api_keys"):
         for statement in drop_tenant_table_policies(table):
             op.execute(statement)

@@ -7,9 +7,9 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-from alembic import context, op
+from alembic import op
 
-from tenantry.db.rls import drop_tenant_table_policies, identifier, tenant_table_policies
+from tenantry.db.rls import drop_tenant_table_policies, migration_app_role, tenant_table_policies
 
 revision = "0002"
 down_revision = "0001"
@@ -17,12 +17,8 @@ branch_labels = None
 depends_on = None
 
 
-def _app_role() -> str:
-    return identifier(str(context.config.attributes.get("app_role", "tenantry_app")))
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = migration_app_role()
     # Overrides of the plan's limits for one tenant, e.g. {"calls_per_window": 5000}.
     op.execute("ALTER TABLE tenants ADD COLUMN limits jsonb NOT NULL DEFAULT '{}'::jsonb")
     op.execute(

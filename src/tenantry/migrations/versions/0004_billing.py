@@ -1,30 +1,26 @@
 """Billing: Stripe ids on tenants, usage reports (the meter-event outbox), webhook events, usage archive.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01
 """
 
 from __future__ import annotations
 
-from alembic import context, op
+from alembic import op
 
-from tenantry.db.rls import drop_tenant_table_policies, identifier, tenant_table_policies
+from tenantry.db.rls import drop_tenant_table_policies, migration_app_role, tenant_table_policies
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
 _TENANT_TABLES = ("usage_report_events", "usage_reports", "usage_archive", "onboarding_keys")
 
 
-def _app_role() -> str:
-    return identifier(str(context.config.attributes.get("app_role", "tenantry_app")))
-
-
 def upgrade() -> None:
-    role = _app_role()
+    role = migration_app_role()
     op.execute(
         """
         ALTER TABLE tenants

@@ -1,0 +1,147 @@
+"""tools/call to an upstream MCP server through the gateway, next to the same call made to it directly.
+
+    .venv/bin/python bench/bench_upstream.py [--concurrency 1,32] [--duration 5] [--warmup 1]
+
+In one run: recreates and migrates `tenantry_bench`, makes a tenant and key, starts
+`bench/bare_server.py` (the upstream) and the gateway as uvicorn subprocesses (one worker each),
+registers the bare server as the tenant's upstream `bare`, then drives `data_get` on the bare
+server and `bare__data_get` through the gateway with the same raw keep-alive HTTP/1.1 client,
+checking every answer. Prints req/s and p50/p99 for both, the added p50 latency (target < 2 ms)
+and the throughput ratio at each concurrency. Setup, servers and client are bench_gateway's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench_gateway import (
+    BENCH,
+    KEY,
+    REQUEST_TIMEOUT,
+    ProtocolError,
+    RawHttpConnection,
+    RunResult,
+    call_body,
+    check_response,
+    new_loop,
+    prepare_database,
+    print_table,
+    request_headers,
+    server_env,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
+
+
+async def drive(
+    name: str, port: int, headers: dict[str, str], tool: str, conc: int, warmup: float, duration: float
+) -> RunResult:
+    result = RunResult(name, conc, duration)
+    prefix, _, suffix = call_body("legacy", 0, tool, {"key": KEY}).partition(b'"id":0')
+    perf = time.perf_counter
+    start = perf() + warmup
+    end = start + duration
+
+    async def worker(index: int) -> None:
+        conn = RawHttpConnection("127.0.0.1", port, "/mcp", headers)
+        request_id = index * 10_000_000
+        try:
+            while perf() < end:
+                request_id += 1
+                t0 = perf()
+                try:
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        status, payload = await conn.post(b'%s"id":%d%s' % (prefix, request_id, suffix))
+                except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError, ValueError) as exc:
+                    problem: str | None = f"{type(exc).__name__}: {exc}"
+                    await conn.close()
+                else:
+                    problem = check_response(status, payload, request_id)
+                t1 = perf()
+                if not start <= t1 <= end:
+                    continue
+                if problem is None:
+                    result.latencies_ns.append(round((t1 - t0) * 1e9))
+                else:
+                    result.errors += 1
+                    if len(result.error_samples) < 3:
+                        result.error_samples.append(problem)
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker(i) for i in range(conc)))
+    return result
+
+
+def register_upstream(gateway_port: int, admin_key: str, tenant_id: str, upstream_url: str) -> None:
+    body = json.dumps({"name": "bare", "url": upstream_url}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway_port}/api/tenants/{tenant_id}/upstreams",
+        data=body,
+        headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201, response.read()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    p.add_argument("--concurrency", default="1,32")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    args = p.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    env = {**server_env(), "TENANTRY_UPSTREAM_ALLOW_LOOPBACK": "true"}
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        tenant_id, api_key = runner.run(prepare_database(env))
+        logdir = Path(tempfile.mkdtemp(prefix="tenantry-bench-upstream-"))
+        servers = []
+        try:
+            bare = start_server("upstream", ["bare_server:app", "--app-dir", str(BENCH)], env, logdir)
+            servers.append(bare)
+            gateway = start_server("gateway", ["tenantry.app:create_app", "--factory"], env, logdir)
+            servers.append(gateway)
+            for server in servers:
+                wait_healthy(server)
+            register_upstream(
+                gateway.port, env["TENANTRY_ADMIN_API_KEY"], tenant_id, f"http://127.0.0.1:{bare.port}/mcp"
+            )
+            direct_headers = request_headers("legacy", None, None)
+            gateway_headers = request_headers("legacy", tenant_id, api_key)
+            results: list[RunResult] = []
+            for conc in levels:
+                results.append(
+                    runner.run(drive("direct", bare.port, direct_headers, "data_get", conc, args.warmup, args.duration))
+                )
+                results.append(
+                    runner.run(
+                        drive(
+                            "gateway", gateway.port, gateway_headers, "bare__data_get", conc, args.warmup, args.duration
+                        )
+                    )
+                )
+        finally:
+            for server in servers:
+                stop_server(server)
+    print_table(results)
+    by = {(r.server, r.concurrency): r for r in results}
+    print(f"\n{'conc':>4} {'added p50 ms':>13} {'gateway/direct req/s':>21}")
+    for conc in levels:
+        g, d = by[("gateway", conc)], by[("direct", conc)]
+        ratio = g.rps / d.rps if d.rps else float("nan")
+        print(f"{conc:>4} {g.percentile_ms(50) - d.percentile_ms(50):>+13.2f} {ratio:>20.2f}x")
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Admin REST: a tenant's upstream MCP servers, their tools' pins, and re-approval after drift.
+
+Writes run on the tenant's own RLS-bound connection, so an upstream id of
+another tenant is simply not found. Credentials go in, header names come out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from tenantry import tenants as tenant_service
+from tenantry import upstreams as upstream_service
+from tenantry.api.deps import AdminDep, ServicesDep
+from tenantry.errors import Conflict
+from tenantry.services import Services
+from tenantry.ssrf import check_url
+from tenantry.tenancy import TenantStatus, parse_tenant_id
+
+router = APIRouter(prefix="/api/tenants/{tenant_id}/upstreams", dependencies=[AdminDep])
+
+
+class UpstreamCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=40)
+    url: str = Field(max_length=2048)
+    transport: str = Field(default="streamable_http", max_length=40)
+    headers: dict[str, str] = Field(default_factory=dict, max_length=20)
+    costs: dict[str, int] = Field(default_factory=dict, max_length=1000)
+
+
+class UpstreamPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(default=None, max_length=2048)
+    transport: str | None = Field(default=None, max_length=40)
+    headers: dict[str, str] | None = Field(default=None, max_length=20)
+    costs: dict[str, int] | None = Field(default=None, max_length=1000)
+
+
+async def _tenant(services: Services, tenant_id: str) -> uuid.UUID:
+    tid = parse_tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        tenant = await tenant_service.get_tenant(conn, tid)
+    if tenant.status == TenantStatus.DEPROVISIONED:
+        raise Conflict("a deprovisioned tenant has no upstreams", code="tenant_deprovisioned")
+    return tid
+
+
+async def _check_url(services: Services, url: str) -> None:
+    s = services.settings
+    await check_url(url, allow_private=s.upstream_allow_private, allow_loopback=s.upstream_allow_loopback)
+
+
+@router.post("", status_code=201)
+async def create_upstream(tenant_id: str, body: UpstreamCreate, services: ServicesDep) -> dict[str, Any]:
+    tid = await _tenant(services, tenant_id)
+    upstream_service.check_name(body.name)
+    upstream_service.check_transport(body.transport)
+    upstream_service.check_headers(body.headers)
+    upstream_service.check_costs(body.costs)
+    await _check_url(services, body.url)
+    async with services.db.tenant(tid) as conn:
+        created = await upstream_service.create_upstream(
+            conn,
+            services.secrets,
+            tid,
+            name=body.name,
+            url=body.url,
+            transport=body.transport,
+            headers=body.headers,
+            costs=body.costs,
+        )
+    services.upstreams.invalidate(tid)
+    return created.public()
+
+
+@router.get("")
+async def list_upstreams(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    tid = await _tenant(services, tenant_id)
+    async with services.db.tenant(tid) as conn:
+        found = await upstream_service.list_upstreams(conn)
+    return {"upstreams": [u.public() for u in found]}
+
+
+@router.get("/{upstream_id}")
+async def get_upstream(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
+    tid = await _tenant(services, tenant_id)
+    async with services.db.tenant(tid) as conn:
+        found = await upstream_service.get_upstream(conn, upstream_id)
+    return found.public()
+
+
+@router.patch("/{upstream_id}")
+async def update_upstream(
+    tenant_id: str, upstream_id: uuid.UUID, body: UpstreamPatch, services: ServicesDep
+) -> dict[str, Any]:
+    tid = await _tenant(services, tenant_id)
+    if body.transport is not None:
+        upstream_service.check_transport(body.transport)
+    if body.headers is not None:
+        upstream_service.check_headers(body.headers)
+    if body.costs is not None:
+        upstream_service.check_costs(body.costs)
+    if body.url is not None:
+        await _check_url(services, body.url)
+    async with services.db.tenant(tid) as conn:
+        updated = await upstream_service.update_upstream(
+            conn,
+            services.secrets,
+            upstream_id,
+            url=body.url,
+            transport=body.transport,
+            headers=body.headers,
+            costs=body.costs,
+        )
+    await services.upstreams.pool.close_tenant_upstream(tid, upstream_id)
+    services.upstreams.invalidate(tid, upstream_id)
+    return updated.public()
+
+
+@router.delete("/{upstream_id}")
+async def delete_upstream(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
+    tid = await _tenant(services, tenant_id)
+    async with services.db.tenant(tid) as conn:
+        deleted = await upstream_service.delete_upstream(conn, upstream_id)
+    await services.upstreams.pool.close_tenant_upstream(tid, upstream_id)
+    services.upstreams.invalidate(tid, upstream_id)
+    return deleted.public()
+
+
+@router.post("/{upstream_id}/refresh")
+async def refresh_upstream(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
+    """Discover this tenant's upstream tools now rather than at the end of the TTL."""
+    tid = await _tenant(services, tenant_id)
+    status = await services.upstreams.status(tid, upstream_id)
+    return status.check()
+
+
+@router.get("/{upstream_id}/tools")
+async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
+    tid = await _tenant(services, tenant_id)
+    tools = await services.upstreams.review(tid, upstream_id)
+    async with services.db.tenant(tid) as conn:
+        drift = await upstream_service.drift_log(conn, upstream_id)
+    return {"tools": tools, "drift_log": drift}
+
+
+@router.post("/{upstream_id}/tools/{tool}/approve")
+async def approve_tool(tenant_id: str, upstream_id: uuid.UUID, tool: str, services: ServicesDep) -> dict[str, Any]:
+    tid = await _tenant(services, tenant_id)
+    return await services.upstreams.approve(tid, upstream_id, tool)

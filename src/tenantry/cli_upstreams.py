@@ -1,0 +1,141 @@
+"""`tenantry upstream add|list|remove|rotate-secrets`: the same service calls the admin API makes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from tenantry import tenants as tenant_service
+from tenantry import upstreams as upstream_service
+from tenantry.db.engine import Database
+from tenantry.errors import TenantryError
+from tenantry.secrets import SecretBox
+from tenantry.settings import Settings
+from tenantry.ssrf import check_url
+from tenantry.tenancy import parse_tenant_id
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], human: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else human)
+
+
+def _run(settings: Settings, work: Callable[[Database], Any]) -> Any:
+    async def main() -> Any:
+        db = Database(settings)
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+def _headers(pairs: list[str]) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        name, sep, value = pair.partition(":")
+        if not sep:
+            raise TenantryError(f"--header wants 'Name: value', got {pair[:60]!r}", code="invalid_header")
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = parse_tenant_id(args.tenant)
+    headers = upstream_service.check_headers(_headers(args.header))
+    upstream_service.check_name(args.name)
+    upstream_service.check_transport(args.transport)
+    try:
+        costs = {str(k): int(v) for k, v in json.loads(args.costs).items()}
+    except (ValueError, AttributeError) as exc:
+        raise TenantryError("--costs must be a JSON object of tool -> integer", code="invalid_costs") from exc
+    upstream_service.check_costs(costs)
+
+    async def work(db: Database) -> dict[str, Any]:
+        await check_url(
+            args.url, allow_private=settings.upstream_allow_private, allow_loopback=settings.upstream_allow_loopback
+        )
+        async with db.system() as conn:
+            await tenant_service.get_tenant(conn, tenant_id)
+        async with db.tenant(tenant_id) as conn:
+            created = await upstream_service.create_upstream(
+                conn,
+                SecretBox(settings.secret_keys),
+                tenant_id,
+                name=args.name,
+                url=args.url,
+                transport=args.transport,
+                headers=headers,
+                costs=costs,
+            )
+        return created.public()
+
+    up = _run(settings, work)
+    _emit(args, {"upstream": up}, f"upstream {up['id']} ({up['name']} -> {up['url']})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = parse_tenant_id(args.tenant)
+
+    async def work(db: Database) -> list[dict[str, Any]]:
+        async with db.tenant(tenant_id) as conn:
+            return [u.public() for u in await upstream_service.list_upstreams(conn)]
+
+    found = _run(settings, work)
+    _emit(
+        args,
+        {"upstreams": found},
+        "\n".join(f"{u['id']}  {u['name']:<20} {u['transport']:<16} {u['url']}" for u in found),
+    )
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = parse_tenant_id(args.tenant)
+    try:
+        upstream_id = uuid.UUID(args.upstream_id)
+    except ValueError:
+        raise TenantryError("the upstream id is not a UUID", code="invalid_upstream_id") from None
+
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.tenant(tenant_id) as conn:
+            return (await upstream_service.delete_upstream(conn, upstream_id)).public()
+
+    up = _run(settings, work)
+    _emit(args, {"upstream": up}, f"upstream {up['id']} ({up['name']}) removed")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(db: Database) -> int:
+        # Cross-tenant by nature: the owner role re-encrypts every tenant's credentials.
+        async with db.system() as conn:
+            return await upstream_service.rotate_credentials(conn, SecretBox(settings.secret_keys))
+
+    count = _run(settings, work)
+    _emit(args, {"rotated": count}, f"{count} upstream credential(s) re-encrypted under the newest key")
+    return 0
+
+
+def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    group = sub.add_parser("upstream", help="Register a tenant's upstream MCP servers.").add_subparsers(
+        dest="upstream_command", required=True
+    )
+    p = command("add", "Register an upstream MCP server for a tenant.", cmd_add, group)
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("--name", required=True, help="a slug; its tools appear as NAME__tool")
+    p.add_argument("--url", required=True, help="the upstream's MCP endpoint")
+    p.add_argument("--transport", default="streamable_http", help="streamable_http (default) or sse")
+    p.add_argument("--header", action="append", default=[], help="'Name: value' to inject (repeatable; encrypted)")
+    p.add_argument("--costs", default="{}", help="units per tool as JSON, e.g. '{\"search\": 3}' (default 1)")
+    p = command("list", "List a tenant's upstreams (header names only, never values).", cmd_list, group)
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p = command("remove", "Remove an upstream and its pinned tools.", cmd_remove, group)
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("upstream_id")
+    command("rotate-secrets", "Re-encrypt every stored upstream credential under the newest key.", cmd_rotate, group)

@@ -1,0 +1,279 @@
+"""Each tenant's upstream tools: discovered live, cached with a TTL, pinned against rug pulls.
+
+A tenant's view is built from its upstream rows (read under RLS) and each
+upstream's `tools/list`, concurrently; an upstream that fails contributes no
+tools and a failed status, never an exception. Every tool definition is
+pinned (sha256 of name, description, input schema) the first time it is
+seen; a later definition with another digest is withheld from `tools/list`,
+refused on call with `tool_definition_changed`, and logged once in
+`upstream_tool_drift` until an admin approves it. A tenant with no upstreams
+is cached too, so the built-in path makes no round trip within the TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import mcp_types as types
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError
+
+from tenantry import upstreams as upstream_service
+from tenantry.db.engine import Database
+from tenantry.errors import Forbidden, NotFound
+from tenantry.gateway.upstream import UpstreamError, UpstreamPool, describe_failure
+from tenantry.settings import Settings
+from tenantry.tools.base import ToolContext
+from tenantry.upstreams import SEPARATOR, Upstream, definition_digest
+
+log = logging.getLogger(__name__)
+
+COST_META = "io.tenantry/cost"
+
+
+class PassThrough(BaseModel):
+    """Upstream arguments are validated by the upstream, against the schema it published."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTool:
+    """A catalog entry that forwards to its upstream; withheld when its definition drifted."""
+
+    name: str
+    tool: str
+    upstream: Upstream
+    definition: types.Tool
+    cost: int
+    pool: UpstreamPool
+    withheld: bool = False
+    arguments: type[BaseModel] = PassThrough
+
+    async def execute(self, ctx: ToolContext, args: BaseModel) -> types.CallToolResult:
+        if self.withheld:
+            raise Forbidden(
+                f"the definition of {self.name!r} changed since it was approved; an admin must review it",
+                code="tool_definition_changed",
+                extra={"upstream": self.upstream.name, "tool": self.tool},
+            )
+        return await self.pool.call_tool(self.upstream, self.tool, args.model_dump())
+
+
+@dataclass
+class UpstreamStatus:
+    upstream: Upstream
+    reachable: bool = False
+    credentials_accepted: bool | None = None
+    detail: str | None = None
+    # The upstream's own definitions as last seen, by its own tool name (for review).
+    current: dict[str, dict[str, Any]] = field(default_factory=dict)
+    drifted: list[str] = field(default_factory=list)
+
+    def check(self) -> dict[str, Any]:
+        ok = self.reachable and not self.drifted
+        return {
+            "status": "ok" if ok else "fail",
+            "upstream_id": str(self.upstream.id),
+            "reachable": self.reachable,
+            "credentials_accepted": self.credentials_accepted,
+            "tool_count": len(self.current) - len(self.drifted),
+            "drift": sorted(self.drifted),
+            **({"detail": self.detail} if self.detail else {}),
+        }
+
+
+@dataclass
+class TenantView:
+    expires_at: float
+    tools: dict[str, UpstreamTool] = field(default_factory=dict)
+    definitions: list[types.Tool] = field(default_factory=list)
+    statuses: dict[uuid.UUID, UpstreamStatus] = field(default_factory=dict)
+
+
+def _dump(tool: types.Tool) -> dict[str, Any]:
+    dumped: dict[str, Any] = tool.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return dumped
+
+
+class Discovery:
+    def __init__(self, settings: Settings, db: Database, pool: UpstreamPool) -> None:
+        self._ttl = settings.upstream_discovery_ttl_seconds
+        self._db = db
+        self.pool = pool
+        self._views: dict[uuid.UUID, TenantView] = {}
+        # Discovery per (tenant, upstream), so one upstream's change re-lists only that upstream.
+        self._statuses: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, UpstreamStatus]] = {}
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+        self._refreshing: dict[uuid.UUID, asyncio.Task[TenantView]] = {}
+        pool.on_tools_changed = self.invalidate
+
+    def invalidate(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID | None = None) -> None:
+        """Forget the tenant's view; with `upstream_id`, also that upstream's discovered tools."""
+        self._views.pop(tenant_id, None)
+        if upstream_id is not None:
+            self._statuses.pop((tenant_id, upstream_id), None)
+
+    async def view(self, tenant_id: uuid.UUID, *, fresh: bool = False) -> TenantView:
+        """The tenant's upstream tools. An expired view with upstreams is served while it refreshes
+        in the background, so a slow upstream never holds up a tenant's calls or listings."""
+        view = self._views.get(tenant_id)
+        if view is not None and not fresh:
+            if self.pool.clock() < view.expires_at:
+                return view
+            if view.statuses:
+                self._refresh_soon(tenant_id)
+                return view
+        return await self._rebuild(tenant_id, fresh=fresh)
+
+    async def _rebuild(self, tenant_id: uuid.UUID, *, fresh: bool) -> TenantView:
+        lock = self._locks.setdefault(tenant_id, asyncio.Lock())
+        async with lock:
+            view = self._views.get(tenant_id)
+            if view is not None and not fresh and self.pool.clock() < view.expires_at:
+                return view
+            try:
+                view = await self._build(tenant_id, fresh=fresh)
+            except (DBAPIError, OSError) as exc:
+                # Without the database the upstream rows are unknown: built-ins only, retried soon.
+                log.warning("upstreams of tenant %s unreadable (%s)", tenant_id, type(exc).__name__)
+                stale = self._views.get(tenant_id)
+                return stale if stale is not None else TenantView(expires_at=self.pool.clock() + 1.0)
+            self._views[tenant_id] = view
+            return view
+
+    def _refresh_soon(self, tenant_id: uuid.UUID) -> None:
+        if tenant_id in self._refreshing:
+            return
+        task = asyncio.create_task(self._rebuild(tenant_id, fresh=False), name=f"discovery-{tenant_id}")
+        self._refreshing[tenant_id] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(tenant_id, None))
+
+    async def aclose(self) -> None:
+        for task in list(self._refreshing.values()):
+            task.cancel()
+        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
+        await self.pool.aclose()
+
+    async def status(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID) -> UpstreamStatus:
+        view = await self.view(tenant_id, fresh=True)
+        found = view.statuses.get(upstream_id)
+        if found is None:
+            raise NotFound(f"no upstream {upstream_id}", code="upstream_not_found")
+        return found
+
+    async def _build(self, tenant_id: uuid.UUID, *, fresh: bool) -> TenantView:
+        async with self._db.tenant(tenant_id) as conn:
+            rows = await upstream_service.list_upstreams(conn)
+        now = self.pool.clock()
+        view = TenantView(expires_at=now + self._ttl)
+        known = {row.id for row in rows}
+        for key in [k for k in self._statuses if k[0] == tenant_id and k[1] not in known]:
+            del self._statuses[key]
+        if not rows:
+            return view
+
+        async def discover(row: Upstream) -> UpstreamStatus:
+            cached = self._statuses.get((tenant_id, row.id))
+            if not fresh and cached is not None and now < cached[0] and cached[1].upstream == row:
+                return cached[1]
+            status = await self._discover(row)
+            self._statuses[(tenant_id, row.id)] = (self.pool.clock() + self._ttl, status)
+            return status
+
+        statuses = await asyncio.gather(*(discover(row) for row in rows))
+        for status in statuses:
+            view.statuses[status.upstream.id] = status
+            for entry in self._entries(status):
+                view.tools[entry.name] = entry
+                if not entry.withheld:
+                    view.definitions.append(entry.definition)
+        return view
+
+    def _entries(self, status: UpstreamStatus) -> list[UpstreamTool]:
+        upstream = status.upstream
+        entries = []
+        for tool_name, definition in status.current.items():
+            name = f"{upstream.name}{SEPARATOR}{tool_name}"
+            cost = int(upstream.costs.get(tool_name, 1))
+            namespaced = {**definition, "name": name, "_meta": {**definition.get("_meta", {}), COST_META: cost}}
+            entries.append(
+                UpstreamTool(
+                    name=name,
+                    tool=tool_name,
+                    upstream=upstream,
+                    definition=types.Tool.model_validate(namespaced),
+                    cost=cost,
+                    pool=self.pool,
+                    withheld=tool_name in status.drifted,
+                )
+            )
+        return entries
+
+    async def _discover(self, upstream: Upstream) -> UpstreamStatus:
+        status = UpstreamStatus(upstream)
+        try:
+            tools = await self.pool.list_tools(upstream)
+        except UpstreamError as exc:
+            status.detail = f"{exc.code}: {exc.detail}"
+            refused = exc.extra.get("credentials_refused")
+            if refused is None and exc.__cause__ is not None:
+                refused = describe_failure(exc.__cause__)[1]
+            status.credentials_accepted = False if refused else None
+            return status
+        status.reachable = status.credentials_accepted = True
+        status.current = {tool.name: _dump(tool) for tool in tools if SEPARATOR not in tool.name}
+        async with self._db.tenant(upstream.tenant_id) as conn:
+            pins = await upstream_service.pins_for(conn, upstream.id)
+            for tool_name, definition in status.current.items():
+                pin = pins.get(tool_name)
+                if pin is None:
+                    await upstream_service.pin_tool(conn, upstream.tenant_id, upstream.id, definition)
+                elif pin.sha256 != definition_digest(definition):
+                    status.drifted.append(tool_name)
+                    if await upstream_service.record_drift(conn, upstream.tenant_id, upstream.id, pin, definition):
+                        log.warning(
+                            "tool %r of upstream %s (tenant %s) changed its definition; withheld until approved",
+                            tool_name,
+                            upstream.name,
+                            upstream.tenant_id,
+                        )
+        return status
+
+    async def review(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Each tool: pinned vs current definition and its status (approved, changed, removed)."""
+        status = await self.status(tenant_id, upstream_id)
+        async with self._db.tenant(tenant_id) as conn:
+            pins = await upstream_service.pins_for(conn, upstream_id)
+        out = []
+        for name in sorted(set(pins) | set(status.current)):
+            pin, current = pins.get(name), status.current.get(name)
+            if current is None:
+                state = "removed" if status.reachable else "unknown"
+            elif pin is None or pin.sha256 == definition_digest(current):
+                state = "approved"
+            else:
+                state = "changed"
+            out.append(
+                {
+                    "tool": name,
+                    "status": state,
+                    "pinned": {"sha256": pin.sha256, "definition": pin.definition} if pin else None,
+                    "current": {"sha256": definition_digest(current), "definition": current} if current else None,
+                }
+            )
+        return out
+
+    async def approve(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID, tool: str) -> dict[str, Any]:
+        status = await self.status(tenant_id, upstream_id)
+        definition = status.current.get(tool)
+        if definition is None:
+            raise NotFound(f"upstream {status.upstream.name!r} offers no tool {tool[:100]!r} now", code="unknown_tool")
+        async with self._db.tenant(tenant_id) as conn:
+            pin = await upstream_service.pin_tool(conn, tenant_id, upstream_id, definition)
+        self.invalidate(tenant_id, upstream_id)
+        return {"tool": tool, "status": "approved", "sha256": pin.sha256}

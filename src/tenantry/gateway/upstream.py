@@ -1,0 +1,328 @@
+"""Pooled MCP client sessions to tenants' upstream servers, each behind a circuit breaker.
+
+One pool entry per (tenant_id, upstream_id): never shared between tenants,
+even when two tenants name the same URL, because each carries its own
+credential. An entry holds one httpx2 client and one MCP session, built once
+and reused by every call (no handshake per call). A background task owns
+each session, because the SDK's transports are anyio task groups that must be
+exited by the task that entered them. The pool is an LRU bounded in size
+with an idle TTL; a breaker per key fails fast after repeated failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx2
+import mcp_types as types
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from tenantry.errors import Unavailable
+from tenantry.secrets import SecretBox
+from tenantry.settings import Settings
+from tenantry.ssrf import check_url
+from tenantry.upstreams import Upstream
+
+log = logging.getLogger(__name__)
+
+Key = tuple[uuid.UUID, uuid.UUID]
+Clock = Callable[[], float]
+T = TypeVar("T")
+
+
+class UpstreamError(Unavailable):
+    """A failure of the upstream itself (not of the tool): codes upstream_unavailable/_timeout/_error."""
+
+    default_code = "upstream_unavailable"
+
+
+class Breaker:
+    """Closed until `threshold` consecutive failures; open (fail fast) for `cooldown`; then one trial."""
+
+    def __init__(self, threshold: int, cooldown: float, clock: Clock) -> None:
+        self.threshold, self.cooldown, self._clock = threshold, cooldown, clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._trial = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if self._clock() - self.opened_at >= self.cooldown else "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self._trial:
+            self._trial = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.failures, self.opened_at, self._trial = 0, None, False
+
+    def failure(self) -> None:
+        self.failures += 1
+        self._trial = False
+        if self.failures >= self.threshold:
+            self.opened_at = self._clock()
+
+
+@dataclass
+class _Entry:
+    upstream: Upstream
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    client: Client | None = None
+    error: BaseException | None = None
+    task: asyncio.Task[None] | None = None
+    last_used: float = 0.0
+    # The SDK folds an HTTP 401/403 into a generic JSON-RPC error; this keeps the status.
+    last_status: int = 0
+
+
+def describe_failure(exc: BaseException) -> tuple[str, bool]:
+    """A short reason (the innermost error), and whether the upstream refused our credential (401/403)."""
+    seen: list[BaseException] = [exc]
+    leaf = exc
+    while seen:
+        current = seen.pop()
+        if isinstance(current, httpx2.HTTPStatusError) and current.response.status_code in (401, 403):
+            return f"credentials refused (HTTP {current.response.status_code})", True
+        if isinstance(current, BaseExceptionGroup):
+            seen.extend(current.exceptions)
+            continue
+        leaf = current
+        if current.__cause__ is not None:
+            seen.append(current.__cause__)
+    text = str(leaf) or type(leaf).__name__
+    refused = any(f"{code} " in text or f"'{code} " in text for code in ("401", "403"))
+    return f"{type(leaf).__name__}: {text[:200]}", refused
+
+
+class UpstreamPool:
+    def __init__(self, settings: Settings, box: SecretBox, *, clock: Clock = time.monotonic) -> None:
+        self._settings = settings
+        self._box = box
+        self.clock = clock
+        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+        self._breakers: dict[Key, Breaker] = {}
+        self._swept_at = clock()
+        self.on_tools_changed: Callable[[uuid.UUID, uuid.UUID], None] = lambda tenant_id, upstream_id: None
+
+    def breaker(self, key: Key) -> Breaker:
+        found = self._breakers.get(key)
+        if found is None:
+            s = self._settings
+            found = Breaker(s.upstream_breaker_failures, s.upstream_breaker_cooldown_seconds, self.clock)
+            self._breakers[key] = found
+        return found
+
+    def open_sessions(self) -> int:
+        return len(self._entries)
+
+    async def list_tools(self, upstream: Upstream) -> list[types.Tool]:
+        async def work(client: Client) -> list[types.Tool]:
+            tools: list[types.Tool] = []
+            cursor: str | None = None
+            for _ in range(50):
+                page = await client.list_tools(cursor=cursor, cache_mode="bypass")
+                tools.extend(page.tools)
+                cursor = page.next_cursor
+                if not cursor:
+                    break
+            return tools
+
+        return await self._run(upstream, work)
+
+    async def call_tool(self, upstream: Upstream, tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        async def work(client: Client) -> types.CallToolResult:
+            return await client.call_tool(tool, arguments)
+
+        return await self._run(upstream, work)
+
+    async def _run(self, upstream: Upstream, work: Callable[[Client], Awaitable[T]]) -> T:
+        key = (upstream.tenant_id, upstream.id)
+        breaker = self.breaker(key)
+        if not breaker.allow():
+            raise UpstreamError(
+                f"upstream {upstream.name!r} is failing; calls are refused until it recovers",
+                extra={"upstream": upstream.name, "breaker": "open"},
+            )
+        entry: _Entry | None = None
+        try:
+            client = await self._session(upstream)
+            entry = self._entries.get(key)
+            async with asyncio.timeout(self._settings.upstream_call_timeout_seconds):
+                result = await work(client)
+        except TimeoutError as exc:
+            # The session stays: other calls may be in flight on it, and one slow tool is not a dead link.
+            breaker.failure()
+            raise UpstreamError(
+                f"upstream {upstream.name!r} did not answer within {self._settings.upstream_call_timeout_seconds}s",
+                code="upstream_timeout",
+                extra={"upstream": upstream.name},
+            ) from exc
+        except UpstreamError:
+            breaker.failure()
+            raise
+        except MCPError as exc:
+            # The SDK reports both a JSON-RPC error the upstream sent (a healthy upstream, a failed
+            # tool) and a broken link (connection closed, an HTTP error status) as MCPError.
+            if exc.code == types.CONNECTION_CLOSED or (entry is not None and entry.last_status >= 400):
+                breaker.failure()
+                await self.close(key, entry)
+            else:
+                breaker.success()
+            raise UpstreamError(
+                f"upstream {upstream.name!r} answered with an error: {exc.error.message[:200]}",
+                code="upstream_error",
+                extra={"upstream": upstream.name},
+            ) from exc
+        except Exception as exc:
+            breaker.failure()
+            await self.close(key, entry)
+            reason, _ = describe_failure(exc)
+            log.warning("upstream %s of tenant %s failed: %s", upstream.name, upstream.tenant_id, reason)
+            raise UpstreamError(
+                f"upstream {upstream.name!r} failed: {reason}", code="upstream_error", extra={"upstream": upstream.name}
+            ) from exc
+        breaker.success()
+        return result
+
+    async def _session(self, upstream: Upstream) -> Client:
+        key = (upstream.tenant_id, upstream.id)
+        now = self.clock()
+        if now - self._swept_at > min(60.0, self._settings.upstream_idle_ttl_seconds):
+            # Idle sessions are reaped by the traffic itself, at most once a minute.
+            self._swept_at = now
+            await self._evict(now, keep=key)
+        entry = self._entries.get(key)
+        if entry is not None and entry.upstream.updated_at != upstream.updated_at:
+            await self.close(key)
+            entry = None
+        if entry is None:
+            # Registered before any await, so concurrent first calls share one session.
+            entry = self._entries[key] = _Entry(upstream)
+            entry.task = asyncio.create_task(self._own(entry), name=f"upstream-{upstream.name}")
+            await self._evict(now, keep=key)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+        entry.last_used = now
+        try:
+            async with asyncio.timeout(self._settings.upstream_connect_timeout_seconds):
+                await entry.ready.wait()
+        except TimeoutError as exc:
+            await self.close(key, entry)
+            raise UpstreamError(f"upstream {upstream.name!r} did not connect in time", code="upstream_timeout") from exc
+        if entry.client is None:
+            await self.close(key, entry)
+            reason, refused = describe_failure(entry.error or RuntimeError("session ended"))
+            if entry.last_status in (401, 403):
+                reason, refused = f"credentials refused (HTTP {entry.last_status})", True
+            raise UpstreamError(
+                f"upstream {upstream.name!r} is unreachable: {reason}",
+                extra={"upstream": upstream.name, "credentials_refused": refused},
+            )
+        return entry.client
+
+    async def _own(self, entry: _Entry) -> None:
+        """The task that opens, holds and closes one entry's session."""
+        upstream = entry.upstream
+        headers = self._box.open(upstream.credentials)
+        s = self._settings
+        # The call timeout is enforced around each call; httpx2's own read timeout only backs it up.
+        slack = s.upstream_call_timeout_seconds + s.upstream_connect_timeout_seconds
+        timeout = httpx2.Timeout(slack, connect=s.upstream_connect_timeout_seconds)
+        tenant_id = upstream.tenant_id
+
+        async def record(response: httpx2.Response) -> None:
+            entry.last_status = response.status_code
+
+        async def notice(message: Any) -> None:
+            if isinstance(message, types.ToolListChangedNotification):
+                self.on_tools_changed(tenant_id, upstream.id)
+
+        try:
+            # Checked again at connect time: the name may resolve elsewhere than at registration.
+            await check_url(
+                upstream.url, allow_private=s.upstream_allow_private, allow_loopback=s.upstream_allow_loopback
+            )
+            async with contextlib.AsyncExitStack() as stack:
+                if upstream.transport == "sse":
+
+                    def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> httpx2.AsyncClient:
+                        hooks = {"response": [record]}
+                        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks=hooks)
+
+                    transport: Any = sse_client(
+                        upstream.url,
+                        headers=headers,
+                        timeout=s.upstream_connect_timeout_seconds,
+                        httpx_client_factory=factory,
+                    )
+                    mode: Any = "legacy"
+                else:
+                    http = await stack.enter_async_context(
+                        httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"response": [record]})
+                    )
+                    transport = streamable_http_client(upstream.url, http_client=http)
+                    mode = "auto"
+                client = await stack.enter_async_context(
+                    Client(transport, mode=mode, cache=None, message_handler=notice)
+                )
+                entry.client = client
+                entry.ready.set()
+                await entry.closing.wait()
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # the session's failure is reported to whoever waits on it
+            entry.error = exc
+        finally:
+            entry.client = None if entry.closing.is_set() or entry.error else entry.client
+            entry.ready.set()
+
+    async def _evict(self, now: float, keep: Key) -> None:
+        idle = self._settings.upstream_idle_ttl_seconds
+        for key, entry in list(self._entries.items()):
+            if key != keep and now - entry.last_used > idle:
+                await self.close(key)
+        while len(self._entries) > self._settings.upstream_pool_max_sessions:
+            oldest = next(k for k in self._entries if k != keep)
+            await self.close(oldest)
+
+    async def close(self, key: Key, only: _Entry | None = None) -> None:
+        """Close the session under `key` (only if it is still `only`, when given)."""
+        if only is not None and self._entries.get(key) is not only:
+            return
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        entry.closing.set()
+        if entry.task is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await asyncio.shield(entry.task)
+            except (TimeoutError, asyncio.CancelledError):
+                entry.task.cancel()
+
+    async def close_tenant_upstream(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID) -> None:
+        await self.close((tenant_id, upstream_id))
+        self._breakers.pop((tenant_id, upstream_id), None)
+
+    async def aclose(self) -> None:
+        for key in list(self._entries):
+            await self.close(key)

@@ -1,0 +1,175 @@
+"""A real upstream MCP server for federation tests, built on the SDK's low-level `Server`.
+
+It serves streamable HTTP (stateless JSON) on loopback in a thread, records
+the headers of every request it gets, answers by credential (`Bearer alpha`
+sees every tool, `Bearer beta` only `echo`, anything else gets 401), and can
+be told to change a description (a rug pull), or to hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import mcp_types as types
+import uvicorn
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+from tests.conftest import free_port
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
+WAV = base64.b64encode(b"RIFFfake").decode()
+TOOLS_BY_TOKEN = {"alpha": {"echo", "rich", "fail", "crash", "hang"}, "beta": {"echo"}}
+
+
+class FixtureUpstream:
+    def __init__(self) -> None:
+        self.received: list[dict[str, str]] = []
+        self.echo_description = "Echo the given text back, unchanged."
+        self.calls = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._release: asyncio.Event | None = None
+        self.server: Server[Any] = Server("fixture", on_list_tools=self._list, on_call_tool=self._call)
+
+    def _allowed(self, ctx: ServerRequestContext[Any, Any]) -> set[str]:
+        request = ctx.request
+        assert isinstance(request, Request)
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        return TOOLS_BY_TOKEN.get(token, set())
+
+    def definitions(self) -> list[types.Tool]:
+        text = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+        empty: dict[str, Any] = {"type": "object", "properties": {}}
+        return [
+            types.Tool(name="echo", description=self.echo_description, input_schema=text),
+            types.Tool(name="rich", description="Every content type at once.", input_schema=empty),
+            types.Tool(name="fail", description="A tool-level error.", input_schema=empty),
+            types.Tool(name="crash", description="Raises: a JSON-RPC error.", input_schema=empty),
+            types.Tool(name="hang", description="Never answers.", input_schema=empty),
+        ]
+
+    async def _list(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        allowed = self._allowed(ctx)
+        return types.ListToolsResult(tools=[t for t in self.definitions() if t.name in allowed])
+
+    async def _call(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        self.calls += 1
+        if params.name not in self._allowed(ctx):
+            return types.CallToolResult(content=[types.TextContent(type="text", text="not yours")], is_error=True)
+        args = params.arguments or {}
+        if params.name == "echo":
+            return types.CallToolResult(content=[types.TextContent(type="text", text=str(args.get("text")))])
+        if params.name == "rich":
+            resource = types.TextResourceContents(uri="memo://one", mime_type="text/plain", text="inside")
+            return types.CallToolResult(
+                content=[
+                    types.TextContent(type="text", text="hello"),
+                    types.ImageContent(type="image", data=PNG, mime_type="image/png"),
+                    types.AudioContent(type="audio", data=WAV, mime_type="audio/wav"),
+                    types.EmbeddedResource(type="resource", resource=resource),
+                ],
+                structured_content={"answer": 42},
+            )
+        if params.name == "fail":
+            return types.CallToolResult(content=[types.TextContent(type="text", text="nope")], is_error=True)
+        if params.name == "hang":
+            self._loop = asyncio.get_running_loop()
+            self._release = self._release or asyncio.Event()
+            await self._release.wait()
+            return types.CallToolResult(content=[types.TextContent(type="text", text="released")])
+        raise RuntimeError("the fixture upstream crashed")
+
+    def release(self) -> None:
+        if self._loop is not None and self._release is not None:
+            self._loop.call_soon_threadsafe(self._release.set)
+
+    def app(self) -> Any:
+        manager = StreamableHTTPSessionManager(app=self.server, stateless=True, json_response=True)
+        mcp_app = StreamableHTTPASGIApp(manager)
+
+        sse = SseServerTransport("/messages/")
+
+        async def sse_stream(scope: Any, receive: Any, send: Any) -> None:
+            async with sse.connect_sse(scope, receive, send) as (read_stream, write_stream):
+                await self.server.run(read_stream, write_stream, self.server.create_initialization_options())
+
+        def guard(inner: Any) -> Any:
+            async def guarded(scope: Any, receive: Any, send: Any) -> None:
+                headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+                self.received.append(headers)
+                token = headers.get("authorization", "").removeprefix("Bearer ")
+                if token not in TOOLS_BY_TOKEN:
+                    await JSONResponse({"error": "unauthorized"}, status_code=401)(scope, receive, send)
+                    return
+                await inner(scope, receive, send)
+
+            return guarded
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with manager.run():
+                yield
+
+        routes = [
+            Route("/mcp", endpoint=_Asgi(guard(mcp_app)), methods=["GET", "POST", "DELETE"]),
+            Route("/sse", endpoint=_Asgi(guard(sse_stream)), methods=["GET"]),
+            Mount("/messages/", app=guard(sse.handle_post_message)),
+        ]
+        return Starlette(routes=routes, lifespan=lifespan)
+
+
+class _Asgi:
+    """Starlette treats a plain function endpoint as a request handler; an object is called as ASGI."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+@contextmanager
+def serve_app(app: Any, port: int | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Serve any ASGI app on loopback in a thread; yield its base URL and the uvicorn server."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"upstream-{port}", daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            if not thread.is_alive():
+                raise RuntimeError("server thread died during startup")
+            threading.Event().wait(0.01)
+        else:
+            raise RuntimeError("server did not start within 5 s")
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@contextmanager
+def serve_upstream(upstream: FixtureUpstream) -> Iterator[tuple[str, uvicorn.Server]]:
+    with serve_app(upstream.app()) as (url, server):
+        try:
+            yield f"{url}/mcp", server
+        finally:
+            upstream.release()
