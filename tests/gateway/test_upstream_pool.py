@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-
-import pytest
 
 from tenantry.gateway.upstream import UpstreamPool
 from tenantry.secrets import SecretBox
 from tenantry.settings import DEV_SECRET_KEY, Settings
 from tenantry.upstreams import Upstream
-from tests.upstream_servers import FixtureUpstream, serve_upstream
 
 BOX = SecretBox([DEV_SECRET_KEY])
 
@@ -25,13 +21,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="module")
-def fixture_upstream() -> Iterator[tuple[FixtureUpstream, str]]:
-    upstream = FixtureUpstream()
-    with serve_upstream(upstream) as (url, _server):
-        yield upstream, url
 
 
 def row(url: str, token: str = "alpha", tenant_id: uuid.UUID | None = None) -> Upstream:

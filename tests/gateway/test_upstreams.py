@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,13 +14,6 @@ from tenantry.client import connect
 from tenantry.db.engine import Database
 from tests.conftest import ADMIN_KEY, Admin, TenantHandle
 from tests.upstream_servers import PNG, FixtureUpstream, serve_upstream
-
-
-@pytest.fixture(scope="module")
-def fixture_upstream() -> Iterator[tuple[FixtureUpstream, str]]:
-    upstream = FixtureUpstream()
-    with serve_upstream(upstream) as (url, _server):
-        yield upstream, url
 
 
 async def add_upstream(admin: Admin, tenant: TenantHandle, url: str, token: str, **extra: Any) -> dict[str, Any]:
