@@ -110,28 +110,33 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(settings: Settings) -> Iterator[str]:
-    """Run the gateway for `settings` on a loopback port in a thread; yield its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False
-    )
+def serve_asgi(app: Any, port: int | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Serve any ASGI app with uvicorn on a loopback port in a thread; yield its base URL and server."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, name=f"asgi-{port}", daemon=True)
     thread.start()
     try:
         for _ in range(500):
             if server.started:
                 break
             if not thread.is_alive():
-                raise RuntimeError("gateway thread died during startup")
+                raise RuntimeError("server thread died during startup")
             threading.Event().wait(0.01)
         else:
-            raise RuntimeError("gateway did not start within 5 s")
-        yield f"http://127.0.0.1:{port}"
+            raise RuntimeError("server did not start within 5 s")
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """Run the gateway for `settings` on a loopback port in a thread; yield its base URL."""
+    with serve_asgi(create_app(settings)) as (url, _server):
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -26,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-from tests.conftest import free_port
+from tests.conftest import serve_asgi
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 WAV = base64.b64encode(b"RIFFfake").decode()
@@ -144,31 +143,8 @@ class _Asgi:
 
 
 @contextmanager
-def serve_app(app: Any, port: int | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
-    """Serve any ASGI app on loopback in a thread; yield its base URL and the uvicorn server."""
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"upstream-{port}", daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            if not thread.is_alive():
-                raise RuntimeError("server thread died during startup")
-            threading.Event().wait(0.01)
-        else:
-            raise RuntimeError("server did not start within 5 s")
-        yield f"http://127.0.0.1:{port}", server
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@contextmanager
 def serve_upstream(upstream: FixtureUpstream) -> Iterator[tuple[str, uvicorn.Server]]:
-    with serve_app(upstream.app()) as (url, server):
+    with serve_asgi(upstream.app()) as (url, server):
         try:
             yield f"{url}/mcp", server
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import insert
 
 from tenantry.app import create_app
@@ -23,7 +21,7 @@ from tenantry.metering.ledger import UsageEvent, insert_events
 from tenantry.services import Services
 from tenantry.settings import Settings
 from tests.billing.fake_stripe import FakeStripe, fake_stripe, sign
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_asgi
 
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
 
@@ -157,21 +155,5 @@ def serve_app(settings: Settings) -> Iterator[tuple[str, Services]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     app = create_app(settings.model_copy(update={"gateway_base_url": url}))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
-    thread.start()
-    try:
-        started = threading.Event()
-        for _ in range(500):
-            if server.started:
-                break
-            if not thread.is_alive():
-                raise RuntimeError("gateway thread died during startup")
-            started.wait(0.01)
-        else:
-            raise RuntimeError("gateway did not start within 5 s")
+    with serve_asgi(app, port):
         yield url, app.state.services
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

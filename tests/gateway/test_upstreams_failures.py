@@ -14,8 +14,8 @@ from tenantry.gateway.upstream import Breaker
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 from tenantry.ssrf import check_url
-from tests.conftest import ADMIN_KEY, Admin, TenantHandle
-from tests.upstream_servers import FixtureUpstream, serve_app, serve_upstream
+from tests.conftest import ADMIN_KEY, Admin, TenantHandle, serve_asgi
+from tests.upstream_servers import FixtureUpstream, serve_upstream
 
 
 class FakeClock:
@@ -44,7 +44,7 @@ def fragile_gateway(settings: Settings, clock: FakeClock) -> Iterator[str]:
     )
     app = create_app(fragile)
     app.state.services.upstreams.pool.clock = clock
-    with serve_app(app) as (url, _server):
+    with serve_asgi(app) as (url, _server):
         yield url
 
 
