@@ -165,10 +165,12 @@ class Ledger:
         `also(pipe)` may queue more commands (the meter's release) on the same round trip.
         """
         try:
+            if also is None:  # one command: a pipeline would only add client-side work
+                await self._redis.xadd(self.stream, event.fields())  # type: ignore[arg-type]
+                return
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(self.stream, event.fields())  # type: ignore[arg-type]
-                if also is not None:
-                    also(pipe)
+                also(pipe)
                 await pipe.execute()
             return
         except _REDIS_DOWN as exc:
