@@ -22,7 +22,7 @@ SUITE="$WORK/node_modules/@modelcontextprotocol/conformance/dist/index.js"
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
-wait_for() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer at $1" >&2; exit 1; }
+wait_for() { for _ in $(seq 100); do curl -s -m 2 -o /dev/null -X POST "$1" && return 0; sleep 0.1; done; echo "no answer at $1" >&2; exit 1; }
 
 bash -c "$FIXTURE_CMD" & pids+=($!)
 wait_for "http://127.0.0.1:$FIXTURE_PORT/mcp"
