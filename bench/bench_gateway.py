@@ -449,6 +449,36 @@ def check_response(status: int, payload: bytes, request_id: int) -> str | None:
     return None
 
 
+async def timed_call(
+    conn: RawHttpConnection | HttpxConnection,
+    body: bytes,
+    request_id: int,
+    result: RunResult,
+    window_from: float,
+    window_until: float,
+) -> None:
+    """One request: send, check the answer, and record it if it completed inside the window."""
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            status, payload = await conn.post(body)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError, ValueError) as exc:
+        problem: str | None = f"{type(exc).__name__}: {exc}"
+        await conn.close()
+    else:
+        problem = check_response(status, payload, request_id)
+    t1 = time.perf_counter()
+    # A request counts in the window it completes in.
+    if not window_from <= t1 <= window_until:
+        return
+    if problem is None:
+        result.latencies_ns.append(round((t1 - t0) * 1e9))
+    else:
+        result.errors += 1
+        if len(result.error_samples) < 3:
+            result.error_samples.append(problem)
+
+
 async def drive(
     target: Target, protocol: str, concurrency: int, warmup: float, duration: float, client_kind: str
 ) -> RunResult:
@@ -482,25 +512,7 @@ async def drive(
         while perf() < measure_until:
             request_id += 1
             body = b'%s"id":%d%s' % (prefix, request_id, suffix)
-            t0 = perf()
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    status, payload = await conn.post(body)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError, ValueError) as exc:
-                problem: str | None = f"{type(exc).__name__}: {exc}"
-                await conn.close()
-            else:
-                problem = check_response(status, payload, request_id)
-            t1 = perf()
-            # A request counts in the window it completes in.
-            if not measure_from <= t1 <= measure_until:
-                continue
-            if problem is None:
-                result.latencies_ns.append(round((t1 - t0) * 1e9))
-            else:
-                result.errors += 1
-                if len(result.error_samples) < 3:
-                    result.error_samples.append(problem)
+            await timed_call(conn, body, request_id, result, measure_from, measure_until)
 
     async def snap_at(when: float) -> None:
         await asyncio.sleep(max(0.0, when - perf()))

@@ -24,12 +24,9 @@ from pathlib import Path
 from bench_gateway import (
     BENCH,
     KEY,
-    REQUEST_TIMEOUT,
-    ProtocolError,
     RawHttpConnection,
     RunResult,
     call_body,
-    check_response,
     new_loop,
     prepare_database,
     print_table,
@@ -37,6 +34,7 @@ from bench_gateway import (
     server_env,
     start_server,
     stop_server,
+    timed_call,
     wait_healthy,
 )
 
@@ -56,24 +54,7 @@ async def drive(
         try:
             while perf() < end:
                 request_id += 1
-                t0 = perf()
-                try:
-                    async with asyncio.timeout(REQUEST_TIMEOUT):
-                        status, payload = await conn.post(b'%s"id":%d%s' % (prefix, request_id, suffix))
-                except (OSError, TimeoutError, asyncio.IncompleteReadError, ProtocolError, ValueError) as exc:
-                    problem: str | None = f"{type(exc).__name__}: {exc}"
-                    await conn.close()
-                else:
-                    problem = check_response(status, payload, request_id)
-                t1 = perf()
-                if not start <= t1 <= end:
-                    continue
-                if problem is None:
-                    result.latencies_ns.append(round((t1 - t0) * 1e9))
-                else:
-                    result.errors += 1
-                    if len(result.error_samples) < 3:
-                        result.error_samples.append(problem)
+                await timed_call(conn, b'%s"id":%d%s' % (prefix, request_id, suffix), request_id, result, start, end)
         finally:
             await conn.close()
 
