@@ -61,8 +61,11 @@ def parse_url(url: str) -> tuple[str, int]:
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-async def check_url(url: str, *, allow_private: bool, allow_loopback: bool) -> None:
-    """Refuse `url` (400) unless every address its host resolves to is allowed."""
+async def check_url(url: str, *, allow_private: bool, allow_loopback: bool) -> list[str]:
+    """Refuse `url` (400) unless every address its host resolves to is allowed; return those addresses.
+
+    Connect to the returned addresses rather than resolving the name again, or a DNS answer
+    that changes between the check and the connection could point the gateway elsewhere."""
     host, port = parse_url(url)
     if host.lower().rstrip(".") in _METADATA_NAMES:
         raise _refusal(url, f"{host} is a cloud metadata name")
@@ -78,3 +81,4 @@ async def check_url(url: str, *, allow_private: bool, allow_loopback: bool) -> N
         why = check_address(address, allow_private=allow_private, allow_loopback=allow_loopback)
         if why is not None:
             raise _refusal(url, why)
+    return list(dict.fromkeys(str(address) for address in addresses))

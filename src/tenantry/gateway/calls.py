@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, LimitExceeded, NotFound, TenantryError, Unavailable
 from tenantry.gateway.catalog import Catalog, CatalogEntry
+from tenantry.gateway.wire import Relay
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
 from tenantry.metering.plans import PlanBook
@@ -153,7 +154,9 @@ class ToolCalls:
         if decision.reason == "rate_limited":
             raise refusal(decision, principal, None, 0)
 
-    async def call(self, principal: Principal, name: str, arguments: dict[str, Any] | None) -> ToolOutcome:
+    async def call(
+        self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None = None
+    ) -> ToolOutcome:
         started = time.perf_counter()
         tool = await self._catalog.lookup(principal, name)
         if tool is None:
@@ -165,15 +168,17 @@ class ToolCalls:
         except ValidationError as exc:
             outcome = ToolOutcome(error=BadRequest(_describe(exc), code="invalid_arguments"))
         else:
-            outcome = await self._metered(principal, tool, args, started)
+            outcome = await self._metered(principal, tool, args, started, relay)
         status = outcome.status
         self._metrics.observe_tool_call(principal.tenant_id, name, status, started)
         return outcome
 
-    async def _metered(self, principal: Principal, tool: CatalogEntry, args: Any, started: float) -> ToolOutcome:
+    async def _metered(
+        self, principal: Principal, tool: CatalogEntry, args: Any, started: float, relay: Relay | None
+    ) -> ToolOutcome:
         # A withheld upstream tool (its definition drifted) is refused by its own execute(): not metered.
         if not self._metering or getattr(tool, "withheld", False):
-            return await self._execute(principal, tool, args)
+            return await self._execute(principal, tool, args, relay)
         tenant_id, limits = principal.tenant_id, principal.limits
         event_id = uuid.uuid4()
         cost = self._plans.cost(tool.name, default=tool.cost)
@@ -181,7 +186,7 @@ class ToolCalls:
         self._observe_decision(principal, decision)
         if not decision.admitted:
             return ToolOutcome(error=refusal(decision, principal, tool.name, cost))
-        outcome = await self._execute(principal, tool, args)
+        outcome = await self._execute(principal, tool, args, relay)
         event = UsageEvent(
             event_id=event_id,
             tenant_id=tenant_id,
@@ -205,8 +210,8 @@ class ToolCalls:
             return ToolOutcome(error=error)
         return replace(outcome, event_id=event_id)
 
-    async def _execute(self, principal: Principal, tool: CatalogEntry, args: Any) -> ToolOutcome:
-        ctx = ToolContext(principal=principal, db=self._db, settings=self._settings, meter=self._meter)
+    async def _execute(self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None) -> ToolOutcome:
+        ctx = ToolContext(principal=principal, db=self._db, settings=self._settings, meter=self._meter, relay=relay)
         try:
             value = await tool.execute(ctx, args)
         except TenantryError as exc:

@@ -61,7 +61,7 @@ class UpstreamTool:
                 code="tool_definition_changed",
                 extra={"upstream": self.upstream.name, "tool": self.tool},
             )
-        return await self.pool.call_tool(self.upstream, self.tool, args.model_dump())
+        return await self.pool.call_tool(self.upstream, self.tool, args.model_dump(), ctx.relay)
 
 
 @dataclass

@@ -9,6 +9,7 @@ the ASGI endpoints for streamable HTTP (`/mcp`) and legacy SSE (`/sse`,
 
 from __future__ import annotations
 
+import warnings
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -18,7 +19,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Route
 
@@ -26,6 +27,7 @@ from tenantry.auth.middleware import TenantAuth, principal_from_scope
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
+from tenantry.gateway.relay import AgentRelay, LogLevels, session_key
 from tenantry.metrics import Metrics
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
@@ -53,13 +55,18 @@ def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
 class Gateway:
     def __init__(self, settings: Settings, calls: ToolCalls, resolver: CredentialResolver, metrics: Metrics) -> None:
         self._calls = calls
-        self.server: Server[Any] = Server(
-            "tenantry",
-            version="0.1.0",
-            instructions="Your tenant's tools. Every call is scoped to the tenant of your credential.",
-            on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
-        )
+        self._log_levels = LogLevels()
+        with warnings.catch_warnings():
+            # logging/setLevel is deprecated from 2026-07-28 on, but clients on handshake versions still send it.
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            self.server: Server[Any] = Server(
+                "tenantry",
+                version="0.1.0",
+                instructions="Your tenant's tools. Every call is scoped to the tenant of your credential.",
+                on_list_tools=self._list_tools,
+                on_call_tool=self._call_tool,
+                on_set_logging_level=self._set_logging_level,
+            )
         # The OpenTelemetry middleware is a no-op without an exporter; skip it on the hot path.
         self.server.middleware = []
         security = None
@@ -119,10 +126,19 @@ class Gateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         principal = _principal(ctx)
+        relay = AgentRelay(ctx, self._log_levels.allowed(ctx))
         with bind_principal(principal):
-            outcome = await self._calls.call(principal, params.name, params.arguments)
+            outcome = await self._calls.call(principal, params.name, params.arguments, relay)
         if outcome.error is not None and outcome.error.code == "unknown_tool":
             raise MCPError(types.INVALID_PARAMS, f"unknown tool: {params.name[:100]}")
         if outcome.error is not None and outcome.error.code in REQUEST_LEVEL_REFUSALS:
             raise _jsonrpc_error(outcome.error)
         return outcome.to_mcp()
+
+    async def _set_logging_level(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        """The agent's log level for what upstreams log during its calls (per session; filtered here)."""
+        _principal(ctx)
+        self._log_levels.set(session_key(ctx), params.level)
+        return types.EmptyResult()

@@ -2,10 +2,13 @@
 
 One pool entry per (tenant_id, upstream_id): never shared between tenants,
 even when two tenants name the same URL, because each carries its own
-credential. An entry holds one httpx2 client and one MCP session, built once
-and reused by every call (no handshake per call). A background task owns
-each session, because the SDK's transports are anyio task groups that must be
-exited by the task that entered them. The pool is an LRU bounded in size
+credential. An entry holds one upstream session, built once and reused by
+every call (no handshake per call): for streamable HTTP the gateway's own
+lean client (`wire.HttpLink`: raw JSON-RPC on keep-alive connections, which
+relays what the upstream sends during a call to the calling agent); for
+legacy SSE the SDK's `Client`, which relays progress only. A background task
+owns each session (the SDK's transports are anyio task groups that must be
+exited by the task that entered them). The pool is an LRU bounded in size
 with an idle TTL; a breaker per key fails fast after repeated failures.
 """
 
@@ -19,16 +22,16 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx2
 import mcp_types as types
 from mcp import Client
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tenantry.errors import Unavailable
+from tenantry.gateway.wire import HttpLink, HttpStatusError, Relay
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 from tenantry.ssrf import check_url
@@ -81,12 +84,76 @@ class Breaker:
             self.opened_at = self._clock()
 
 
+class Link(Protocol):
+    """One open session to an upstream."""
+
+    async def list_tools(self) -> list[types.Tool]: ...
+
+    async def call_tool(self, tool: str, arguments: dict[str, Any], relay: Relay | None) -> types.CallToolResult: ...
+
+
+class _HttpSession:
+    """MCP over the lean streamable-HTTP client."""
+
+    def __init__(self, link: HttpLink) -> None:
+        self.link = link
+
+    async def list_tools(self) -> list[types.Tool]:
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        for _ in range(50):
+            page = types.ListToolsResult.model_validate(
+                await self.link.request("tools/list", {"cursor": cursor} if cursor else None)
+            )
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return tools
+
+    async def call_tool(self, tool: str, arguments: dict[str, Any], relay: Relay | None) -> types.CallToolResult:
+        params: dict[str, Any] = {"name": tool, "arguments": arguments}
+        token = relay.progress_token if relay is not None else None
+        if token is not None:
+            params["_meta"] = {"progressToken": token}
+        return types.CallToolResult.model_validate(await self.link.request("tools/call", params, relay))
+
+
+class _SdkSession:
+    """MCP over the SDK's client (legacy SSE): progress is relayed, server requests are not."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    async def list_tools(self) -> list[types.Tool]:
+        tools: list[types.Tool] = []
+        cursor: str | None = None
+        for _ in range(50):
+            page = await self.client.list_tools(cursor=cursor, cache_mode="bypass")
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return tools
+
+    async def call_tool(self, tool: str, arguments: dict[str, Any], relay: Relay | None) -> types.CallToolResult:
+        token = relay.progress_token if relay is not None else None
+        if relay is None or token is None:
+            return await self.client.call_tool(tool, arguments)
+
+        async def progress(progress: float, total: float | None, message: str | None) -> None:
+            params = {"progressToken": token, "progress": progress, "total": total, "message": message}
+            await relay.notify("notifications/progress", {k: v for k, v in params.items() if v is not None})
+
+        return await self.client.call_tool(tool, arguments, progress_callback=progress)
+
+
 @dataclass
 class _Entry:
     upstream: Upstream
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
-    client: Client | None = None
+    client: Link | None = None
     error: BaseException | None = None
     task: asyncio.Task[None] | None = None
     last_used: float = 0.0
@@ -102,6 +169,8 @@ def describe_failure(exc: BaseException) -> tuple[str, bool]:
         current = seen.pop()
         if isinstance(current, httpx2.HTTPStatusError) and current.response.status_code in (401, 403):
             return f"credentials refused (HTTP {current.response.status_code})", True
+        if isinstance(current, HttpStatusError) and current.status in (401, 403):
+            return f"credentials refused (HTTP {current.status})", True
         if isinstance(current, BaseExceptionGroup):
             seen.extend(current.exceptions)
             continue
@@ -135,26 +204,20 @@ class UpstreamPool:
         return len(self._entries)
 
     async def list_tools(self, upstream: Upstream) -> list[types.Tool]:
-        async def work(client: Client) -> list[types.Tool]:
-            tools: list[types.Tool] = []
-            cursor: str | None = None
-            for _ in range(50):
-                page = await client.list_tools(cursor=cursor, cache_mode="bypass")
-                tools.extend(page.tools)
-                cursor = page.next_cursor
-                if not cursor:
-                    break
-            return tools
+        async def work(client: Link) -> list[types.Tool]:
+            return await client.list_tools()
 
         return await self._run(upstream, work)
 
-    async def call_tool(self, upstream: Upstream, tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
-        async def work(client: Client) -> types.CallToolResult:
-            return await client.call_tool(tool, arguments)
+    async def call_tool(
+        self, upstream: Upstream, tool: str, arguments: dict[str, Any], relay: Relay | None = None
+    ) -> types.CallToolResult:
+        async def work(client: Link) -> types.CallToolResult:
+            return await client.call_tool(tool, arguments, relay)
 
         return await self._run(upstream, work)
 
-    async def _run(self, upstream: Upstream, work: Callable[[Client], Awaitable[T]]) -> T:
+    async def _run(self, upstream: Upstream, work: Callable[[Link], Awaitable[T]]) -> T:
         key = (upstream.tenant_id, upstream.id)
         breaker = self.breaker(key)
         if not breaker.allow():
@@ -203,7 +266,7 @@ class UpstreamPool:
         breaker.success()
         return result
 
-    async def _session(self, upstream: Upstream) -> Client:
+    async def _session(self, upstream: Upstream) -> Link:
         key = (upstream.tenant_id, upstream.id)
         now = self.clock()
         if now - self._swept_at > min(60.0, self._settings.upstream_idle_ttl_seconds):
@@ -244,9 +307,6 @@ class UpstreamPool:
         upstream = entry.upstream
         headers = self._box.open(upstream.credentials)
         s = self._settings
-        # The call timeout is enforced around each call; httpx2's own read timeout only backs it up.
-        slack = s.upstream_call_timeout_seconds + s.upstream_connect_timeout_seconds
-        timeout = httpx2.Timeout(slack, connect=s.upstream_connect_timeout_seconds)
         tenant_id = upstream.tenant_id
 
         async def record(response: httpx2.Response) -> None:
@@ -258,7 +318,7 @@ class UpstreamPool:
 
         try:
             # Checked again at connect time: the name may resolve elsewhere than at registration.
-            await check_url(
+            addresses = await check_url(
                 upstream.url, allow_private=s.upstream_allow_private, allow_loopback=s.upstream_allow_loopback
             )
             async with contextlib.AsyncExitStack() as stack:
@@ -268,23 +328,28 @@ class UpstreamPool:
                         hooks = {"response": [record]}
                         return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks=hooks)
 
-                    transport: Any = sse_client(
+                    transport = sse_client(
                         upstream.url,
                         headers=headers,
                         timeout=s.upstream_connect_timeout_seconds,
                         httpx_client_factory=factory,
                     )
-                    mode: Any = "legacy"
-                else:
-                    http = await stack.enter_async_context(
-                        httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks={"response": [record]})
+                    client = await stack.enter_async_context(
+                        Client(transport, mode="legacy", cache=None, message_handler=notice)
                     )
-                    transport = streamable_http_client(upstream.url, http_client=http)
-                    mode = "auto"
-                client = await stack.enter_async_context(
-                    Client(transport, mode=mode, cache=None, message_handler=notice)
-                )
-                entry.client = client
+                    entry.client = _SdkSession(client)
+                else:
+                    link = HttpLink(
+                        upstream.url,
+                        headers,
+                        addresses=addresses,
+                        connect_timeout=s.upstream_connect_timeout_seconds,
+                        max_response_bytes=s.upstream_max_response_bytes,
+                        on_notification=lambda message: self.on_tools_changed(tenant_id, upstream.id),
+                    )
+                    stack.push_async_callback(link.aclose)
+                    await link.start()
+                    entry.client = _HttpSession(link)
                 entry.ready.set()
                 await entry.closing.wait()
         except asyncio.CancelledError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +21,9 @@ from tenantry.db.engine import Database
 from tenantry.metering.meter import Meter
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal
+
+if TYPE_CHECKING:
+    from tenantry.gateway.wire import Relay
 
 
 class Arguments(BaseModel):
@@ -35,6 +38,8 @@ class ToolContext:
     db: Database
     settings: Settings
     meter: Meter
+    # The calling agent's channel (MCP only): what an upstream sends during the call goes there.
+    relay: Relay | None = None
 
     @property
     def tenant_id(self) -> uuid.UUID:
