@@ -30,7 +30,10 @@ wait_for "http://127.0.0.1:$FIXTURE_PORT/mcp"
 echo "== conformance: the fixture directly"
 "$NODE" "$SUITE" server --url "http://127.0.0.1:$FIXTURE_PORT/mcp" | tee "$WORK/direct.txt" || true
 
+# Stateful sessions with SSE answers: the agent-side back-channel that relaying sampling, elicitation,
+# progress and log messages needs (stateless JSON, the default, has none).
 export TENANTRY_UPSTREAM_ALLOW_LOOPBACK=true TENANTRY_PORT=$GATEWAY_PORT
+export TENANTRY_MCP_STATEFUL=${TENANTRY_MCP_STATEFUL:-true} TENANTRY_MCP_JSON_RESPONSE=${TENANTRY_MCP_JSON_RESPONSE:-false}
 .venv/bin/tenantry migrate >/dev/null
 made=$(.venv/bin/tenantry tenant create --name conformance --with-key --json)
 TENANT_ID=$(echo "$made" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["tenant"]["id"])')

@@ -113,7 +113,17 @@ def free_port() -> int:
 def serve_asgi(app: Any, port: int | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
     """Serve any ASGI app with uvicorn on a loopback port in a thread; yield its base URL and server."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
+    # A bounded graceful shutdown: a client holding a stream open (an upstream link's standalone
+    # GET, say) must not keep the server, and the test, waiting for the join timeout.
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"asgi-{port}", daemon=True)
     thread.start()
