@@ -43,6 +43,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.fast_path_calls = Counter(
+            "tenantry_mcp_fast_path_calls_total",
+            "tools/call requests answered by the stateless JSON fast path rather than the SDK's transport.",
+            registry=self.registry,
+        )
+
     def observe_tool_call(self, tenant_id: uuid.UUID, tool: str, outcome: str, started: float) -> None:
         self.tool_calls.labels(str(tenant_id), tool, outcome).inc()
         self.tool_latency.labels(tool).observe(time.perf_counter() - started)

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     # Stateless JSON is the default: any replica can serve any request.
     mcp_stateful: bool = False
     mcp_json_response: bool = True
+    # Stateless JSON tools/call answered without the SDK's per-request transport (gateway/fastpath.py).
+    mcp_fast_path: bool = True
     # DNS-rebinding defence on the MCP endpoints: allowed Host and Origin values; empty = no check.
     mcp_allowed_hosts: list[str] = Field(default_factory=list)
     mcp_allowed_origins: list[str] = Field(default_factory=list)

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from tenantry.client import connect
 from tenantry.db.engine import Database
 from tests.conftest import ADMIN_KEY, Admin, TenantHandle
-from tests.upstream_servers import PNG, FixtureUpstream, serve_upstream
+from tests.upstream_servers import PNG, TOOLS_BY_TOKEN, FixtureUpstream, serve_upstream
 
 
 async def add_upstream(admin: Admin, tenant: TenantHandle, url: str, token: str, **extra: Any) -> dict[str, Any]:
@@ -213,7 +213,7 @@ async def test_health_reports_each_upstream_of_the_tenant(
     assert check["status"] == "ok"
     assert check["reachable"]
     assert check["credentials_accepted"]
-    assert check["tool_count"] == 5
+    assert check["tool_count"] == len(TOOLS_BY_TOKEN["alpha"])
     assert check["drift"] == []
 
 

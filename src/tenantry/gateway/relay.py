@@ -31,6 +31,10 @@ from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from tenantry.gateway.wire import Relay
+
+__all__ = ["NO_CHANNEL", "AgentRelay", "LogLevels", "Relay", "session_key"]
+
 LEVELS: Final[tuple[str, ...]] = get_args(types.LoggingLevel)
 
 _Capability = types.ClientCapabilities
@@ -113,11 +117,7 @@ class AgentRelay:
             raise MCPError(types.METHOD_NOT_FOUND, f"the gateway does not relay {method[:100]}")
         capability, result_type = known
         if not ctx.session.can_send_request:
-            raise MCPError(
-                types.INVALID_REQUEST,
-                f"the agent's connection to the gateway cannot carry {method}"
-                " (that needs a stateful session with SSE responses)",
-            )
+            raise MCPError(types.INVALID_REQUEST, _NO_BACK_CHANNEL.format(method=method))
         if not ctx.session.check_client_capability(capability):
             raise MCPError(types.INVALID_REQUEST, f"the agent behind the gateway does not support {method}")
         if method == "sampling/createMessage" and params and params.get("tools"):
@@ -134,3 +134,21 @@ class AgentRelay:
             raise MCPError(types.INVALID_REQUEST, f"the agent's connection cannot carry {method}") from None
         dumped: dict[str, Any] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         return dumped
+
+
+class _NoChannel:
+    """The relay of a call whose agent has no back-channel (stateless JSON): nothing gets through."""
+
+    progress_token = None
+
+    async def notify(self, method: str, params: dict[str, Any] | None) -> None:
+        return None
+
+    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        raise MCPError(types.INVALID_REQUEST, _NO_BACK_CHANNEL.format(method=method[:100]))
+
+
+_NO_BACK_CHANNEL = (
+    "the agent's connection to the gateway cannot carry {method} (that needs a stateful session with SSE responses)"
+)
+NO_CHANNEL: Final = _NoChannel()

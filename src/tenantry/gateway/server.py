@@ -27,7 +27,8 @@ from tenantry.auth.middleware import TenantAuth, principal_from_scope
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
-from tenantry.gateway.relay import AgentRelay, LogLevels, session_key
+from tenantry.gateway.fastpath import ToolCallFastPath
+from tenantry.gateway.relay import AgentRelay, LogLevels, Relay, session_key
 from tenantry.metrics import Metrics
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
@@ -83,6 +84,9 @@ class Gateway:
             security_settings=security,
             max_request_body_size=settings.max_request_bytes,
         )
+        self._fast = settings.mcp_fast_path and not settings.mcp_stateful and settings.mcp_json_response
+        self._security = security
+        self._max_body = settings.max_request_bytes
         self._sse = SseServerTransport(
             "/messages/", security_settings=security, max_request_body_size=settings.max_request_bytes
         )
@@ -97,12 +101,13 @@ class Gateway:
         def guard(app: Any) -> TenantAuth:
             return TenantAuth(app, self._resolver, self._metrics)
 
+        mcp: Any = StreamableHTTPASGIApp(self.session_manager)
+        if self._fast:
+            mcp = ToolCallFastPath(
+                mcp, self.answer_call, security=self._security, max_body=self._max_body, metrics=self._metrics
+            )
         return [
-            Route(
-                "/mcp",
-                endpoint=guard(StreamableHTTPASGIApp(self.session_manager)),
-                methods=["GET", "POST", "DELETE"],
-            ),
+            Route("/mcp", endpoint=guard(mcp), methods=["GET", "POST", "DELETE"]),
             Route("/sse", endpoint=guard(self._handle_sse), methods=["GET"]),
             Mount("/messages/", app=guard(self._sse.handle_post_message)),
         ]
@@ -125,12 +130,17 @@ class Gateway:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        principal = _principal(ctx)
         relay = AgentRelay(ctx, self._log_levels.allowed(ctx))
+        return await self.answer_call(_principal(ctx), params.name, params.arguments, relay)
+
+    async def answer_call(
+        self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay
+    ) -> types.CallToolResult:
+        """A tools/call's result, or the MCPError it is refused with (both MCP paths answer through here)."""
         with bind_principal(principal):
-            outcome = await self._calls.call(principal, params.name, params.arguments, relay)
+            outcome = await self._calls.call(principal, name, arguments, relay)
         if outcome.error is not None and outcome.error.code == "unknown_tool":
-            raise MCPError(types.INVALID_PARAMS, f"unknown tool: {params.name[:100]}")
+            raise MCPError(types.INVALID_PARAMS, f"unknown tool: {name[:100]}")
         if outcome.error is not None and outcome.error.code in REQUEST_LEVEL_REFUSALS:
             raise _jsonrpc_error(outcome.error)
         return outcome.to_mcp()

@@ -1,0 +1,181 @@
+"""The hot path: a stateless JSON `tools/call` answered without the SDK's per-request machinery.
+
+In stateless mode the SDK builds, for every POST, a transport, a task group, a
+JSON-RPC dispatcher, a connection and memory streams, then tears them down:
+about half of the gateway's CPU per call, measured (bench/README.md). A
+`tools/call` on a handshake-era protocol version, answered as JSON, needs none
+of it: this ASGI layer, in front of the SDK app on `/mcp`, answers exactly
+that case itself and hands every other request to the SDK untouched (with
+its body replayed).
+
+It answers only when all of these hold, and otherwise defers:
+
+- POST with `Content-Type: application/json`, an `Accept` that allows JSON,
+  and no `MCP-Protocol-Version` or a handshake-era one (2026-07-28 requests
+  take the SDK's modern path);
+- the body is one JSON-RPC request (`jsonrpc` "2.0", an id) for `tools/call`
+  whose params pass the SDK's own per-version surface validation;
+- the Host/Origin checks pass (the SDK's own `TransportSecurityMiddleware`);
+- `TenantAuth` put a principal on the request.
+
+What it sends is what the SDK would: the same handler (`Gateway.answer_call`),
+the result through the SDK's per-version result sieve, the same JSON-RPC
+envelope (`tests/gateway/test_fastpath.py` compares the two byte for byte
+after parsing). There is no back-channel on this path, as on the SDK's
+stateless JSON path: an upstream's sampling or elicitation request is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import mcp_types as types
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp_types import methods
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tenantry.auth.middleware import principal_from_scope
+from tenantry.gateway.relay import NO_CHANNEL, Relay
+from tenantry.metrics import Metrics
+from tenantry.tenancy import Principal
+
+log = logging.getLogger(__name__)
+
+Answer = Callable[[Principal, str, dict[str, Any] | None, Relay], Awaitable[types.CallToolResult]]
+
+_JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+
+
+def _accepts_json(accept: str) -> bool:
+    kinds = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+    return bool(kinds & {"application/json", "application/*", "*/*"})
+
+
+class ToolCallFastPath:
+    def __init__(
+        self,
+        sdk: ASGIApp,
+        answer: Answer,
+        *,
+        security: TransportSecuritySettings | None,
+        max_body: int,
+        metrics: Metrics,
+    ) -> None:
+        self._served = metrics.fast_path_calls
+        self._sdk = sdk
+        self._answer = answer
+        self._security = TransportSecurityMiddleware(security) if security is not None else None
+        self._max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        deferred = await self._serve(scope, receive, send)
+        if deferred is not None:
+            await self._sdk(scope, deferred, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """Answer the request, or return the `receive` to hand it to the SDK with."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return receive
+        version, content_type, accept, length = "2025-03-26", b"", "", -1
+        for name, value in scope["headers"]:
+            if name == b"mcp-protocol-version":
+                version = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"accept":
+                accept = value.decode("latin-1")
+            elif name == b"content-length" and value.isdigit():
+                length = int(value)
+        if (
+            version not in HANDSHAKE_PROTOCOL_VERSIONS
+            or content_type.split(b";", 1)[0].strip().lower() != b"application/json"
+            or not _accepts_json(accept)
+            or not 0 <= length <= self._max_body
+        ):
+            return receive
+        body, more = await _read(receive, length)
+        replay = _replayer(body, more, receive)
+        call = _tool_call(body, version)
+        principal = principal_from_scope(scope)
+        if call is None or principal is None:
+            return replay
+        if self._security is not None and await self._security.validate_request(Request(scope), is_post=True):
+            return replay
+        request_id, params = call
+        self._served.inc()
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
+        try:
+            result = await self._answer(principal, params.name, params.arguments, NO_CHANNEL)
+            dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+            message["result"] = methods.serialize_server_result("tools/call", version, dumped)
+        except MCPError as exc:
+            message["error"] = exc.error.model_dump(by_alias=True, mode="json", exclude_none=True)
+        except Exception:
+            log.exception("tools/call %r failed", params.name[:100])
+            message["error"] = {"code": types.INTERNAL_ERROR, "message": "Internal server error"}
+        payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        return None
+
+
+def _tool_call(body: bytes, version: str) -> tuple[str | int, types.CallToolRequestParams] | None:
+    """(id, params) when `body` is a valid `tools/call` request for `version`; None for anything else."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or message.get("method") != "tools/call" or message.get("jsonrpc") != "2.0":
+        return None
+    request_id = message.get("id")
+    if not isinstance(request_id, str | int) or isinstance(request_id, bool) or set(message) - _ENVELOPE:
+        return None
+    raw = message.get("params")
+    try:
+        methods.validate_client_request("tools/call", version, raw)
+        params = types.CallToolRequestParams.model_validate(raw, by_name=False)
+    except (ValidationError, KeyError, ValueError):
+        return None
+    return request_id, params
+
+
+_ENVELOPE: Final = frozenset({"jsonrpc", "id", "method", "params"})
+
+
+async def _read(receive: Receive, length: int) -> tuple[bytes, bool]:
+    """The body, when it arrives within `length` bytes (what Content-Length said); else what came so far."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(parts), True
+        chunk = message.get("body", b"")
+        parts.append(chunk)
+        size += len(chunk)
+        if size > length:
+            return b"".join(parts), message.get("more_body", False)
+        if not message.get("more_body", False):
+            return b"".join(parts), False
+
+
+def _replayer(body: bytes, more: bool, receive: Receive) -> Receive:
+    """A `receive` that yields the already-read body first, then whatever the client still sends."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replay
