@@ -157,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(upstreams.router)
     app.include_router(health.router)
     app.include_router(billing_webhooks.router)
-    app.router.routes.extend(services.gateway.routes())
+    # The MCP endpoints first: they take most requests, and routing tries routes in order.
+    app.router.routes[:0] = services.gateway.routes()
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     return app

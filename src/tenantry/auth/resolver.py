@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -67,17 +69,18 @@ class CredentialResolver:
     async def resolve(self, token: str) -> Principal:
         """The principal `token` stands for; 401 if it stands for nobody, 403 if its tenant may not call."""
         if looks_like_api_key(token):
-            state = await self._lookup(hash_key(token), api_keys.c.key_hash == hash_key(token))
+            digest = hash_key(token)
+            state = await self._lookup(digest, lambda: api_keys.c.key_hash == digest)
             via = "api_key"
         elif token.startswith(CANARY_PREFIX):
             tenant_id, key_id = decode_canary_token(self._settings, token)
-            state = await self._lookup(key_id, api_keys.c.id == key_id)
+            state = await self._lookup(key_id, lambda: api_keys.c.id == key_id)
             if state is not None and state.tenant_id != tenant_id:
                 state = None
             via = "canary"
         else:
             tenant_id, key_id = decode_tenant_token(self._settings, token)
-            state = await self._lookup(key_id, api_keys.c.id == key_id)
+            state = await self._lookup(key_id, lambda: api_keys.c.id == key_id)
             if state is not None and state.tenant_id != tenant_id:
                 state = None
             via = "jwt"
@@ -92,14 +95,15 @@ class CredentialResolver:
             raise Unauthenticated("credential revoked", code="credential_revoked")
         return Principal(tenant_id=state.tenant_id, key_id=state.key_id, plan=state.plan, via=via, limits=state.limits)
 
-    async def _lookup(self, cache_key: bytes | uuid.UUID, where: object) -> _KeyState | None:
+    async def _lookup(self, cache_key: bytes | uuid.UUID, where: Callable[[], Any]) -> _KeyState | None:
+        """The cached state of a credential, or read it (`where()` builds the clause only on a miss)."""
         now = time.monotonic()
         state = self._cache.get(cache_key)
         if state is not None and now - state.loaded_at < self._ttl:
             self._cache.move_to_end(cache_key)
             return state
         async with self._db.system() as conn:
-            row = (await conn.execute(_QUERY.where(where))).one_or_none()  # type: ignore[arg-type]
+            row = (await conn.execute(_QUERY.where(where()))).one_or_none()
         if row is None:
             self._cache.pop(cache_key, None)
             return None
