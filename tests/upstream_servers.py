@@ -125,7 +125,8 @@ class FixtureUpstream:
             )
         except Exception as exc:
             self.answers.append(exc)
-            return types.CallToolResult(content=[types.TextContent(type="text", text=f"no agent: {exc}")], is_error=True)
+            refused = types.TextContent(type="text", text=f"no agent: {exc}")
+            return types.CallToolResult(content=[refused], is_error=True)
         self.answers.append((answer, elicited.action, elicited.content))
         await session.report_progress(3, 3, "done")
         text = f"sampled={answer} elicited={elicited.action}:{(elicited.content or {}).get('name')}"

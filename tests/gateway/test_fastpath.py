@@ -61,7 +61,8 @@ def fast_count(text: str) -> float:
 
 
 def call(name: str, arguments: Any, request_id: Any = 1) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+    params = {"name": name, "arguments": arguments}
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
 
 
 async def test_answers_match_the_sdk_transport(
@@ -101,14 +102,15 @@ async def test_answers_match_the_sdk_transport(
     assert after - before == len(answered)
     # Sanity: the answers are what a client expects, not merely equal.
     status, got = await post(gateway_url, h, call("data_get", {"key": "k"}, "string-id"))
-    assert status == 200 and got["id"] == "string-id"
+    assert status == 200
+    assert got["id"] == "string-id"
     assert got["result"]["structuredContent"]["value"] == {"n": 1}
     status, unknown = await post(gateway_url, h, call("no_such_tool", {}))
     assert unknown["error"]["code"] == -32602
 
 
 async def test_the_fast_path_keeps_authentication_and_event_ids(gateway_url: str, tenant_a: TenantHandle) -> None:
-    status, body = await post(gateway_url, {"Tenant-ID": tenant_a.id, "Authorization": "Bearer nope"}, call("x", {}))
+    status, _ = await post(gateway_url, {"Tenant-ID": tenant_a.id, "Authorization": "Bearer nope"}, call("x", {}))
     assert status == 401
     async with httpx.AsyncClient(timeout=30) as client:
         r = await client.post(

@@ -105,7 +105,8 @@ async def test_progress_logs_sampling_and_elicitation_reach_the_agent(
     assert agent.progress[0] == (1, 3, "started")
     # The level the agent set holds for what the upstream logs: debug is filtered out.
     assert agent.logs == [("info", "info from upstream"), ("warning", "warning from upstream")]
-    assert result.meta is not None and "tenantry/event_id" in result.meta
+    assert result.meta is not None
+    assert "tenantry/event_id" in result.meta
 
 
 async def test_an_agent_without_the_capability_is_not_asked_and_the_call_ends(
@@ -141,8 +142,8 @@ async def test_tools_list_changed_refreshes_the_catalog_before_the_ttl(
             # The upstream announced the change on its standalone stream; the gateway re-lists it,
             # finds echo's definition changed since it was pinned, and withholds it (rug-pull defence).
             async with asyncio.timeout(10):
-                while "fx__echo" in {t.name for t in (await client.list_tools()).tools}:
-                    await asyncio.sleep(0.1)
+                while "fx__echo" in {t.name for t in (await client.list_tools()).tools}:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)  # polling what an agent sees, the way an agent would
             refused = await client.call_tool("fx__echo", {"text": "hi"})
     assert refused.is_error
     assert refused.structured_content is not None

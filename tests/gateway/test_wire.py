@@ -100,6 +100,7 @@ class Peer:
         for part in (event[:10], event[10:]):
             writer.write(b"%x\r\n%s\r\n" % (len(part), part))
         writer.write(b"0\r\n\r\n")
+        return None
 
     @staticmethod
     def send(writer: asyncio.StreamWriter, status: int, body: bytes, extra: str = "") -> None:
