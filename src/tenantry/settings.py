@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     upstream_idle_ttl_seconds: float = Field(default=1800.0, ge=1, le=86_400)
     upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     upstream_call_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Keep-alive connections kept open per upstream session between calls (more are opened under load).
+    upstream_max_idle_connections: int = Field(default=32, ge=0, le=1024)
     upstream_max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024**3)
     upstream_breaker_failures: int = Field(default=5, ge=1, le=1000)
     upstream_breaker_cooldown_seconds: float = Field(default=30.0, ge=0, le=3600)

@@ -345,6 +345,7 @@ class UpstreamPool:
                         addresses=addresses,
                         connect_timeout=s.upstream_connect_timeout_seconds,
                         max_response_bytes=s.upstream_max_response_bytes,
+                        max_idle=s.upstream_max_idle_connections,
                         on_notification=lambda message: self.on_tools_changed(tenant_id, upstream.id),
                     )
                     stack.push_async_callback(link.aclose)
