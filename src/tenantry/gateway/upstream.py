@@ -388,6 +388,11 @@ class UpstreamPool:
         await self.close((tenant_id, upstream_id))
         self._breakers.pop((tenant_id, upstream_id), None)
 
+    async def close_tenant(self, tenant_id: uuid.UUID) -> None:
+        """Close every session of the tenant (suspended or offboarded: its credentials must not linger)."""
+        for key in {k for k in (*self._entries, *self._breakers) if k[0] == tenant_id}:
+            await self.close_tenant_upstream(*key)
+
     async def aclose(self) -> None:
         for key in list(self._entries):
             await self.close(key)
