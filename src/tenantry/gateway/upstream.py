@@ -10,6 +10,9 @@ legacy SSE the SDK's `Client`, which relays progress only. A background task
 owns each session (the SDK's transports are anyio task groups that must be
 exited by the task that entered them). The pool is an LRU bounded in size
 with an idle TTL; a breaker per key fails fast after repeated failures.
+An entry is closed when its upstream's row changes (`close_tenant_upstream`,
+called by the admin API and by the change listener in `changes.py`), and
+all of a tenant's when the tenant is suspended or offboarded (`close_tenant`).
 """
 
 from __future__ import annotations
