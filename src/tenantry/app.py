@@ -27,6 +27,7 @@ from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
+from tenantry.gateway.changes import UpstreamChanges
 from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
 from tenantry.gateway.upstream import UpstreamPool
@@ -84,6 +85,7 @@ def build_services(settings: Settings) -> Services:
         drainer=drainer,
         secrets=secrets,
         upstreams=discovery,
+        changes=UpstreamChanges(settings, discovery),
         billing=build_billing(settings, db, resolver),
     )
 
@@ -130,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await _refuse_unsafe_app_role(services)
         drain = asyncio.create_task(services.drainer.run(), name="ledger-drain")
+        services.changes.start()
         billing = services.billing
         try:
             async with services.gateway.run():
@@ -143,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await drain
             if billing is not None:
                 await billing.stop()
+            await services.changes.aclose()
             await services.upstreams.aclose()
             await services.redis.aclose()
             await services.db.dispose()

@@ -1,4 +1,9 @@
-"""`tenantry upstream add|list|remove|rotate-secrets`: the same service calls the admin API makes."""
+"""`tenantry upstream add|list|remove|rotate-secrets`: the same service calls the admin API makes.
+
+The CLI writes the database directly and tells no gateway; it need not:
+the `upstreams` triggers (migration 0005) announce each change at commit, and
+every running gateway's listener (`gateway/changes.py`) acts on it.
+"""
 
 from __future__ import annotations
 

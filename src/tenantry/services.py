@@ -10,6 +10,7 @@ from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import Billing
 from tenantry.db.engine import Database
 from tenantry.gateway.calls import ToolCalls
+from tenantry.gateway.changes import UpstreamChanges
 from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
 from tenantry.metering.ledger import Ledger, LedgerDrainer
@@ -35,4 +36,5 @@ class Services:
     drainer: LedgerDrainer
     secrets: SecretBox
     upstreams: Discovery
+    changes: UpstreamChanges
     billing: Billing | None = None

@@ -16,7 +16,7 @@ async def test_health_is_ok_and_names_each_check(http: httpx.AsyncClient) -> Non
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "redis", "app_role", "ledger"}
+    assert set(body["checks"]) == {"database", "redis", "app_role", "ledger", "upstream_changes"}
     assert body["checks"]["app_role"]["rows_visible_without_tenant"] == 0
     assert "checked_out" in body["checks"]["database"]["pool"]
 

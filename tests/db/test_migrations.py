@@ -32,3 +32,39 @@ async def test_upgrade_downgrade_upgrade_round_trips(services_up: None) -> None:
         assert {"tenants", "api_keys", "tenant_data"} <= await _tables(name)
     finally:
         await recreate_database(name, create=False)
+
+
+async def _triggers(name: str) -> set[str]:
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    try:
+        rows = await conn.fetch(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal "
+            "UNION ALL SELECT proname FROM pg_proc WHERE proname LIKE 'tenantry_notify_%'"
+        )
+    finally:
+        await conn.close()
+    return {r["tgname"] for r in rows}
+
+
+async def test_the_change_notification_triggers_go_down_and_up_with_their_revision(services_up: None) -> None:
+    name = f"tenantry_migrations_notify_{os.getpid()}"
+    await recreate_database(name)
+    url = f"{SERVER}/{name}"
+    installed = {
+        "upstreams_notify_change",
+        "upstream_tool_pins_notify_change",
+        "tenants_notify_status_change",
+        "tenantry_notify_upstream_change",
+        "tenantry_notify_pin_change",
+        "tenantry_notify_tenant_change",
+    }
+    try:
+        await migrate(url)
+        assert await _triggers(name) == installed
+        await migrate(url, revision="0004", downgrade=True)
+        assert await _triggers(name) == set()
+        assert "upstreams" in await _tables(name)
+        await migrate(url)
+        assert await _triggers(name) == installed
+    finally:
+        await recreate_database(name, create=False)

@@ -1,7 +1,9 @@
 """Ops: `/health` (and `?tenant=`) and `/metrics`.
 
 Each check answers on its own, within a timeout, and is named in the body;
-any failing check makes the answer 503. The RLS canary runs as the
+any failing check makes the answer 503 (`upstream_changes`, the listener
+for upstream changes, is reported but never fails: while it is down the
+discovery TTL still bounds staleness). The RLS canary runs as the
 application role, the way tool calls do, and proves both halves of
 isolation: the bound tenant sees exactly its own rows, and nothing of
 anyone else's (nor anything at all when no tenant is bound).
@@ -172,6 +174,7 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
             jobs.append(_run(lambda: tenant_billing(services, tenant_id)))
     for name, result in zip(names, await asyncio.gather(*jobs), strict=True):
         checks[name] = result
+    checks["upstream_changes"] = services.changes.check()
     if tenant_id is not None:
         checks.update(await _upstreams(services, tenant_id))
     healthy = all(c["status"] == "ok" for c in checks.values())

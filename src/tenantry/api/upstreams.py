@@ -2,6 +2,8 @@
 
 Writes run on the tenant's own RLS-bound connection, so an upstream id of
 another tenant is simply not found. Credentials go in, header names come out.
+A write invalidates this process's cache and pool at once; other replicas
+(and this one, again) hear of it from the database's change notifications.
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ seen; a later definition with another digest is withheld from `tools/list`,
 refused on call with `tool_definition_changed`, and logged once in
 `upstream_tool_drift` until an admin approves it. A tenant with no upstreams
 is cached too, so the built-in path makes no round trip within the TTL.
+
+The TTL bounds staleness; it is not how changes are normally seen. Whoever
+changes an upstream (this process's admin API, another replica, the CLI)
+makes PostgreSQL announce it, and `gateway/changes.py` calls `invalidate`
+here within about a second. A view being built while an invalidation
+arrives is handed to its caller but not cached, so a build that read the
+rows just before a change cannot keep the old rows for a whole TTL.
 """
 
 from __future__ import annotations
@@ -110,13 +117,36 @@ class Discovery:
         self._statuses: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, UpstreamStatus]] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._refreshing: dict[uuid.UUID, asyncio.Task[TenantView]] = {}
+        # Bumped by every invalidation (per tenant, and for all): a build that saw a bump is not cached.
+        self._generations: dict[uuid.UUID, int] = {}
+        self._epoch = 0
         pool.on_tools_changed = self.invalidate
+
+    @property
+    def ttl_seconds(self) -> float:
+        return self._ttl
+
+    def _generation(self, tenant_id: uuid.UUID) -> tuple[int, int]:
+        return self._epoch, self._generations.get(tenant_id, 0)
 
     def invalidate(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID | None = None) -> None:
         """Forget the tenant's view; with `upstream_id`, also that upstream's discovered tools."""
+        self._generations[tenant_id] = self._generations.get(tenant_id, 0) + 1
         self._views.pop(tenant_id, None)
         if upstream_id is not None:
             self._statuses.pop((tenant_id, upstream_id), None)
+
+    def invalidate_tenant(self, tenant_id: uuid.UUID) -> None:
+        """Forget the tenant's view and every one of its upstreams' discovered tools."""
+        self.invalidate(tenant_id)
+        for key in [k for k in self._statuses if k[0] == tenant_id]:
+            del self._statuses[key]
+
+    def invalidate_all(self) -> None:
+        """Forget every tenant's view and discovered tools (after changes may have gone unannounced)."""
+        self._epoch += 1
+        self._views.clear()
+        self._statuses.clear()
 
     async def view(self, tenant_id: uuid.UUID, *, fresh: bool = False) -> TenantView:
         """The tenant's upstream tools. An expired view with upstreams is served while it refreshes
@@ -136,14 +166,16 @@ class Discovery:
             view = self._views.get(tenant_id)
             if view is not None and not fresh and self.pool.clock() < view.expires_at:
                 return view
+            generation = self._generation(tenant_id)
             try:
-                view = await self._build(tenant_id, fresh=fresh)
+                view = await self._build(tenant_id, fresh=fresh, generation=generation)
             except (DBAPIError, OSError) as exc:
                 # Without the database the upstream rows are unknown: built-ins only, retried soon.
                 log.warning("upstreams of tenant %s unreadable (%s)", tenant_id, type(exc).__name__)
                 stale = self._views.get(tenant_id)
                 return stale if stale is not None else TenantView(expires_at=self.pool.clock() + 1.0)
-            self._views[tenant_id] = view
+            if self._generation(tenant_id) == generation:
+                self._views[tenant_id] = view
             return view
 
     def _refresh_soon(self, tenant_id: uuid.UUID) -> None:
@@ -166,7 +198,7 @@ class Discovery:
             raise NotFound(f"no upstream {upstream_id}", code="upstream_not_found")
         return found
 
-    async def _build(self, tenant_id: uuid.UUID, *, fresh: bool) -> TenantView:
+    async def _build(self, tenant_id: uuid.UUID, *, fresh: bool, generation: tuple[int, int]) -> TenantView:
         async with self._db.tenant(tenant_id) as conn:
             rows = await upstream_service.list_upstreams(conn)
         now = self.pool.clock()
@@ -182,7 +214,8 @@ class Discovery:
             if not fresh and cached is not None and now < cached[0] and cached[1].upstream == row:
                 return cached[1]
             status = await self._discover(row)
-            self._statuses[(tenant_id, row.id)] = (self.pool.clock() + self._ttl, status)
+            if self._generation(tenant_id) == generation:
+                self._statuses[(tenant_id, row.id)] = (self.pool.clock() + self._ttl, status)
             return status
 
         statuses = await asyncio.gather(*(discover(row) for row in rows))

@@ -10,6 +10,9 @@ legacy SSE the SDK's `Client`, which relays progress only. A background task
 owns each session (the SDK's transports are anyio task groups that must be
 exited by the task that entered them). The pool is an LRU bounded in size
 with an idle TTL; a breaker per key fails fast after repeated failures.
+An entry is closed when its upstream's row changes (`close_tenant_upstream`,
+called by the admin API and by the change listener in `changes.py`), and
+all of a tenant's when the tenant is suspended or offboarded (`close_tenant`).
 """
 
 from __future__ import annotations
@@ -388,6 +391,11 @@ class UpstreamPool:
     async def close_tenant_upstream(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID) -> None:
         await self.close((tenant_id, upstream_id))
         self._breakers.pop((tenant_id, upstream_id), None)
+
+    async def close_tenant(self, tenant_id: uuid.UUID) -> None:
+        """Close every session of the tenant (suspended or offboarded: its credentials must not linger)."""
+        for key in {k for k in (*self._entries, *self._breakers) if k[0] == tenant_id}:
+            await self.close_tenant_upstream(*key)
 
     async def aclose(self) -> None:
         for key in list(self._entries):
