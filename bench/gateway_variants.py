@@ -151,7 +151,7 @@ def _starlette_app(mutate: Callable[[Services, list[BaseRoute]], None] | None = 
         finally:
             services.drainer.stop()
             await drain
-            await services.redis.aclose()
+            await services.aclose_redis()
             await services.db.dispose()
 
     return Starlette(routes=[*routes, Route("/health", health)], lifespan=lifespan)

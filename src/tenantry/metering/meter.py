@@ -38,11 +38,11 @@ from importlib.resources import files
 from typing import Any, Final, TypedDict
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenantry.errors import Unavailable
+from tenantry.metering.resp import LuaScript, RespClient, ZremQueue
 
 __all__ = ["REASONS", "Decision", "Limits", "Meter", "Usage", "wall_clock_ms"]
 
@@ -114,6 +114,7 @@ class Meter:
         self,
         redis: Redis,
         *,
+        resp: RespClient | None = None,
         clock: Callable[[], int] = wall_clock_ms,
         key_prefix: str = "tenantry",
         timeout_s: float | None = None,
@@ -122,9 +123,14 @@ class Meter:
         """`timeout_s` bounds each Redis round trip of the meter on top of the client's own
         timeouts (redis-py 8 retries a failed connection 10 times by default); past it the
         call is treated as "Redis unreachable". `unavailable_retry_ms` is the retry hint
-        given with `meter_unavailable`."""
+        given with `meter_unavailable`.
+
+        With `resp`, the hot commands (the admit script, `check_rate`, `release`) go through that
+        lean client instead, which enforces its own per-command timeout; `usage` stays on `redis`."""
         self._redis = redis
+        self._resp = resp
         self._script = redis.register_script(METER_LUA)
+        self._lua = LuaScript(METER_LUA)
         self._clock = clock
         self._prefix = key_prefix
         self._timeout_s = timeout_s
@@ -245,7 +251,10 @@ class Meter:
         ]
         limit = rate if report_rate else quota
         try:
-            reply = await self._call(self._script(keys=keys, args=args))
+            if self._resp is not None:
+                reply = await self._resp.evalsha(self._lua, keys, args)
+            else:
+                reply = await self._call(self._script(keys=keys, args=args))
         except _REDIS_DOWN:
             self.failures += 1
             if limits.fail_open:
@@ -277,13 +286,18 @@ class Meter:
         """
         if limits is not None and limits.max_concurrent is None:
             return
+        key = self.inflight_key(tenant_id)
         try:
-            await self._call(self._redis.zrem(self.inflight_key(tenant_id), call_id))
+            if self._resp is not None:
+                await self._resp.execute("ZREM", key, call_id)
+            else:
+                await self._call(self._redis.zrem(key, call_id))
         except _REDIS_DOWN:
             self.failures += 1
 
-    def release_commands(self, pipe: Pipeline, tenant_id: uuid.UUID, call_id: str) -> None:
-        """Queue the release on the caller's pipeline (one round trip with the caller's own commands)."""
+    def release_commands(self, pipe: ZremQueue, tenant_id: uuid.UUID, call_id: str) -> None:
+        """Queue the release on the caller's pipeline (a redis-py pipeline or a `resp.Batch`), so it
+        rides the same round trip as the caller's own commands."""
         pipe.zrem(self.inflight_key(tenant_id), call_id)
 
     # -- read-only ---------------------------------------------------------------------------
