@@ -233,9 +233,16 @@ class Meter:
         limits: Limits,
         report_rate: bool,
     ) -> Decision:
-        q_cur, q_prev = self.quota_keys(tenant_id, window_ms, now)
-        r_cur, r_prev = self.rate_keys(tenant_id, now)
-        keys = [q_cur, q_prev, r_cur, r_prev, self.inflight_key(tenant_id)]
+        # The names quota_keys(), rate_keys() and inflight_key() give, from one formatting of the tenant id.
+        base = self._base(tenant_id)
+        q_index, r_index = now // window_ms, now // RATE_WINDOW_MS
+        keys = [
+            f"{base}:q:{window_ms}:{q_index}",
+            f"{base}:q:{window_ms}:{q_index - 1}",
+            f"{base}:r:{r_index}",
+            f"{base}:r:{r_index - 1}",
+            f"{base}:inflight",
+        ]
         args: list[int | str] = [
             now,
             call_id,

@@ -68,19 +68,23 @@ class _Incomplete(Exception):
 
 
 def encode_command(args: Command) -> bytes:
-    """One command as a RESP array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
+    """One command as a RESP array of bulk strings (the parts joined once, by CRLF: fewer copies)."""
+    parts = [b"*%d" % len(args)]
+    push = parts.append
     for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
+        # Exact type checks first: cheaper than isinstance, and bool must not pass for int.
+        if type(arg) is str:
             data = arg.encode()
-        elif isinstance(arg, int):
+        elif type(arg) is int:
             data = b"%d" % arg
+        elif type(arg) is bytes:
+            data = arg
         else:
-            data = repr(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+            data = (arg.decode() if isinstance(arg, bytes) else str(arg)).encode()  # subclasses, floats
+        push(b"$%d" % len(data))
+        push(data)
+    push(b"")
+    return b"\r\n".join(parts)
 
 
 def _error(text: str) -> Exception:
