@@ -7,7 +7,11 @@ appended to the Redis stream `<prefix>:{ledger}` *before* the result is
 returned to the client, in the same pipelined round trip that frees the
 call's in-flight slot in the meter. So a gateway crash at any moment loses
 no event of a call whose result the client received: either the event is
-in the stream, or the client got no result.
+in the stream, or the client got no result. That XADD (+ ZREM) goes over the
+meter's lean RESP client (`resp.py`) when there is one, in one write: through
+redis-py the pipeline cost ~280-330 µs of client CPU per call, through the
+lean client ~60-80 µs. The drain below stays on redis-py: its blocking read
+must not sit on the connection the per-call commands are pipelined on.
 
 Drain (lifespan task, any number of replicas): a consumer group reads the
 stream, inserts each batch into `usage_events` with `ON CONFLICT DO NOTHING`
