@@ -340,3 +340,23 @@ async def test_the_lean_ledger_appends_the_same_entry_as_redis_py(resp: RespClie
         assert await redis.zcard(inflight) == 0
     finally:
         await redis.delete(stream, inflight)
+
+
+async def test_a_reply_that_is_not_resp_fails_the_connection_not_the_loop() -> None:
+    async def babble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b":12x\r\n")  # an integer that is not one
+        await writer.drain()
+        await reader.read(100)  # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(babble, "127.0.0.1", 0)
+    client = RespClient(port=server.sockets[0].getsockname()[1], timeout=2)
+    try:
+        for _ in range(2):  # and the next command gets a new connection, which fails the same way
+            with pytest.raises(RedisConnectionError, match="protocol error"):
+                await client.execute("PING")
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

@@ -210,8 +210,8 @@ class _Connection(asyncio.Protocol):
                         waiter.future.set_result(waiter.replies)
         except _Incomplete:
             pass
-        except RedisConnectionError as exc:
-            self.fail(exc)
+        except (RedisConnectionError, ValueError) as exc:  # not RESP: nothing after it can be trusted
+            self.fail(exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(f"protocol error: {exc}"))
             return
         if pos == len(buf):
             self._buffer.clear()
@@ -231,7 +231,7 @@ class _Connection(asyncio.Protocol):
 
         Past `deadline` (default: now + the timeout) without the last reply, the connection is dropped."""
         if self.failure is not None:
-            raise self.failure
+            raise type(self.failure)(*self.failure.args)
         future: asyncio.Future[list[Any]] = self.loop.create_future()
         waiter = _Waiter(future, count, self.loop.time() + self._timeout if deadline is None else deadline)
         self._waiters.append(waiter)
