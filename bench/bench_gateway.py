@@ -170,6 +170,10 @@ def start_server(name: str, target: list[str], env: dict[str, str], logdir: Path
         "--log-level",
         "warning",
     ]
+    # Each server its own Redis keys, so its own ledger stream and drain: with one shared stream,
+    # every running server's drainer took a share of the events the driven one produced, moving
+    # that CPU into processes that were not being measured (and onto the core the measured one needs).
+    env = {**env, "TENANTRY_REDIS_KEY_PREFIX": f"bench-{name}"}
     log = logdir / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

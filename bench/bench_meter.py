@@ -1,12 +1,16 @@
 """The per-tenant meter: decision latency from Python, and Redis memory per tenant.
 
-    .venv/bin/python bench/bench_meter.py [--decisions 20000] [--tenants 10000] [--db 15] [--url redis://127.0.0.1:6379]
+    .venv/bin/python bench/bench_meter.py [--decisions 20000] [--tenants 10000] [--db 15]
+                                          [--url redis://127.0.0.1:6379] [--concurrency 16]
 
 Uses its own Redis database (default 15), flushed before and after. Redis must be up.
 
-Part 1 times `Meter.admit` one call at a time (sequential, so it is one round trip each:
-EVALSHA of the Lua script) across many tenants, next to a bare PING on the same client
-for the round-trip floor, plus `check_rate` and the unmetered (enterprise) path.
+Part 1 times the hot commands one call at a time (sequential, so one round trip each) across
+many tenants: `Meter.admit` (EVALSHA of the Lua script), `check_rate`, `release`, and the
+ledger's `record` (XADD, or XADD + ZREM in one round trip), next to a bare PING for the
+round-trip floor. Each runs twice, on redis-py and on the lean client (`tenantry.metering.resp`),
+interleaved, and the `cpu` column is this process's CPU per call, i.e. the client's cost; the
+ratio of the two is printed. Then admit from `--concurrency` coroutines at once, on each client.
 
 Part 2 admits once for each of N tenants, with quota and a per-minute rate limit on
 (two counter keys per tenant), then again with the in-flight cap on too (plus one sorted
@@ -22,35 +26,64 @@ import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
+from tenantry.db.engine import Database
+from tenantry.metering.ledger import Ledger, UsageEvent
 from tenantry.metering.meter import Limits, Meter
+from tenantry.metering.resp import RespClient
 
 QUOTA = Limits(calls_per_window=10_000, window_seconds=3600, requests_per_minute=600)
 QUOTA_CAP = Limits(calls_per_window=10_000, window_seconds=3600, requests_per_minute=600, max_concurrent=10)
 UNMETERED = Limits(calls_per_window=None)
+STREAM = "bench-meter:{ledger}"
 
 
 def pct(sorted_us: list[float], p: float) -> float:
     return sorted_us[min(len(sorted_us) - 1, round(p / 100 * (len(sorted_us) - 1)))]
 
 
-async def time_each(n: int, op: Callable[[int], Awaitable[object]]) -> list[float]:
+@dataclass
+class Timing:
+    us: list[float]  # wall time per call, sorted
+    cpu_us: float  # this process's CPU per call (the client's share; Redis runs elsewhere)
+
+
+async def time_each(n: int, op: Callable[[int], Awaitable[object]]) -> Timing:
     """µs per call, sequential."""
     out: list[float] = []
+    cpu = time.process_time()
     for i in range(n):
         t = time.perf_counter_ns()
         await op(i)
         out.append((time.perf_counter_ns() - t) / 1000)
+    cpu_us = (time.process_time() - cpu) * 1e6 / n
     out.sort()
-    return out
+    return Timing(out, cpu_us)
 
 
-def row(name: str, us: list[float]) -> str:
+async def time_concurrent(n: int, width: int, op: Callable[[int], Awaitable[object]]) -> float:
+    """Calls per second with `width` coroutines calling back to back."""
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            await op(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(width)))
+    return n / (time.perf_counter() - started)
+
+
+def row(name: str, t: Timing, ratio: str = "") -> str:
+    us = t.us
     return (
-        f"  {name:<34} {len(us):>7} {pct(us, 50):>8.1f} {pct(us, 90):>8.1f} {pct(us, 99):>8.1f}"
-        f" {statistics.fmean(us):>8.1f} {len(us) / (sum(us) / 1e6):>9.0f}"
+        f"  {name:<48} {len(us):>6} {pct(us, 50):>7.1f} {pct(us, 90):>7.1f} {pct(us, 99):>7.1f}"
+        f" {statistics.fmean(us):>7.1f} {t.cpu_us:>7.1f} {len(us) / (sum(us) / 1e6):>7.0f} {ratio}"
     )
 
 
@@ -65,49 +98,95 @@ async def evalsha_stats(r: Redis) -> tuple[int, int]:
     return int(stats.get("calls", 0)), int(stats.get("usec", 0))
 
 
-async def latency(r: Redis, meter: Meter, decisions: int, tenants: list[uuid.UUID]) -> None:
+def operations(
+    r: Redis, resp: RespClient | None, meter: Meter, ledger: Ledger, tenants: list[uuid.UUID], decisions: int
+) -> dict[str, Callable[[int], Awaitable[object]]]:
+    """The timed operations, on whichever client `meter` and `ledger` were built with."""
     calls = [f"call-{i}" for i in range(decisions)]
     n = len(tenants)
+
+    async def ping(i: int) -> object:
+        return await (resp.execute("PING") if resp is not None else r.ping())
 
     async def admit(i: int) -> object:
         return await meter.admit(tenants[i % n], calls[i], 1, QUOTA)
 
     async def admit_cap(i: int) -> object:
+        return await meter.admit(tenants[i % n], calls[i], 1, QUOTA_CAP)
+
+    async def admit_release(i: int) -> object:
         d = await meter.admit(tenants[i % n], calls[i], 1, QUOTA_CAP)
         await meter.release(tenants[i % n], calls[i])
         return d
 
-    async def admit_cap_only(i: int) -> object:
-        return await meter.admit(tenants[i % n], calls[i], 1, QUOTA_CAP)
-
     async def rate(i: int) -> object:
         return await meter.check_rate(tenants[i % n], QUOTA)
 
-    async def unmetered(i: int) -> object:
-        return await meter.admit(tenants[i % n], calls[i], 1, UNMETERED)
+    def event(i: int) -> UsageEvent:
+        return UsageEvent(uuid.uuid4(), tenants[i % n], "data_get", 1, "ok", 1.234, meter_now())
 
-    async def ping(i: int) -> object:
-        return await r.ping()
+    async def record(i: int) -> object:
+        await ledger.record(event(i))
+        return None
 
-    await time_each(2000, ping)  # warm the connection and the script cache
-    await meter.admit(uuid.uuid4(), "warm", 1, QUOTA)
-    before = await evalsha_stats(r)
-    admits = await time_each(decisions, admit)
-    ev_calls, ev_usec = (a - b for a, b in zip(await evalsha_stats(r), before, strict=True))
-    results = [
-        ("PING (round-trip floor)", await time_each(decisions, ping)),
-        ("admit: quota + rate", admits),
-        ("admit: quota + rate + in-flight cap", await time_each(decisions // 2, admit_cap_only)),
-        ("  ... + release (2 round trips)", await time_each(decisions // 2, admit_cap)),
-        ("check_rate", await time_each(decisions, rate)),
-        ("admit: unmetered (no Redis)", await time_each(decisions, unmetered)),
-    ]
-    print(f"Part 1: decision latency, sequential, {decisions:,} decisions across {n:,} tenants (µs)")
-    print(f"  {'operation':<34} {'n':>7} {'p50':>8} {'p90':>8} {'p99':>8} {'mean':>8} {'ops/s':>9}")
-    for name, us in results:
-        print(row(name, us))
+    async def record_release(i: int) -> object:
+        release = partial(meter.release_commands, tenant_id=tenants[i % n], call_id=calls[i])
+        await ledger.record(event(i), also=release)
+        return None
+
+    return {
+        "PING (round-trip floor)": ping,
+        "admit: quota + rate": admit,
+        "admit: quota + rate + in-flight cap": admit_cap,
+        "  ... + release (2 round trips)": admit_release,
+        "check_rate": rate,
+        "ledger record: XADD": record,
+        "ledger record: XADD + ZREM (one trip)": record_release,
+    }
+
+
+async def latency(r: Redis, url: str, decisions: int, tenants: list[uuid.UUID], width: int) -> None:
+    resp = RespClient.from_url(url)
+    db = cast(Database, None)  # the ledger touches PostgreSQL only when Redis fails, which it must not here
+    clients = {
+        "redis-py": (Meter(r), Ledger(r, db, stream=STREAM)),
+        "resp": (Meter(r, resp=resp), Ledger(r, db, stream=STREAM, resp=resp)),
+    }
+    ops = {
+        name: operations(r, resp if name == "resp" else None, m, lg, tenants, decisions)
+        for name, (m, lg) in clients.items()
+    }
+    for name, (m, _) in clients.items():  # warm the connections and the script cache
+        await time_each(2000, ops[name]["PING (round-trip floor)"])
+        await m.admit(uuid.uuid4(), "warm", 1, QUOTA)
+    timings: dict[tuple[str, str], Timing] = {}
+    ev_calls = ev_usec = 0
+    for op in ops["redis-py"]:
+        for name in clients:
+            before = await evalsha_stats(r) if op == "admit: quota + rate" else None
+            timings[op, name] = await time_each(decisions, ops[name][op])
+            if before is not None:
+                calls, usec = (a - b for a, b in zip(await evalsha_stats(r), before, strict=True))
+                ev_calls, ev_usec = ev_calls + calls, ev_usec + usec
+        await r.delete(STREAM)
+    print(f"Part 1: latency, sequential, {decisions:,} per operation across {len(tenants):,} tenants (µs)")
+    print("  redis-py = redis.asyncio (a BlockingConnectionPool like the app's); resp = tenantry.metering.resp")
+    print(f"  {'operation':<48} {'n':>6} {'p50':>7} {'p90':>7} {'p99':>7} {'mean':>7} {'cpu':>7} {'ops/s':>7}")
+    for op in ops["redis-py"]:
+        slow, fast = timings[op, "redis-py"], timings[op, "resp"]
+        print(row(f"{op} [redis-py]", slow))
+        ratio = f"cpu {fast.cpu_us / slow.cpu_us:.2f}x, p50 {pct(fast.us, 50) / pct(slow.us, 50):.2f}x of redis-py"
+        print(row(f"{op} [resp]", fast, ratio))
+    unmetered = Meter(r)
+    t = await time_each(decisions, lambda i: unmetered.admit(tenants[i % len(tenants)], "c", 1, UNMETERED))
+    print(row("admit: unmetered (no Redis)", t))
     if ev_calls:
         print(f"  server side (INFO commandstats): {ev_usec / ev_calls:.1f} µs per EVALSHA of the meter script")
+    print(f"\n  admit: quota + rate, {width} coroutines at once (calls/s; resp pipelines them on one connection)")
+    for name in clients:
+        rate = await time_concurrent(decisions, width, ops[name]["admit: quota + rate"])
+        print(f"  {name:<10} {rate:>9.0f}")
+    await resp.aclose()
 
 
 async def memory(r: Redis, meter: Meter, tenants: int) -> None:
@@ -119,14 +198,16 @@ async def memory(r: Redis, meter: Meter, tenants: int) -> None:
         ids = [uuid.uuid4() for _ in range(tenants)]
         before_keys = await r.dbsize()
         before = await used_memory(r)
+        # One clock reading for the whole pass: the sampled key names must be the ones written,
+        # even if a minute (a rate window) rolls over during the pass.
+        now = meter_now()
         for t in ids:
-            d = await meter.admit(t, "c0", 1, limits)
+            d = await meter.admit(t, "c0", 1, limits, now_ms=now)
             assert d.admitted, d
         after = await used_memory(r)
         keys = await r.dbsize() - before_keys
         per_tenant = (after - before) / tenants
         sample = ids[:200]
-        now = meter_now()
         kinds = {
             "quota": [meter.quota_keys(t, limits.window_ms, now)[0] for t in sample],
             "rate": [meter.rate_keys(t, now)[0] for t in sample],
@@ -155,9 +236,11 @@ async def main() -> None:
     parser.add_argument("--tenants", type=int, default=10_000)
     parser.add_argument("--db", type=int, default=15)
     parser.add_argument("--url", default="redis://127.0.0.1:6379")
+    parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
 
-    r = Redis.from_url(args.url, db=args.db)
+    url = f"{args.url.rstrip('/')}/{args.db}"
+    r = Redis.from_pool(BlockingConnectionPool.from_url(url, max_connections=64, timeout=5))
     try:
         await r.flushdb()
         server = await r.info("server")
@@ -165,7 +248,7 @@ async def main() -> None:
         meter = Meter(r)
         tenants = [uuid.uuid4() for _ in range(args.tenants)]
         started = time.perf_counter()
-        await latency(r, meter, args.decisions, tenants)
+        await latency(r, url, args.decisions, tenants, args.concurrency)
         await memory(r, meter, args.tenants)
         print(f"\n(total {time.perf_counter() - started:.1f} s; failures={meter.failures})")
     finally:

@@ -6,6 +6,8 @@ touching `src/`. Served and driven exactly like the gateway (same headers, same 
 
 - `no_metering` no meter round trip (Lua quota/rate/in-flight) and no usage event (Redis stream): what
                metering plus the ledger cost per call (`TENANTRY_METERING_ENABLED=false`)
+- `redis_py`   metering on, but its hot commands (admit EVALSHA, ledger XADD + ZREM) on redis-py instead of
+               the lean RESP client (`TENANTRY_REDIS_LEAN_CLIENT=false`): what the lean client saves per call
 - `no_db`      data_get answers a fixed result instead of the 4-round-trip RLS transaction
 - `no_auth`    TenantAuth (header parsing, key hashing, cache lookup, AuthenticatedUser) -> a stub that puts
                a fixed Principal in the scope
@@ -127,6 +129,11 @@ def no_metering() -> Any:
     return create_app(Settings(metering_enabled=False))
 
 
+def redis_py() -> Any:
+    """Metering with its per-call commands on redis-py, as before the lean client."""
+    return create_app(Settings(redis_lean_client=False))
+
+
 def no_metrics() -> Any:
     app = create_app(Settings())
     _apply_no_metrics(_services(app))
@@ -151,7 +158,7 @@ def _starlette_app(mutate: Callable[[Services, list[BaseRoute]], None] | None = 
         finally:
             services.drainer.stop()
             await drain
-            await services.redis.aclose()
+            await services.aclose_redis()
             await services.db.dispose()
 
     return Starlette(routes=[*routes, Route("/health", health)], lifespan=lifespan)
@@ -220,4 +227,14 @@ def schema_lookup() -> Any:
     return app
 
 
-VARIANTS = ("no_metering", "no_db", "no_auth", "no_metrics", "starlette", "lean", "asyncpg_get", "schema_lookup")
+VARIANTS = (
+    "no_metering",
+    "redis_py",
+    "no_db",
+    "no_auth",
+    "no_metrics",
+    "starlette",
+    "lean",
+    "asyncpg_get",
+    "schema_lookup",
+)

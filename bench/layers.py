@@ -252,7 +252,7 @@ async def part2(calls: int, rounds: int, tenant_id: str, api_key: str) -> dict[s
     finally:
         await raw.close()
         await services.db.dispose()
-        await services.redis.aclose()
+        await services.aclose_redis()
     return out
 
 

@@ -34,6 +34,7 @@ from tenantry.gateway.upstream import UpstreamPool
 from tenantry.metering.ledger import Ledger, LedgerDrainer, stream_key
 from tenantry.metering.meter import Meter
 from tenantry.metering.plans import PlanBook
+from tenantry.metering.resp import RespClient, UnsupportedURL
 from tenantry.metrics import Metrics
 from tenantry.secrets import SecretBox
 from tenantry.services import Services
@@ -42,6 +43,18 @@ from tenantry.settings import Settings
 log = logging.getLogger(__name__)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
+
+
+def lean_redis_client(settings: Settings) -> RespClient | None:
+    """The lean client for the per-call commands, or None to leave them on redis-py (switched off,
+    or a URL it does not speak)."""
+    if not settings.redis_lean_client:
+        return None
+    try:
+        return RespClient.from_url(settings.redis_url, timeout=settings.meter_timeout_seconds)
+    except UnsupportedURL as exc:
+        log.warning("metering uses redis-py for every command: %s", exc)
+        return None
 
 
 def build_services(settings: Settings) -> Services:
@@ -62,9 +75,10 @@ def build_services(settings: Settings) -> Services:
     metrics = Metrics()
     plans = PlanBook(settings)
     resolver = CredentialResolver(settings, db, plans)
-    meter = Meter(redis, key_prefix=settings.redis_key_prefix, timeout_s=settings.meter_timeout_seconds)
+    resp = lean_redis_client(settings)
+    meter = Meter(redis, resp=resp, key_prefix=settings.redis_key_prefix, timeout_s=settings.meter_timeout_seconds)
     stream = stream_key(settings.redis_key_prefix)
-    ledger = Ledger(redis, db, stream=stream)
+    ledger = Ledger(redis, db, stream=stream, resp=resp)
     drainer = LedgerDrainer(redis, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000))
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets))
@@ -87,6 +101,7 @@ def build_services(settings: Settings) -> Services:
         upstreams=discovery,
         changes=UpstreamChanges(settings, discovery),
         billing=build_billing(settings, db, resolver),
+        resp=resp,
     )
 
 
@@ -148,7 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await billing.stop()
             await services.changes.aclose()
             await services.upstreams.aclose()
-            await services.redis.aclose()
+            await services.aclose_redis()
             await services.db.dispose()
 
     app = FastAPI(title="Tenantry", version="0.1.0", lifespan=lifespan)

@@ -16,6 +16,7 @@ from tenantry.gateway.server import Gateway
 from tenantry.metering.ledger import Ledger, LedgerDrainer
 from tenantry.metering.meter import Meter
 from tenantry.metering.plans import PlanBook
+from tenantry.metering.resp import RespClient
 from tenantry.metrics import Metrics
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
@@ -38,3 +39,10 @@ class Services:
     upstreams: Discovery
     changes: UpstreamChanges
     billing: Billing | None = None
+    resp: RespClient | None = None  # the meter's and the ledger's hot commands, when not on redis-py
+
+    async def aclose_redis(self) -> None:
+        """Close both Redis clients."""
+        if self.resp is not None:
+            await self.resp.aclose()
+        await self.redis.aclose()

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0, le=200)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The meter's and the ledger's per-call commands over Tenantry's own lean RESP client (False:
+    # over redis-py like everything else; kept to measure the difference and as a way back).
+    redis_lean_client: bool = True
 
     admin_api_key: str = DEV_ADMIN_API_KEY
     jwt_secret: str = DEV_JWT_SECRET

@@ -145,7 +145,7 @@ async def in_process(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClien
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
             yield client, services
     finally:
-        await services.redis.aclose()
+        await services.aclose_redis()
         await services.db.dispose()
 
 

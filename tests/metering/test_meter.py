@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tenantry.metering.meter import Decision, Limits, Meter
+from tenantry.metering.resp import RespClient
 
 W = 100_000  # a 100 s quota window, in ms
 T0 = (1_800_000_000_000 // W) * W  # start of a quota window (and of a minute: 100 s windows align with 60 s ones)
@@ -38,9 +39,17 @@ async def redis() -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-def meter(redis: Redis) -> Meter:
-    return Meter(redis, clock=lambda: T0)
+@pytest.fixture(params=["redis-py", "resp"])
+async def meter(request: pytest.FixtureRequest, redis: Redis) -> AsyncIterator[Meter]:
+    """The meter on each client its hot commands can take: redis-py, and the lean RESP client."""
+    if request.param == "redis-py":
+        yield Meter(redis, clock=lambda: T0)
+        return
+    resp = RespClient(host="127.0.0.1", port=6379, timeout=5)
+    try:
+        yield Meter(redis, resp=resp, clock=lambda: T0)
+    finally:
+        await resp.aclose()
 
 
 @pytest.fixture
