@@ -45,13 +45,13 @@ log = logging.getLogger(__name__)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
 
 
-def lean_redis_client(settings: Settings) -> RespClient | None:
-    """The lean client for the per-call commands, or None to leave them on redis-py (switched off,
-    or a URL it does not speak)."""
+def lean_redis_client(settings: Settings, *, timeout: float | None = None) -> RespClient | None:
+    """A lean client (the per-call commands; the drainer's steady state), or None to leave them on
+    redis-py (switched off, or a URL it does not speak)."""
     if not settings.redis_lean_client:
         return None
     try:
-        return RespClient.from_url(settings.redis_url, timeout=settings.meter_timeout_seconds)
+        return RespClient.from_url(settings.redis_url, timeout=timeout or settings.meter_timeout_seconds)
     except UnsupportedURL as exc:
         log.warning("metering uses redis-py for every command: %s", exc)
         return None
@@ -79,7 +79,11 @@ def build_services(settings: Settings) -> Services:
     meter = Meter(redis, resp=resp, key_prefix=settings.redis_key_prefix, timeout_s=settings.meter_timeout_seconds)
     stream = stream_key(settings.redis_key_prefix)
     ledger = Ledger(redis, db, stream=stream, resp=resp)
-    drainer = LedgerDrainer(redis, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000))
+    # The drainer's own lean connection: its blocking read (1 s) must not stall the meter's commands.
+    drain_resp = lean_redis_client(settings, timeout=5.0)
+    drainer = LedgerDrainer(
+        redis, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000), resp=drain_resp
+    )
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets))
     catalog = Catalog(builtin_tools(), discovery)
@@ -102,6 +106,7 @@ def build_services(settings: Settings) -> Services:
         changes=UpstreamChanges(settings, discovery),
         billing=build_billing(settings, db, resolver),
         resp=resp,
+        drain_resp=drain_resp,
     )
 
 

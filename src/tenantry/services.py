@@ -40,9 +40,11 @@ class Services:
     changes: UpstreamChanges
     billing: Billing | None = None
     resp: RespClient | None = None  # the meter's and the ledger's hot commands, when not on redis-py
+    drain_resp: RespClient | None = None  # the drainer's steady-state read and acknowledgement
 
     async def aclose_redis(self) -> None:
-        """Close both Redis clients."""
-        if self.resp is not None:
-            await self.resp.aclose()
+        """Close every Redis client."""
+        for lean in (self.resp, self.drain_resp):
+            if lean is not None:
+                await lean.aclose()
         await self.redis.aclose()

@@ -3,6 +3,7 @@ taken over from a dead consumer, written to PostgreSQL when Redis is down."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ from sqlalchemy import text
 
 from tenantry.db.engine import Database
 from tenantry.metering.ledger import GROUP, Ledger, LedgerDrainer, UsageEvent, insert_events, oldest_undrained_age_ms
+from tenantry.metering.resp import RespClient
 from tenantry.settings import Settings
 from tests.conftest import Admin
 from tests.metering.test_meter import closed_port, unreachable_client
@@ -44,8 +46,21 @@ async def stored(db: Database, tenant_id: str) -> list[uuid.UUID]:
         return list(rows.scalars())
 
 
+@pytest.fixture(params=["redis-py", "lean"])
+async def drain_client(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[RespClient | None]:
+    """The drainer's steady-state client: redis-py, or its own lean connection (what the app uses)."""
+    if request.param == "redis-py":
+        yield None
+        return
+    client = RespClient.from_url(settings.redis_url, timeout=5.0)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 async def test_recorded_events_are_drained_into_postgres_once(
-    redis: Redis, db: Database, admin: Admin, stream: str
+    redis: Redis, db: Database, admin: Admin, stream: str, drain_client: RespClient | None
 ) -> None:
     tenant = await admin.create_tenant()
     ledger = Ledger(redis, db, stream=stream)
@@ -53,7 +68,7 @@ async def test_recorded_events_are_drained_into_postgres_once(
     for e in events:
         await ledger.record(e)
     assert await oldest_undrained_age_ms(redis, stream) > 0
-    drainer = LedgerDrainer(redis, db, stream=stream)
+    drainer = LedgerDrainer(redis, db, stream=stream, resp=drain_client)
     await drainer.flush()
     assert await stored(db, tenant.id) == [e.event_id for e in events]
     assert await redis.xlen(stream) == 0
@@ -61,6 +76,29 @@ async def test_recorded_events_are_drained_into_postgres_once(
     # A replay of the same events (a crash after the commit, before the acknowledgement) adds nothing.
     assert await insert_events(db, events) == 0
     assert len(await stored(db, tenant.id)) == 5
+
+
+async def test_the_running_drainer_moves_events_recorded_while_it_blocks(
+    redis: Redis, db: Database, admin: Admin, stream: str, drain_client: RespClient | None
+) -> None:
+    tenant = await admin.create_tenant()
+    drainer = LedgerDrainer(redis, db, stream=stream, resp=drain_client, block_ms=200, linger_ms=10)
+    task = asyncio.create_task(drainer.run())
+    try:
+        await asyncio.sleep(0.3)  # let it reach its blocking read of new entries
+        ledger = Ledger(redis, db, stream=stream)
+        events = [event(tenant.id, n) for n in range(120)]
+        for e in events:
+            await ledger.record(e)
+        async with asyncio.timeout(10):
+            while len(await stored(db, tenant.id)) < len(events):  # noqa: ASYNC110 (polling the database)
+                await asyncio.sleep(0.05)
+    finally:
+        drainer.stop()
+        await task
+    assert sorted(await stored(db, tenant.id)) == sorted(e.event_id for e in events)
+    assert await redis.xlen(stream) == 0
+    assert (await redis.xpending(stream, GROUP))["pending"] == 0
 
 
 async def test_a_dead_consumers_unacknowledged_events_are_taken_over(

@@ -226,11 +226,17 @@ class LedgerDrainer:
         linger_ms: int = 200,
         consumer: str | None = None,
         stream: str = stream_key(),
+        resp: RespClient | None = None,
     ) -> None:
         """`linger_ms`: after a batch that was not full, wait this long for more events, so under load
-        the drain moves them in batches (one transaction for many calls) instead of one by one."""
+        the drain moves them in batches (one transaction for many calls) instead of one by one.
+
+        `resp`: a lean client of the drainer's own (its blocking read would hold up every command
+        queued behind it on a shared connection), for the steady state's read and acknowledgement;
+        recovery (own pending, XAUTOCLAIM) stays on redis-py."""
         self.stream = stream
         self._redis = redis
+        self._resp = resp
         self._db = db
         self._batch = batch_size
         self._block_ms = block_ms
@@ -258,10 +264,13 @@ class LedgerDrainer:
         events = [UsageEvent.from_fields(fields) for _, fields in entries if fields]
         if events:
             await insert_events(self._db, events)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xack(self.stream, GROUP, *ids)
-            pipe.xdel(self.stream, *ids)
-            await pipe.execute()
+        if self._resp is not None:
+            await self._resp.execute_many([("XACK", self.stream, GROUP, *ids), ("XDEL", self.stream, *ids)])
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, GROUP, *ids)
+                pipe.xdel(self.stream, *ids)
+                await pipe.execute()
         self.drained += len(events)
         return len(ids)
 
@@ -283,6 +292,12 @@ class LedgerDrainer:
 
     async def _read_new(self, *, block: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
         block_ms = self._block_ms if block else None
+        if self._resp is not None:
+            command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self._batch]
+            if block_ms is not None:
+                command += ["BLOCK", block_ms]
+            reply = await self._resp.execute(*command, "STREAMS", self.stream, ">")
+            return [(entry_id, _pairs(fields)) for _, entries in reply or [] for entry_id, fields in entries]
         return _entries(
             await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self._batch, block=block_ms)
         )
@@ -353,3 +368,11 @@ def _entries(response: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
     if isinstance(response, dict):  # RESP3
         return [entry for entries in response.values() for entry in (entries[0] if entries else [])]
     return [entry for _, entries in response for entry in entries]
+
+
+def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
+    """A stream entry's fields as RESP2 sends them (name, value, name, value...)."""
+    if not flat:
+        return {}
+    items = iter(flat)
+    return dict(zip(items, items, strict=True))
