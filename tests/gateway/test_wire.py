@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tenantry.gateway.wire import HttpLink, HttpStatusError, ProtocolError
+from tenantry.gateway.wire import HttpLink, HttpStatusError, ProtocolError, sse_messages
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Peer:
     forget_sessions: int = 0  # answer this many session-bearing POSTs with 404
     huge: bool = False
     sse: bool = False
+    drop_calls: int = 0  # receive this many tools/call, then drop the connection without answering
     sessions: list[str] = field(default_factory=list)
     connections: int = 0
     call_connections: list[int] = field(default_factory=list)  # the connection each tools/call came on
@@ -45,6 +46,10 @@ class Peer:
                 message = json.loads(body) if body else None
                 if isinstance(message, dict) and message.get("method") == "tools/call":
                     self.call_connections.append(number)
+                    if self.drop_calls:
+                        self.drop_calls -= 1
+                        writer.close()
+                        return
                 await self.answer(writer, verb, headers, message)
                 if self.close_after_each:
                     writer.close()
@@ -153,13 +158,30 @@ async def test_keep_alive_connections_are_reused() -> None:
     assert len(set(peer.call_connections)) == 1
 
 
-async def test_a_connection_the_upstream_closed_while_idle_is_retried_on_a_fresh_one() -> None:
-    peer = Peer(close_after_each=True)
+async def test_a_connection_the_upstream_closed_while_idle_is_not_reused() -> None:
+    peer = Peer(close_after_each=True)  # closes each connection after one answer, unannounced
     async with linked(peer) as link:
-        assert await call(link) == "session s1"
-        assert await call(link) == "session s1"
+        for _ in range(2):
+            await asyncio.sleep(0.05)  # the upstream's close reaches the gateway while the connection is idle
+            assert await call(link) == "session s1"
+        # A request that is safe to repeat is retried once when a reused connection turns out closed.
+        with pytest.raises(MCPError):
+            await link.request("no/such", None)
+        with pytest.raises(MCPError):
+            await link.request("no/such", None)
     assert len(peer.call_connections) == 2  # each call reached the upstream exactly once
     assert len(set(peer.call_connections)) == 2
+
+
+async def test_a_call_the_upstream_received_is_never_sent_twice() -> None:
+    peer = Peer()
+    async with linked(peer) as link:
+        assert await call(link) == "session s1"  # the connection is now idle and reusable
+        peer.drop_calls = 1
+        with pytest.raises(asyncio.IncompleteReadError):
+            await call(link)
+    # The upstream may have run the call before it dropped the connection: not re-sent.
+    assert len(peer.call_connections) == 2
 
 
 async def test_a_forgotten_session_is_renewed_and_the_request_sent_again_once() -> None:
@@ -199,3 +221,93 @@ async def test_a_json_rpc_error_is_an_mcp_error() -> None:
     async with linked(Peer()) as link:
         with pytest.raises(MCPError):
             await link.request("no/such", None)
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def messages_of(*parts: bytes, limit: int = 1 << 20) -> list[dict[str, Any]]:
+    return [m async for m in sse_messages(_chunks(*parts), limit)]
+
+
+async def test_sse_parsing_follows_the_event_stream_rules() -> None:
+    # A resumable stream's priming event (an id, empty data) is not a message; CRLF and bare LF both
+    # end lines; "data:" with or without a space; an empty event name means "message"; other events skip.
+    body = [
+        b"id: 1\r\ndata: \r\n\r\n",
+        b'event:\ndata:{"a":\n',
+        b"data: 1}\n\n",
+        b'event: ping\ndata: {"b": 2}\n\n',
+        b": comment\n\n",
+        b'data: {"c"',
+        b": 3}\n\n",
+    ]
+    assert await messages_of(*body) == [{"a": 1}, {"c": 3}]
+    # The same body one byte at a time parses the same.
+    joined = b"".join(body)
+    assert await messages_of(*(joined[i : i + 1] for i in range(len(joined)))) == [{"a": 1}, {"c": 3}]
+
+
+async def test_an_sse_event_over_the_limit_or_not_json_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        await messages_of(*([b"data: " + b"x" * 1000] * 10), limit=4096)  # one line that never ends
+    with pytest.raises(ProtocolError, match="not JSON"):
+        await messages_of(b"data: {nope\n\n")
+    with pytest.raises(ProtocolError, match="not JSON"):
+        await messages_of(b"data: " + b"[" * 100_000 + b"\n\n")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xc2\xb2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 2x0 OK\r\n\r\n",
+        b"SIP/2.0 200 OK\r\n\r\n",
+    ],
+)
+async def test_a_malformed_response_head_breaks_the_exchange_not_the_gateway(head: bytes) -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = HttpLink(
+        f"http://127.0.0.1:{port}/mcp", {}, addresses=["127.0.0.1"], connect_timeout=2, max_response_bytes=1 << 20
+    )
+    try:
+        with pytest.raises(ProtocolError):
+            await link.start()
+    finally:
+        await link.aclose()
+        server.close()
+
+
+@pytest.mark.parametrize("size", [b"-1", b"0x10", b"1_0", b"zz"])
+async def test_a_malformed_chunk_size_is_refused(size: bytes) -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(size + b"\r\n{}\r\n0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = HttpLink(
+        f"http://127.0.0.1:{port}/mcp", {}, addresses=["127.0.0.1"], connect_timeout=2, max_response_bytes=1 << 20
+    )
+    try:
+        with pytest.raises(ProtocolError, match="chunk size"):
+            await link.start()
+    finally:
+        await link.aclose()
+        server.close()

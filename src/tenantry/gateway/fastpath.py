@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import mcp_types as types
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp_types import methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 Answer = Callable[[Principal, str, dict[str, Any] | None, Relay], Awaitable[types.CallToolResult]]
 
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+_READ: Final = frozenset({b"mcp-protocol-version", b"content-type", b"accept", b"content-length"})
 
 
 def _accepts_json(accept: str) -> bool:
@@ -83,19 +84,18 @@ class ToolCallFastPath:
         """Answer the request, or return the `receive` to hand it to the SDK with."""
         if scope["type"] != "http" or scope["method"] != "POST":
             return receive
-        version, content_type, accept, length = "2025-03-26", b"", "", -1
+        found: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
-            if name == b"mcp-protocol-version":
-                version = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"accept":
-                accept = value.decode("latin-1")
-            elif name == b"content-length" and value.isdigit():
-                length = int(value)
+            if name in _READ and name not in found:  # the first of each, as the SDK reads them
+                found[name] = value
+        version = found.get(b"mcp-protocol-version", b"2025-03-26").decode("latin-1")
+        content_type = found.get(b"content-type", b"")
+        accept = found.get(b"accept", b"").decode("latin-1")
+        declared = found.get(b"content-length", b"")
+        length = int(declared) if declared.isdigit() and declared.isascii() else -1
         if (
             version not in HANDSHAKE_PROTOCOL_VERSIONS
-            or content_type.split(b";", 1)[0].strip().lower() != b"application/json"
+            or content_type.split(b";", 1)[0].strip() != b"application/json"
             or not _accepts_json(accept)
             or not 0 <= length <= self._max_body
         ):
@@ -115,11 +115,13 @@ class ToolCallFastPath:
             result = await self._answer(principal, params.name, params.arguments, NO_CHANNEL)
             dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
             message["result"] = methods.serialize_server_result("tools/call", version, dumped)
-        except MCPError as exc:
-            message["error"] = exc.error.model_dump(by_alias=True, mode="json", exclude_none=True)
-        except Exception:
-            log.exception("tools/call %r failed", params.name[:100])
-            message["error"] = {"code": types.INTERNAL_ERROR, "message": "Internal server error"}
+        except Exception as exc:
+            error = handler_exception_to_error_data(exc)
+            if error is None:
+                # The SDK's stateless path would put str(exc) on the wire; internals stay in the log here.
+                log.exception("tools/call %r failed", params.name[:100])
+                error = types.ErrorData(code=types.INTERNAL_ERROR, message="Internal server error")
+            message["error"] = error.model_dump(by_alias=True, mode="json", exclude_none=True)
         payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
         headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -131,8 +133,8 @@ def _tool_call(body: bytes, version: str) -> tuple[str | int, types.CallToolRequ
     """(id, params) when `body` is a valid `tools/call` request for `version`; None for anything else."""
     try:
         message = json.loads(body)
-    except ValueError:
-        return None
+    except (ValueError, RecursionError):
+        return None  # the SDK answers it (a parse error)
     if not isinstance(message, dict) or message.get("method") != "tools/call" or message.get("jsonrpc") != "2.0":
         return None
     request_id = message.get("id")

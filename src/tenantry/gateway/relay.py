@@ -20,6 +20,7 @@ sends on that call's stream:
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from typing import Any, Final, get_args
 
@@ -45,33 +46,41 @@ _REQUESTS: Final[dict[str, tuple[types.ClientCapabilities, type[BaseModel]]]] = 
 }
 
 
-def session_key(ctx: ServerRequestContext[Any, Any]) -> str | None:
-    """The agent's MCP session (streamable HTTP session id, or the legacy SSE session), if any."""
+def session_key(ctx: ServerRequestContext[Any, Any], *, stateful: bool) -> str | None:
+    """The agent's MCP session, if it really has one: a streamable HTTP session id (only in
+    stateful mode, where the SDK checks it exists and the gateway that it is the caller's; a
+    stateless server accepts any value), or the legacy SSE session (checked by its transport)."""
     request = ctx.request
     if not isinstance(request, Request):
         return None
-    return request.headers.get("mcp-session-id") or request.query_params.get("session_id")
+    if request.url.path.startswith("/messages"):
+        return request.query_params.get("session_id")
+    return request.headers.get("mcp-session-id") if stateful else None
 
 
 class LogLevels:
     """The level each agent session set with `logging/setLevel` (bounded; the oldest is forgotten)."""
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._levels: OrderedDict[str, str] = OrderedDict()
+    def __init__(self, *, stateful: bool, capacity: int = 10_000) -> None:
+        self._levels: OrderedDict[tuple[uuid.UUID, str], str] = OrderedDict()
+        self._stateful = stateful
         self._capacity = capacity
 
-    def set(self, session: str | None, level: str) -> None:
+    def set(self, ctx: ServerRequestContext[Any, Any], tenant_id: uuid.UUID, level: str) -> None:
+        session = session_key(ctx, stateful=self._stateful)
         if session is None:
-            return  # stateless: there is no session for the level to outlive this request
-        self._levels[session] = level
-        self._levels.move_to_end(session)
+            return  # no session for the level to outlive this request
+        key = (tenant_id, session)
+        self._levels[key] = level
+        self._levels.move_to_end(key)
         while len(self._levels) > self._capacity:
             self._levels.popitem(last=False)
 
-    def allowed(self, ctx: ServerRequestContext[Any, Any]) -> frozenset[str]:
+    def allowed(self, ctx: ServerRequestContext[Any, Any], tenant_id: uuid.UUID) -> frozenset[str]:
         meta = (ctx.params or {}).get("_meta")
         levels: frozenset[str] = allowed_log_levels(ctx.protocol_version, meta if isinstance(meta, dict) else None)
-        chosen = self._levels.get(session_key(ctx) or "")
+        session = session_key(ctx, stateful=self._stateful)
+        chosen = self._levels.get((tenant_id, session)) if session is not None else None
         if chosen in LEVELS:
             levels = levels & frozenset(LEVELS[LEVELS.index(chosen) :])
         return levels

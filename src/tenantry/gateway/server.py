@@ -28,7 +28,7 @@ from tenantry.auth.resolver import CredentialResolver
 from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.fastpath import ToolCallFastPath
-from tenantry.gateway.relay import AgentRelay, LogLevels, Relay, session_key
+from tenantry.gateway.relay import AgentRelay, LogLevels, Relay
 from tenantry.metrics import Metrics
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
@@ -56,7 +56,7 @@ def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
 class Gateway:
     def __init__(self, settings: Settings, calls: ToolCalls, resolver: CredentialResolver, metrics: Metrics) -> None:
         self._calls = calls
-        self._log_levels = LogLevels()
+        self._log_levels = LogLevels(stateful=settings.mcp_stateful)
         with warnings.catch_warnings():
             # logging/setLevel is deprecated from 2026-07-28 on, but clients on handshake versions still send it.
             warnings.simplefilter("ignore", MCPDeprecationWarning)
@@ -130,8 +130,9 @@ class Gateway:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        relay = AgentRelay(ctx, self._log_levels.allowed(ctx))
-        return await self.answer_call(_principal(ctx), params.name, params.arguments, relay)
+        principal = _principal(ctx)
+        relay = AgentRelay(ctx, self._log_levels.allowed(ctx, principal.tenant_id))
+        return await self.answer_call(principal, params.name, params.arguments, relay)
 
     async def answer_call(
         self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay
@@ -149,6 +150,5 @@ class Gateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
         """The agent's log level for what upstreams log during its calls (per session; filtered here)."""
-        _principal(ctx)
-        self._log_levels.set(session_key(ctx), params.level)
+        self._log_levels.set(ctx, _principal(ctx).tenant_id, params.level)
         return types.EmptyResult()

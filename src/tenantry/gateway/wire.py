@@ -36,8 +36,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
@@ -81,12 +83,24 @@ class Relay(Protocol):
         ...
 
 
+_DIGITS: Final = re.compile(rb"[0-9]{1,18}")
+_HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_SESSION_ID: Final = re.compile(r"[\x21-\x7e]{1,256}")
+# A tools/call is not retried on a fresh connection (the upstream may have run it), so it only
+# reuses a connection idle for less than this: below common keep-alive timeouts (uvicorn: 5 s).
+_FRESH_ENOUGH_S: Final = 2.0
+# Server-initiated requests the link answers at once (pings on the standalone stream, or requests
+# relayed to agents); past this, more are dropped, so an upstream cannot pile up tasks and sockets.
+_MAX_ANSWERING: Final = 16
+
+
 class _Connection:
     """One HTTP/1.1 connection, one exchange at a time."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.reusable = True
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.reusable = False
@@ -97,8 +111,14 @@ class _Response:
     def __init__(self, conn: _Connection, status: int, headers: dict[str, str], limit: int) -> None:
         self.conn, self.status, self.headers, self._limit = conn, status, headers, limit
         length = headers.get("content-length")
-        self._length = int(length) if length is not None and length.isdigit() else -1
-        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self._chunked = "transfer-encoding" in headers
+        if self._chunked and headers["transfer-encoding"].lower() != "chunked":
+            raise ProtocolError(f"unsupported transfer coding {headers['transfer-encoding'][:40]!r}")
+        if self._chunked and length is not None:
+            raise ProtocolError("the response has both Content-Length and Transfer-Encoding")
+        if length is not None and not _DIGITS.fullmatch(length.encode("latin-1")):
+            raise ProtocolError(f"invalid Content-Length {length[:40]!r}")
+        self._length = int(length) if length is not None else -1
         self.complete = False
         self.released = False
         if headers.get("connection", "").lower() == "close" or (self._length < 0 and not self._chunked):
@@ -117,7 +137,10 @@ class _Response:
                 yield await reader.readexactly(self._length)
         elif self._chunked:
             while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+                size_line = (await reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0].strip()
+                if not _HEX.fullmatch(size_line):
+                    raise ProtocolError(f"invalid chunk size {size_line[:40]!r}")
+                size = int(size_line, 16)
                 if size == 0:
                     while await reader.readuntil(b"\r\n") != b"\r\n":
                         pass  # trailers
@@ -126,7 +149,8 @@ class _Response:
                 if seen > self._limit:
                     raise ProtocolError(f"answer exceeds the limit of {self._limit} bytes")
                 data = await reader.readexactly(size)
-                await reader.readexactly(2)
+                if await reader.readexactly(2) != b"\r\n":
+                    raise ProtocolError("a chunk does not end with CRLF")
                 yield data
         else:
             while data := await reader.read(65536):
@@ -140,32 +164,45 @@ class _Response:
         return b"".join([chunk async for chunk in self.chunks()])
 
 
-async def sse_messages(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
-    """The JSON-RPC messages of an SSE body (`message` events; comments and other events skipped)."""
-    buffer = b""
+async def sse_messages(chunks: AsyncIterator[bytes], max_event: int = 1 << 24) -> AsyncIterator[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE body (`message` events with data; comments, other events and
+    empty events such as a resumable stream's priming event are skipped). Linear in the body: each
+    byte is scanned for a line end once, however the body is chunked."""
+    buffer = bytearray()
+    scanned = 0  # buffer[:scanned] holds no line end
     data: list[bytes] = []
+    size = 0
     event = b"message"
     async for chunk in chunks:
         buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for raw in lines:
-            line = raw[:-1] if raw.endswith(b"\r") else raw
+        start = 0
+        while (end := buffer.find(b"\n", max(start, scanned))) >= 0:
+            line = bytes(buffer[start : end - 1 if end > start and buffer[end - 1] == 0x0D else end])
+            start = end + 1
             if not line:
-                if data and event == b"message":
-                    yield _decode(b"\n".join(data))
-                data, event = [], b"message"
+                payload = b"\n".join(data)
+                if payload and event == b"message":
+                    yield _decode(payload)
+                data, size, event = [], 0, b"message"
             elif line.startswith(b"data:"):
-                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+                value = line[6:] if line.startswith(b"data: ") else line[5:]
+                data.append(value)
+                size += len(value)
             elif line.startswith(b"event:"):
-                event = line[6:].strip()
-    if data and event == b"message":
-        yield _decode(b"\n".join(data))
+                event = line[6:].strip() or b"message"
+        del buffer[:start]
+        scanned = len(buffer)
+        if size + len(buffer) > max_event:
+            raise ProtocolError(f"an event exceeds the limit of {max_event} bytes")
+    payload = b"\n".join(data)
+    if payload and event == b"message":
+        yield _decode(payload)
 
 
 def _decode(payload: bytes) -> dict[str, Any]:
     try:
         message = json.loads(payload)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"the upstream sent a message that is not JSON: {payload[:100]!r}") from exc
     if not isinstance(message, dict):
         raise ProtocolError("the upstream sent a JSON-RPC batch or a non-object message")
@@ -180,6 +217,9 @@ def _error(message: dict[str, Any]) -> MCPError:
     return MCPError(
         code if isinstance(code, int) else types.INTERNAL_ERROR, str(error.get("message", ""))[:500], error.get("data")
     )
+
+
+Session = tuple[str | None, str]  # (Mcp-Session-Id, MCP-Protocol-Version) as sent on one request
 
 
 class HttpLink:
@@ -207,76 +247,106 @@ class HttpLink:
         self._on_notification = on_notification
         self._max_idle = max_idle
         self._idle: list[_Connection] = []
+        self._busy: set[_Connection] = set()  # connections with an exchange on them
         self._ids = 0
-        self.session_id: str | None = None
-        self.protocol_version = PROTOCOL_VERSION
+        self._session: Session = (None, PROTOCOL_VERSION)
         self.server_info: dict[str, Any] = {}
         self._standalone: asyncio.Task[None] | None = None
         self._answers: set[asyncio.Task[None]] = set()
-        self._handshake: asyncio.Lock = asyncio.Lock()
+        self._handshake = asyncio.Lock()
         self._closed = False
+
+    @property
+    def session_id(self) -> str | None:
+        return self._session[0]
+
+    @property
+    def protocol_version(self) -> str:
+        return self._session[1]
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._initialize()
+        async with self._handshake:
+            await self._initialize()
         if self.session_id is not None:
             self._standalone = asyncio.create_task(self._listen(), name=f"upstream-listen-{self._host}")
 
     async def _initialize(self) -> None:
-        self.session_id = None
+        """A new session; `self._session` changes only once it is complete (requests in the
+        meantime wait for it, see `_current`)."""
         params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": CLIENT_CAPABILITIES, "clientInfo": CLIENT_INFO}
-        result = await self._exchange("initialize", params, None, retry_session=False)
+        answer, headers = await self._exchange("initialize", params, None, (None, PROTOCOL_VERSION), renew=False)
+        result = _result(answer)
         version = result.get("protocolVersion")
-        if not isinstance(version, str):
-            raise ProtocolError("the upstream's initialize result names no protocol version")
-        self.protocol_version = version
+        if not isinstance(version, str) or not _SESSION_ID.fullmatch(version):
+            raise ProtocolError("the upstream's initialize result names no valid protocol version")
+        session_id = headers.get("mcp-session-id")
+        if session_id is not None and not _SESSION_ID.fullmatch(session_id):
+            raise ProtocolError("the upstream's session id is not visible ASCII")
+        session = (session_id, version)
+        await self._post_message({"jsonrpc": "2.0", "method": "notifications/initialized"}, session)
         self.server_info = result.get("serverInfo") or {}
-        await self._post_message({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        self._session = session
 
     async def aclose(self) -> None:
         self._closed = True
-        tasks = [t for t in (self._standalone, *self._answers) if t is not None]
+        await self._cancel_all()
+        if self.session_id is not None:
+            conn: _Connection | None = None
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    response, conn = await self._send("DELETE", b"", self._session, closing=True)
+                    await response.body()
+            if conn is not None:
+                conn.close()
+        await self._cancel_all()  # anything a stream still in flight started meanwhile
+        for conn in (*self._idle, *self._busy):
+            conn.close()
+        self._idle.clear()
+        self._busy.clear()
+
+    async def _cancel_all(self) -> None:
+        tasks = [t for t in (self._standalone, *self._answers) if t is not None and not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.session_id is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    response, conn = await self._send("DELETE", b"", accept="application/json, text/event-stream")
-                    await response.body()
-                    self._release(conn, response)
-        for conn in self._idle:
-            conn.close()
-        self._idle.clear()
 
     # -- requests --------------------------------------------------------------------------
 
     async def request(self, method: str, params: dict[str, Any] | None, relay: Relay | None = None) -> dict[str, Any]:
         """Send one JSON-RPC request and return its result (MCPError for a JSON-RPC error)."""
-        return await self._exchange(method, params, relay, retry_session=self.session_id is not None)
+        session = await self._current()
+        answer, _ = await self._exchange(method, params, relay, session, renew=session[0] is not None)
+        return _result(answer)
+
+    async def _current(self) -> Session:
+        """The session to send on: after any renewal in progress has finished."""
+        if self._handshake.locked():
+            async with self._handshake:
+                pass
+        return self._session
 
     async def _exchange(
-        self, method: str, params: dict[str, Any] | None, relay: Relay | None, *, retry_session: bool
-    ) -> dict[str, Any]:
+        self, method: str, params: dict[str, Any] | None, relay: Relay | None, session: Session, *, renew: bool
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         self._ids += 1
         request_id = self._ids
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-        sent_with = self.session_id
-        response, conn = await self._send("POST", body)
+        # Retried on a fresh connection only what is safe to send twice: a call the upstream may
+        # have run before the connection dropped is not.
+        response, conn = await self._send("POST", body, session, retry=method != "tools/call")
         try:
-            if response.status == 404 and sent_with is not None and retry_session:
+            if response.status == 404 and session[0] is not None and renew:
                 await response.body()
                 self._release(conn, response)
-                await self._renew(sent_with)
-                return await self._exchange(method, params, relay, retry_session=False)
+                await self._renew(session)
+                return await self._exchange(method, params, relay, await self._current(), renew=False)
             if response.status >= 400:
                 raise HttpStatusError(response.status, await response.body())
-            if method == "initialize":
-                self.session_id = response.headers.get("mcp-session-id")
             if response.content_type == "text/event-stream":
                 answer = await self._stream(response, request_id, relay)
             else:
@@ -285,77 +355,98 @@ class HttpLink:
             self._release(conn, response)
         if answer.get("id") != request_id:
             raise ProtocolError(f"the upstream answered request {request_id} with id {answer.get('id')!r}")
-        if "error" in answer:
-            raise _error(answer)
-        result = answer.get("result")
-        if not isinstance(result, dict):
-            raise ProtocolError("the upstream's answer has no result object")
-        return result
+        return answer, response.headers
 
-    async def _renew(self, expired: str) -> None:
+    async def _renew(self, expired: Session) -> None:
         async with self._handshake:
-            if self.session_id == expired:  # else another request already renewed it
+            if self._session == expired:  # else another request already renewed it
                 log.info("upstream %s dropped session; starting a new one", self._host)
                 await self._initialize()
 
     async def _stream(self, response: _Response, request_id: int, relay: Relay | None) -> dict[str, Any]:
-        messages = sse_messages(response.chunks())
-        async for message in messages:
-            if "method" not in message:
-                if message.get("id") == request_id:
-                    break
-                continue
-            if "id" in message:
-                self._answer_later(message, relay)
+        messages = sse_messages(response.chunks(), self._limit)
+        mine: set[asyncio.Task[None]] = set()
+        try:
+            async for message in messages:
+                if "method" not in message:
+                    if message.get("id") == request_id:
+                        break
+                    continue
+                if "id" in message:
+                    task = self._answer_later(message, relay)
+                    if task is not None:
+                        mine.add(task)
+                else:
+                    await self._notified(message, relay)
             else:
-                await self._notified(message, relay)
-        else:
-            raise ProtocolError("the upstream closed the stream before answering")
-        # The answer ends the exchange; the upstream ends the stream next, and the connection is reused.
+                raise ProtocolError("the upstream closed the stream before answering")
+        finally:
+            # What the upstream asked during this call is moot once the call is over.
+            for task in mine:
+                task.cancel()
+        if not response.complete:
+            # The upstream should end the stream now; finish reading it off the call's path.
+            response.released = True
+            task = asyncio.create_task(self._finish(messages, response))
+            self._answers.add(task)
+            task.add_done_callback(self._answers.discard)
+        return message
+
+    async def _finish(self, messages: AsyncIterator[dict[str, Any]], response: _Response) -> None:
         try:
             async with asyncio.timeout(1.0):
                 async for _ in messages:
                     pass
-        except TimeoutError:
+        except (TimeoutError, ProtocolError, OSError, asyncio.IncompleteReadError):
             response.conn.reusable = False
-        return message
+        finally:  # cancelled (the link closing) included: the connection is released or closed
+            response.released = False
+            self._release(response.conn, response)
 
     async def _notified(self, message: dict[str, Any], relay: Relay | None) -> None:
         if message.get("method") == "notifications/tools/list_changed":
             self._on_notification(message)
         elif relay is not None:
             params = message.get("params")
-            await relay.notify(str(message["method"]), params if isinstance(params, dict) else None)
+            try:
+                await relay.notify(str(message["method"]), params if isinstance(params, dict) else None)
+            except Exception as exc:  # an agent that went away must not break the tenant's upstream link
+                log.debug("relaying %s from upstream %s failed: %s", message.get("method"), self._host, exc)
 
-    def _answer_later(self, message: dict[str, Any], relay: Relay | None) -> None:
+    def _answer_later(self, message: dict[str, Any], relay: Relay | None) -> asyncio.Task[None] | None:
+        if self._closed or len(self._answers) >= _MAX_ANSWERING:
+            log.warning("upstream %s sent more requests than the gateway answers at once; dropped", self._host)
+            return None
         task = asyncio.create_task(self._answer(message, relay))
         self._answers.add(task)
         task.add_done_callback(self._answers.discard)
+        return task
 
     async def _answer(self, message: dict[str, Any], relay: Relay | None) -> None:
-        method, params = str(message["method"]), message.get("params")
-        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+        method, params = str(message.get("method")), message.get("params")
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": message.get("id")}
         try:
             if method == "ping":
                 reply["result"] = {}
             elif relay is None:
-                raise MCPError(types.METHOD_NOT_FOUND, f"{method} cannot reach an agent on this path")
+                raise MCPError(types.METHOD_NOT_FOUND, f"{method[:100]} cannot reach an agent on this path")
             else:
                 reply["result"] = await relay.request(method, params if isinstance(params, dict) else None)
         except MCPError as exc:
             reply["error"] = exc.error.model_dump(mode="json", exclude_none=True)
         except Exception as exc:  # the upstream waits on an answer: give it one
-            log.warning("relaying %s from upstream %s failed: %s", method, self._host, type(exc).__name__)
-            reply["error"] = {"code": types.INTERNAL_ERROR, "message": f"the gateway could not relay {method}"}
+            log.warning("relaying %s from upstream %s failed: %s", method[:100], self._host, type(exc).__name__)
+            reply["error"] = {"code": types.INTERNAL_ERROR, "message": f"the gateway could not relay {method[:100]}"}
         try:
-            await self._post_message(reply)
-        except (OSError, ProtocolError, HttpStatusError, asyncio.IncompleteReadError) as exc:
-            log.warning("answering %s to upstream %s failed: %s", method, self._host, exc)
+            async with asyncio.timeout(self._connect_timeout * 2):
+                await self._post_message(reply, self._session)
+        except Exception as exc:
+            log.warning("answering %s to upstream %s failed: %s", method[:100], self._host, exc)
 
-    async def _post_message(self, message: dict[str, Any]) -> None:
+    async def _post_message(self, message: dict[str, Any], session: Session) -> None:
         """POST a notification or a response (the upstream acknowledges it with 202)."""
         body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
-        response, conn = await self._send("POST", body)
+        response, conn = await self._send("POST", body, session, retry=True)
         try:
             content = await response.body()
             if response.status >= 400:
@@ -370,14 +461,14 @@ class HttpLink:
         while not self._closed:
             conn: _Connection | None = None
             try:
-                response, conn = await self._send("GET", None, accept="text/event-stream", fresh=True)
-                if response.status in (404, 405) or response.status >= 400:
+                response, conn = await self._send("GET", None, self._session, accept="text/event-stream", fresh=True)
+                if response.status >= 400:
                     await response.body()
                     if response.status == 405:
                         return  # the upstream offers no standalone stream
                 else:
                     backoff = 1.0
-                    async for message in sse_messages(response.chunks()):
+                    async for message in sse_messages(response.chunks(), self._limit):
                         if "method" in message and "id" in message:
                             self._answer_later(message, None)
                         elif "method" in message:
@@ -389,6 +480,7 @@ class HttpLink:
             finally:
                 if conn is not None:
                     conn.close()
+                    self._busy.discard(conn)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
@@ -398,32 +490,42 @@ class HttpLink:
         self,
         verb: str,
         body: bytes | None,
+        session: Session,
         *,
         accept: str = "application/json, text/event-stream",
         fresh: bool = False,
+        retry: bool = True,
+        closing: bool = False,
     ) -> tuple[_Response, _Connection]:
+        if self._closed and not closing:
+            raise ProtocolError("the upstream link is closed")
         lines = [f"{verb} {self._target} HTTP/1.1\r\n", self._fixed, f"Accept: {accept}\r\n"]
-        if self.session_id is not None:
-            lines.append(f"Mcp-Session-Id: {self.session_id}\r\nMCP-Protocol-Version: {self.protocol_version}\r\n")
+        session_id, version = session
+        if session_id is not None:
+            lines.append(f"Mcp-Session-Id: {session_id}\r\nMCP-Protocol-Version: {version}\r\n")
         if body is not None:
             lines.append(f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")
         head = ("".join(lines) + "\r\n").encode("latin-1")
         for attempt in range(2):
-            conn = None if fresh else self._take()
+            conn = None if fresh else self._take(max_idle_s=None if retry else _FRESH_ENOUGH_S)
             reused = conn is not None
             if conn is None:
                 conn = await self._connect()
+            self._busy.add(conn)
             try:
                 conn.writer.write(head + body if body else head)
                 response = await self._read_head(conn)
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
                 conn.close()
+                self._busy.discard(conn)
                 # An idle keep-alive connection the upstream had closed: nothing was processed; retry once.
-                if reused and attempt == 0 and not (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                nothing = not (isinstance(exc, asyncio.IncompleteReadError) and exc.partial)
+                if retry and reused and attempt == 0 and nothing:
                     continue
                 raise
             except BaseException:
                 conn.close()
+                self._busy.discard(conn)
                 raise
             return response, conn
         raise AssertionError("unreachable")
@@ -436,7 +538,7 @@ class HttpLink:
                 raise ProtocolError("the upstream's response head is too large") from exc
             status_line, *header_lines = raw[:-4].decode("latin-1").split("\r\n")
             parts = status_line.split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _DIGITS.fullmatch(parts[1].encode()):
                 raise ProtocolError(f"not an HTTP/1.1 response: {status_line[:80]!r}")
             status = int(parts[1])
             if 100 <= status < 200:
@@ -470,10 +572,12 @@ class HttpLink:
             raise TimeoutError(f"connecting to {self._host}:{self._port} timed out")
         raise failure or OSError(f"no address to connect to for {self._host}")
 
-    def _take(self) -> _Connection | None:
+    def _take(self, *, max_idle_s: float | None) -> _Connection | None:
+        now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if not conn.reader.at_eof() and not conn.writer.is_closing():
+            fresh = max_idle_s is None or now - conn.idle_since < max_idle_s
+            if fresh and not conn.reader.at_eof() and not conn.writer.is_closing():
                 return conn
             conn.close()
         return None
@@ -483,7 +587,18 @@ class HttpLink:
         if response.released:
             return
         response.released = True
+        self._busy.discard(conn)
         if conn.reusable and response.complete and not self._closed and len(self._idle) < self._max_idle:
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()
+
+
+def _result(answer: dict[str, Any]) -> dict[str, Any]:
+    if "error" in answer:
+        raise _error(answer)
+    result = answer.get("result")
+    if not isinstance(result, dict):
+        raise ProtocolError("the upstream's answer has no result object")
+    return result
