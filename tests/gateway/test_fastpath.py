@@ -121,3 +121,22 @@ async def test_the_fast_path_keeps_authentication_and_event_ids(gateway_url: str
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"
     assert "tenantry/event_id" in r.json()["result"]["_meta"]
+
+
+async def test_host_and_origin_checks_hold_on_the_fast_path(
+    settings: Settings, admin: Admin, tenant_a: TenantHandle
+) -> None:
+    guarded = settings.model_copy(update={"mcp_allowed_hosts": ["127.0.0.1:*"], "mcp_allowed_origins": []})
+    with serve(guarded) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            before = fast_count((await client.get("/metrics")).text)
+            ok = await post(url, tenant_a.headers, call("data_get", {"key": "missing"}))
+            rebound = await post(url, tenant_a.headers, call("data_get", {"key": "missing"}), Host="evil.example")
+            foreign = await post(
+                url, tenant_a.headers, call("data_get", {"key": "missing"}), Origin="http://evil.example"
+            )
+            after = fast_count((await client.get("/metrics")).text)
+    assert ok[0] == 200
+    assert rebound[0] in (400, 403, 421), rebound
+    assert foreign[0] in (400, 403), foreign
+    assert after - before == 1  # only the request that passed the checks was answered here

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import httpx2
@@ -20,6 +21,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tenantry.client import connect
+from tenantry.gateway.relay import AgentRelay
 from tenantry.settings import Settings
 from tests.conftest import Admin, TenantHandle, serve
 from tests.gateway.test_upstreams import add_upstream
@@ -148,3 +150,33 @@ async def test_tools_list_changed_refreshes_the_catalog_before_the_ttl(
     assert refused.is_error
     assert refused.structured_content is not None
     assert refused.structured_content["error"] == "tool_definition_changed"
+
+
+class _Session:
+    """Records what the relay hands the SDK's session (the SDK client drops unknown progress tokens
+    itself, so the gateway's own filter is checked here, at the session boundary)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, Any]] = []
+
+    async def send_notification(self, note: Any, related_request_id: Any = None) -> None:
+        self.sent.append((note, related_request_id))
+
+
+async def test_the_relay_passes_only_the_agents_progress_token_and_chosen_levels() -> None:
+    session = _Session()
+    ctx: Any = SimpleNamespace(params={"_meta": {"progressToken": "mine"}}, session=session, request_id=7)
+    relay = AgentRelay(ctx, frozenset({"warning", "error"}))
+    assert relay.progress_token == "mine"
+    await relay.notify("notifications/progress", {"progressToken": "someone-else", "progress": 1})
+    await relay.notify("notifications/progress", {"progressToken": "mine", "progress": 2})
+    await relay.notify("notifications/message", {"level": "info", "data": "dropped"})
+    await relay.notify("notifications/message", {"level": "error", "data": "kept"})
+    await relay.notify("notifications/progress", {"progressToken": "mine", "progress": "not a number"})
+    await relay.notify("notifications/resources/updated", {"uri": "x"})
+    assert [(type(n).__name__, rid) for n, rid in session.sent] == [
+        ("ProgressNotification", 7),
+        ("LoggingMessageNotification", 7),
+    ]
+    assert session.sent[0][0].params.progress == 2
+    assert session.sent[1][0].params.data == "kept"

@@ -27,6 +27,7 @@ class Peer:
     huge: bool = False
     sse: bool = False
     drop_calls: int = 0  # receive this many tools/call, then drop the connection without answering
+    flood: int = 0  # on an SSE answer, first send this many pings the gateway must not all answer
     sessions: list[str] = field(default_factory=list)
     connections: int = 0
     call_connections: list[int] = field(default_factory=list)  # the connection each tools/call came on
@@ -70,7 +71,10 @@ class Peer:
             self.forget_sessions -= 1
             return self.send(writer, 404, b'{"error":"unknown session"}')
         if "method" not in message:  # the client's answer to our request
-            self.replies.pop(message["id"]).set_result(message)
+            if str(message["id"]).startswith("p"):
+                await asyncio.sleep(1)  # acknowledge flood pings slowly, so the gateway's answers pile up
+            else:
+                self.replies.pop(message["id"]).set_result(message)
             return self.send(writer, 202, b"")
         if message["method"] == "initialize":
             new = f"s{len(self.sessions) + 1}"
@@ -88,6 +92,9 @@ class Peer:
         if not self.sse:
             return self.send(writer, 200, json.dumps(reply).encode())
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for n in range(self.flood):
+            ping = b'data: {"jsonrpc":"2.0","id":"p%d","method":"ping"}\n\n' % n
+            writer.write(b"%x\r\n%s\r\n" % (len(ping), ping))
         ask = {"jsonrpc": "2.0", "id": "q1", "method": "sampling/createMessage", "params": {"messages": []}}
         self.replies["q1"] = asyncio.get_running_loop().create_future()
         for event in (
@@ -215,6 +222,21 @@ async def test_an_sse_answer_relays_notifications_and_server_requests_to_the_cal
         assert await call(link, None) == "agent said error -32601"
     answers = [m for m in peer.posted if "method" not in m]
     assert answers[0]["result"]["text"] == "hello"
+
+
+async def test_requests_an_upstream_floods_a_call_with_are_bounded_and_end_with_it() -> None:
+    peer = Peer(sse=True, flood=500)
+    async with linked(peer) as link:
+        # 500 pings, then the sampling request: the gateway answers 16 at a time and drops the rest
+        # (the sampling request too, so the call runs into its timeout, as the pool enforces).
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(2):
+                await call(link, Recorder())
+        await asyncio.sleep(0)
+        assert all(task.done() for task in link._answers)  # what the call started ended with it
+        answered = [m for m in peer.posted if "method" not in m]
+        assert 0 < len(answered) <= 16
+    assert peer.connections < 40  # not one socket per request
 
 
 async def test_a_json_rpc_error_is_an_mcp_error() -> None:
