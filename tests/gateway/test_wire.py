@@ -205,6 +205,18 @@ async def test_a_forgotten_session_is_renewed_and_the_request_sent_again_once() 
         assert peer.sessions == ["s1", "s2"]
 
 
+async def test_calls_during_a_session_renewal_wait_for_it_and_use_the_new_session() -> None:
+    peer = Peer()
+    async with linked(peer) as link:
+        peer.forget_sessions = 1
+        results = await asyncio.gather(*(call(link) for _ in range(5)))
+    # One call met the 404 and renewed; the others either went out before (and got their answer on
+    # s1) or waited for the renewal and used s2; none was sent without a session or renewed again.
+    assert set(results) <= {"session s1", "session s2"}
+    assert "session s2" in results
+    assert peer.sessions == ["s1", "s2"]
+
+
 async def test_an_answer_over_the_size_limit_is_refused() -> None:
     async with linked(Peer(huge=True), max_response_bytes=4096) as link:
         with pytest.raises(ProtocolError, match="exceeds the limit"):

@@ -21,7 +21,9 @@ It answers only when all of these hold, and otherwise defers:
 What it sends is what the SDK would: the same handler (`Gateway.answer_call`),
 the result through the SDK's per-version result sieve, the same JSON-RPC
 envelope (`tests/gateway/test_fastpath.py` compares the two byte for byte
-after parsing). There is no back-channel on this path, as on the SDK's
+after parsing), with one intended difference: an unexpected exception in the handler is
+`-32603 Internal server error` here, where the SDK's stateless path puts `str(exc)` on the
+wire. There is no back-channel on this path, as on the SDK's
 stateless JSON path: an upstream's sampling or elicitation request is refused.
 """
 
