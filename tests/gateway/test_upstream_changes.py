@@ -8,9 +8,6 @@ acted on by the gateway's listener (`gateway/changes.py`), not aged out.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -32,6 +29,7 @@ from tenantry.secrets import SecretBox
 from tenantry.services import Services
 from tenantry.settings import Settings
 from tests.conftest import ADMIN_KEY, TEST_DB, Admin, TenantHandle, serve, serve_asgi
+from tests.test_cli_upstreams import run as cli
 from tests.upstream_servers import TOOLS_BY_TOKEN, FixtureUpstream, serve_upstream
 
 T = TypeVar("T")
@@ -67,20 +65,6 @@ async def add_upstream(admin: Admin, tenant: TenantHandle, url: str, token: str,
     r = await admin.http.post(f"/api/tenants/{tenant.id}/upstreams", json=body)
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    """`tenantry ...` in its own process, as an operator runs it: it writes the database directly."""
-    env = {
-        **os.environ,
-        "TENANTRY_DATABASE_URL": settings.database_url,
-        "TENANTRY_REDIS_URL": settings.redis_url,
-        "TENANTRY_ENVIRONMENT": "test",
-        "TENANTRY_UPSTREAM_ALLOW_LOOPBACK": "true",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "tenantry.cli", *args], capture_output=True, text=True, env=env, timeout=60
-    )
 
 
 @contextmanager

@@ -72,7 +72,7 @@ class Peer:
             return self.send(writer, 404, b'{"error":"unknown session"}')
         if "method" not in message:  # the client's answer to our request
             if str(message["id"]).startswith("p"):
-                await asyncio.sleep(1)  # acknowledge flood pings slowly, so the gateway's answers pile up
+                await asyncio.Event().wait()  # never acknowledge a flood ping: the gateway's answers pile up
             else:
                 self.replies.pop(message["id"]).set_result(message)
             return self.send(writer, 202, b"")

@@ -12,6 +12,7 @@ import random
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -384,8 +385,9 @@ async def test_redis_unreachable_follows_the_plan_policy() -> None:
         await dead.aclose()
 
 
-async def test_a_silent_redis_is_cut_off_by_the_meter_timeout() -> None:
-    """A server that accepts and never answers: the meter's own deadline decides."""
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[tuple[int, list[asyncio.StreamWriter]]]:
+    """A TCP server that accepts and never answers: (its port, the connections it has accepted)."""
     never = asyncio.Event()
     writers: list[asyncio.StreamWriter] = []
 
@@ -394,20 +396,27 @@ async def test_a_silent_redis_is_cut_off_by_the_meter_timeout() -> None:
         await never.wait()
 
     server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    silent = Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
     try:
-        meter = Meter(silent, timeout_s=0.2)
-        decision = await meter.admit(uuid.uuid4(), "c", 1, quota(10, fail_open=True))
-        assert (decision.admitted, decision.bypassed) == (True, True)
-        assert meter.failures == 1
+        yield server.sockets[0].getsockname()[1], writers
     finally:
-        await silent.aclose()
         never.set()
         for writer in writers:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_silent_redis_is_cut_off_by_the_meter_timeout() -> None:
+    """A server that accepts and never answers: the meter's own deadline decides."""
+    async with silent_server() as (port, _):
+        silent = Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+        try:
+            meter = Meter(silent, timeout_s=0.2)
+            decision = await meter.admit(uuid.uuid4(), "c", 1, quota(10, fail_open=True))
+            assert (decision.admitted, decision.bypassed) == (True, True)
+            assert meter.failures == 1
+        finally:
+            await silent.aclose()
 
 
 async def test_an_exhausted_default_pool_looks_like_an_outage() -> None:

@@ -25,7 +25,7 @@ from tenantry.metering.resp import LuaScript, RespClient, UnsupportedURL, _Incom
 from tests.conftest import Admin, free_port
 from tests.metering.test_gateway_metering import eventually
 from tests.metering.test_ledger import event, stored
-from tests.metering.test_meter import closed_port
+from tests.metering.test_meter import closed_port, silent_server
 
 URL = "redis://127.0.0.1:6379/0"
 
@@ -187,31 +187,18 @@ async def test_a_refused_connection_is_a_connection_error_every_time() -> None:
 
 
 async def test_a_silent_server_is_cut_off_by_the_timeout() -> None:
-    never = asyncio.Event()
-    writers: list[asyncio.StreamWriter] = []
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        await never.wait()
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = RespClient(port=port, timeout=0.2)
-    try:
-        results = await asyncio.gather(*(client.execute("PING") for _ in range(3)), return_exceptions=True)
-        assert all(isinstance(r, RedisTimeoutError) for r in results), results
-        meter = Meter(Redis(port=port), resp=client)
-        decision = await meter.admit(uuid.uuid4(), "c", 1, Limits(calls_per_window=10, fail_open=True))
-        assert (decision.admitted, decision.bypassed, meter.failures) == (True, True, 1)
-        # Each timeout dropped its connection: the server saw a new one each time.
-        assert len(writers) == 2
-    finally:
-        await client.aclose()
-        never.set()
-        for writer in writers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    async with silent_server() as (port, writers):
+        client = RespClient(port=port, timeout=0.2)
+        try:
+            results = await asyncio.gather(*(client.execute("PING") for _ in range(3)), return_exceptions=True)
+            assert all(isinstance(r, RedisTimeoutError) for r in results), results
+            meter = Meter(Redis(port=port), resp=client)
+            decision = await meter.admit(uuid.uuid4(), "c", 1, Limits(calls_per_window=10, fail_open=True))
+            assert (decision.admitted, decision.bypassed, meter.failures) == (True, True, 1)
+            # Each timeout dropped its connection: the server saw a new one each time.
+            assert len(writers) == 2
+        finally:
+            await client.aclose()
 
 
 # -- a Redis of our own: AUTH, SELECT, outage and recovery ------------------------------------------

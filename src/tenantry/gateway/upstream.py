@@ -95,6 +95,19 @@ class Link(Protocol):
     async def call_tool(self, tool: str, arguments: dict[str, Any], relay: Relay | None) -> types.CallToolResult: ...
 
 
+async def _all_pages(page: Callable[[str | None], Awaitable[types.ListToolsResult]]) -> list[types.Tool]:
+    """Every page of `tools/list` (at most 50: an upstream cannot keep the gateway paging forever)."""
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    for _ in range(50):
+        result = await page(cursor)
+        tools.extend(result.tools)
+        cursor = result.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
 class _HttpSession:
     """MCP over the lean streamable-HTTP client."""
 
@@ -102,17 +115,11 @@ class _HttpSession:
         self.link = link
 
     async def list_tools(self) -> list[types.Tool]:
-        tools: list[types.Tool] = []
-        cursor: str | None = None
-        for _ in range(50):
-            page = types.ListToolsResult.model_validate(
-                await self.link.request("tools/list", {"cursor": cursor} if cursor else None)
-            )
-            tools.extend(page.tools)
-            cursor = page.next_cursor
-            if not cursor:
-                break
-        return tools
+        async def page(cursor: str | None) -> types.ListToolsResult:
+            result = await self.link.request("tools/list", {"cursor": cursor} if cursor else None)
+            return types.ListToolsResult.model_validate(result)
+
+        return await _all_pages(page)
 
     async def call_tool(self, tool: str, arguments: dict[str, Any], relay: Relay | None) -> types.CallToolResult:
         params: dict[str, Any] = {"name": tool, "arguments": arguments}
@@ -129,15 +136,7 @@ class _SdkSession:
         self.client = client
 
     async def list_tools(self) -> list[types.Tool]:
-        tools: list[types.Tool] = []
-        cursor: str | None = None
-        for _ in range(50):
-            page = await self.client.list_tools(cursor=cursor, cache_mode="bypass")
-            tools.extend(page.tools)
-            cursor = page.next_cursor
-            if not cursor:
-                break
-        return tools
+        return await _all_pages(lambda cursor: self.client.list_tools(cursor=cursor, cache_mode="bypass"))
 
     async def call_tool(self, tool: str, arguments: dict[str, Any], relay: Relay | None) -> types.CallToolResult:
         token = relay.progress_token if relay is not None else None

@@ -14,12 +14,12 @@ What one `HttpLink` (one upstream session of one tenant) does:
   every later request. A 404 on a request that carried a session id means
   the upstream dropped the session: the link handshakes again and retries
   that request once, as the spec asks of clients.
-- **Connections**: HTTP/1.1 keep-alive connections, reused one request at a
-  time; a reused connection the upstream closed while idle is retried once
-  on a fresh one when not a byte of answer came back. The link connects to
-  the addresses the SSRF check vetted, not to what a second lookup returns,
-  so a DNS answer that changes after the check cannot redirect it (TLS still
-  verifies the certificate against the URL's host name).
+- **Connections** (`gateway/http1.py`): keep-alive HTTP/1.1 to the addresses
+  the SSRF check vetted, not to what a second lookup returns, so a DNS answer
+  that changes after the check cannot redirect it. A request that is safe to
+  repeat is retried once on a fresh connection when a reused one turns out
+  closed; a `tools/call` never is (the upstream may have run it), and reuses
+  only a connection idle for under 2 s, inside common keep-alive timeouts.
 - **Per-request streams**: what the upstream sends on a request's SSE stream
   belongs to that request, so the link hands it to that request's `Relay`:
   notifications (progress, log messages) and server-initiated requests
@@ -37,15 +37,23 @@ import contextlib
 import json
 import logging
 import re
-import socket
-import ssl
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
+
+from tenantry.gateway.http1 import (
+    Connection,
+    Http1Client,
+    HttpStatusError,
+    ProtocolError,
+    Response,
+    decode_json,
+    sse_messages,
+)
+
+__all__ = ["HttpLink", "HttpStatusError", "ProtocolError", "Relay", "sse_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +61,6 @@ PROTOCOL_VERSION: Final = "2025-11-25"
 CLIENT_INFO: Final = {"name": "tenantry-gateway", "version": "0.1.0"}
 # What the gateway can relay to the agent behind a call; the relay refuses a request its agent cannot take.
 CLIENT_CAPABILITIES: Final[dict[str, dict[str, Any]]] = {"sampling": {}, "elicitation": {}, "roots": {}}
-_MAX_HEAD: Final = 64 * 1024
-
-
-class HttpStatusError(Exception):
-    """The upstream answered an HTTP error status (the link is suspect; 401/403: credentials refused)."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
-        self.status = status
-
-
-class ProtocolError(Exception):
-    """The upstream broke HTTP or MCP framing (the link is unusable)."""
 
 
 class Relay(Protocol):
@@ -83,8 +78,6 @@ class Relay(Protocol):
         ...
 
 
-_DIGITS: Final = re.compile(rb"[0-9]{1,18}")
-_HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _SESSION_ID: Final = re.compile(r"[\x21-\x7e]{1,256}")
 # A tools/call is not retried on a fresh connection (the upstream may have run it), so it only
 # reuses a connection idle for less than this: below common keep-alive timeouts (uvicorn: 5 s).
@@ -92,121 +85,6 @@ _FRESH_ENOUGH_S: Final = 2.0
 # Server-initiated requests the link answers at once (pings on the standalone stream, or requests
 # relayed to agents); past this, more are dropped, so an upstream cannot pile up tasks and sockets.
 _MAX_ANSWERING: Final = 16
-
-
-class _Connection:
-    """One HTTP/1.1 connection, one exchange at a time."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.reusable = True
-        self.idle_since = 0.0
-
-    def close(self) -> None:
-        self.reusable = False
-        self.writer.close()
-
-
-class _Response:
-    def __init__(self, conn: _Connection, status: int, headers: dict[str, str], limit: int) -> None:
-        self.conn, self.status, self.headers, self._limit = conn, status, headers, limit
-        length = headers.get("content-length")
-        self._chunked = "transfer-encoding" in headers
-        if self._chunked and headers["transfer-encoding"].lower() != "chunked":
-            raise ProtocolError(f"unsupported transfer coding {headers['transfer-encoding'][:40]!r}")
-        if self._chunked and length is not None:
-            raise ProtocolError("the response has both Content-Length and Transfer-Encoding")
-        if length is not None and not _DIGITS.fullmatch(length.encode("latin-1")):
-            raise ProtocolError(f"invalid Content-Length {length[:40]!r}")
-        self._length = int(length) if length is not None else -1
-        self.complete = False
-        self.released = False
-        if headers.get("connection", "").lower() == "close" or (self._length < 0 and not self._chunked):
-            conn.reusable = False
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        reader, seen = self.conn.reader, 0
-        if self._length >= 0:
-            if self._length > self._limit:
-                raise ProtocolError(f"answer of {self._length} bytes exceeds the limit of {self._limit}")
-            if self._length:
-                yield await reader.readexactly(self._length)
-        elif self._chunked:
-            while True:
-                size_line = (await reader.readuntil(b"\r\n"))[:-2].split(b";", 1)[0].strip()
-                if not _HEX.fullmatch(size_line):
-                    raise ProtocolError(f"invalid chunk size {size_line[:40]!r}")
-                size = int(size_line, 16)
-                if size == 0:
-                    while await reader.readuntil(b"\r\n") != b"\r\n":
-                        pass  # trailers
-                    break
-                seen += size
-                if seen > self._limit:
-                    raise ProtocolError(f"answer exceeds the limit of {self._limit} bytes")
-                data = await reader.readexactly(size)
-                if await reader.readexactly(2) != b"\r\n":
-                    raise ProtocolError("a chunk does not end with CRLF")
-                yield data
-        else:
-            while data := await reader.read(65536):
-                seen += len(data)
-                if seen > self._limit:
-                    raise ProtocolError(f"answer exceeds the limit of {self._limit} bytes")
-                yield data
-        self.complete = True
-
-    async def body(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
-
-
-async def sse_messages(chunks: AsyncIterator[bytes], max_event: int = 1 << 24) -> AsyncIterator[dict[str, Any]]:
-    """The JSON-RPC messages of an SSE body (`message` events with data; comments, other events and
-    empty events such as a resumable stream's priming event are skipped). Linear in the body: each
-    byte is scanned for a line end once, however the body is chunked."""
-    buffer = bytearray()
-    scanned = 0  # buffer[:scanned] holds no line end
-    data: list[bytes] = []
-    size = 0
-    event = b"message"
-    async for chunk in chunks:
-        buffer += chunk
-        start = 0
-        while (end := buffer.find(b"\n", max(start, scanned))) >= 0:
-            line = bytes(buffer[start : end - 1 if end > start and buffer[end - 1] == 0x0D else end])
-            start = end + 1
-            if not line:
-                payload = b"\n".join(data)
-                if payload and event == b"message":
-                    yield _decode(payload)
-                data, size, event = [], 0, b"message"
-            elif line.startswith(b"data:"):
-                value = line[6:] if line.startswith(b"data: ") else line[5:]
-                data.append(value)
-                size += len(value)
-            elif line.startswith(b"event:"):
-                event = line[6:].strip() or b"message"
-        del buffer[:start]
-        scanned = len(buffer)
-        if size + len(buffer) > max_event:
-            raise ProtocolError(f"an event exceeds the limit of {max_event} bytes")
-    payload = b"\n".join(data)
-    if payload and event == b"message":
-        yield _decode(payload)
-
-
-def _decode(payload: bytes) -> dict[str, Any]:
-    try:
-        message = json.loads(payload)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"the upstream sent a message that is not JSON: {payload[:100]!r}") from exc
-    if not isinstance(message, dict):
-        raise ProtocolError("the upstream sent a JSON-RPC batch or a non-object message")
-    return message
 
 
 def _error(message: dict[str, Any]) -> MCPError:
@@ -234,20 +112,18 @@ class HttpLink:
         on_notification: Callable[[dict[str, Any]], None] = lambda message: None,
         max_idle: int = 16,
     ) -> None:
-        parts = urlsplit(url)
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
-        self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._addresses = list(addresses) or [self._host]
-        host_header = parts.netloc.rsplit("@", 1)[-1]
-        self._fixed = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host_header, **headers}.items())
+        self._http = Http1Client(
+            url,
+            headers,
+            addresses=addresses,
+            connect_timeout=connect_timeout,
+            max_response_bytes=max_response_bytes,
+            max_idle=max_idle,
+        )
+        self._host = self._http.host
         self._connect_timeout = connect_timeout
         self._limit = max_response_bytes
         self._on_notification = on_notification
-        self._max_idle = max_idle
-        self._idle: list[_Connection] = []
-        self._busy: set[_Connection] = set()  # connections with an exchange on them
         self._ids = 0
         self._session: Session = (None, PROTOCOL_VERSION)
         self.server_info: dict[str, Any] = {}
@@ -293,7 +169,7 @@ class HttpLink:
         self._closed = True
         await self._cancel_all()
         if self.session_id is not None:
-            conn: _Connection | None = None
+            conn: Connection | None = None
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     response, conn = await self._send("DELETE", b"", self._session, closing=True)
@@ -301,10 +177,7 @@ class HttpLink:
             if conn is not None:
                 conn.close()
         await self._cancel_all()  # anything a stream still in flight started meanwhile
-        for conn in (*self._idle, *self._busy):
-            conn.close()
-        self._idle.clear()
-        self._busy.clear()
+        self._http.close()
 
     async def _cancel_all(self) -> None:
         tasks = [t for t in (self._standalone, *self._answers) if t is not None and not t.done()]
@@ -350,7 +223,7 @@ class HttpLink:
             if response.content_type == "text/event-stream":
                 answer = await self._stream(response, request_id, relay)
             else:
-                answer = _decode(await response.body())
+                answer = decode_json(await response.body())
         finally:
             self._release(conn, response)
         if answer.get("id") != request_id:
@@ -363,7 +236,7 @@ class HttpLink:
                 log.info("upstream %s dropped session; starting a new one", self._host)
                 await self._initialize()
 
-    async def _stream(self, response: _Response, request_id: int, relay: Relay | None) -> dict[str, Any]:
+    async def _stream(self, response: Response, request_id: int, relay: Relay | None) -> dict[str, Any]:
         messages = sse_messages(response.chunks(), self._limit)
         mine: set[asyncio.Task[None]] = set()
         try:
@@ -392,7 +265,7 @@ class HttpLink:
             task.add_done_callback(self._answers.discard)
         return message
 
-    async def _finish(self, messages: AsyncIterator[dict[str, Any]], response: _Response) -> None:
+    async def _finish(self, messages: AsyncIterator[dict[str, Any]], response: Response) -> None:
         try:
             async with asyncio.timeout(1.0):
                 async for _ in messages:
@@ -459,7 +332,7 @@ class HttpLink:
     async def _listen(self) -> None:
         backoff = 1.0
         while not self._closed:
-            conn: _Connection | None = None
+            conn: Connection | None = None
             try:
                 response, conn = await self._send("GET", None, self._session, accept="text/event-stream", fresh=True)
                 if response.status >= 400:
@@ -479,8 +352,7 @@ class HttpLink:
                 log.debug("standalone stream of upstream %s: %s", self._host, exc)
             finally:
                 if conn is not None:
-                    conn.close()
-                    self._busy.discard(conn)
+                    self._http.discard(conn)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
@@ -496,103 +368,23 @@ class HttpLink:
         fresh: bool = False,
         retry: bool = True,
         closing: bool = False,
-    ) -> tuple[_Response, _Connection]:
+    ) -> tuple[Response, Connection]:
         if self._closed and not closing:
             raise ProtocolError("the upstream link is closed")
-        lines = [f"{verb} {self._target} HTTP/1.1\r\n", self._fixed, f"Accept: {accept}\r\n"]
         session_id, version = session
-        if session_id is not None:
-            lines.append(f"Mcp-Session-Id: {session_id}\r\nMCP-Protocol-Version: {version}\r\n")
-        if body is not None:
-            lines.append(f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")
-        head = ("".join(lines) + "\r\n").encode("latin-1")
-        for attempt in range(2):
-            conn = None if fresh else self._take(max_idle_s=None if retry else _FRESH_ENOUGH_S)
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect()
-            self._busy.add(conn)
-            try:
-                conn.writer.write(head + body if body else head)
-                response = await self._read_head(conn)
-            except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                conn.close()
-                self._busy.discard(conn)
-                # An idle keep-alive connection the upstream had closed: nothing was processed; retry once.
-                nothing = not (isinstance(exc, asyncio.IncompleteReadError) and exc.partial)
-                if retry and reused and attempt == 0 and nothing:
-                    continue
-                raise
-            except BaseException:
-                conn.close()
-                self._busy.discard(conn)
-                raise
-            return response, conn
-        raise AssertionError("unreachable")
+        extra = "" if session_id is None else f"Mcp-Session-Id: {session_id}\r\nMCP-Protocol-Version: {version}\r\n"
+        return await self._http.send(
+            verb,
+            body,
+            extra,
+            accept=accept,
+            fresh=fresh,
+            retry=retry,
+            max_idle_s=None if retry else _FRESH_ENOUGH_S,
+        )
 
-    async def _read_head(self, conn: _Connection) -> _Response:
-        while True:
-            try:
-                raw = await conn.reader.readuntil(b"\r\n\r\n")
-            except asyncio.LimitOverrunError as exc:
-                raise ProtocolError("the upstream's response head is too large") from exc
-            status_line, *header_lines = raw[:-4].decode("latin-1").split("\r\n")
-            parts = status_line.split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _DIGITS.fullmatch(parts[1].encode()):
-                raise ProtocolError(f"not an HTTP/1.1 response: {status_line[:80]!r}")
-            status = int(parts[1])
-            if 100 <= status < 200:
-                continue  # an interim response; the real one follows
-            headers: dict[str, str] = {}
-            for line in header_lines:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            return _Response(conn, status, headers, self._limit)
-
-    async def _connect(self) -> _Connection:
-        failure: Exception | None = None
-        for address in self._addresses:
-            try:
-                async with asyncio.timeout(self._connect_timeout):
-                    reader, writer = await asyncio.open_connection(
-                        address,
-                        self._port,
-                        ssl=self._tls,
-                        server_hostname=self._host if self._tls is not None else None,
-                        limit=_MAX_HEAD,
-                    )
-            except (OSError, TimeoutError) as exc:
-                failure = exc
-                continue
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return _Connection(reader, writer)
-        if isinstance(failure, TimeoutError):
-            raise TimeoutError(f"connecting to {self._host}:{self._port} timed out")
-        raise failure or OSError(f"no address to connect to for {self._host}")
-
-    def _take(self, *, max_idle_s: float | None) -> _Connection | None:
-        now = time.monotonic()
-        while self._idle:
-            conn = self._idle.pop()
-            fresh = max_idle_s is None or now - conn.idle_since < max_idle_s
-            if fresh and not conn.reader.at_eof() and not conn.writer.is_closing():
-                return conn
-            conn.close()
-        return None
-
-    def _release(self, conn: _Connection, response: _Response) -> None:
-        """Back to the idle list when the exchange ended cleanly; closed otherwise."""
-        if response.released:
-            return
-        response.released = True
-        self._busy.discard(conn)
-        if conn.reusable and response.complete and not self._closed and len(self._idle) < self._max_idle:
-            conn.idle_since = time.monotonic()
-            self._idle.append(conn)
-        else:
-            conn.close()
+    def _release(self, conn: Connection, response: Response) -> None:
+        self._http.release(conn, response)
 
 
 def _result(answer: dict[str, Any]) -> dict[str, Any]:
