@@ -293,6 +293,28 @@ async def test_an_sse_event_over_the_limit_or_not_json_is_refused() -> None:
         await messages_of(b"data: " + b"[" * 100_000 + b"\n\n")
 
 
+async def start_against(answer: bytes) -> None:
+    """Start a link against a server that answers the first request with `answer`, then hangs up."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = HttpLink(
+        f"http://127.0.0.1:{port}/mcp", {}, addresses=["127.0.0.1"], connect_timeout=2, max_response_bytes=1 << 20
+    )
+    try:
+        await link.start()
+    finally:
+        await link.aclose()
+        server.close()
+
+
 @pytest.mark.parametrize(
     "head",
     [
@@ -304,44 +326,12 @@ async def test_an_sse_event_over_the_limit_or_not_json_is_refused() -> None:
     ],
 )
 async def test_a_malformed_response_head_breaks_the_exchange_not_the_gateway(head: bytes) -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(head)
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-    server = await asyncio.start_server(reply, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    link = HttpLink(
-        f"http://127.0.0.1:{port}/mcp", {}, addresses=["127.0.0.1"], connect_timeout=2, max_response_bytes=1 << 20
-    )
-    try:
-        with pytest.raises(ProtocolError):
-            await link.start()
-    finally:
-        await link.aclose()
-        server.close()
+    with pytest.raises(ProtocolError):
+        await start_against(head)
 
 
 @pytest.mark.parametrize("size", [b"-1", b"0x10", b"1_0", b"zz"])
 async def test_a_malformed_chunk_size_is_refused(size: bytes) -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-        writer.write(size + b"\r\n{}\r\n0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-    server = await asyncio.start_server(reply, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    link = HttpLink(
-        f"http://127.0.0.1:{port}/mcp", {}, addresses=["127.0.0.1"], connect_timeout=2, max_response_bytes=1 << 20
-    )
-    try:
-        with pytest.raises(ProtocolError, match="chunk size"):
-            await link.start()
-    finally:
-        await link.aclose()
-        server.close()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with pytest.raises(ProtocolError, match="chunk size"):
+        await start_against(head + size + b"\r\n{}\r\n0\r\n\r\n")
