@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from tenantry.gateway.http1 import Http1Client
 from tenantry.gateway.wire import HttpLink, HttpStatusError, ProtocolError, sse_messages
 
 
@@ -125,11 +126,13 @@ async def linked(peer: Peer, **options: Any) -> AsyncIterator[HttpLink]:
     server = await asyncio.start_server(peer.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     link = HttpLink(
-        f"http://localhost:{port}/mcp",
-        {"Authorization": "Bearer t"},
-        addresses=["127.0.0.1"],
-        connect_timeout=2,
-        max_response_bytes=options.get("max_response_bytes", 1 << 20),
+        Http1Client(
+            f"http://localhost:{port}/mcp",
+            {"Authorization": "Bearer t"},
+            addresses=["127.0.0.1"],
+            connect_timeout=2,
+            max_response_bytes=options.get("max_response_bytes", 1 << 20),
+        )
     )
     try:
         await link.start()
@@ -306,7 +309,9 @@ async def start_against(answer: bytes) -> None:
     server = await asyncio.start_server(reply, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     link = HttpLink(
-        f"http://127.0.0.1:{port}/mcp", {}, addresses=["127.0.0.1"], connect_timeout=2, max_response_bytes=1 << 20
+        Http1Client(
+            f"http://127.0.0.1:{port}/mcp", {}, addresses=["127.0.0.1"], connect_timeout=2, max_response_bytes=1 << 20
+        )
     )
     try:
         await link.start()

@@ -34,6 +34,7 @@ from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
 from tenantry.errors import Unavailable
+from tenantry.gateway.http1 import Http1Client
 from tenantry.gateway.wire import HttpLink, HttpStatusError, Relay
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
@@ -341,15 +342,15 @@ class UpstreamPool:
                     )
                     entry.client = _SdkSession(client)
                 else:
-                    link = HttpLink(
+                    http = Http1Client(
                         upstream.url,
                         headers,
                         addresses=addresses,
                         connect_timeout=s.upstream_connect_timeout_seconds,
                         max_response_bytes=s.upstream_max_response_bytes,
                         max_idle=s.upstream_max_idle_connections,
-                        on_notification=lambda message: self.on_tools_changed(tenant_id, upstream.id),
                     )
+                    link = HttpLink(http, on_notification=lambda message: self.on_tools_changed(tenant_id, upstream.id))
                     stack.push_async_callback(link.aclose)
                     await link.start()
                     entry.client = _HttpSession(link)

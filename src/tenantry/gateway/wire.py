@@ -37,7 +37,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, Protocol
 
 import mcp_types as types
@@ -101,28 +101,15 @@ Session = tuple[str | None, str]  # (Mcp-Session-Id, MCP-Protocol-Version) as se
 
 
 class HttpLink:
+    """One MCP session over `http` (the link owns it and closes it)."""
+
     def __init__(
-        self,
-        url: str,
-        headers: dict[str, str],
-        *,
-        addresses: Sequence[str],
-        connect_timeout: float,
-        max_response_bytes: int,
-        on_notification: Callable[[dict[str, Any]], None] = lambda message: None,
-        max_idle: int = 16,
+        self, http: Http1Client, *, on_notification: Callable[[dict[str, Any]], None] = lambda message: None
     ) -> None:
-        self._http = Http1Client(
-            url,
-            headers,
-            addresses=addresses,
-            connect_timeout=connect_timeout,
-            max_response_bytes=max_response_bytes,
-            max_idle=max_idle,
-        )
-        self._host = self._http.host
-        self._connect_timeout = connect_timeout
-        self._limit = max_response_bytes
+        self._http = http
+        self._host = http.host
+        self._connect_timeout = http.connect_timeout
+        self._limit = http.limit
         self._on_notification = on_notification
         self._ids = 0
         self._session: Session = (None, PROTOCOL_VERSION)
