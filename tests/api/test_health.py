@@ -68,3 +68,23 @@ async def test_metrics_count_tool_calls_per_tenant_and_outcome(
     line = f'tenantry_tool_calls_total{{outcome="key_not_found",tenant="{tenant_a.id}",tool="data_get"}} 1.0'
     assert line in text
     assert "tenantry_tool_call_seconds_bucket" in text
+
+
+async def test_health_counts_ledger_entries_set_aside_without_failing(settings: Any) -> None:
+    from redis.asyncio import Redis
+
+    from tenantry.metering.ledger import dead_letter_key, stream_key
+
+    prefix = f"health-{uuid.uuid4().hex[:8]}"
+    dead = dead_letter_key(stream_key(prefix))
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await redis.xadd(dead, {"junk": "x", "reason": "not a usage event"})
+        with serve(settings.model_copy(update={"redis_key_prefix": prefix})) as url:
+            async with httpx.AsyncClient(base_url=url) as client:
+                r = await client.get("/health")
+    finally:
+        await redis.delete(dead)
+        await redis.aclose()
+    assert r.status_code == 200  # no replica can fix such an entry by retrying: ops inspects it
+    assert r.json()["checks"]["ledger"]["dead_letters"] == 1

@@ -11,9 +11,19 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
-from tenantry.metering.ledger import GROUP, Ledger, LedgerDrainer, UsageEvent, insert_events, oldest_undrained_age_ms
+from tenantry.metering.ledger import (
+    GROUP,
+    Ledger,
+    LedgerDrainer,
+    UsageEvent,
+    dead_letter_key,
+    insert_events,
+    oldest_undrained_age_ms,
+    unstorable,
+)
 from tenantry.metering.resp import RespClient
 from tenantry.settings import Settings
 from tests.conftest import Admin
@@ -142,3 +152,98 @@ async def test_the_app_role_cannot_rewrite_or_delete_usage_events(db: Database, 
             async with db.tenant(uuid.UUID(tenant.id)) as conn:
                 await conn.execute(text(statement))
     assert len(await stored(db, tenant.id)) == 1
+
+
+async def test_one_batch_of_many_tenants_lands_each_event_under_its_own_tenant(
+    redis: Redis, db: Database, admin: Admin, stream: str, drain_client: RespClient | None
+) -> None:
+    tenants = [await admin.create_tenant() for _ in range(3)]
+    ledger = Ledger(redis, db, stream=stream)
+    events = [event(tenants[n % 3].id, n) for n in range(30)]  # interleaved, as calls arrive
+    for e in events:
+        await ledger.record(e)
+    drainer = LedgerDrainer(redis, db, stream=stream, resp=drain_client)
+    await drainer.ensure_group()
+    assert await drainer.drain_once(recover=False) == 30  # one batch
+    for tenant in tenants:
+        own = [e.event_id for e in events if str(e.tenant_id) == tenant.id]
+        assert await stored(db, tenant.id) == own
+        # What RLS shows the tenant is its ten events and nothing of the others'.
+        async with db.tenant(uuid.UUID(tenant.id)) as conn:
+            visible = (await conn.execute(text("SELECT count(*), count(DISTINCT tenant_id) FROM usage_events"))).one()
+        assert tuple(visible) == (10, 1)
+    assert drainer.drained == 30
+
+
+async def test_the_stored_event_is_the_recorded_one(redis: Redis, db: Database, admin: Admin, stream: str) -> None:
+    tenant = await admin.create_tenant()
+    e = UsageEvent(
+        uuid.uuid4(), uuid.UUID(tenant.id), 'we"ird\\tool', 20, "upstream_tool_error", 12.3456, 1_800_000_000_123, False
+    )
+    await Ledger(redis, db, stream=stream).record(e)
+    await LedgerDrainer(redis, db, stream=stream).flush()
+    async with db.system() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT tool, units, outcome, latency_ms, metered, "
+                    "(extract(epoch FROM occurred_at) * 1000)::bigint AS at_ms FROM usage_events WHERE event_id = :e"
+                ),
+                {"e": e.event_id},
+            )
+        ).one()
+    assert tuple(row) == ('we"ird\\tool', 20, "upstream_tool_error", 12.346, False, 1_800_000_000_123)
+
+
+async def test_entries_that_can_never_be_stored_are_set_aside_and_the_rest_drain(
+    redis: Redis, db: Database, admin: Admin, stream: str, drain_client: RespClient | None
+) -> None:
+    tenant = await admin.create_tenant()
+    ledger = Ledger(redis, db, stream=stream)
+    good = [event(tenant.id, n) for n in range(3)]
+    for e in good[:2]:
+        await ledger.record(e)
+    # An entry a gateway before migration 0006 wrote: eight fields. It is still a usage event.
+    old = event(tenant.id, 7)
+    legacy = {"e": str(old.event_id), "t": tenant.id, "tool": "data_get", "u": "1", "o": "ok", "l": "1.5",
+              "at": str(old.occurred_at_ms), "m": "1"}  # fmt: skip
+    await redis.xadd(stream, legacy)  # type: ignore[arg-type]
+    poison: list[dict[str, str]] = [
+        {"junk": "x"},
+        {"t": "not-a-uuid", "v": good[2].document()},
+        {"t": tenant.id, "v": '{"e": "truncated'},
+        # Well formed, but the tenant does not exist: PostgreSQL refuses it (foreign key).
+        {"t": str(uuid.uuid4()), "v": event(tenant.id, 9).document()},
+    ]
+    for fields in poison:
+        await redis.xadd(stream, fields)  # type: ignore[arg-type]
+    await ledger.record(good[2])
+    drainer = LedgerDrainer(redis, db, stream=stream, resp=drain_client)
+    await drainer.flush()
+    assert sorted(await stored(db, tenant.id)) == sorted([*(e.event_id for e in good), old.event_id])
+    assert await redis.xlen(stream) == 0
+    assert (await redis.xpending(stream, GROUP))["pending"] == 0
+    assert drainer.dead_lettered == 4
+    kept = await redis.xrange(dead_letter_key(stream))
+    await redis.delete(dead_letter_key(stream))
+    assert [{k: v for k, v in fields.items() if k not in (b"entry", b"reason")} for _, fields in kept] == [
+        {k.encode(): v.encode() for k, v in fields.items()} for fields in poison
+    ]
+    reasons = [fields[b"reason"].decode() for _, fields in kept]
+    assert all(reason.startswith("not a usage event") for reason in reasons[:3])
+    assert "foreign key" in reasons[3]
+
+
+async def test_the_record_function_refuses_arrays_that_do_not_line_up(db: Database, admin: Admin) -> None:
+    tenant = await admin.create_tenant()
+    docs = [event(tenant.id, n).document() for n in range(2)]
+    bad = [([tenant.id], [1], docs), ([tenant.id], [2, 1], docs), ([tenant.id], [0], []), ([], [], docs)]
+    for tenants, counts, events in bad:
+        with pytest.raises(DBAPIError, match="do not line up") as caught:
+            async with db.unbound() as conn:
+                await conn.execute(
+                    text("SELECT tenantry_record_usage(CAST(:t AS uuid[]), CAST(:c AS integer[]), CAST(:e AS json[]))"),
+                    {"t": [uuid.UUID(t) for t in tenants], "c": counts, "e": events},
+                )
+        assert unstorable(caught.value)
+    assert await stored(db, tenant.id) == []

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import ServicesDep
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
-from tenantry.metering.ledger import oldest_undrained_age_ms
+from tenantry.metering.ledger import dead_letter_key, oldest_undrained_age_ms
 from tenantry.metering.meter import Limits
 from tenantry.services import Services
 from tenantry.tenancy import parse_tenant_id
@@ -86,6 +86,7 @@ async def _redis(s: Services) -> Check:
 async def _ledger(s: Services) -> Check:
     """The usage ledger: how far the drain into PostgreSQL lags, and whether it is failing."""
     lag_ms = await oldest_undrained_age_ms(s.redis, s.ledger.stream)
+    dead = await s.redis.xlen(dead_letter_key(s.ledger.stream))
     limit_ms = int(s.settings.ledger_max_lag_seconds * 1000)
     ok = lag_ms <= limit_ms
     check: Check = {
@@ -94,6 +95,9 @@ async def _ledger(s: Services) -> Check:
         "max_lag_ms": limit_ms,
         "drained": s.drainer.drained,
         "postgres_fallbacks": s.ledger.fallbacks,
+        # Entries PostgreSQL can never take (malformed, or their tenant is gone), kept for inspection
+        # in the dead-letter stream; they do not fail the check: no replica can fix them by retrying.
+        "dead_letters": dead,
     }
     if s.drainer.last_error:
         check["last_error"] = s.drainer.last_error

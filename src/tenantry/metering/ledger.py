@@ -10,24 +10,35 @@ no event of a call whose result the client received: either the event is
 in the stream, or the client got no result. That XADD (+ ZREM) goes over the
 meter's lean RESP client (`resp.py`) when there is one, in one write: through
 redis-py the pipeline cost ~280-330 µs of client CPU per call, through the
-lean client ~60-80 µs. The drain below stays on redis-py: its blocking read
-must not sit on the connection the per-call commands are pipelined on.
+lean client ~60-80 µs. The drain reads over a lean connection of its own: its
+blocking read must not sit on the connection the per-call commands are
+pipelined on.
+
+An entry is two fields: `t`, the tenant, and `v`, the rest of the event as
+one JSON object (`UsageEvent.document()`), so the drain hands the documents to
+PostgreSQL unparsed: parsing eight fields per event in Python cost more than
+the insert (bench/bench_meter.py, `drain`).
 
 Drain (lifespan task, any number of replicas): a consumer group reads the
-stream, inserts each batch into `usage_events` with `ON CONFLICT DO NOTHING`
-on (tenant_id, event_id), commits, and only then acknowledges and deletes
-the entries. After a batch that was not full it lingers (200 ms) so that
-under load one transaction carries many events: the per-drain cost (a read,
-a transaction, an acknowledgement) is about 2 ms of CPU, the per-event cost
-about 0.1 ms. A crash between commit and acknowledgement leaves the entries
+stream, stores each batch with one statement, `tenantry_record_usage`
+(migration 0006), and only then acknowledges and deletes the entries. The
+function binds each tenant of the batch in turn and inserts its events with
+`ON CONFLICT DO NOTHING` on (tenant_id, event_id), as the application role
+under RLS, so the ledger obeys the same isolation as the tools, in one
+round trip whatever the number of tenants. After a batch that was not full
+the drain lingers (200 ms), so that under load one statement carries many
+events. A crash between commit and acknowledgement leaves the entries
 pending; they are re-read (by this consumer, or claimed by another replica
 after `claim_idle_ms`) and the insert is a no-op for them. The event id is
 minted when the call is admitted, so every later step (ledger, aggregation,
 Stripe `identifier`) is idempotent on it.
 
-Each batch is written as the application role under RLS, binding each
-tenant in turn inside one transaction, so the ledger obeys the same
-isolation as the tools.
+An entry that can never be stored (not a usage event, or PostgreSQL refuses
+it: its tenant is gone) must not stall every tenant's billing behind it: when
+a batch is refused for its data, the drain stores it tenant by tenant, then
+event by event, and moves what is still refused, with the reason, to
+`<stream>:dead` before acknowledging it. `/health` shows how many are there.
+Entries in the eight-field format of gateways before 0006 are still read.
 
 When Redis cannot take the event, it is written straight to PostgreSQL
 (slower, still exactly once); only if both fail is the call reported as
@@ -41,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -49,7 +61,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -57,7 +68,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from tenantry.db.engine import Database, bind_tenant
+from tenantry.db.engine import Database
 from tenantry.metering.resp import Batch, RespClient, ZremQueue
 
 log = logging.getLogger(__name__)
@@ -70,7 +81,15 @@ def stream_key(prefix: str = "tenantry") -> str:
     return f"{prefix}:{{ledger}}"
 
 
+def dead_letter_key(stream: str) -> str:
+    """Where the drain keeps entries that can never be stored (same hash slot as `stream`)."""
+    return f"{stream}:dead"
+
+
 _REDIS_DOWN = (RedisError, OSError)
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,90 +103,107 @@ class UsageEvent:
     occurred_at_ms: int
     metered: bool = True  # False when the meter was bypassed (Redis down, plan fails open)
 
+    def document(self) -> str:
+        """The event without its tenant, as one JSON object: what `tenantry_record_usage` reads."""
+        return _ENCODE(
+            {
+                "e": str(self.event_id),
+                "tool": self.tool,
+                "u": self.units,
+                "o": self.outcome,
+                "l": round(self.latency_ms, 3),
+                "at": self.occurred_at_ms,
+                "m": self.metered,
+            }
+        )
+
     def fields(self) -> dict[str, str]:
-        return {
-            "e": str(self.event_id),
-            "t": str(self.tenant_id),
-            "tool": self.tool,
-            "u": str(self.units),
-            "o": self.outcome,
-            "l": f"{self.latency_ms:.3f}",
-            "at": str(self.occurred_at_ms),
-            "m": "1" if self.metered else "0",
-        }
+        """The stream entry: the tenant, and the rest as one document (the drain passes it on unparsed)."""
+        return {"t": str(self.tenant_id), "v": self.document()}
 
     def xadd(self, stream: str) -> tuple[str, ...]:
         """The XADD that appends this event to `stream` (for the lean client)."""
-        return (
-            "XADD", stream, "*",
-            "e", str(self.event_id),
-            "t", str(self.tenant_id),
-            "tool", self.tool,
-            "u", str(self.units),
-            "o", self.outcome,
-            "l", f"{self.latency_ms:.3f}",
-            "at", str(self.occurred_at_ms),
-            "m", "1" if self.metered else "0",
-        )  # fmt: skip
+        return ("XADD", stream, "*", "t", str(self.tenant_id), "v", self.document())
 
     @classmethod
     def from_fields(cls, raw: dict[bytes, bytes]) -> UsageEvent:
-        f = {k.decode(): v.decode() for k, v in raw.items()}
-        return cls(
-            event_id=uuid.UUID(f["e"]),
-            tenant_id=uuid.UUID(f["t"]),
-            tool=f["tool"],
-            units=int(f["u"]),
-            outcome=f["o"],
-            latency_ms=float(f["l"]),
-            occurred_at_ms=int(f["at"]),
-            metered=f.get("m", "1") == "1",
-        )
+        """An entry of either format: `t` + `v` (the document), or the eight fields that gateways
+        before migration 0006 wrote (still read, so a stream they left drains). Raises ValueError
+        when it is not a usage event."""
+        try:
+            f = {k.decode(): v.decode() for k, v in raw.items()}
+            if "v" in f:
+                doc = json.loads(f["v"])
+                return cls(
+                    event_id=uuid.UUID(doc["e"]),
+                    tenant_id=uuid.UUID(f["t"]),
+                    tool=_text(doc["tool"]),
+                    units=int(doc["u"]),
+                    outcome=_text(doc["o"]),
+                    latency_ms=float(doc["l"]),
+                    occurred_at_ms=int(doc["at"]),
+                    metered=doc.get("m", True) is True,
+                )
+            return cls(
+                event_id=uuid.UUID(f["e"]),
+                tenant_id=uuid.UUID(f["t"]),
+                tool=f["tool"],
+                units=int(f["u"]),
+                outcome=f["o"],
+                latency_ms=float(f["l"]),
+                occurred_at_ms=int(f["at"]),
+                metered=f.get("m", "1") == "1",
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError
+            raise ValueError(f"not a usage event: {exc!r}") from exc
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
 
 
 class LedgerUnavailable(Exception):
     """Neither Redis nor PostgreSQL took the event."""
 
 
-# One statement per tenant and batch, whatever its size: the columns travel as arrays, so the
-# statement text (and its prepared plan) never changes. A multi-row VALUES would be compiled anew
-# for every batch size and cost several times more CPU per event.
-_INSERT_BATCH = text(
-    """
-    INSERT INTO usage_events (tenant_id, event_id, tool, units, outcome, latency_ms, occurred_at, metered)
-    SELECT CAST(:tenant_id AS uuid), e.*
-    FROM unnest(CAST(:event_ids AS uuid[]), CAST(:tools AS text[]), CAST(:units AS integer[]),
-                CAST(:outcomes AS text[]), CAST(:latencies AS double precision[]),
-                CAST(:occurred AS timestamptz[]), CAST(:metered AS boolean[])) AS e
-    ON CONFLICT (tenant_id, event_id) DO NOTHING
-    """
+_RECORD = text(
+    "SELECT tenantry_record_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[]))"
 )
+
+# SQLSTATE classes that mean "this data can never be stored" (a data exception, an integrity
+# violation, a row-level security refusal), not "try again later".
+_UNSTORABLE = ("22", "23", "42501")
+
+
+def unstorable(exc: DBAPIError) -> bool:
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    return state.startswith(_UNSTORABLE)
+
+
+async def insert_documents(db: Database, batch: dict[uuid.UUID, list[str]]) -> int:
+    """Store events given as documents, grouped by tenant, in one statement whatever the number of
+    tenants (`tenantry_record_usage` binds each in turn, under RLS); return how many were new."""
+    if not batch:
+        return 0
+    params = {
+        "tenants": list(batch),
+        "counts": [len(docs) for docs in batch.values()],
+        "events": [doc for docs in batch.values() for doc in docs],
+    }
+    # One statement is its own transaction (the function's tenant bindings end with it): no BEGIN/COMMIT.
+    async with db.app_engine.connect() as conn:
+        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return int((await autocommit.execute(_RECORD, params)).scalar_one())
 
 
 async def insert_events(db: Database, events: Iterable[UsageEvent]) -> int:
-    """Insert idempotently as the app role, binding each tenant in turn; return how many were new."""
-    by_tenant: dict[uuid.UUID, list[UsageEvent]] = defaultdict(list)
+    """Insert idempotently as the app role; return how many were new."""
+    batch: dict[uuid.UUID, list[str]] = defaultdict(list)
     for event in events:
-        by_tenant[event.tenant_id].append(event)
-    inserted = 0
-    async with db.unbound() as conn:
-        for tenant_id, batch in by_tenant.items():
-            await bind_tenant(conn, tenant_id)
-            result = await conn.execute(
-                _INSERT_BATCH,
-                {
-                    "tenant_id": str(tenant_id),
-                    "event_ids": [e.event_id for e in batch],
-                    "tools": [e.tool for e in batch],
-                    "units": [e.units for e in batch],
-                    "outcomes": [e.outcome for e in batch],
-                    "latencies": [e.latency_ms for e in batch],
-                    "occurred": [datetime.fromtimestamp(e.occurred_at_ms / 1000, tz=UTC) for e in batch],
-                    "metered": [e.metered for e in batch],
-                },
-            )
-            inserted += result.rowcount
-    return inserted
+        batch[event.tenant_id].append(event.document())
+    return await insert_documents(db, batch)
 
 
 class Ledger:
@@ -244,7 +280,9 @@ class LedgerDrainer:
         self._linger_s = linger_ms / 1000
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stopping = asyncio.Event()
+        self.dead = dead_letter_key(stream)
         self.drained = 0
+        self.dead_lettered = 0
         self.last_error: str | None = None
 
     async def ensure_group(self) -> None:
@@ -261,9 +299,22 @@ class LedgerDrainer:
         if not entries:
             return 0
         ids = [entry_id for entry_id, _ in entries]
-        events = [UsageEvent.from_fields(fields) for _, fields in entries if fields]
-        if events:
-            await insert_events(self._db, events)
+        batch, odd = _group(entries)
+        dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        try:
+            stored = await insert_documents(self._db, batch) if batch else 0
+        except DBAPIError as exc:
+            if not unstorable(exc):
+                raise
+            # Something in the batch can never be stored: find it, store the rest.
+            log.error("ledger: a batch of %d events was refused (%s); storing them one by one", len(ids), exc.orig)
+            odd, batch = entries, {}
+        if odd:
+            stored, dead = await self._store_one_by_one(odd)
+        else:
+            stored = sum(len(docs) for docs in batch.values())
+        if dead:
+            await self._dead_letter(dead)
         if self._resp is not None:
             await self._resp.execute_many([("XACK", self.stream, GROUP, *ids), ("XDEL", self.stream, *ids)])
         else:
@@ -271,8 +322,58 @@ class LedgerDrainer:
                 pipe.xack(self.stream, GROUP, *ids)
                 pipe.xdel(self.stream, *ids)
                 await pipe.execute()
-        self.drained += len(events)
+        self.drained += stored
         return len(ids)
+
+    async def _store_one_by_one(
+        self, entries: list[tuple[bytes, dict[bytes, bytes]]]
+    ) -> tuple[int, list[tuple[bytes, dict[bytes, bytes], str]]]:
+        """The slow path, for a batch holding something the fast one could not store: each tenant's
+        events in their own transaction, and a tenant's whose were refused, one event at a time.
+        Returns how many were stored, and the entries that can never be (with the reason)."""
+        dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        by_tenant: dict[uuid.UUID, list[tuple[bytes, dict[bytes, bytes], UsageEvent]]] = defaultdict(list)
+        for entry_id, fields in entries:
+            try:
+                event = UsageEvent.from_fields(fields)
+            except ValueError as exc:
+                dead.append((entry_id, fields, str(exc)))
+                continue
+            by_tenant[event.tenant_id].append((entry_id, fields, event))
+        stored = 0
+        for group in by_tenant.values():
+            refused = await self._refusal([event for _, _, event in group])
+            if refused is None:
+                stored += len(group)
+                continue
+            for entry_id, fields, event in group:
+                alone = refused if len(group) == 1 else await self._refusal([event])
+                if alone is None:
+                    stored += 1
+                else:
+                    dead.append((entry_id, fields, f"refused by PostgreSQL: {alone}"))
+        return stored, dead
+
+    async def _refusal(self, events: list[UsageEvent]) -> str | None:
+        """Store `events` in one transaction; None when stored, PostgreSQL's reason when it never will."""
+        try:
+            await insert_events(self._db, events)
+        except DBAPIError as exc:
+            if not unstorable(exc):
+                raise
+            return str(exc.orig)
+        return None
+
+    async def _dead_letter(self, dead: list[tuple[bytes, dict[bytes, bytes], str]]) -> None:
+        """Keep entries that can never be stored in `<stream>:dead`, with the reason, before they are
+        acknowledged: nothing leaves the ledger unaccounted for; `/health` shows how many there are."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id, fields, reason in dead:
+                log.error("ledger: entry %s can never be stored (%s); moved to %s", entry_id, reason, self.dead)
+                kept: dict[Any, Any] = {**fields, b"entry": entry_id, b"reason": reason.encode()[:1000]}
+                pipe.xadd(self.dead, kept)
+            await pipe.execute()
+        self.dead_lettered += len(dead)
 
     async def _read(self, *, block: bool, recover: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
         if not recover:
@@ -360,6 +461,43 @@ async def oldest_undrained_age_ms(redis: Redis, stream: str, now_ms: int | None 
     entry_id = first[0][0]
     raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     return max(0, now_ms - int(raw.split("-")[0]))
+
+
+def _group(
+    entries: list[tuple[bytes, dict[bytes, bytes]]],
+) -> tuple[dict[uuid.UUID, list[str]], list[tuple[bytes, dict[bytes, bytes]]]]:
+    """The fast path: entries as the gateway writes them (`t` + `v`) grouped by tenant, their
+    documents passed on unparsed; and the rest (older-format or malformed entries, for the slow path)."""
+    batch: dict[uuid.UUID, list[str]] = {}
+    tenants: dict[bytes, uuid.UUID | None] = {}
+    odd: list[tuple[bytes, dict[bytes, bytes]]] = []
+    for entry in entries:
+        fields = entry[1]
+        raw_tenant, doc = fields.get(b"t"), fields.get(b"v")
+        if raw_tenant is None or doc is None or len(fields) != 2:
+            odd.append(entry)
+            continue
+        if raw_tenant in tenants:
+            tenant = tenants[raw_tenant]
+        else:
+            try:
+                tenant = uuid.UUID(raw_tenant.decode())
+            except (ValueError, UnicodeDecodeError):
+                tenant = None
+            tenants[raw_tenant] = tenant
+        try:
+            text_doc = doc.decode()
+        except UnicodeDecodeError:
+            tenant = None
+        if tenant is None:
+            odd.append(entry)
+            continue
+        docs = batch.get(tenant)
+        if docs is None:
+            batch[tenant] = [text_doc]
+        else:
+            docs.append(text_doc)
+    return batch, odd
 
 
 def _entries(response: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
