@@ -27,7 +27,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -130,8 +129,7 @@ def operations(
         return None
 
     async def record_release(i: int) -> object:
-        release = partial(meter.release_commands, tenant_id=tenants[i % n], call_id=calls[i])
-        await ledger.record(event(i), also=release)
+        await ledger.record(event(i), release=(meter.inflight_key(tenants[i % n]), calls[i]))
         return None
 
     return {

@@ -331,11 +331,8 @@ async def test_concurrency_cap_and_release(meter: Meter, redis: Redis, tenant: u
     assert (await meter.admit(tenant, "c3", 1, limits, now_ms=T0 + 5)).admitted
     assert not (await meter.admit(tenant, "c4", 1, limits, now_ms=T0 + 5)).admitted
 
-    # Released on the caller's pipeline, together with its own command.
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.ping()
-        meter.release_commands(pipe, tenant, "c0")
-        assert await pipe.execute() == [True, 1]
+    # Released by removing the call from the key the ledger's record is given (with its event).
+    assert await redis.zrem(meter.inflight_key(tenant), "c0") == 1
     assert (await meter.admit(tenant, "c4", 1, limits, now_ms=T0 + 5)).admitted
 
 
@@ -500,3 +497,24 @@ async def test_counter_memory_does_not_grow_with_the_count(meter: Meter, redis: 
     assert keys == sorted([q_cur, meter.rate_keys(tenant, T0)[0]])
     ttl = await redis.pttl(q_cur)
     assert 0 < ttl <= 2 * W
+
+
+async def test_every_key_the_meter_writes_expires_and_outlives_its_use(
+    meter: Meter, tenant: uuid.UUID, redis: Redis
+) -> None:
+    limits = quota(1000, requests_per_minute=1000, max_concurrent=50)
+    for n in range(5):  # the first call creates each key, the later ones only count
+        assert (await meter.admit(tenant, f"c{n}", 2, limits, now_ms=T0 + n, call_timeout_ms=30_000)).admitted
+    await meter.check_rate(tenant, limits, now_ms=T0 + 5)
+    q_cur, _ = meter.quota_keys(tenant, W, T0)
+    r_cur, _ = meter.rate_keys(tenant, T0)
+    assert await redis.get(q_cur) == b"10"
+    assert await redis.get(r_cur) == b"6"
+    # A counter lives two windows from its creation: through its own window and the next one.
+    assert W * 2 - 5_000 < await redis.pttl(q_cur) <= W * 2
+    assert 120_000 - 5_000 < await redis.pttl(r_cur) <= 120_000
+    # The in-flight set outlives the latest deadline in it (now + the call timeout).
+    assert 30_000 <= await redis.pttl(meter.inflight_key(tenant)) <= 60_000
+    keys = await redis.keys(f"tenantry:{{{tenant}}}:*")
+    assert len(keys) == 3
+    assert all([await redis.pttl(k) > 0 for k in keys])

@@ -305,7 +305,7 @@ async def test_with_redis_down_the_lean_ledger_writes_to_postgres(db: Database, 
     try:
         ledger = Ledger(down, db, stream="unused:{ledger}", resp=client)
         e = event(tenant.id)
-        await ledger.record(e, also=lambda batch: batch.zrem("unused:{x}:inflight", "c"))
+        await ledger.record(e, release=("unused:{x}:inflight", "c"))
     finally:
         await client.aclose()
         await down.aclose()
@@ -320,7 +320,7 @@ async def test_the_lean_ledger_appends_the_same_entry_as_redis_py(resp: RespClie
     await redis.zadd(inflight, {"c1": 1})
     try:
         e = event(tenant)
-        await Ledger(redis, db, stream=stream, resp=resp).record(e, also=lambda batch: batch.zrem(inflight, "c1"))
+        await Ledger(redis, db, stream=stream, resp=resp).record(e, release=(inflight, "c1"))
         await Ledger(redis, db, stream=stream).record(e)
         (_, lean), (_, reference) = await redis.xrange(stream)
         assert lean == reference == {k.encode(): v.encode() for k, v in e.fields().items()}

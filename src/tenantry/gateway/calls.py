@@ -20,8 +20,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
@@ -181,34 +180,35 @@ class ToolCalls:
             return await self._execute(principal, tool, args, relay)
         tenant_id, limits = principal.tenant_id, principal.limits
         event_id = uuid.uuid4()
+        call_id = event_id.hex
         cost = self._plans.cost(tool.name, default=tool.cost)
-        decision = await self._meter.admit(tenant_id, event_id.hex, cost, limits, call_timeout_ms=self._call_timeout_ms)
+        decision = await self._meter.admit(tenant_id, call_id, cost, limits, call_timeout_ms=self._call_timeout_ms)
         self._observe_decision(principal, decision)
         if not decision.admitted:
             return ToolOutcome(error=refusal(decision, principal, tool.name, cost))
         outcome = await self._execute(principal, tool, args, relay)
         event = UsageEvent(
-            event_id=event_id,
-            tenant_id=tenant_id,
-            tool=tool.name,
-            units=cost,
-            outcome=outcome.status,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            occurred_at_ms=wall_clock_ms(),
-            metered=not decision.bypassed,
+            event_id,
+            tenant_id,
+            tool.name,
+            cost,
+            outcome.status,
+            (time.perf_counter() - started) * 1000,
+            wall_clock_ms(),
+            not decision.bypassed,
         )
         holds_slot = limits.max_concurrent is not None and not decision.bypassed
-        release = partial(self._meter.release_commands, tenant_id=tenant_id, call_id=event_id.hex)
         try:
-            await self._ledger.record(event, also=release if holds_slot else None)
+            release = (self._meter.inflight_key(tenant_id), call_id) if holds_slot else None
+            await self._ledger.record(event, release=release)
         except LedgerUnavailable:
             log.error("usage event %s of tenant %s could not be recorded; result withheld", event_id, tenant_id)
             self._metrics.ledger_failures.inc()
             if holds_slot:
-                await self._meter.release(tenant_id, event_id.hex)
+                await self._meter.release(tenant_id, call_id)
             error = Unavailable("the usage ledger is unavailable; retry later", code="ledger_unavailable")
             return ToolOutcome(error=error)
-        return replace(outcome, event_id=event_id)
+        return ToolOutcome(outcome.result, outcome.error, event_id, outcome.forwarded)
 
     async def _execute(self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None) -> ToolOutcome:
         ctx = ToolContext(principal=principal, db=self._db, settings=self._settings, meter=self._meter, relay=relay)

@@ -59,7 +59,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
-from tenantry.metering.resp import Batch, RespClient, ZremQueue
+from tenantry.metering.resp import RespClient
 
 log = logging.getLogger(__name__)
 
@@ -217,26 +217,25 @@ class Ledger:
         self.stream = stream
         self.fallbacks = 0  # events written straight to PostgreSQL because Redis was unreachable
 
-    async def record(self, event: UsageEvent, *, also: Callable[[ZremQueue], None] | None = None) -> None:
+    async def record(self, event: UsageEvent, *, release: tuple[str, str] | None = None) -> None:
         """Make `event` durable before the call's result is returned.
 
-        `also(pipe)` may queue more commands (the meter's release) on the same round trip.
-        """
+        `release=(key, member)`: also remove `member` from the sorted set `key` (the call's in-flight
+        slot in the meter) in the same round trip."""
+        xadd = event.xadd(self.stream)
         try:
             if self._resp is not None:
-                if also is None:
-                    await self._resp.execute(*event.xadd(self.stream))
+                if release is None:
+                    await self._resp.execute(*xadd)
                 else:
-                    batch = Batch([event.xadd(self.stream)])
-                    also(batch)
-                    await self._resp.execute_many(batch.commands)
+                    await self._resp.execute_many([xadd, ("ZREM", *release)])
                 return
-            if also is None:  # one command: a pipeline would only add client-side work
+            if release is None:  # one command: a pipeline would only add client-side work
                 await self._redis.xadd(self.stream, event.fields())  # type: ignore[arg-type]
                 return
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.xadd(self.stream, event.fields())  # type: ignore[arg-type]
-                also(pipe)
+                pipe.zrem(*release)
                 await pipe.execute()
             return
         except _REDIS_DOWN as exc:

@@ -51,8 +51,9 @@ end
 -- One sliding-window counter check.
 -- Returns ok, remaining now, remaining after this call (if ok), retry_after_ms (0 if ok, -1 if never).
 local function window(cur_key, prev_key, limit, w, e, c)
-  local cur = tonumber(redis.call('GET', cur_key) or '0')
-  local prev = tonumber(redis.call('GET', prev_key) or '0')
+  local counts = redis.call('MGET', cur_key, prev_key)
+  local cur = tonumber(counts[1] or '0')
+  local prev = tonumber(counts[2] or '0')
   local free = limit * w - (prev * (w - e) + cur * w)   -- (limit - estimate) * w
   local remaining = 0
   if free > 0 then
@@ -130,21 +131,28 @@ if not admitted then
   return {0, reason, retry, q_remaining, r_remaining}
 end
 
--- Every limit passed: count the call against all of them. Counter keys live
--- two windows (the current one, then as the previous one); PEXPIRE is relative,
--- so it holds whatever clock the caller uses.
+-- Every limit passed: count the call against all of them. A counter key is
+-- given its expiry when this creates it (the count it returns is this call's
+-- alone): two windows from then, so it outlives its own window and the next,
+-- where it is the previous one. PEXPIRE is relative, so it holds whatever
+-- clock the caller uses. Every key this script writes is created here, with
+-- its expiry, in the same atomic step: none is ever left without one.
 if r_limit >= 0 then
-  redis.call('INCR', KEYS[3])
-  redis.call('PEXPIRE', KEYS[3], 2 * r_w)
+  if redis.call('INCR', KEYS[3]) == 1 then
+    redis.call('PEXPIRE', KEYS[3], 2 * r_w)
+  end
 end
 if c_limit >= 0 then
   redis.call('ZADD', KEYS[5], now + timeout, call_id)
+  -- The set must outlive its latest deadline; renewed (to twice the timeout) only
+  -- when less than one timeout is left, so not on every call.
   if redis.call('PTTL', KEYS[5]) < timeout then
-    redis.call('PEXPIRE', KEYS[5], timeout)
+    redis.call('PEXPIRE', KEYS[5], 2 * timeout)
   end
 end
 if q_limit >= 0 and cost > 0 then
-  redis.call('INCRBY', KEYS[1], cost)
-  redis.call('PEXPIRE', KEYS[1], 2 * q_w)
+  if redis.call('INCRBY', KEYS[1], cost) == cost then
+    redis.call('PEXPIRE', KEYS[1], 2 * q_w)
+  end
 end
 return {1, '', 0, q_after, r_after}

@@ -24,8 +24,9 @@ counters (current and previous window) weighted by the overlap,
 so memory per (tenant, limit) is two small integer keys whatever the limit.
 Window-index key names are computed here from `now_ms` and every key is
 passed in KEYS; all of a tenant's keys carry the hash tag `{<tenant uuid>}`
-so they live on one Redis Cluster slot. Counter keys expire two windows
-after their last write.
+so they live on one Redis Cluster slot. A counter key expires two windows
+after the call that created it (it is then past use: its own window and the
+next, where it is the previous one, are over).
 
 The in-flight cap is a sorted set of call ids scored by their deadline
 (`now + call_timeout_ms`); expired entries are dropped before each check, so
@@ -51,7 +52,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenantry.errors import Unavailable
-from tenantry.metering.resp import LuaScript, RespClient, ZremQueue
+from tenantry.metering.resp import LuaScript, RespClient
 
 __all__ = ["REASONS", "Decision", "Limits", "Meter", "Usage", "wall_clock_ms"]
 
@@ -310,11 +311,6 @@ class Meter:
                 await self._call(self._redis.zrem(key, call_id))
         except _REDIS_DOWN:
             self.failures += 1
-
-    def release_commands(self, pipe: ZremQueue, tenant_id: uuid.UUID, call_id: str) -> None:
-        """Queue the release on the caller's pipeline (a redis-py pipeline or a `resp.Batch`), so it
-        rides the same round trip as the caller's own commands."""
-        pipe.zrem(self.inflight_key(tenant_id), call_id)
 
     # -- read-only ---------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ import hashlib
 import socket
 import ssl
 from collections.abc import Sequence
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.exceptions import (
@@ -43,7 +43,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Batch", "LuaScript", "RespClient", "UnsupportedURL", "ZremQueue", "encode_command"]
+__all__ = ["LuaScript", "RespClient", "UnsupportedURL", "encode_command"]
 
 Arg = str | bytes | int | float
 Command = Sequence[Arg]
@@ -135,24 +135,6 @@ class LuaScript:
     def __init__(self, text: str) -> None:
         self.text = text
         self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
-
-
-class ZremQueue(Protocol):
-    """What queues a ZREM for a later round trip: a redis-py pipeline, or a `Batch`."""
-
-    def zrem(self, name: str, *values: str) -> object: ...
-
-
-class Batch:
-    """Commands to send in one write (one round trip), queued the way a redis-py pipeline queues them."""
-
-    __slots__ = ("commands",)
-
-    def __init__(self, commands: list[Command] | None = None) -> None:
-        self.commands: list[Command] = commands if commands is not None else []
-
-    def zrem(self, name: str, *values: str) -> None:
-        self.commands.append(("ZREM", name, *values))
 
 
 class _Waiter:
