@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tenantry.settings import Settings
@@ -44,6 +44,13 @@ class Database:
         self.system_engine: AsyncEngine = create_async_engine(
             settings.database_url, pool_size=4, max_overflow=4, pool_recycle=1800
         )
+        # New application connections since start: a count that keeps rising under steady load
+        # means the pool is too small (overflow connections are opened and closed per checkout).
+        self.app_connections_opened = 0
+        event.listen(self.app_engine.sync_engine, "connect", self._opened)
+
+    def _opened(self, *_: Any) -> None:
+        self.app_connections_opened += 1
 
     @asynccontextmanager
     async def tenant(self, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
@@ -64,7 +71,12 @@ class Database:
 
     def pool_status(self) -> dict[str, Any]:
         pool: Any = self.app_engine.pool
-        return {"size": pool.size(), "checked_out": pool.checkedout(), "idle": pool.checkedin()}
+        return {
+            "size": pool.size(),
+            "checked_out": pool.checkedout(),
+            "idle": pool.checkedin(),
+            "opened": self.app_connections_opened,
+        }
 
     async def dispose(self) -> None:
         await self.app_engine.dispose()
