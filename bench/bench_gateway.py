@@ -44,6 +44,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -637,8 +638,34 @@ def print_layer_costs(results: list[RunResult], variants: list[str]) -> None:
                 continue
             v_cpu = v.per_request_us(v.server_cpu)
             cpu = f"{g_cpu - v_cpu:+.0f}" if g_cpu is not None and v_cpu is not None else "-"
-            cells.append(f"{name} {cpu} µs / {g.percentile_ms(50) - v.percentile_ms(50):+.2f} ms")
+            p50 = g.percentile_ms(50) - v.percentile_ms(50)
+            cells.append(f"{name} {cpu} µs / {p50:+.2f} ms / req/s {g.rps / v.rps - 1:+.0%}")
         print(f"  c={conc}: " + ", ".join(cells))
+
+
+def print_paired(runs: list[RunResult], variants: list[str]) -> None:
+    """Per round, the gateway against each variant driven just before or after it: the median of
+    those paired differences moves much less with this VM's background load than a difference of
+    medians does."""
+    series: dict[tuple[str, int], list[RunResult]] = {}
+    for r in runs:
+        series.setdefault((r.server, r.concurrency), []).append(r)
+    rounds = len(series.get(("gateway", runs[0].concurrency), [])) if runs else 0
+    if not variants or rounds < 2:
+        return
+    print(f"\npaired by round (median of {rounds}; range) = gateway vs variant")
+    for conc in sorted({r.concurrency for r in runs}):
+        gateway = series.get(("gateway", conc), [])
+        for name in variants:
+            pairs = list(zip(gateway, series.get((name, conc), []), strict=False))
+            if not pairs:
+                continue
+            ratio = sorted(g.rps / v.rps - 1 for g, v in pairs)
+            p50 = sorted(g.percentile_ms(50) - v.percentile_ms(50) for g, v in pairs)
+            print(
+                f"  c={conc} {name}: req/s {statistics.median(ratio):+.1%} ({ratio[0]:+.0%}..{ratio[-1]:+.0%}),"
+                f" p50 {statistics.median(p50):+.2f} ms ({p50[0]:+.2f}..{p50[-1]:+.2f})"
+            )
 
 
 def median_runs(runs: list[RunResult]) -> list[RunResult]:
@@ -754,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table(results)
             print_ratios(results)
             print_layer_costs(results, args.variants)
+            print_paired(runs, args.variants)
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 conc = max(args.concurrency)
