@@ -247,3 +247,30 @@ async def test_the_record_function_refuses_arrays_that_do_not_line_up(db: Databa
                 )
         assert unstorable(caught.value)
     assert await stored(db, tenant.id) == []
+
+
+async def test_a_missing_grant_stalls_the_drain_instead_of_setting_events_aside(
+    redis: Redis, db: Database, admin: Admin, stream: str, settings: Settings
+) -> None:
+    tenant = await admin.create_tenant()
+    events = [event(tenant.id, n) for n in range(3)]
+    ledger = Ledger(redis, db, stream=stream)
+    for e in events:
+        await ledger.record(e)
+    drainer = LedgerDrainer(redis, db, stream=stream)
+    grant = f"EXECUTE ON FUNCTION tenantry_record_usage(uuid[], integer[], json[]) TO {settings.db_app_role}"
+    async with db.system() as conn:
+        await conn.execute(text(f"REVOKE {grant.replace(' TO ', ' FROM ')}"))
+    try:
+        await drainer.ensure_group()
+        with pytest.raises(DBAPIError, match="permission denied"):
+            await drainer.drain_once()
+        # Nothing was set aside or lost: the batch waits, pending, for the next attempt.
+        assert drainer.dead_lettered == 0
+        assert await redis.xlen(dead_letter_key(stream)) == 0
+        assert (await redis.xpending(stream, GROUP))["pending"] == 3
+    finally:
+        async with db.system() as conn:
+            await conn.execute(text(f"GRANT {grant}"))
+    await drainer.flush()
+    assert await stored(db, tenant.id) == [e.event_id for e in events]

@@ -172,9 +172,11 @@ _RECORD = text(
     "SELECT tenantry_record_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[]))"
 )
 
-# SQLSTATE classes that mean "this data can never be stored" (a data exception, an integrity
-# violation, a row-level security refusal), not "try again later".
-_UNSTORABLE = ("22", "23", "42501")
+# SQLSTATE classes that mean "this data can never be stored" (a data exception such as malformed
+# JSON or a bad uuid; an integrity violation such as a tenant that no longer exists), not "try again
+# later". Not permission errors: a role missing its grant would otherwise divert every event to the
+# dead-letter stream, where a stalled drain (lag and last_error in /health) gets it fixed.
+_UNSTORABLE = ("22", "23")
 
 
 def unstorable(exc: DBAPIError) -> bool:
