@@ -17,7 +17,7 @@ pipelined on.
 An entry is two fields: `t`, the tenant, and `v`, the rest of the event as
 one JSON object (`UsageEvent.document()`), so the drain hands the documents to
 PostgreSQL unparsed: parsing eight fields per event in Python cost more than
-the insert (bench/bench_meter.py, `drain`).
+the insert (bench/bench_drain.py).
 
 Drain (lifespan task, any number of replicas): a consumer group reads the
 stream, stores each batch with one statement, `tenantry_record_usage`
