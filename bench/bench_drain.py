@@ -32,7 +32,8 @@ sys.path.insert(0, str(BENCH))
 import bench_gateway as bg  # noqa: E402
 from tenantry import tenants as tenant_service  # noqa: E402
 from tenantry.db.engine import Database  # noqa: E402
-from tenantry.metering.ledger import LedgerDrainer, UsageEvent  # noqa: E402
+from tenantry.metering.drain import LedgerDrainer  # noqa: E402
+from tenantry.metering.ledger import UsageEvent  # noqa: E402
 from tenantry.metering.resp import RespClient  # noqa: E402
 from tenantry.settings import Settings  # noqa: E402
 

@@ -31,7 +31,8 @@ from tenantry.gateway.changes import UpstreamChanges
 from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
 from tenantry.gateway.upstream import UpstreamPool
-from tenantry.metering.ledger import Ledger, LedgerDrainer, stream_key
+from tenantry.metering.drain import LedgerDrainer
+from tenantry.metering.ledger import Ledger, stream_key
 from tenantry.metering.meter import Meter
 from tenantry.metering.plans import PlanBook
 from tenantry.metering.resp import RespClient, UnsupportedURL

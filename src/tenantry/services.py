@@ -13,7 +13,8 @@ from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.changes import UpstreamChanges
 from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
-from tenantry.metering.ledger import Ledger, LedgerDrainer
+from tenantry.metering.drain import LedgerDrainer
+from tenantry.metering.ledger import Ledger
 from tenantry.metering.meter import Meter
 from tenantry.metering.plans import PlanBook
 from tenantry.metering.resp import RespClient

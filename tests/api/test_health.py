@@ -73,7 +73,8 @@ async def test_metrics_count_tool_calls_per_tenant_and_outcome(
 async def test_health_counts_ledger_entries_set_aside_without_failing(settings: Any) -> None:
     from redis.asyncio import Redis
 
-    from tenantry.metering.ledger import dead_letter_key, stream_key
+    from tenantry.metering.drain import dead_letter_key
+    from tenantry.metering.ledger import stream_key
 
     prefix = f"health-{uuid.uuid4().hex[:8]}"
     dead = dead_letter_key(stream_key(prefix))

@@ -14,16 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
-from tenantry.metering.ledger import (
-    GROUP,
-    Ledger,
-    LedgerDrainer,
-    UsageEvent,
-    dead_letter_key,
-    insert_events,
-    oldest_undrained_age_ms,
-    unstorable,
-)
+from tenantry.metering.drain import GROUP, LedgerDrainer, dead_letter_key, oldest_undrained_age_ms
+from tenantry.metering.ledger import Ledger, UsageEvent, insert_events, unstorable
 from tenantry.metering.resp import RespClient
 from tenantry.settings import Settings
 from tests.conftest import Admin

@@ -1,0 +1,320 @@
+"""The ledger's drain: usage events from the Redis stream into `usage_events`, each exactly once.
+
+A lifespan task on every replica (any number of them): a consumer group reads the
+stream, stores each batch with one statement, `tenantry_record_usage`
+(migration 0006), and only then acknowledges and deletes the entries. The
+function binds each tenant of the batch in turn and inserts its events with
+`ON CONFLICT DO NOTHING` on (tenant_id, event_id), as the application role
+under RLS, so the ledger obeys the same isolation as the tools, in one
+round trip whatever the number of tenants. After a batch that was not full
+the drain lingers (200 ms), so that under load one statement carries many
+events. A crash between commit and acknowledgement leaves the entries
+pending; they are re-read (by this consumer, or claimed by another replica
+after `claim_idle_ms`) and the insert is a no-op for them. The event id is
+minted when the call is admitted, so every later step (ledger, aggregation,
+Stripe `identifier`) is idempotent on it.
+
+An entry that can never be stored (not a usage event, or PostgreSQL refuses
+it: its tenant is gone) must not stall every tenant's billing behind it: when
+a batch is refused for its data, the drain stores it tenant by tenant, then
+event by event, and moves what is still refused, with the reason, to
+`<stream>:dead` before acknowledging it. `/health` shows how many are there.
+Entries in the eight-field format of gateways before 0006 are still read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+from sqlalchemy.exc import DBAPIError
+
+from tenantry.db.engine import Database
+from tenantry.metering.ledger import REDIS_ERRORS, UsageEvent, insert_documents, insert_events, stream_key, unstorable
+from tenantry.metering.resp import RespClient
+
+log = logging.getLogger(__name__)
+
+GROUP = "ledger"
+
+
+def dead_letter_key(stream: str) -> str:
+    """Where the drain keeps entries that can never be stored (same hash slot as `stream`)."""
+    return f"{stream}:dead"
+
+
+class LedgerDrainer:
+    """Moves events from the stream into `usage_events`; one per replica, as a lifespan task."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        db: Database,
+        *,
+        batch_size: int = 500,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        linger_ms: int = 200,
+        consumer: str | None = None,
+        stream: str = stream_key(),
+        resp: RespClient | None = None,
+    ) -> None:
+        """`linger_ms`: after a batch that was not full, wait this long for more events, so under load
+        the drain moves them in batches (one transaction for many calls) instead of one by one.
+
+        `resp`: a lean client of the drainer's own (its blocking read would hold up every command
+        queued behind it on a shared connection), for the steady state's read and acknowledgement;
+        recovery (own pending, XAUTOCLAIM) stays on redis-py."""
+        self.stream = stream
+        self._redis = redis
+        self._resp = resp
+        self._db = db
+        self._batch = batch_size
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._linger_s = linger_ms / 1000
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._stopping = asyncio.Event()
+        self.dead = dead_letter_key(stream)
+        self.drained = 0
+        self.dead_lettered = 0
+        self.last_error: str | None = None
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def drain_once(self, *, block: bool = False, recover: bool = True) -> int:
+        """Move one batch. With `recover`, this consumer's own pending entries first, then abandoned
+        ones, then new ones; without it (the steady state), new ones only: one read."""
+        entries = await self._read(block=block, recover=recover)
+        if not entries:
+            return 0
+        ids = [entry_id for entry_id, _ in entries]
+        batch, odd = _group(entries)
+        dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        try:
+            stored = await insert_documents(self._db, batch) if batch else 0
+        except DBAPIError as exc:
+            if not unstorable(exc):
+                raise
+            # Something in the batch can never be stored: find it, store the rest.
+            log.error("ledger: a batch of %d events was refused (%s); storing them one by one", len(ids), exc.orig)
+            odd, batch = entries, {}
+        if odd:
+            stored, dead = await self._store_one_by_one(odd)
+        else:
+            stored = sum(len(docs) for docs in batch.values())
+        if dead:
+            await self._dead_letter(dead)
+        if self._resp is not None:
+            await self._resp.execute_many([("XACK", self.stream, GROUP, *ids), ("XDEL", self.stream, *ids)])
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, GROUP, *ids)
+                pipe.xdel(self.stream, *ids)
+                await pipe.execute()
+        self.drained += stored
+        return len(ids)
+
+    async def _store_one_by_one(
+        self, entries: list[tuple[bytes, dict[bytes, bytes]]]
+    ) -> tuple[int, list[tuple[bytes, dict[bytes, bytes], str]]]:
+        """The slow path, for a batch holding something the fast one could not store: each tenant's
+        events in their own transaction, and a tenant's whose were refused, one event at a time.
+        Returns how many were stored, and the entries that can never be (with the reason)."""
+        dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        by_tenant: dict[uuid.UUID, list[tuple[bytes, dict[bytes, bytes], UsageEvent]]] = defaultdict(list)
+        for entry_id, fields in entries:
+            try:
+                event = UsageEvent.from_fields(fields)
+            except ValueError as exc:
+                dead.append((entry_id, fields, str(exc)))
+                continue
+            by_tenant[event.tenant_id].append((entry_id, fields, event))
+        stored = 0
+        for group in by_tenant.values():
+            refused = await self._refusal([event for _, _, event in group])
+            if refused is None:
+                stored += len(group)
+                continue
+            for entry_id, fields, event in group:
+                alone = refused if len(group) == 1 else await self._refusal([event])
+                if alone is None:
+                    stored += 1
+                else:
+                    dead.append((entry_id, fields, f"refused by PostgreSQL: {alone}"))
+        return stored, dead
+
+    async def _refusal(self, events: list[UsageEvent]) -> str | None:
+        """Store `events` in one transaction; None when stored, PostgreSQL's reason when it never will."""
+        try:
+            await insert_events(self._db, events)
+        except DBAPIError as exc:
+            if not unstorable(exc):
+                raise
+            return str(exc.orig)
+        return None
+
+    async def _dead_letter(self, dead: list[tuple[bytes, dict[bytes, bytes], str]]) -> None:
+        """Keep entries that can never be stored in `<stream>:dead`, with the reason, before they are
+        acknowledged: nothing leaves the ledger unaccounted for; `/health` shows how many there are."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id, fields, reason in dead:
+                log.error("ledger: entry %s can never be stored (%s); moved to %s", entry_id, reason, self.dead)
+                kept: dict[Any, Any] = {**fields, b"entry": entry_id, b"reason": reason.encode()[:1000]}
+                pipe.xadd(self.dead, kept)
+            await pipe.execute()
+        self.dead_lettered += len(dead)
+
+    async def _read(self, *, block: bool, recover: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        if not recover:
+            return await self._read_new(block=block)
+        # A batch this consumer read but did not acknowledge (the insert failed, or we were cancelled).
+        entries = _entries(await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self._batch))
+        if entries:
+            return entries
+        # Entries a dead consumer read and never acknowledged.
+        claimed = await self._redis.xautoclaim(
+            self.stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, count=self._batch
+        )
+        entries = [(entry_id, fields) for entry_id, fields in claimed[1] if fields is not None]
+        if entries:
+            return entries
+        return await self._read_new(block=block)
+
+    async def _read_new(self, *, block: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        block_ms = self._block_ms if block else None
+        if self._resp is not None:
+            command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self._batch]
+            if block_ms is not None:
+                command += ["BLOCK", block_ms]
+            reply = await self._resp.execute(*command, "STREAMS", self.stream, ">")
+            return [(entry_id, _pairs(fields)) for _, entries in reply or [] for entry_id, fields in entries]
+        return _entries(
+            await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self._batch, block=block_ms)
+        )
+
+    async def run(self) -> None:
+        """Drain until `stop()`; then drain what is left (bounded) and return."""
+        backoff = 0.1
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                await self.ensure_group()
+                # Recover (own pending, then abandoned entries) at start, after an error, and every
+                # half claim interval; otherwise each round is one blocking read of new entries.
+                next_recovery = 0.0
+                while not self._stopping.is_set():
+                    recover = loop.time() >= next_recovery
+                    if recover:
+                        next_recovery = loop.time() + self._claim_idle_ms / 2000
+                    moved = await self.drain_once(block=True, recover=recover)
+                    self.last_error = None
+                    backoff = 0.1
+                    if 0 < moved < self._batch:
+                        await self._pause(self._linger_s)
+            except (*REDIS_ERRORS, DBAPIError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("ledger drain failed (%s); retrying in %.1fs", self.last_error, backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, 5.0)
+        await self.flush()
+
+    async def flush(self, within_s: float = 10.0) -> None:
+        """Drain everything in the stream now (at shutdown, and in tests), for at most `within_s`."""
+        deadline = time.monotonic() + within_s
+        try:
+            await self.ensure_group()
+            while time.monotonic() < deadline:
+                if await self.drain_once(block=False) == 0:
+                    return
+        except (*REDIS_ERRORS, DBAPIError) as exc:
+            log.warning("ledger: final drain incomplete: %s", exc)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if `stop()` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+async def oldest_undrained_age_ms(redis: Redis, stream: str, now_ms: int | None = None) -> int:
+    """Age of the oldest event not yet in PostgreSQL (pending or undelivered); 0 when there is none.
+
+    Drained entries are deleted from the stream, so its first entry is the oldest undrained one.
+    """
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    first = await redis.xrange(stream, count=1)
+    if not first:
+        return 0
+    entry_id = first[0][0]
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return max(0, now_ms - int(raw.split("-")[0]))
+
+
+def _group(
+    entries: list[tuple[bytes, dict[bytes, bytes]]],
+) -> tuple[dict[uuid.UUID, list[str]], list[tuple[bytes, dict[bytes, bytes]]]]:
+    """The fast path: entries as the gateway writes them (`t` + `v`) grouped by tenant, their
+    documents passed on unparsed; and the rest (older-format or malformed entries, for the slow path)."""
+    batch: dict[uuid.UUID, list[str]] = {}
+    tenants: dict[bytes, uuid.UUID | None] = {}
+    odd: list[tuple[bytes, dict[bytes, bytes]]] = []
+    for entry in entries:
+        fields = entry[1]
+        raw_tenant, doc = fields.get(b"t"), fields.get(b"v")
+        if raw_tenant is None or doc is None or len(fields) != 2:
+            odd.append(entry)
+            continue
+        if raw_tenant in tenants:
+            tenant = tenants[raw_tenant]
+        else:
+            try:
+                tenant = uuid.UUID(raw_tenant.decode())
+            except (ValueError, UnicodeDecodeError):
+                tenant = None
+            tenants[raw_tenant] = tenant
+        try:
+            text_doc = doc.decode()
+        except UnicodeDecodeError:
+            tenant = None
+        if tenant is None:
+            odd.append(entry)
+            continue
+        docs = batch.get(tenant)
+        if docs is None:
+            batch[tenant] = [text_doc]
+        else:
+            docs.append(text_doc)
+    return batch, odd
+
+
+def _entries(response: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    if not response:
+        return []
+    if isinstance(response, dict):  # RESP3
+        return [entry for entries in response.values() for entry in (entries[0] if entries else [])]
+    return [entry for _, entries in response for entry in entries]
+
+
+def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
+    """A stream entry's fields as RESP2 sends them (name, value, name, value...)."""
+    if not flat:
+        return {}
+    items = iter(flat)
+    return dict(zip(items, items, strict=True))
