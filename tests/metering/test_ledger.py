@@ -216,6 +216,7 @@ async def test_entries_that_can_never_be_stored_are_set_aside_and_the_rest_drain
     assert await redis.xlen(stream) == 0
     assert (await redis.xpending(stream, GROUP))["pending"] == 0
     assert drainer.dead_lettered == 4
+    assert drainer.drained == 4  # the three recorded and the old-format one
     kept = await redis.xrange(dead_letter_key(stream))
     await redis.delete(dead_letter_key(stream))
     assert [{k: v for k, v in fields.items() if k not in (b"entry", b"reason")} for _, fields in kept] == [
@@ -266,3 +267,23 @@ async def test_a_missing_grant_stalls_the_drain_instead_of_setting_events_aside(
             await conn.execute(text(f"GRANT {grant}"))
     await drainer.flush()
     assert await stored(db, tenant.id) == [e.event_id for e in events]
+
+
+async def test_an_entry_deleted_after_it_was_read_is_acknowledged_and_not_set_aside(
+    redis: Redis, db: Database, admin: Admin, stream: str
+) -> None:
+    tenant = await admin.create_tenant()
+    ledger = Ledger(redis, db, stream=stream)
+    kept, deleted = event(tenant.id, 0), event(tenant.id, 1)
+    await ledger.record(kept)
+    await ledger.record(deleted)
+    drainer = LedgerDrainer(redis, db, stream=stream, consumer="again")
+    await drainer.ensure_group()
+    # This consumer read both and died; meanwhile one entry was deleted (its fields are gone).
+    read = await redis.xreadgroup(GROUP, "again", {stream: ">"}, count=10)
+    await redis.xdel(stream, read[0][1][1][0])
+    await drainer.flush()
+    assert await stored(db, tenant.id) == [kept.event_id]
+    assert (await redis.xpending(stream, GROUP))["pending"] == 0
+    assert drainer.dead_lettered == 0
+    assert drainer.drained == 1

@@ -103,20 +103,24 @@ class LedgerDrainer:
         if not entries:
             return 0
         ids = [entry_id for entry_id, _ in entries]
-        batch, odd = _group(entries)
+        # An entry deleted after it was read comes back without fields: only acknowledged.
+        live = [(entry_id, fields) for entry_id, fields in entries if fields]
+        batch, odd = _group(live)
+        moved = 0
+        if batch:
+            try:
+                await insert_documents(self._db, batch)
+                moved = sum(len(docs) for docs in batch.values())
+            except DBAPIError as exc:
+                if not unstorable(exc):
+                    raise
+                # Something in the batch can never be stored: find it, store the rest.
+                log.error("ledger: a batch of %d events was refused (%s); storing them one by one", len(live), exc.orig)
+                odd = live
         dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
-        try:
-            stored = await insert_documents(self._db, batch) if batch else 0
-        except DBAPIError as exc:
-            if not unstorable(exc):
-                raise
-            # Something in the batch can never be stored: find it, store the rest.
-            log.error("ledger: a batch of %d events was refused (%s); storing them one by one", len(ids), exc.orig)
-            odd, batch = entries, {}
         if odd:
             stored, dead = await self._store_one_by_one(odd)
-        else:
-            stored = sum(len(docs) for docs in batch.values())
+            moved += stored
         if dead:
             await self._dead_letter(dead)
         if self._resp is not None:
@@ -126,7 +130,7 @@ class LedgerDrainer:
                 pipe.xack(self.stream, GROUP, *ids)
                 pipe.xdel(self.stream, *ids)
                 await pipe.execute()
-        self.drained += stored
+        self.drained += moved
         return len(ids)
 
     async def _store_one_by_one(
