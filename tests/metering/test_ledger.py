@@ -32,8 +32,11 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-def stream() -> str:
-    return f"tenantry-ledger-test:{uuid.uuid4().hex}:{{ledger}}"
+async def stream(redis: Redis) -> AsyncIterator[str]:
+    """A stream of the test's own, removed afterwards with its dead-letter stream."""
+    key = f"tenantry-ledger-test:{uuid.uuid4().hex}:{{ledger}}"
+    yield key
+    await redis.delete(key, dead_letter_key(key))
 
 
 def event(tenant_id: str, n: int = 0, at_ms: int = 1_800_000_000_000) -> UsageEvent:
@@ -218,7 +221,6 @@ async def test_entries_that_can_never_be_stored_are_set_aside_and_the_rest_drain
     assert drainer.dead_lettered == 4
     assert drainer.drained == 4  # the three recorded and the old-format one
     kept = await redis.xrange(dead_letter_key(stream))
-    await redis.delete(dead_letter_key(stream))
     assert [{k: v for k, v in fields.items() if k not in (b"entry", b"reason")} for _, fields in kept] == [
         {k.encode(): v.encode() for k, v in fields.items()} for fields in poison
     ]
