@@ -639,7 +639,8 @@ def print_layer_costs(results: list[RunResult], variants: list[str]) -> None:
             v_cpu = v.per_request_us(v.server_cpu)
             cpu = f"{g_cpu - v_cpu:+.0f}" if g_cpu is not None and v_cpu is not None else "-"
             p50 = g.percentile_ms(50) - v.percentile_ms(50)
-            cells.append(f"{name} {cpu} µs / {p50:+.2f} ms / req/s {g.rps / v.rps - 1:+.0%}")
+            ratio = f"{g.rps / v.rps - 1:+.0%}" if v.rps else "-"
+            cells.append(f"{name} {cpu} µs / {p50:+.2f} ms / req/s {ratio}")
         print(f"  c={conc}: " + ", ".join(cells))
 
 
@@ -658,9 +659,9 @@ def print_paired(runs: list[RunResult], variants: list[str]) -> None:
         gateway = series.get(("gateway", conc), [])
         for name in variants:
             pairs = list(zip(gateway, series.get((name, conc), []), strict=False))
-            if not pairs:
+            if not pairs or not any(v.rps for _, v in pairs):
                 continue
-            ratio = sorted(g.rps / v.rps - 1 for g, v in pairs)
+            ratio = sorted(g.rps / v.rps - 1 for g, v in pairs if v.rps)
             p50 = sorted(g.percentile_ms(50) - v.percentile_ms(50) for g, v in pairs)
             print(
                 f"  c={conc} {name}: req/s {statistics.median(ratio):+.1%} ({ratio[0]:+.0%}..{ratio[-1]:+.0%}),"

@@ -6,6 +6,8 @@ touching `src/`. Served and driven exactly like the gateway (same headers, same 
 
 - `no_metering` no meter round trip (Lua quota/rate/in-flight) and no usage event (Redis stream): what
                metering plus the ledger cost per call (`TENANTRY_METERING_ENABLED=false`)
+- `no_ledger`  the meter's round trip, but no usage event (record is a no-op, so no second round trip and
+               nothing to drain): splits `no_metering`'s cost between the meter and the ledger
 - `redis_py`   metering on, but its hot commands (admit EVALSHA, ledger XADD + ZREM) on redis-py instead of
                the lean RESP client (`TENANTRY_REDIS_LEAN_CLIENT=false`): what the lean client saves per call
 - `no_db`      data_get answers a fixed result instead of the 4-round-trip RLS transaction
@@ -129,6 +131,23 @@ def no_metering() -> Any:
     return create_app(Settings(metering_enabled=False))
 
 
+def no_ledger() -> Any:
+    """The meter's admit, but no usage event: the in-flight slot is freed without waiting (its reply is
+    read, nothing waits on it), so there is no second round trip to wait for and nothing to drain."""
+    app = create_app(Settings())
+    services = _services(app)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def record(event: Any, *, release: tuple[str, str] | None = None) -> None:
+        if release is not None:
+            task = asyncio.ensure_future(services.meter.release(event.tenant_id, release[1]))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    services.ledger.record = record  # type: ignore[method-assign]
+    return app
+
+
 def redis_py() -> Any:
     """Metering with its per-call commands on redis-py, as before the lean client."""
     return create_app(Settings(redis_lean_client=False))
@@ -229,6 +248,7 @@ def schema_lookup() -> Any:
 
 VARIANTS = (
     "no_metering",
+    "no_ledger",
     "redis_py",
     "no_db",
     "no_auth",
