@@ -193,19 +193,20 @@ class Ledger:
 
         `release=(key, member)`: also remove `member` from the sorted set `key` (the call's in-flight
         slot in the meter) in the same round trip."""
-        xadd = event.xadd(self.stream)
         try:
             if self._resp is not None:
+                xadd = event.xadd(self.stream)
                 if release is None:
                     await self._resp.execute(*xadd)
                 else:
                     await self._resp.execute_many([xadd, ("ZREM", *release)])
                 return
+            fields = event.fields()
             if release is None:  # one command: a pipeline would only add client-side work
-                await self._redis.xadd(self.stream, event.fields())  # type: ignore[arg-type]
+                await self._redis.xadd(self.stream, fields)  # type: ignore[arg-type]
                 return
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self.stream, event.fields())  # type: ignore[arg-type]
+                pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
                 pipe.zrem(*release)
                 await pipe.execute()
             return
