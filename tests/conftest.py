@@ -212,3 +212,13 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.dispose()
+
+
+@pytest.fixture(scope="module")
+def fixture_upstream() -> Iterator[tuple[Any, str]]:
+    """A real SDK upstream MCP server on loopback (`tests.upstream_servers.FixtureUpstream`), one per test module."""
+    from tests.upstream_servers import FixtureUpstream, serve_upstream
+
+    upstream = FixtureUpstream()
+    with serve_upstream(upstream) as (url, _server):
+        yield upstream, url

@@ -18,19 +18,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tenantry.api import admin, health, tenant, upstreams
+from tenantry.api import admin, health, stripe_webhooks, tenant, upstreams
 from tenantry.api.body_limit import BodyLimit
 from tenantry.auth.resolver import CredentialResolver
-from tenantry.billing import webhooks as billing_webhooks
 from tenantry.billing.runtime import build_billing
 from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
+from tenantry.federation.changes import UpstreamChanges
+from tenantry.federation.discovery import Discovery
+from tenantry.federation.pool import UpstreamPool
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
-from tenantry.gateway.changes import UpstreamChanges
-from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
-from tenantry.gateway.upstream import UpstreamPool
 from tenantry.metering.drain import LedgerDrainer
 from tenantry.metering.ledger import Ledger, stream_key
 from tenantry.metering.meter import Meter
@@ -181,7 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tenant.router)
     app.include_router(upstreams.router)
     app.include_router(health.router)
-    app.include_router(billing_webhooks.router)
+    app.include_router(stripe_webhooks.router)
     # The MCP endpoints first: they take most requests, and routing tries routes in order.
     app.router.routes[:0] = services.gateway.routes()
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)

@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tenantry import cli_upstreams
 from tenantry import tenants as tenant_service
 from tenantry.auth import api_keys
 from tenantry.db.engine import Database
 from tenantry.db.migrate import migrate
 from tenantry.errors import BadRequest, TenantryError
+from tenantry.federation import cli as upstream_cli
 from tenantry.metering.plans import validate_overrides
 from tenantry.settings import Settings
 from tenantry.tenancy import TenantStatus, parse_tenant_id
@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_billing_commands(sub, command)
 
-    cli_upstreams.add_commands(sub, command)
+    upstream_cli.add_commands(sub, command)
     return parser
 
 

@@ -9,9 +9,9 @@ from redis.asyncio import Redis
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import Billing
 from tenantry.db.engine import Database
+from tenantry.federation.changes import UpstreamChanges
+from tenantry.federation.discovery import Discovery
 from tenantry.gateway.calls import ToolCalls
-from tenantry.gateway.changes import UpstreamChanges
-from tenantry.gateway.discovery import Discovery
 from tenantry.gateway.server import Gateway
 from tenantry.metering.drain import LedgerDrainer
 from tenantry.metering.ledger import Ledger

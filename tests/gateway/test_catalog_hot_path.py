@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 
 from tenantry.db.engine import Database
+from tenantry.federation.discovery import Discovery
+from tenantry.federation.pool import UpstreamPool
 from tenantry.gateway.catalog import Catalog, builtin_tools
-from tenantry.gateway.discovery import Discovery
-from tenantry.gateway.upstream import UpstreamPool
 from tenantry.secrets import SecretBox
 from tenantry.settings import DEV_SECRET_KEY, Settings
 from tests.conftest import Admin, TenantHandle
@@ -85,7 +85,7 @@ async def test_upstream_tools_work_over_the_rest_bridge(
 async def test_an_expired_view_is_served_while_it_refreshes_in_the_background(
     settings: Settings, db: Database, tenant_a: TenantHandle
 ) -> None:
-    from tenantry import upstreams as upstream_service
+    from tenantry.federation import registry
 
     box = SecretBox([DEV_SECRET_KEY])
     clock = Clock()
@@ -95,7 +95,7 @@ async def test_an_expired_view_is_served_while_it_refreshes_in_the_background(
     try:
         with serve_upstream(upstream) as (url, _):
             async with db.tenant(tid) as conn:
-                await upstream_service.create_upstream(
+                await registry.create_upstream(
                     conn,
                     box,
                     tid,

@@ -19,7 +19,7 @@ import pytest
 
 from tenantry.settings import Settings
 from tests.conftest import Admin, TenantHandle, serve
-from tests.gateway.test_upstreams import add_upstream
+from tests.federation.test_upstreams import add_upstream
 
 LEGACY = "2025-11-25"
 ACCEPT = "application/json, text/event-stream"

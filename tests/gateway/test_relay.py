@@ -24,7 +24,7 @@ from tenantry.client import connect
 from tenantry.gateway.relay import AgentRelay
 from tenantry.settings import Settings
 from tests.conftest import Admin, TenantHandle, serve
-from tests.gateway.test_upstreams import add_upstream
+from tests.federation.test_upstreams import add_upstream
 from tests.upstream_servers import FixtureUpstream, serve_upstream
 
 # logging/setLevel is deprecated from 2026-07-28 on; handshake-era agents still send it.

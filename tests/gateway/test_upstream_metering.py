@@ -9,7 +9,7 @@ from typing import Any
 from tenantry.client import connect
 from tenantry.db.engine import Database
 from tests.conftest import Admin
-from tests.gateway.test_upstreams import add_upstream
+from tests.federation.test_upstreams import add_upstream
 from tests.metering.test_gateway_metering import ledger_count_is, ledger_rows, limited_tenant
 
 

@@ -15,11 +15,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from tenantry import tenants as tenant_service
-from tenantry import upstreams as upstream_service
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.errors import Conflict
+from tenantry.federation import registry
+from tenantry.federation.ssrf import check_url
 from tenantry.services import Services
-from tenantry.ssrf import check_url
 from tenantry.tenancy import TenantStatus, parse_tenant_id
 
 router = APIRouter(prefix="/api/tenants/{tenant_id}/upstreams", dependencies=[AdminDep])
@@ -59,13 +59,13 @@ async def _check_url(services: Services, url: str) -> None:
 @router.post("", status_code=201)
 async def create_upstream(tenant_id: str, body: UpstreamCreate, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
-    upstream_service.check_name(body.name)
-    upstream_service.check_transport(body.transport)
-    upstream_service.check_headers(body.headers)
-    upstream_service.check_costs(body.costs)
+    registry.check_name(body.name)
+    registry.check_transport(body.transport)
+    registry.check_headers(body.headers)
+    registry.check_costs(body.costs)
     await _check_url(services, body.url)
     async with services.db.tenant(tid) as conn:
-        created = await upstream_service.create_upstream(
+        created = await registry.create_upstream(
             conn,
             services.secrets,
             tid,
@@ -83,7 +83,7 @@ async def create_upstream(tenant_id: str, body: UpstreamCreate, services: Servic
 async def list_upstreams(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
     async with services.db.tenant(tid) as conn:
-        found = await upstream_service.list_upstreams(conn)
+        found = await registry.list_upstreams(conn)
     return {"upstreams": [u.public() for u in found]}
 
 
@@ -91,7 +91,7 @@ async def list_upstreams(tenant_id: str, services: ServicesDep) -> dict[str, Any
 async def get_upstream(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
     async with services.db.tenant(tid) as conn:
-        found = await upstream_service.get_upstream(conn, upstream_id)
+        found = await registry.get_upstream(conn, upstream_id)
     return found.public()
 
 
@@ -101,15 +101,15 @@ async def update_upstream(
 ) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
     if body.transport is not None:
-        upstream_service.check_transport(body.transport)
+        registry.check_transport(body.transport)
     if body.headers is not None:
-        upstream_service.check_headers(body.headers)
+        registry.check_headers(body.headers)
     if body.costs is not None:
-        upstream_service.check_costs(body.costs)
+        registry.check_costs(body.costs)
     if body.url is not None:
         await _check_url(services, body.url)
     async with services.db.tenant(tid) as conn:
-        updated = await upstream_service.update_upstream(
+        updated = await registry.update_upstream(
             conn,
             services.secrets,
             upstream_id,
@@ -127,7 +127,7 @@ async def update_upstream(
 async def delete_upstream(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
     async with services.db.tenant(tid) as conn:
-        deleted = await upstream_service.delete_upstream(conn, upstream_id)
+        deleted = await registry.delete_upstream(conn, upstream_id)
     await services.upstreams.pool.close_tenant_upstream(tid, upstream_id)
     services.upstreams.invalidate(tid, upstream_id)
     return deleted.public()
@@ -146,7 +146,7 @@ async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: Service
     tid = await _tenant(services, tenant_id)
     tools = await services.upstreams.review(tid, upstream_id)
     async with services.db.tenant(tid) as conn:
-        drift = await upstream_service.drift_log(conn, upstream_id)
+        drift = await registry.drift_log(conn, upstream_id)
     return {"tools": tools, "drift_log": drift}
 
 

@@ -30,14 +30,13 @@ from sqlalchemy.exc import DBAPIError
 from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, LimitExceeded, NotFound, TenantryError, Unavailable
 from tenantry.gateway.catalog import Catalog, CatalogEntry
-from tenantry.gateway.wire import Relay
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
 from tenantry.metering.plans import PlanBook
 from tenantry.metrics import Metrics
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal
-from tenantry.tools.base import ToolContext
+from tenantry.tools.base import Relay, ToolContext
 
 log = logging.getLogger(__name__)
 

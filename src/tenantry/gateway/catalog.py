@@ -1,7 +1,7 @@
 """The tools a tenant may see and call.
 
 Built-in tools, plus each of the tenant's healthy upstreams' tools named
-`<upstream>__<tool>` (see `gateway.discovery`), so every path (MCP, REST
+`<upstream>__<tool>` (see `federation.discovery`), so every path (MCP, REST
 bridge) asks one place. A lookup returns an entry that knows its cost and
 how to run itself; a built-in lookup never touches the database or network.
 """
@@ -14,10 +14,10 @@ from typing import Any, Protocol
 import mcp_types as types
 from pydantic import BaseModel
 
-from tenantry.gateway.discovery import Discovery
+from tenantry.federation.discovery import Discovery
+from tenantry.federation.registry import SEPARATOR
 from tenantry.tenancy import Principal
 from tenantry.tools.base import BuiltinTool, ToolContext
-from tenantry.upstreams import SEPARATOR
 
 
 class CatalogEntry(Protocol):

@@ -44,9 +44,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry.auth.middleware import principal_from_scope
-from tenantry.gateway.relay import NO_CHANNEL, Relay
+from tenantry.gateway.relay import NO_CHANNEL
 from tenantry.metrics import Metrics
 from tenantry.tenancy import Principal
+from tenantry.tools.base import Relay
 
 log = logging.getLogger(__name__)
 

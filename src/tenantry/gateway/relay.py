@@ -32,9 +32,7 @@ from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from tenantry.gateway.wire import Relay
-
-__all__ = ["NO_CHANNEL", "AgentRelay", "LogLevels", "Relay", "session_key"]
+__all__ = ["NO_CHANNEL", "AgentRelay", "LogLevels", "session_key"]
 
 LEVELS: Final[tuple[str, ...]] = get_args(types.LoggingLevel)
 

@@ -28,10 +28,11 @@ from tenantry.auth.resolver import CredentialResolver
 from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.fastpath import ToolCallFastPath
-from tenantry.gateway.relay import AgentRelay, LogLevels, Relay
+from tenantry.gateway.relay import AgentRelay, LogLevels
 from tenantry.metrics import Metrics
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
+from tenantry.tools.base import Relay
 
 UNAUTHENTICATED = -32001
 # Too many requests (request rate, in-flight cap): refused as a JSON-RPC error, like HTTP 429,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import mcp_types as types
 from pydantic import BaseModel, ConfigDict
@@ -22,8 +22,20 @@ from tenantry.metering.meter import Meter
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal
 
-if TYPE_CHECKING:
-    from tenantry.gateway.wire import Relay
+
+class Relay(Protocol):
+    """Where a request's upstream traffic goes: the agent that made the call."""
+
+    @property
+    def progress_token(self) -> str | int | None:
+        """The agent's progress token for this call, or None when it asked for no progress."""
+        ...
+
+    async def notify(self, method: str, params: dict[str, Any] | None) -> None: ...
+
+    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        """The agent's result, or raise MCPError with the agent's (or the relay's own) error."""
+        ...
 
 
 class Arguments(BaseModel):

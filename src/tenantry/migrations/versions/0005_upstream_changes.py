@@ -1,7 +1,7 @@
 """Announce every change to a tenant's upstreams on the `tenantry_upstream_changes` channel.
 
 Running gateways cache upstream rows, discovered tools and pooled sessions;
-they LISTEN on this channel (`gateway/changes.py`) and drop what a payload
+they LISTEN on this channel (`federation/changes.py`) and drop what a payload
 names, so a change made anywhere (the CLI, another replica, SQL by hand) is
 seen everywhere within about a second, not at the end of the discovery TTL.
 NOTIFY is transactional: delivered at commit, never for a rolled-back change,

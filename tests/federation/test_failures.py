@@ -10,10 +10,10 @@ import pytest
 
 from tenantry.app import create_app
 from tenantry.client import connect
-from tenantry.gateway.upstream import Breaker
+from tenantry.federation.pool import Breaker
+from tenantry.federation.ssrf import check_url
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
-from tenantry.ssrf import check_url
 from tests.conftest import ADMIN_KEY, Admin, TenantHandle, serve_asgi
 from tests.upstream_servers import FixtureUpstream, serve_upstream
 

@@ -1,6 +1,6 @@
 """A small HTTP/1.1 client for one upstream origin: keep-alive connections, strict framing, SSE.
 
-Only what the upstream link (`gateway/wire.py`) needs, on bare asyncio streams: requests with a
+Only what the upstream link (`federation/link.py`) needs, on bare asyncio streams: requests with a
 fixed set of headers, responses framed by Content-Length, chunked encoding or the connection's
 end (each checked strictly; a response that breaks the rules breaks the exchange, never the
 process), size limits on heads, bodies and SSE events, and a list of idle connections reused one

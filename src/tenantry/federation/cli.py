@@ -2,7 +2,7 @@
 
 The CLI writes the database directly and tells no gateway; it need not:
 the `upstreams` triggers (migration 0005) announce each change at commit, and
-every running gateway's listener (`gateway/changes.py`) acts on it.
+every running gateway's listener (`federation/changes.py`) acts on it.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from tenantry import tenants as tenant_service
-from tenantry import upstreams as upstream_service
 from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
+from tenantry.federation import registry
+from tenantry.federation.ssrf import check_url
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
-from tenantry.ssrf import check_url
 from tenantry.tenancy import parse_tenant_id
 
 
@@ -51,14 +51,14 @@ def _headers(pairs: list[str]) -> dict[str, str]:
 
 def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     tenant_id = parse_tenant_id(args.tenant)
-    headers = upstream_service.check_headers(_headers(args.header))
-    upstream_service.check_name(args.name)
-    upstream_service.check_transport(args.transport)
+    headers = registry.check_headers(_headers(args.header))
+    registry.check_name(args.name)
+    registry.check_transport(args.transport)
     try:
         costs = {str(k): int(v) for k, v in json.loads(args.costs).items()}
     except (ValueError, AttributeError) as exc:
         raise TenantryError("--costs must be a JSON object of tool -> integer", code="invalid_costs") from exc
-    upstream_service.check_costs(costs)
+    registry.check_costs(costs)
 
     async def work(db: Database) -> dict[str, Any]:
         await check_url(
@@ -67,7 +67,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         async with db.system() as conn:
             await tenant_service.get_tenant(conn, tenant_id)
         async with db.tenant(tenant_id) as conn:
-            created = await upstream_service.create_upstream(
+            created = await registry.create_upstream(
                 conn,
                 SecretBox(settings.secret_keys),
                 tenant_id,
@@ -89,7 +89,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(db: Database) -> list[dict[str, Any]]:
         async with db.tenant(tenant_id) as conn:
-            return [u.public() for u in await upstream_service.list_upstreams(conn)]
+            return [u.public() for u in await registry.list_upstreams(conn)]
 
     found = _run(settings, work)
     _emit(
@@ -109,7 +109,7 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(db: Database) -> dict[str, Any]:
         async with db.tenant(tenant_id) as conn:
-            return (await upstream_service.delete_upstream(conn, upstream_id)).public()
+            return (await registry.delete_upstream(conn, upstream_id)).public()
 
     up = _run(settings, work)
     _emit(args, {"upstream": up}, f"upstream {up['id']} ({up['name']}) removed")
@@ -120,7 +120,7 @@ def cmd_rotate(args: argparse.Namespace, settings: Settings) -> int:
     async def work(db: Database) -> int:
         # Cross-tenant by nature: the owner role re-encrypts every tenant's credentials.
         async with db.system() as conn:
-            return await upstream_service.rotate_credentials(conn, SecretBox(settings.secret_keys))
+            return await registry.rotate_credentials(conn, SecretBox(settings.secret_keys))
 
     count = _run(settings, work)
     _emit(args, {"rotated": count}, f"{count} upstream credential(s) re-encrypted under the newest key")

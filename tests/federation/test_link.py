@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tenantry.gateway.http1 import Http1Client
-from tenantry.gateway.wire import HttpLink, HttpStatusError, ProtocolError, sse_messages
+from tenantry.federation.http1 import Http1Client
+from tenantry.federation.link import HttpLink, HttpStatusError, ProtocolError, sse_messages
 
 
 @dataclass

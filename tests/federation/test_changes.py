@@ -2,7 +2,7 @@
 
 The discovery TTL here is the default 60 s, so anything seen within the
 2 s these tests allow was announced by PostgreSQL (migration 0005) and
-acted on by the gateway's listener (`gateway/changes.py`), not aged out.
+acted on by the gateway's listener (`federation/changes.py`), not aged out.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from sqlalchemy import text
 
-from tenantry import upstreams as upstream_service
 from tenantry.app import create_app
 from tenantry.client import connect
 from tenantry.db.engine import Database
-from tenantry.gateway.changes import APPLICATION_NAME, CHANNEL, listener_dsn, parse_payload
+from tenantry.federation import registry
+from tenantry.federation.changes import APPLICATION_NAME, CHANNEL, listener_dsn, parse_payload
 from tenantry.secrets import SecretBox
 from tenantry.services import Services
 from tenantry.settings import Settings
 from tests.conftest import ADMIN_KEY, TEST_DB, Admin, TenantHandle, serve, serve_asgi
-from tests.test_cli_upstreams import run as cli
+from tests.federation.test_cli import run as cli
 from tests.upstream_servers import TOOLS_BY_TOKEN, FixtureUpstream, serve_upstream
 
 T = TypeVar("T")
@@ -128,9 +128,7 @@ async def test_credentials_and_url_changed_in_the_database_are_used_on_the_next_
 
             # As the CLI and the service layer write it: a tenant-bound transaction, no gateway involved.
             async with db.tenant(tid) as conn:
-                await upstream_service.update_upstream(
-                    conn, box, upstream_id, headers={"Authorization": "Bearer alpha"}
-                )
+                await registry.update_upstream(conn, box, upstream_id, headers={"Authorization": "Bearer alpha"})
 
             async def alpha_used() -> bool:
                 echoed = await client.call_tool("fx__echo", {"text": "x"})
@@ -140,7 +138,7 @@ async def test_credentials_and_url_changed_in_the_database_are_used_on_the_next_
             assert {f"fx__{t}" for t in TOOLS_BY_TOKEN["alpha"]} <= await names(client)
 
             async with db.tenant(tid) as conn:
-                await upstream_service.update_upstream(conn, box, upstream_id, url=second_url)
+                await registry.update_upstream(conn, box, upstream_id, url=second_url)
 
             async def second_used() -> bool:
                 before = len(second.received)
@@ -236,19 +234,19 @@ async def test_a_rolled_back_change_notifies_nobody(
 
     async def delete_then_fail() -> None:
         async with db.tenant(tid) as conn:
-            await upstream_service.delete_upstream(conn, dropped)
+            await registry.delete_upstream(conn, dropped)
             raise Abandon
 
     with pytest.raises(Abandon):
         await delete_then_fail()
     async with db.tenant(tid) as conn:
-        await upstream_service.update_upstream(conn, SecretBox(settings.secret_keys), kept, costs={"echo": 2})
+        await registry.update_upstream(conn, SecretBox(settings.secret_keys), kept, costs={"echo": 2})
 
     # Notifications arrive in commit order: had the rollback announced anything, it would come first.
     assert await asyncio.wait_for(listen.get(), SOON) == f"{tid}:{kept}"
     assert listen.empty()
     async with db.tenant(tid) as conn:
-        assert {u.id for u in await upstream_service.list_upstreams(conn)} == {kept, dropped}
+        assert {u.id for u in await registry.list_upstreams(conn)} == {kept, dropped}
 
 
 async def test_the_listener_recovers_from_a_killed_connection_and_forgets_what_it_may_have_missed(

@@ -34,12 +34,13 @@ from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
 from tenantry.errors import Unavailable
-from tenantry.gateway.http1 import Http1Client
-from tenantry.gateway.wire import HttpLink, HttpStatusError, Relay
+from tenantry.federation.http1 import Http1Client
+from tenantry.federation.link import HttpLink, HttpStatusError
+from tenantry.federation.registry import Upstream
+from tenantry.federation.ssrf import check_url
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
-from tenantry.ssrf import check_url
-from tenantry.upstreams import Upstream
+from tenantry.tools.base import Relay
 
 log = logging.getLogger(__name__)
 

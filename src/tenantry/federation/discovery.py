@@ -11,7 +11,7 @@ is cached too, so the built-in path makes no round trip within the TTL.
 
 The TTL bounds staleness; it is not how changes are normally seen. Whoever
 changes an upstream (this process's admin API, another replica, the CLI)
-makes PostgreSQL announce it, and `gateway/changes.py` calls `invalidate`
+makes PostgreSQL announce it, and `federation/changes.py` calls `invalidate`
 here within about a second. A view being built while an invalidation
 arrives is handed to its caller but not cached, so a build that read the
 rows just before a change cannot keep the old rows for a whole TTL.
@@ -29,13 +29,13 @@ import mcp_types as types
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError
 
-from tenantry import upstreams as upstream_service
 from tenantry.db.engine import Database
 from tenantry.errors import Forbidden, NotFound
-from tenantry.gateway.upstream import UpstreamError, UpstreamPool, describe_failure
+from tenantry.federation import registry
+from tenantry.federation.pool import UpstreamError, UpstreamPool, describe_failure
+from tenantry.federation.registry import SEPARATOR, Upstream, definition_digest
 from tenantry.settings import Settings
 from tenantry.tools.base import ToolContext
-from tenantry.upstreams import SEPARATOR, Upstream, definition_digest
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class Discovery:
 
     async def _build(self, tenant_id: uuid.UUID, *, fresh: bool, generation: tuple[int, int]) -> TenantView:
         async with self._db.tenant(tenant_id) as conn:
-            rows = await upstream_service.list_upstreams(conn)
+            rows = await registry.list_upstreams(conn)
         now = self.pool.clock()
         view = TenantView(expires_at=now + self._ttl)
         known = {row.id for row in rows}
@@ -261,14 +261,14 @@ class Discovery:
         status.reachable = status.credentials_accepted = True
         status.current = {tool.name: _dump(tool) for tool in tools if SEPARATOR not in tool.name}
         async with self._db.tenant(upstream.tenant_id) as conn:
-            pins = await upstream_service.pins_for(conn, upstream.id)
+            pins = await registry.pins_for(conn, upstream.id)
             for tool_name, definition in status.current.items():
                 pin = pins.get(tool_name)
                 if pin is None:
-                    await upstream_service.pin_tool(conn, upstream.tenant_id, upstream.id, definition)
+                    await registry.pin_tool(conn, upstream.tenant_id, upstream.id, definition)
                 elif pin.sha256 != definition_digest(definition):
                     status.drifted.append(tool_name)
-                    if await upstream_service.record_drift(conn, upstream.tenant_id, upstream.id, pin, definition):
+                    if await registry.record_drift(conn, upstream.tenant_id, upstream.id, pin, definition):
                         log.warning(
                             "tool %r of upstream %s (tenant %s) changed its definition; withheld until approved",
                             tool_name,
@@ -281,7 +281,7 @@ class Discovery:
         """Each tool: pinned vs current definition and its status (approved, changed, removed)."""
         status = await self.status(tenant_id, upstream_id)
         async with self._db.tenant(tenant_id) as conn:
-            pins = await upstream_service.pins_for(conn, upstream_id)
+            pins = await registry.pins_for(conn, upstream_id)
         out = []
         for name in sorted(set(pins) | set(status.current)):
             pin, current = pins.get(name), status.current.get(name)
@@ -307,6 +307,6 @@ class Discovery:
         if definition is None:
             raise NotFound(f"upstream {status.upstream.name!r} offers no tool {tool[:100]!r} now", code="unknown_tool")
         async with self._db.tenant(tenant_id) as conn:
-            pin = await upstream_service.pin_tool(conn, tenant_id, upstream_id, definition)
+            pin = await registry.pin_tool(conn, tenant_id, upstream_id, definition)
         self.invalidate(tenant_id, upstream_id)
         return {"tool": tool, "status": "approved", "sha256": pin.sha256}

@@ -10,9 +10,9 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from tenantry import upstreams as upstream_service
 from tenantry.db.engine import Database
 from tenantry.db.models import upstreams
+from tenantry.federation import registry
 from tenantry.secrets import SecretBox
 from tenantry.settings import DEV_SECRET_KEY, Settings
 from tests.conftest import Admin, TenantHandle
@@ -89,7 +89,7 @@ async def test_rotation_re_encrypts_stored_credentials_under_the_newest_key(
 
     tid = uuid.UUID(tenant_a.id)
     async with db.tenant(tid) as conn:
-        await upstream_service.create_upstream(
+        await registry.create_upstream(
             conn,
             SecretBox([DEV_SECRET_KEY]),
             tid,
@@ -100,7 +100,7 @@ async def test_rotation_re_encrypts_stored_credentials_under_the_newest_key(
             costs={},
         )
     async with db.tenant(tid) as conn:
-        assert await upstream_service.rotate_credentials(conn, SecretBox([NEW_KEY, DEV_SECRET_KEY])) == 1
+        assert await registry.rotate_credentials(conn, SecretBox([NEW_KEY, DEV_SECRET_KEY])) == 1
     async with db.tenant(tid) as conn:
         stored = (await conn.execute(select(upstreams.c.credentials))).scalar_one()
     assert SecretBox([NEW_KEY]).open(stored) == {"X-Key": "v"}

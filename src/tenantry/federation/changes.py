@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from tenantry.gateway.discovery import Discovery
+from tenantry.federation.discovery import Discovery
 from tenantry.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ What one `HttpLink` (one upstream session of one tenant) does:
   every later request. A 404 on a request that carried a session id means
   the upstream dropped the session: the link handshakes again and retries
   that request once, as the spec asks of clients.
-- **Connections** (`gateway/http1.py`): keep-alive HTTP/1.1 to the addresses
+- **Connections** (`federation/http1.py`): keep-alive HTTP/1.1 to the addresses
   the SSRF check vetted, not to what a second lookup returns, so a DNS answer
   that changes after the check cannot redirect it. A request that is safe to
   repeat is retried once on a fresh connection when a reused one turns out
@@ -38,12 +38,12 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
-from tenantry.gateway.http1 import (
+from tenantry.federation.http1 import (
     Connection,
     Http1Client,
     HttpStatusError,
@@ -52,8 +52,9 @@ from tenantry.gateway.http1 import (
     decode_json,
     sse_messages,
 )
+from tenantry.tools.base import Relay
 
-__all__ = ["HttpLink", "HttpStatusError", "ProtocolError", "Relay", "sse_messages"]
+__all__ = ["HttpLink", "HttpStatusError", "ProtocolError", "sse_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,6 @@ PROTOCOL_VERSION: Final = "2025-11-25"
 CLIENT_INFO: Final = {"name": "tenantry-gateway", "version": "0.1.0"}
 # What the gateway can relay to the agent behind a call; the relay refuses a request its agent cannot take.
 CLIENT_CAPABILITIES: Final[dict[str, dict[str, Any]]] = {"sampling": {}, "elicitation": {}, "roots": {}}
-
-
-class Relay(Protocol):
-    """Where a request's upstream traffic goes: the agent that made the call."""
-
-    @property
-    def progress_token(self) -> str | int | None:
-        """The agent's progress token for this call, or None when it asked for no progress."""
-        ...
-
-    async def notify(self, method: str, params: dict[str, Any] | None) -> None: ...
-
-    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        """The agent's result, or raise MCPError with the agent's (or the relay's own) error."""
-        ...
 
 
 _SESSION_ID: Final = re.compile(r"[\x21-\x7e]{1,256}")

@@ -7,10 +7,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from tenantry.gateway.upstream import UpstreamPool
+from tenantry.federation.pool import UpstreamPool
+from tenantry.federation.registry import Upstream
 from tenantry.secrets import SecretBox
 from tenantry.settings import DEV_SECRET_KEY, Settings
-from tenantry.upstreams import Upstream
 
 BOX = SecretBox([DEV_SECRET_KEY])
 

@@ -1,0 +1,15 @@
+"""Federation: a tenant's own upstream MCP servers, behind the gateway. Every upstream call happens here.
+
+    registry.py    the `upstreams` rows, pinned tool definitions and drift log (tenant-bound, under RLS)
+    ssrf.py        which addresses an upstream URL may reach, checked at registration and at connect
+    discovery.py   each tenant's upstream tools: listed, cached, pinned, withheld on drift
+    pool.py        one pooled session per (tenant, upstream), each behind a circuit breaker
+    link.py        that session over streamable HTTP: the gateway's own lean MCP client
+    http1.py       the keep-alive HTTP/1.1 client the link runs on
+    changes.py     what the database announces about upstreams, applied to the cache and the pool
+    cli.py         `tenantry upstream ...`
+
+The gateway's call pipeline (`gateway/calls.py`) sees an upstream tool as one
+more catalog entry (`discovery.UpstreamTool`); nothing above this package
+knows how an upstream is reached.
+"""
