@@ -98,7 +98,7 @@ async def main() -> None:
     lean = RespClient.from_url(settings.redis_url, timeout=5.0)
     try:
         await r.delete(STREAM)
-        drainer = LedgerDrainer(r, db, stream=STREAM, resp=lean, batch_size=max(batches))
+        drainer = LedgerDrainer(lean, db, stream=STREAM, batch_size=max(batches))
         await drainer.ensure_group()
         await run(r, drainer, tenants[:1], 200, 50, False)  # warm-up: connections, prepared statements
         await run(r, drainer, tenants[:1], 200, 50, True)

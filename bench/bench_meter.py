@@ -33,8 +33,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from tenantry.db.engine import Database
 from tenantry.metering.ledger import Ledger, UsageEvent
-from tenantry.metering.meter import Limits, Meter
+from tenantry.metering.meter import Meter
 from tenantry.metering.resp import RespClient
+from tenantry.plans import Limits
 
 QUOTA = Limits(calls_per_window=10_000, window_seconds=3600, requests_per_minute=600)
 QUOTA_CAP = Limits(calls_per_window=10_000, window_seconds=3600, requests_per_minute=600, max_concurrent=10)
@@ -148,7 +149,7 @@ async def latency(r: Redis, url: str, decisions: int, tenants: list[uuid.UUID], 
     db = cast(Database, None)  # the ledger touches PostgreSQL only when Redis fails, which it must not here
     clients = {
         "redis-py": (Meter(r), Ledger(r, db, stream=STREAM)),
-        "resp": (Meter(r, resp=resp), Ledger(r, db, stream=STREAM, resp=resp)),
+        "resp": (Meter(resp), Ledger(resp, db, stream=STREAM)),
     }
     ops = {
         name: operations(r, resp if name == "resp" else None, m, lg, tenants, decisions)

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenantry.app import build_services, create_app
 from tenantry.auth.middleware import PRINCIPAL_SCOPE_KEY, TenantAuth
-from tenantry.metering.plans import PlanBook
+from tenantry.plans import PlanBook
 from tenantry.services import Services
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal

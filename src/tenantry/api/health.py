@@ -25,7 +25,7 @@ from tenantry import tenants as tenant_service
 from tenantry.api.deps import ServicesDep
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
 from tenantry.metering.drain import dead_letter_key, oldest_undrained_age_ms
-from tenantry.metering.meter import Limits
+from tenantry.plans import Limits
 from tenantry.services import Services
 from tenantry.tenancy import parse_tenant_id
 

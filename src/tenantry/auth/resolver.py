@@ -24,8 +24,7 @@ from tenantry.auth.jwt import CANARY_PREFIX, decode_canary_token, decode_tenant_
 from tenantry.db.engine import Database
 from tenantry.db.models import api_keys, tenants
 from tenantry.errors import Forbidden, Unauthenticated
-from tenantry.metering.meter import Limits
-from tenantry.metering.plans import PlanBook
+from tenantry.plans import Limits, PlanBook
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, TenantStatus
 

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.billing.dunning import mark_past_due, restore_paid
-from tenantry.billing.plans import ENDED_STATUSES, PAST_DUE_STATUSES, plan_for_subscription
+from tenantry.billing.subscriptions import ENDED_STATUSES, PAST_DUE_STATUSES, plan_for_subscription
 from tenantry.db.models import stripe_webhook_events, tenants
 from tenantry.settings import Settings
 

@@ -41,8 +41,8 @@ from tenantry.auth.api_keys import create_key, revoke_all_keys
 from tenantry.auth.jwt import issue_canary_token
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.events import replay_unmatched
-from tenantry.billing.plans import plan_for_checkout
 from tenantry.billing.reporter import Reporter, unpark_tenant, utcnow
+from tenantry.billing.subscriptions import plan_for_checkout
 from tenantry.client import call_tool
 from tenantry.db.engine import Database
 from tenantry.db.models import onboarding_keys, tenants

@@ -32,8 +32,8 @@ from tenantry.errors import BadRequest, LimitExceeded, NotFound, TenantryError, 
 from tenantry.gateway.catalog import Catalog, CatalogEntry
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
-from tenantry.metering.plans import PlanBook
 from tenantry.metrics import Metrics
+from tenantry.plans import PlanBook
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal
 from tenantry.tools.base import Relay, ToolContext

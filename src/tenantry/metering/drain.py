@@ -32,15 +32,14 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
+from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.ledger import REDIS_ERRORS, UsageEvent, insert_documents, insert_events, stream_key, unstorable
-from tenantry.metering.resp import RespClient
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ class LedgerDrainer:
 
     def __init__(
         self,
-        redis: Redis,
+        client: Redis | RedisCommands,
         db: Database,
         *,
         batch_size: int = 500,
@@ -66,17 +65,16 @@ class LedgerDrainer:
         linger_ms: int = 200,
         consumer: str | None = None,
         stream: str = stream_key(),
-        resp: RespClient | None = None,
+        timeout_s: float = 5.0,
     ) -> None:
         """`linger_ms`: after a batch that was not full, wait this long for more events, so under load
         the drain moves them in batches (one transaction for many calls) instead of one by one.
 
-        `resp`: a lean client of the drainer's own (its blocking read would hold up every command
-        queued behind it on a shared connection), for the steady state's read and acknowledgement;
-        recovery (own pending, XAUTOCLAIM) stays on redis-py."""
+        `client` carries every command (`commands.py`). Give the drainer a connection of its own (the
+        app gives it its own lean client): its blocking read would hold up every command queued
+        behind it on a shared one. A redis-py client is bounded by `timeout_s` per command."""
         self.stream = stream
-        self._redis = redis
-        self._resp = resp
+        self._commands = as_commands(client, timeout=timeout_s)
         self._db = db
         self._batch = batch_size
         self._block_ms = block_ms
@@ -91,7 +89,7 @@ class LedgerDrainer:
 
     async def ensure_group(self) -> None:
         try:
-            await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+            await self._commands.execute("XGROUP", "CREATE", self.stream, GROUP, "0", "MKSTREAM")
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -123,13 +121,7 @@ class LedgerDrainer:
             moved += stored
         if dead:
             await self._dead_letter(dead)
-        if self._resp is not None:
-            await self._resp.execute_many([("XACK", self.stream, GROUP, *ids), ("XDEL", self.stream, *ids)])
-        else:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xack(self.stream, GROUP, *ids)
-                pipe.xdel(self.stream, *ids)
-                await pipe.execute()
+        await self._commands.execute_many([("XACK", self.stream, GROUP, *ids), ("XDEL", self.stream, *ids)])
         self.drained += moved
         return len(ids)
 
@@ -175,41 +167,39 @@ class LedgerDrainer:
     async def _dead_letter(self, dead: list[tuple[bytes, dict[bytes, bytes], str]]) -> None:
         """Keep entries that can never be stored in `<stream>:dead`, with the reason, before they are
         acknowledged: nothing leaves the ledger unaccounted for; `/health` shows how many there are."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for entry_id, fields, reason in dead:
-                log.error("ledger: entry %s can never be stored (%s); moved to %s", entry_id, reason, self.dead)
-                kept: dict[Any, Any] = {**fields, b"entry": entry_id, b"reason": reason.encode()[:1000]}
-                pipe.xadd(self.dead, kept)
-            await pipe.execute()
+        commands: list[list[bytes | str]] = []
+        for entry_id, fields, reason in dead:
+            log.error("ledger: entry %s can never be stored (%s); moved to %s", entry_id, reason, self.dead)
+            kept = {**fields, b"entry": entry_id, b"reason": reason.encode()[:1000]}
+            commands.append(["XADD", self.dead, "*", *(part for pair in kept.items() for part in pair)])
+        await self._commands.execute_many(commands)
         self.dead_lettered += len(dead)
 
     async def _read(self, *, block: bool, recover: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
         if not recover:
-            return await self._read_new(block=block)
+            return await self._read_group(">", block_ms=self._block_ms if block else None)
         # A batch this consumer read but did not acknowledge (the insert failed, or we were cancelled).
-        entries = _entries(await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=self._batch))
+        entries = await self._read_group("0", block_ms=None)
         if entries:
             return entries
-        # Entries a dead consumer read and never acknowledged.
-        claimed = await self._redis.xautoclaim(
-            self.stream, GROUP, self.consumer, min_idle_time=self._claim_idle_ms, count=self._batch
+        # Entries a dead consumer read and never acknowledged (Redis 7 lists deleted ones apart; 6.2 as nil).
+        claimed = await self._commands.execute(
+            "XAUTOCLAIM", self.stream, GROUP, self.consumer, self._claim_idle_ms, "0-0", "COUNT", self._batch
         )
-        entries = [(entry_id, fields) for entry_id, fields in claimed[1] if fields is not None]
+        entries = [(entry_id, _pairs(fields)) for entry_id, fields in claimed[1] if fields is not None]
         if entries:
             return entries
-        return await self._read_new(block=block)
+        return await self._read_group(">", block_ms=self._block_ms if block else None)
 
-    async def _read_new(self, *, block: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        block_ms = self._block_ms if block else None
-        if self._resp is not None:
-            command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self._batch]
-            if block_ms is not None:
-                command += ["BLOCK", block_ms]
-            reply = await self._resp.execute(*command, "STREAMS", self.stream, ">")
-            return [(entry_id, _pairs(fields)) for _, entries in reply or [] for entry_id, fields in entries]
-        return _entries(
-            await self._redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=self._batch, block=block_ms)
-        )
+    async def _read_group(self, start: str, *, block_ms: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """XREADGROUP from `start` ("0": this consumer's pending entries; ">": new ones)."""
+        command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self._batch]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        reply = await self._commands.execute(*command, "STREAMS", self.stream, start)
+        # RESP2 answers [[stream, entries]]; RESP3 (redis-py 8's default protocol) {stream: entries}.
+        streams = reply.values() if isinstance(reply, dict) else [entries for _, entries in reply or []]
+        return [(entry_id, _pairs(fields)) for entries in streams for entry_id, fields in entries]
 
     async def run(self) -> None:
         """Drain until `stop()`; then drain what is left (bounded) and return."""
@@ -306,14 +296,6 @@ def _group(
         else:
             docs.append(text_doc)
     return batch, odd
-
-
-def _entries(response: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    if not response:
-        return []
-    if isinstance(response, dict):  # RESP3
-        return [entry for entries in response.values() for entry in (entries[0] if entries else [])]
-    return [entry for _, entries in response for entry in entries]
 
 
 def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:

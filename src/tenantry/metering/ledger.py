@@ -8,11 +8,11 @@ returned to the client, in the same pipelined round trip that frees the
 call's in-flight slot in the meter. So a gateway crash at any moment loses
 no event of a call whose result the client received: either the event is
 in the stream, or the client got no result. That XADD (+ ZREM) goes over the
-meter's lean RESP client (`resp.py`) when there is one, in one write: through
-redis-py the pipeline cost ~280-330 µs of client CPU per call, through the
-lean client ~60-80 µs. The drain reads over a lean connection of its own: its
-blocking read must not sit on the connection the per-call commands are
-pipelined on.
+meter's client (`commands.py`), the lean RESP client in the app, in one
+write: through redis-py the pipeline cost ~280-330 µs of client CPU per call,
+through the lean client ~60-80 µs. The drain reads over a connection of its
+own: its blocking read must not sit on the connection the per-call commands
+are pipelined on.
 
 An entry is two fields: `t`, the tenant, and `v`, the rest of the event as
 one JSON object (`UsageEvent.document()`), so the drain hands the documents to
@@ -45,7 +45,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
-from tenantry.metering.resp import RespClient
+from tenantry.metering.commands import RedisCommands, as_commands
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class UsageEvent:
         return {"t": str(self.tenant_id), "v": self.document()}
 
     def xadd(self, stream: str) -> tuple[str, ...]:
-        """The XADD that appends this event to `stream` (for the lean client)."""
+        """The XADD that appends this event to `stream`."""
         return ("XADD", stream, "*", "t", str(self.tenant_id), "v", self.document())
 
     @classmethod
@@ -179,11 +179,15 @@ async def insert_events(db: Database, events: Iterable[UsageEvent]) -> int:
 
 class Ledger:
     def __init__(
-        self, redis: Redis, db: Database, *, stream: str = stream_key(), resp: RespClient | None = None
+        self,
+        client: Redis | RedisCommands,
+        db: Database,
+        *,
+        stream: str = stream_key(),
+        timeout_s: float | None = None,
     ) -> None:
-        """With `resp`, `record` goes through that lean client instead of `redis`."""
-        self._redis = redis
-        self._resp = resp
+        """`client` carries the XADD (`commands.py`); a redis-py client is bounded by `timeout_s`."""
+        self._commands = as_commands(client, timeout=timeout_s)
         self._db = db
         self.stream = stream
         self.fallbacks = 0  # events written straight to PostgreSQL because Redis was unreachable
@@ -193,22 +197,12 @@ class Ledger:
 
         `release=(key, member)`: also remove `member` from the sorted set `key` (the call's in-flight
         slot in the meter) in the same round trip."""
+        xadd = event.xadd(self.stream)
         try:
-            if self._resp is not None:
-                xadd = event.xadd(self.stream)
-                if release is None:
-                    await self._resp.execute(*xadd)
-                else:
-                    await self._resp.execute_many([xadd, ("ZREM", *release)])
-                return
-            fields = event.fields()
-            if release is None:  # one command: a pipeline would only add client-side work
-                await self._redis.xadd(self.stream, fields)  # type: ignore[arg-type]
-                return
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
-                pipe.zrem(*release)
-                await pipe.execute()
+            if release is None:
+                await self._commands.execute(*xadd)
+            else:
+                await self._commands.execute_many([xadd, ("ZREM", *release)])
             return
         except REDIS_ERRORS as exc:
             log.warning("ledger: Redis unavailable (%s); writing event %s to PostgreSQL", exc, event.event_id)

@@ -7,14 +7,12 @@ to the call and, only if all of them pass, counts the call against all of
 them, atomically; a refused call consumes nothing. It runs by EVALSHA and is
 reloaded (SCRIPT LOAD) when Redis answers NOSCRIPT.
 
-The hot commands (the admit script, `check_rate`, `release`) go over the lean
-RESP client of `resp.py` when the app gives the meter one (it does, unless
-`redis_lean_client` is off or the URL is not redis://, rediss:// or unix://):
-redis-py spent ~200-250 µs of client CPU per EVALSHA against ~30-45 µs of
-Redis's own time, and the admit runs on every metered tool call; the lean
-client spends ~50-70 µs (bench/bench_meter.py). Its errors are redis-py's
-classes, so the outage handling below is the same on both. `usage` and
-everything that is not per call stay on redis-py.
+Every command goes through one `RedisCommands` (`commands.py`): the app gives
+the meter the lean RESP client of `resp.py` (redis-py spent ~200-250 µs of
+client CPU per EVALSHA against ~30-45 µs of Redis's own time, and the admit
+runs on every metered tool call; the lean client spends ~50-70 µs,
+bench/bench_meter.py), or redis-py behind the same interface. Both raise
+redis-py's classes, so the outage handling below is one code path.
 
 Quota and request rate are sliding-window counters: two fixed-window
 counters (current and previous window) weighted by the overlap,
@@ -39,22 +37,23 @@ never raises for that; `failures` counts such events for a metric.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, Final, TypedDict
+from typing import Final, TypedDict
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenantry.errors import Unavailable
-from tenantry.metering.resp import LuaScript, RespClient
+from tenantry.metering.commands import RedisCommands, as_commands
+from tenantry.metering.resp import LuaScript
+from tenantry.plans import Limits
 
-__all__ = ["REASONS", "Decision", "Limits", "Meter", "Usage", "wall_clock_ms"]
+__all__ = ["REASONS", "Decision", "Meter", "Usage", "wall_clock_ms"]
 
 METER_LUA: Final[str] = files("tenantry.metering").joinpath("meter.lua").read_text(encoding="utf-8")
 
@@ -72,32 +71,6 @@ _NO_LIMIT: Final = -1
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    calls_per_window: int | None  # None = unlimited (enterprise)
-    window_seconds: int = 3600
-    requests_per_minute: int | None = None  # per-tenant request rate limit, None = none
-    max_concurrent: int | None = None  # per-tenant in-flight call cap, None = none
-    fail_open: bool = False  # policy when Redis is unreachable (free: closed, paid: open)
-
-    def __post_init__(self) -> None:
-        if self.window_seconds <= 0:
-            raise ValueError("window_seconds must be positive")
-        for name in ("calls_per_window", "requests_per_minute", "max_concurrent"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0 or None")
-
-    @property
-    def window_ms(self) -> int:
-        return self.window_seconds * 1000
-
-    @property
-    def unmetered(self) -> bool:
-        """No limit at all: the meter has nothing to check or count, and does not touch Redis."""
-        return self.calls_per_window is None and self.requests_per_minute is None and self.max_concurrent is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,30 +95,23 @@ class Usage(TypedDict):
 class Meter:
     def __init__(
         self,
-        redis: Redis,
+        client: Redis | RedisCommands,
         *,
-        resp: RespClient | None = None,
         clock: Callable[[], int] = wall_clock_ms,
         key_prefix: str = "tenantry",
         timeout_s: float | None = None,
         unavailable_retry_ms: int = 1000,
     ) -> None:
-        """`timeout_s` bounds each Redis round trip of the meter on top of the client's own
-        timeouts (redis-py 8 retries a failed connection 10 times by default); past it the
-        call is treated as "Redis unreachable". `unavailable_retry_ms` is the retry hint
-        given with `meter_unavailable`.
-
-        With `resp`, the hot commands (the admit script, `check_rate`, `release`) go through that
-        lean client instead, which enforces its own per-command timeout; `usage` stays on `redis`."""
-        self._redis = redis
-        self._resp = resp
-        self._script = redis.register_script(METER_LUA)
+        """`client` carries the meter's commands (`commands.py`); a redis-py client is bounded by
+        `timeout_s` per round trip on top of its own timeouts (a lean client has its own). Past it the
+        call is treated as "Redis unreachable". `unavailable_retry_ms` is the retry hint given with
+        `meter_unavailable`."""
+        self._commands = as_commands(client, timeout=timeout_s)
         self._lua = LuaScript(METER_LUA)
         self._clock = clock
         self._prefix = key_prefix
-        self._timeout_s = timeout_s
         self._unavailable_retry_ms = unavailable_retry_ms
-        self.failures = 0  # Redis unreachable (each admit/check_rate/release that could not reach it)
+        self.failures = 0  # Redis unreachable (each admit/check_rate/release/usage that could not reach it)
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -268,10 +234,7 @@ class Meter:
         ]
         limit = rate if report_rate else quota
         try:
-            if self._resp is not None:
-                reply = await self._resp.evalsha(self._lua, keys, args)
-            else:
-                reply = await self._call(self._script(keys=keys, args=args))
+            reply = await self._commands.evalsha(self._lua, keys, args)
         except _REDIS_DOWN:
             self.failures += 1
             if limits.fail_open:
@@ -288,12 +251,6 @@ class Meter:
             remaining=None if limit is None else int(remaining),
         )
 
-    async def _call(self, awaitable: Any) -> Any:
-        if self._timeout_s is None:
-            return await awaitable
-        async with asyncio.timeout(self._timeout_s):
-            return await awaitable
-
     # -- in-flight slots -----------------------------------------------------------------------
 
     async def release(self, tenant_id: uuid.UUID, call_id: str, limits: Limits | None = None) -> None:
@@ -305,10 +262,7 @@ class Meter:
             return
         key = self.inflight_key(tenant_id)
         try:
-            if self._resp is not None:
-                await self._resp.execute("ZREM", key, call_id)
-            else:
-                await self._call(self._redis.zrem(key, call_id))
+            await self._commands.execute("ZREM", key, call_id)
         except _REDIS_DOWN:
             self.failures += 1
 
@@ -333,7 +287,7 @@ class Meter:
                 window_ends_in_ms=w - elapsed,
             )
         try:
-            raw = await self._call(self._redis.mget(self.quota_keys(tenant_id, w, now)))
+            raw = await self._commands.execute("MGET", *self.quota_keys(tenant_id, w, now))
         except _REDIS_DOWN as exc:
             self.failures += 1
             raise Unavailable("the usage meter is unavailable", code="meter_unavailable") from exc

@@ -18,7 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.errors import BadRequest
-from tenantry.metering.meter import Limits, Meter
+from tenantry.metering.meter import Meter
+from tenantry.plans import Limits
 
 MAX_RANGE = timedelta(days=366)
 
