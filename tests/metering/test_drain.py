@@ -22,6 +22,7 @@ from tests.conftest import Admin
 from tests.metering.test_ledger import event, stored
 
 
+@pytest.fixture(params=["redis-py", "lean"])
 async def drain_client(
     request: pytest.FixtureRequest, settings: Settings, redis: Redis
 ) -> AsyncIterator[Redis | RespClient]:

@@ -30,7 +30,6 @@ async def stored(db: Database, tenant_id: str) -> list[uuid.UUID]:
         return list(rows.scalars())
 
 
-@pytest.fixture(params=["redis-py", "lean"])
 async def test_with_redis_down_an_event_goes_straight_to_postgres(db: Database, admin: Admin) -> None:
     tenant = await admin.create_tenant()
     down = unreachable_client(closed_port())
