@@ -17,11 +17,11 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -40,6 +40,24 @@ SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 TEST_DB = f"tenantry_test_{os.getpid()}"
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
+
+
+T = TypeVar("T")
+# How long a change made elsewhere may take to reach a replica (the listener's promise is about a second).
+SOON = 2.0
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], *, within: float = SOON, what: str = "the change") -> T:
+    """Poll `probe` until it returns something truthy, for at most `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} was not seen within {within}s (last: {result!r})")
+        await asyncio.sleep(0.05)
 
 
 def test_settings(**overrides: Any) -> Settings:

@@ -18,11 +18,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tenantry import tenants as tenant_lifecycle
 from tenantry.api import admin, health, stripe_webhooks, tenant, upstreams
 from tenantry.api.body_limit import BodyLimit
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import build_billing
 from tenantry.db.engine import Database
+from tenantry.db.listener import ChangeListener
 from tenantry.errors import TenantryError
 from tenantry.federation.changes import UpstreamChanges
 from tenantry.federation.discovery import Discovery
@@ -84,6 +86,8 @@ def build_services(settings: Settings) -> Services:
     drainer = LedgerDrainer(
         drain_client, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
     )
+    listener = ChangeListener(settings.database_url)
+    tenant_lifecycle.watch(db, listener, resolver.forget)
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets))
     catalog = Catalog(builtin_tools(), discovery)
@@ -103,8 +107,9 @@ def build_services(settings: Settings) -> Services:
         drainer=drainer,
         secrets=secrets,
         upstreams=discovery,
-        changes=UpstreamChanges(settings, discovery),
-        billing=build_billing(settings, db, resolver),
+        listener=listener,
+        changes=UpstreamChanges(listener, discovery),
+        billing=build_billing(settings, db),
         hot=hot,
         drain_client=drain_client,
     )
@@ -153,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await _refuse_unsafe_app_role(services)
         drain = asyncio.create_task(services.drainer.run(), name="ledger-drain")
         services.changes.start()
+        services.listener.start()
         billing = services.billing
         try:
             async with services.gateway.run():
@@ -166,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await drain
             if billing is not None:
                 await billing.stop()
+            await services.listener.aclose()
             await services.changes.aclose()
             await services.upstreams.aclose()
             await services.aclose_redis()

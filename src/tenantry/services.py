@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import Billing
 from tenantry.db.engine import Database
+from tenantry.db.listener import ChangeListener
 from tenantry.federation.changes import UpstreamChanges
 from tenantry.federation.discovery import Discovery
 from tenantry.gateway.calls import ToolCalls
@@ -39,6 +40,7 @@ class Services:
     drainer: LedgerDrainer
     secrets: SecretBox
     upstreams: Discovery
+    listener: ChangeListener
     changes: UpstreamChanges
     billing: Billing | None = None
     hot: RedisCommands | None = None  # the meter's and the ledger's per-call commands

@@ -58,13 +58,21 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         "tenantry_notify_pin_change",
         "tenantry_notify_tenant_change",
     }
+    credentials = {
+        "tenants_notify_credentials",
+        "api_keys_notify_credentials_update",
+        "api_keys_notify_credentials_delete",
+        "tenantry_notify_tenant_credentials",
+    }
     try:
         await migrate(url)
+        assert await _triggers(name) == installed | credentials
+        await migrate(url, revision="0006", downgrade=True)
         assert await _triggers(name) == installed
         await migrate(url, revision="0004", downgrade=True)
         assert await _triggers(name) == set()
         assert "upstreams" in await _tables(name)
         await migrate(url)
-        assert await _triggers(name) == installed
+        assert await _triggers(name) == installed | credentials
     finally:
         await recreate_database(name, create=False)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx
@@ -23,30 +23,15 @@ from sqlalchemy import text
 from tenantry.app import create_app
 from tenantry.client import connect
 from tenantry.db.engine import Database
+from tenantry.db.listener import APPLICATION_NAME, listener_dsn
 from tenantry.federation import registry
-from tenantry.federation.changes import APPLICATION_NAME, CHANNEL, listener_dsn, parse_payload
+from tenantry.federation.changes import CHANNEL, parse_payload
 from tenantry.secrets import SecretBox
 from tenantry.services import Services
 from tenantry.settings import Settings
-from tests.conftest import ADMIN_KEY, TEST_DB, Admin, TenantHandle, serve, serve_asgi
+from tests.conftest import ADMIN_KEY, SOON, TEST_DB, Admin, TenantHandle, eventually, serve, serve_asgi
 from tests.federation.test_cli import run as cli
 from tests.upstream_servers import TOOLS_BY_TOKEN, FixtureUpstream, serve_upstream
-
-T = TypeVar("T")
-SOON = 2.0
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], *, within: float = SOON, what: str = "the change") -> T:
-    """Poll `probe` until it returns something truthy, for at most `within` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} was not seen within {within}s (last: {result!r})")
-        await asyncio.sleep(0.05)
 
 
 async def names(client: Client) -> set[str]:

@@ -106,7 +106,6 @@ async def update_tenant(tenant_id: str, body: TenantPatch, services: ServicesDep
             status=TenantStatus(body.status) if body.status else None,
             limits=validate_overrides(body.limits) if body.limits is not None else None,
         )
-    services.resolver.invalidate()
     return tenant.public()
 
 
@@ -117,7 +116,6 @@ async def delete_tenant(tenant_id: str, services: ServicesDep) -> dict[str, Any]
         return {**result.pop("tenant"), "offboarding": result}
     async with services.db.system() as conn:
         tenant = await tenant_service.deprovision_tenant(conn, _tenant_id(tenant_id))
-    services.resolver.invalidate()
     return tenant.public()
 
 
@@ -161,5 +159,4 @@ async def list_keys(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
 async def revoke_key(tenant_id: str, key_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
     async with services.db.system() as conn:
         info = await api_keys.revoke_key(conn, _tenant_id(tenant_id), key_id)
-    services.resolver.invalidate()
     return info.public()

@@ -92,7 +92,6 @@ async def handle_event(services: Services, event: dict[str, Any]) -> dict[str, A
             .where(stripe_webhook_events.c.id == event["id"])
             .values(outcome=outcome, **kept)
         )
-    services.resolver.invalidate()
     log.info("stripe webhook %s %s: %s", event["id"], event["type"], outcome)
     return {"received": True, "outcome": outcome}
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tenantry.db.engine import note_tenant_changed
 from tenantry.db.models import api_keys
 from tenantry.errors import NotFound
 
@@ -101,6 +102,7 @@ async def revoke_key(conn: AsyncConnection, tenant_id: uuid.UUID, key_id: uuid.U
     ).one_or_none()
     if row is None:
         raise NotFound(f"no key {key_id} for tenant {tenant_id}", code="key_not_found")
+    note_tenant_changed(conn, tenant_id)
     return ApiKeyInfo(*row)
 
 
@@ -110,4 +112,5 @@ async def revoke_all_keys(conn: AsyncConnection, tenant_id: uuid.UUID) -> int:
         .where(api_keys.c.tenant_id == tenant_id, api_keys.c.revoked_at.is_(None))
         .values(revoked_at=func.now())
     )
+    note_tenant_changed(conn, tenant_id)
     return result.rowcount

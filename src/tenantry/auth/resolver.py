@@ -3,9 +3,10 @@
 The credential lookup runs before any tenant is known, so it reads through
 the owner's pool (one indexed query on the key hash). Its answer (key ->
 tenant, revoked?, tenant status, plan and limits) is cached for
-`auth_cache_ttl_seconds`; anything that changes a key or a tenant through
-this process calls `invalidate()`, so revocation and suspension take effect
-at once here and within the TTL on other replicas.
+`auth_cache_ttl_seconds`. A change of a key or a tenant, made anywhere,
+reaches `forget` on every replica (`tenants.watch`): at once in the process
+that made it, within about a second elsewhere; the TTL bounds staleness only
+while that announcement cannot arrive.
 """
 
 from __future__ import annotations
@@ -61,9 +62,13 @@ class CredentialResolver:
         # Keyed by key hash (API keys) or by key id (JWTs, which name their key).
         self._cache: OrderedDict[bytes | uuid.UUID, _KeyState] = OrderedDict()
 
-    def invalidate(self) -> None:
-        """Forget every cached credential (called after any key or tenant change)."""
-        self._cache.clear()
+    def forget(self, tenant_id: uuid.UUID | None = None) -> None:
+        """Forget the cached credentials of `tenant_id` (None: of every tenant)."""
+        if tenant_id is None:
+            self._cache.clear()
+            return
+        for key in [k for k, state in self._cache.items() if state.tenant_id == tenant_id]:
+            del self._cache[key]
 
     async def resolve(self, token: str) -> Principal:
         """The principal `token` stands for; 401 if it stands for nobody, 403 if its tenant may not call."""

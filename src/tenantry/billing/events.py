@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tenantry import tenants as tenant_lifecycle
 from tenantry.billing.dunning import mark_past_due, restore_paid
 from tenantry.billing.subscriptions import ENDED_STATUSES, PAST_DUE_STATUSES, plan_for_subscription
 from tenantry.db.models import stripe_webhook_events, tenants
@@ -91,10 +92,12 @@ async def _subscription(
         "subscription_event_at": created,
         "updated_at": func.now(),
     }
+    await conn.execute(update(tenants).where(tenants.c.id == tenant.id).values(**values))
     if plan is not None:
         # A tenant restricted by dunning gets its new plan back when it pays, not before.
-        values["plan_before_restriction" if tenant.plan_before_restriction else "plan"] = plan
-    await conn.execute(update(tenants).where(tenants.c.id == tenant.id).values(**values))
+        await tenant_lifecycle.set_subscribed_plan(
+            conn, tenant.id, plan, restricted=tenant.plan_before_restriction is not None
+        )
     if status in PAST_DUE_STATUSES:
         await mark_past_due(conn, tenant.id, created)
     elif status in {"active", "trialing"}:

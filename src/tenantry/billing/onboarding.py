@@ -39,7 +39,6 @@ from sqlalchemy.exc import IntegrityError
 from tenantry import tenants as tenant_service
 from tenantry.auth.api_keys import create_key, revoke_all_keys
 from tenantry.auth.jwt import issue_canary_token
-from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.events import replay_unmatched
 from tenantry.billing.reporter import Reporter, unpark_tenant, utcnow
 from tenantry.billing.subscriptions import plan_for_checkout
@@ -83,14 +82,12 @@ class Onboarding:
         self,
         settings: Settings,
         db: Database,
-        resolver: CredentialResolver,
         *,
         reporter: Reporter | None = None,
         fault: FaultHook | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
-        self._resolver = resolver
         self._reporter = reporter
         self.fault = fault
         self.base_url = settings.self_base_url
@@ -115,21 +112,8 @@ class Onboarding:
             return result
 
         async with self._db.system() as conn:
-            await conn.execute(
-                update(tenants)
-                .where(tenants.c.id == tid, tenants.c.status == TenantStatus.PROVISIONING)
-                .values(limits={}, updated_at=func.now())
-            )
             # The checkout's plan, unless a subscription event already said better (a retry after replay).
-            await conn.execute(
-                update(tenants)
-                .where(
-                    tenants.c.id == tid,
-                    tenants.c.status == TenantStatus.PROVISIONING,
-                    tenants.c.subscription_event_at.is_(None),
-                )
-                .values(plan=plan_for_checkout(self._settings, session))
-            )
+            await tenant_service.configure_provisioning(conn, tid, plan_for_checkout(self._settings, session))
         result.steps.append("configuration")
         await self._at("configuration")
 
@@ -163,12 +147,7 @@ class Onboarding:
         await self._at("canary")
 
         async with self._db.system() as conn:
-            await conn.execute(
-                update(tenants)
-                .where(tenants.c.id == tid, tenants.c.status == TenantStatus.PROVISIONING)
-                .values(status=TenantStatus.ACTIVE, canary_passed_at=func.now(), updated_at=func.now())
-            )
-        self._resolver.invalidate()
+            await tenant_service.activate_tenant(conn, tid)
         result.steps.append("activate")
         result.status = TenantStatus.ACTIVE
         return result
@@ -189,15 +168,8 @@ class Onboarding:
             if found is not None:
                 return uuid.UUID(str(found))
             tid = tenant_id_for_session(session_id)
-            await conn.execute(
-                text(
-                    """
-                    INSERT INTO tenants (id, name, plan, status, checkout_session_id)
-                    VALUES (:id, :name, :plan, 'provisioning', :session)
-                    ON CONFLICT DO NOTHING
-                    """
-                ),
-                {"id": tid, "name": _name(session), "plan": self._settings.default_plan, "session": session_id},
+            await tenant_service.provision_tenant(
+                conn, tid, name=_name(session), plan=self._settings.default_plan, checkout_session_id=session_id
             )
         return tid
 
@@ -237,14 +209,12 @@ class Onboarding:
         async with self._db.system() as conn:
             await tenant_service.get_tenant(conn, tid)
             revoked = await revoke_all_keys(conn, tid)
-        self._resolver.invalidate()
         reported = None
         if self._reporter is not None and self._settings.billing_enabled:
             reported = (await self._reporter.run_once([tid])).public()
         async with self._db.system() as conn:
             archived = (await conn.execute(_ARCHIVE, {"tenant_id": tid})).rowcount
             tenant = await tenant_service.deprovision_tenant(conn, tid)
-        self._resolver.invalidate()
         return {"tenant": tenant.public(), "keys_revoked": revoked, "report": reported, "events_archived": archived}
 
 

@@ -193,7 +193,6 @@ class Reporter:
         clock: Clock = utcnow,
         fault: FaultHook | None = None,
         batch_size: int = 500,
-        on_tenants_changed: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
@@ -201,7 +200,6 @@ class Reporter:
         self._clock = clock
         self._fault = fault
         self._batch = batch_size
-        self._on_tenants_changed = on_tenants_changed
         self._stopping = asyncio.Event()
         self.last_run: ReportRun | None = None
 
@@ -299,9 +297,7 @@ class Reporter:
             try:
                 await self.run_once()
                 async with self._db.system() as conn:
-                    changed = await enforce_past_due(conn, self._settings, self._clock())
-                if changed and self._on_tenants_changed is not None:
-                    self._on_tenants_changed()
+                    await enforce_past_due(conn, self._settings, self._clock())
             except (DBAPIError, OSError) as exc:
                 log.warning("billing reporter cycle failed: %s", exc)
             except Exception:  # the task must outlive any one bad cycle; its rows are resent next time

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.onboarding import Onboarding
 from tenantry.billing.reporter import Reporter
 from tenantry.billing.stripe_client import StripeBilling
@@ -44,7 +43,7 @@ class Billing:
         self.task = None
 
 
-def build_billing(settings: Settings, db: Database, resolver: CredentialResolver) -> Billing:
+def build_billing(settings: Settings, db: Database) -> Billing:
     stripe = StripeBilling(settings)
-    reporter = Reporter(settings, db, stripe, on_tenants_changed=resolver.invalidate)
-    return Billing(stripe, reporter, Onboarding(settings, db, resolver, reporter=reporter))
+    reporter = Reporter(settings, db, stripe)
+    return Billing(stripe, reporter, Onboarding(settings, db, reporter=reporter))

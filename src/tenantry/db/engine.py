@@ -9,13 +9,16 @@
   by nature (admin, credential lookup, billing).
 
 Both commit when the block exits normally and roll back when it raises:
-callers never commit.
+callers never commit. A system transaction that changed what a tenant's
+credentials resolve to (`note_tenant_changed`, called by `tenants.py` and
+`auth/api_keys.py`) tells this process at commit (`on_tenant_changed`);
+other processes hear it from the database (`tenants.CHANNEL`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,12 +27,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from tenantry.settings import Settings
 
+_CHANGED_TENANTS = "tenantry.changed_tenants"
+
 _BIND_TENANT = text("SELECT set_config('tenantry.tenant_id', :tenant_id, true)")
 
 
 async def bind_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
     """Bind `tenant_id` for the rest of `conn`'s transaction (and no longer)."""
     await conn.execute(_BIND_TENANT, {"tenant_id": str(tenant_id)})
+
+
+def note_tenant_changed(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
+    """This system transaction changes a tenant's status, plan, limits or keys: when it commits,
+    `Database.on_tenant_changed` hears of it (a rollback says nothing)."""
+    conn.info.setdefault(_CHANGED_TENANTS, set()).add(tenant_id)
 
 
 class Database:
@@ -48,6 +59,9 @@ class Database:
         # means the pool is too small (overflow connections are opened and closed per checkout).
         self.app_connections_opened = 0
         event.listen(self.app_engine.sync_engine, "connect", self._opened)
+        # Called after the commit of each tenant a system transaction changed (the app: the credential
+        # cache forgets it; `tenants.watch`).
+        self.on_tenant_changed: Callable[[uuid.UUID], None] = lambda tenant_id: None
 
     def _opened(self, *_: Any) -> None:
         self.app_connections_opened += 1
@@ -66,8 +80,15 @@ class Database:
 
     @asynccontextmanager
     async def system(self) -> AsyncIterator[AsyncConnection]:
-        async with self.system_engine.begin() as conn:
-            yield conn
+        async with self.system_engine.connect() as conn:
+            try:
+                async with conn.begin():
+                    yield conn
+                changed = conn.info.pop(_CHANGED_TENANTS, ())
+            finally:
+                conn.info.pop(_CHANGED_TENANTS, None)  # the connection goes back to the pool clean
+        for tenant_id in changed:
+            self.on_tenant_changed(tenant_id)
 
     def pool_status(self) -> dict[str, Any]:
         pool: Any = self.app_engine.pool
