@@ -25,6 +25,21 @@ _DIGITS: Final = re.compile(rb"[0-9]{1,18}")
 _HEX: Final = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
+# Statuses whose responses never have a body, whatever their headers say (RFC 9112 6.3).
+_NO_BODY: Final = frozenset({204, 304})
+
+
+def _repeated(name: str, first: str, again: str) -> str:
+    """A header field sent twice. Content-Length must agree with itself, or the response's end is
+    ambiguous and the next response on the connection would be read out of step (response
+    smuggling): refused, and the caller discards the connection. Others are joined as a list."""
+    if name != "content-length":
+        return f"{first}, {again}"
+    if {v.strip() for v in f"{first},{again}".split(",")} != {first.strip()}:
+        raise ProtocolError(f"conflicting Content-Length values {first[:20]!r} and {again[:20]!r}")
+    return first
+
+
 class HttpStatusError(Exception):
     """The upstream answered an HTTP error status (the link is suspect; 401/403: credentials refused)."""
 
@@ -53,6 +68,12 @@ class Connection:
 class Response:
     def __init__(self, conn: Connection, status: int, headers: dict[str, str], limit: int) -> None:
         self.conn, self.status, self.headers, self._limit = conn, status, headers, limit
+        if status in _NO_BODY:
+            # No body, whatever the headers say (RFC 9112 6.3): nothing to read, the connection stays usable.
+            self._chunked, self._length = False, 0
+            self.complete = True
+            self.released = False
+            return
         length = headers.get("content-length")
         self._chunked = "transfer-encoding" in headers
         if self._chunked and headers["transfer-encoding"].lower() != "chunked":
@@ -262,7 +283,10 @@ class Http1Client:
             headers: dict[str, str] = {}
             for line in header_lines:
                 name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
+                name, value = name.strip().lower(), value.strip()
+                if name in headers:
+                    value = _repeated(name, headers[name], value)
+                headers[name] = value
             return Response(conn, status, headers, self.limit)
 
     async def _connect(self) -> Connection:
