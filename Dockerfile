@@ -1,8 +1,11 @@
 # Tenantry gateway image: a slim Python runtime, the package installed, run as a non-root user.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md alembic.ini ./
+# src/tenantry/migrations links to migrations/: both are needed to build the package.
+COPY migrations ./migrations
 COPY src ./src
+# No extras: the development services (embedded PostgreSQL / Redis) are not in the image.
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim

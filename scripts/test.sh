@@ -3,13 +3,13 @@
 # then lint, type-check and run every test against the real services. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh --dev
+./scripts/setup.sh --test
 if ! command -v npm >/dev/null; then
   echo "error: npm (Node.js) is needed for the TypeScript SDK client test" >&2
   exit 1
 fi
 npm ci --prefix tests/ts_client --no-audit --no-fund --loglevel=error
-.venv/bin/python -m tenantry.devservices up
+.venv/bin/python -m tenantry.dev up
 .venv/bin/ruff check src tests bench
 .venv/bin/mypy
 .venv/bin/pytest "$@"

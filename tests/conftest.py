@@ -31,7 +31,7 @@ import uvicorn
 from tenantry.app import create_app
 from tenantry.db.engine import Database
 from tenantry.db.migrate import migrate
-from tenantry.devservices import ensure_postgres, ensure_redis
+from tenantry.dev import ensure_postgres, ensure_redis
 from tenantry.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

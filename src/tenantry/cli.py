@@ -14,7 +14,7 @@ from typing import Any
 from tenantry import tenants as tenant_service
 from tenantry.auth import api_keys
 from tenantry.db.engine import Database
-from tenantry.db.migrate import migrate
+from tenantry.db.migrate import ensure_database, migrate
 from tenantry.errors import BadRequest, TenantryError
 from tenantry.federation import cli as upstream_cli
 from tenantry.plans import validate_overrides
@@ -55,9 +55,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings, downgrade_to: str | None) -> None:
-    from tenantry.devservices import ensure_database_async
-
-    await ensure_database_async(settings.database_url)
+    await ensure_database(settings.database_url)
     await migrate(
         settings.database_url,
         app_role=settings.db_app_role,
@@ -89,11 +87,15 @@ async def _demo_tenant(settings: Settings) -> tuple[tenant_service.Tenant, str]:
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     """Bring up PostgreSQL and Redis if nothing answers, migrate, make a demo tenant, serve."""
-    from tenantry.devservices import ensure_postgres, ensure_redis
+    # Development tooling, never imported by the gateway itself (its embedded servers are the `dev` extra).
+    from tenantry.dev import DevServiceError, ensure_postgres, ensure_redis
 
     state = Path(args.state_dir)
-    print(f"postgres: {ensure_postgres(settings.database_url, state)}")
-    print(f"redis:    {ensure_redis(settings.redis_url, state)}")
+    try:
+        print(f"postgres: {ensure_postgres(settings.database_url, state)}")
+        print(f"redis:    {ensure_redis(settings.redis_url, state)}")
+    except DevServiceError as exc:
+        raise TenantryError(str(exc), code="dev_services_unavailable") from None
     asyncio.run(_migrate(settings, None))
     tenant, secret = asyncio.run(_demo_tenant(settings))
     host, port = args.host or settings.host, args.port or settings.port

