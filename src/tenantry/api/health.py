@@ -170,12 +170,12 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
         names += ["rls_canary", "quota"]
         jobs += [_run(lambda: _rls_canary(services, tenant_id)), _run(lambda: _quota(services, tenant_id, limits))]
     if billing_configured(services.settings):
-        for name, check in billing_checks(services).items():
+        for name, check in billing_checks(services.db, services.settings).items():
             names.append(name)
             jobs.append(_run(check))
         if tenant_id is not None:
             names.append("billing_tenant")
-            jobs.append(_run(lambda: tenant_billing(services, tenant_id)))
+            jobs.append(_run(lambda: tenant_billing(services.db, tenant_id)))
     for name, result in zip(names, await asyncio.gather(*jobs), strict=True):
         checks[name] = result
     checks["upstream_changes"] = services.changes.check()

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import text
 
+from tenantry.db.engine import Database
 from tenantry.settings import Settings
-
-if TYPE_CHECKING:
-    from tenantry.services import Services
 
 Check = dict[str, Any]
 STALE_AFTER_SECONDS = 600
@@ -67,8 +65,8 @@ def _seconds(value: Any) -> float | None:
     return None if value is None else round(float(value), 1)
 
 
-async def _unreported(s: Services) -> Check:
-    async with s.db.system() as conn:
+async def _unreported(db: Database) -> Check:
+    async with db.system() as conn:
         row = (await conn.execute(_UNREPORTED, {"stale": STALE_AFTER_SECONDS})).one()
     return {
         "status": "fail" if row.stale_events else "ok",
@@ -79,31 +77,31 @@ async def _unreported(s: Services) -> Check:
     }
 
 
-async def _stripe(s: Services) -> Check:
-    async with s.db.system() as conn:
+async def _stripe(db: Database, settings: Settings) -> Check:
+    async with db.system() as conn:
         row = (await conn.execute(_STRIPE, {"stale": STALE_AFTER_SECONDS})).one()
     return {
         "status": "fail" if row.stale_pending else "ok",
-        "enabled": s.settings.billing_enabled,
+        "enabled": settings.billing_enabled,
         "seconds_since_last_success": _seconds(row.since_success),
         "pending_reports": row.pending,
         "last_error": row.last_error,
     }
 
 
-async def _webhooks(s: Services) -> Check:
-    async with s.db.system() as conn:
+async def _webhooks(db: Database, settings: Settings) -> Check:
+    async with db.system() as conn:
         row = (await conn.execute(_WEBHOOKS)).one()
     return {
         "status": "ok",
-        "enabled": bool(s.settings.stripe_webhook_secret),
+        "enabled": bool(settings.stripe_webhook_secret),
         "seconds_since_last_webhook": _seconds(row.since),
         "events_recorded": row.total,
     }
 
 
-async def _parked(s: Services) -> Check:
-    async with s.db.system() as conn:
+async def _parked(db: Database) -> Check:
+    async with db.system() as conn:
         rows = (await conn.execute(_PARKED)).all()
     total = rows[0].total if rows else 0
     return {
@@ -131,9 +129,9 @@ _TENANT = text(
 )
 
 
-async def tenant_billing(s: Services, tenant_id: uuid.UUID) -> Check:
+async def tenant_billing(db: Database, tenant_id: uuid.UUID) -> Check:
     """One tenant's billing state for `/health?tenant=`: fails if its usage cannot be reported."""
-    async with s.db.system() as conn:
+    async with db.system() as conn:
         row = (await conn.execute(_TENANT, {"tenant_id": tenant_id})).one()
     return {
         "status": "fail" if row.parked else "ok",
@@ -149,10 +147,10 @@ async def tenant_billing(s: Services, tenant_id: uuid.UUID) -> Check:
     }
 
 
-def billing_checks(s: Services) -> dict[str, Callable[[], Awaitable[Check]]]:
+def billing_checks(db: Database, settings: Settings) -> dict[str, Callable[[], Awaitable[Check]]]:
     return {
-        "billing_unreported": lambda: _unreported(s),
-        "billing_stripe": lambda: _stripe(s),
-        "billing_webhooks": lambda: _webhooks(s),
-        "billing_parked": lambda: _parked(s),
+        "billing_unreported": lambda: _unreported(db),
+        "billing_stripe": lambda: _stripe(db, settings),
+        "billing_webhooks": lambda: _webhooks(db, settings),
+        "billing_parked": lambda: _parked(db),
     }

@@ -2,7 +2,9 @@
 
 The README's commands ("run the gateway", "run the tests") need a PostgreSQL
 and a Redis. On a developer's machine they usually already answer at
-127.0.0.1:5432 and 127.0.0.1:6379; when they do not, this module starts them:
+127.0.0.1:5432 and 127.0.0.1:6379; when they do not, this package starts them
+(`postgres.py`, `redis.py`; `process.py` holds what both need). It is development
+tooling: only `tenantry dev` imports it, and its servers come from the `dev` extra.
 
 PostgreSQL
     1. Something answers at host:port: nothing to do ("running").
