@@ -106,7 +106,7 @@ def build_services(settings: Settings) -> Services:
         ledger=ledger,
         drainer=drainer,
         secrets=secrets,
-        upstreams=discovery,
+        discovery=discovery,
         listener=listener,
         changes=UpstreamChanges(listener, discovery),
         billing=build_billing(settings, db),
@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await billing.stop()
             await services.listener.aclose()
             await services.changes.aclose()
-            await services.upstreams.aclose()
+            await services.discovery.aclose()
             await services.aclose_redis()
             await services.db.dispose()
 

@@ -39,7 +39,7 @@ class Services:
     ledger: Ledger
     drainer: LedgerDrainer
     secrets: SecretBox
-    upstreams: Discovery
+    discovery: Discovery  # each tenant's upstream tools; its pool holds the upstream sessions
     listener: ChangeListener
     changes: UpstreamChanges
     billing: Billing | None = None

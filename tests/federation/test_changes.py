@@ -194,7 +194,7 @@ async def test_offboarding_a_tenant_closes_its_upstream_sessions_on_every_replic
     with gateway(settings) as (other_url, other):
         async with connect(f"{other_url}/mcp", tenant.headers) as client:
             assert not (await client.call_tool("fx__echo", {"text": "x"})).is_error
-        pool = other.upstreams.pool
+        pool = other.discovery.pool
         assert pool.open_sessions() == 1  # this replica serves no other tenant
 
         assert (await admin.http.delete(f"/api/tenants/{tenant.id}")).status_code == 200

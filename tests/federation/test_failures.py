@@ -43,7 +43,7 @@ def fragile_gateway(settings: Settings, clock: FakeClock) -> Iterator[str]:
         }
     )
     app = create_app(fragile)
-    app.state.services.upstreams.pool.clock = clock
+    app.state.services.discovery.pool.clock = clock
     with serve_asgi(app) as (url, _server):
         yield url
 

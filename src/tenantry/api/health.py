@@ -143,7 +143,7 @@ async def _quota(s: Services, tenant_id: uuid.UUID, limits: Limits) -> Check:
 async def _upstreams(s: Services, tenant_id: uuid.UUID) -> dict[str, Check]:
     """One check per upstream of the tenant, discovered live (bounded by the upstream timeouts)."""
     try:
-        view = await s.upstreams.view(tenant_id, fresh=True)
+        view = await s.discovery.view(tenant_id, fresh=True)
     except Exception as exc:  # a health check reports every failure; it never raises
         return {"upstreams": {"status": "fail", "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}}
     return {f"upstream:{st.upstream.name}": st.check() for st in view.statuses.values()}

@@ -75,7 +75,7 @@ async def create_upstream(tenant_id: str, body: UpstreamCreate, services: Servic
             headers=body.headers,
             costs=body.costs,
         )
-    services.upstreams.invalidate(tid)
+    services.discovery.invalidate(tid)
     return created.public()
 
 
@@ -118,8 +118,8 @@ async def update_upstream(
             headers=body.headers,
             costs=body.costs,
         )
-    await services.upstreams.pool.close_tenant_upstream(tid, upstream_id)
-    services.upstreams.invalidate(tid, upstream_id)
+    await services.discovery.pool.close_tenant_upstream(tid, upstream_id)
+    services.discovery.invalidate(tid, upstream_id)
     return updated.public()
 
 
@@ -128,8 +128,8 @@ async def delete_upstream(tenant_id: str, upstream_id: uuid.UUID, services: Serv
     tid = await _tenant(services, tenant_id)
     async with services.db.tenant(tid) as conn:
         deleted = await registry.delete_upstream(conn, upstream_id)
-    await services.upstreams.pool.close_tenant_upstream(tid, upstream_id)
-    services.upstreams.invalidate(tid, upstream_id)
+    await services.discovery.pool.close_tenant_upstream(tid, upstream_id)
+    services.discovery.invalidate(tid, upstream_id)
     return deleted.public()
 
 
@@ -137,14 +137,14 @@ async def delete_upstream(tenant_id: str, upstream_id: uuid.UUID, services: Serv
 async def refresh_upstream(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
     """Discover this tenant's upstream tools now rather than at the end of the TTL."""
     tid = await _tenant(services, tenant_id)
-    status = await services.upstreams.status(tid, upstream_id)
+    status = await services.discovery.status(tid, upstream_id)
     return status.check()
 
 
 @router.get("/{upstream_id}/tools")
 async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
-    tools = await services.upstreams.review(tid, upstream_id)
+    tools = await services.discovery.review(tid, upstream_id)
     async with services.db.tenant(tid) as conn:
         drift = await registry.drift_log(conn, upstream_id)
     return {"tools": tools, "drift_log": drift}
@@ -153,4 +153,4 @@ async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: Service
 @router.post("/{upstream_id}/tools/{tool}/approve")
 async def approve_tool(tenant_id: str, upstream_id: uuid.UUID, tool: str, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
-    return await services.upstreams.approve(tid, upstream_id, tool)
+    return await services.discovery.approve(tid, upstream_id, tool)
