@@ -45,7 +45,7 @@ if handed_in is not None:
 else:
     settings = Settings()
     config.attributes.setdefault("app_role", settings.db_app_role)
-    url = context.get_x_argument(as_dictionary=True).get("url") or settings.database_url
+    url = context.get_x_argument(as_dictionary=True).get("url") or settings.owner_database_url
     if context.is_offline_mode():
         context.configure(url=url, target_metadata=None, literal_binds=True, transaction_per_migration=True)
         with context.begin_transaction():

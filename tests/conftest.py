@@ -39,6 +39,9 @@ SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
 # One database per run, so concurrent runs (a developer and a helper, say) never collide.
 TEST_DB = f"tenantry_test_{os.getpid()}"
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
+OPS_KEY = "test-ops-key-0123456789abcdef"
+# The ops credential: /metrics, /health?tenant= and the detail of /health.
+OPS = {"Authorization": f"Bearer {OPS_KEY}"}
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123456789"
 
 
@@ -66,6 +69,7 @@ def test_settings(**overrides: Any) -> Settings:
         "database_url": f"{SERVER}/{TEST_DB}",
         "redis_url": "redis://127.0.0.1:6379/0",
         "admin_api_key": ADMIN_KEY,
+        "ops_api_key": OPS_KEY,
         "jwt_secret": JWT_SECRET,
         "db_pool_size": 5,
         "db_max_overflow": 5,

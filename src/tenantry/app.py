@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,10 +17,13 @@ from redis.backoff import ExponentialBackoff
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
+from tenantry import __version__
 from tenantry import tenants as tenant_lifecycle
 from tenantry.api import admin, health, stripe_webhooks, tenant, upstreams
 from tenantry.api.body_limit import BodyLimit
+from tenantry.api.middleware import RequestObserver
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import build_billing
 from tenantry.db.engine import Database
@@ -38,10 +41,14 @@ from tenantry.metering.ledger import Ledger, stream_key
 from tenantry.metering.meter import Meter
 from tenantry.metering.resp import RespClient, UnsupportedURL
 from tenantry.metrics import Metrics
+from tenantry.observability import Tracing
 from tenantry.plans import PlanBook
 from tenantry.secrets import SecretBox
 from tenantry.services import Services
 from tenantry.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +66,11 @@ def hot_redis_client(settings: Settings, redis: Redis, *, timeout: float) -> Red
     return RedisPyCommands(redis, timeout=timeout)
 
 
-def build_services(settings: Settings) -> Services:
-    """Every long-lived object, built once. Nothing connects until first used."""
-    db = Database(settings)
+def build_services(settings: Settings, *, span_exporter: SpanExporter | None = None) -> Services:
+    """Every long-lived object, built once. Nothing connects until first used. `span_exporter`: where
+    traces go instead of what OTEL_TRACES_EXPORTER says (tests)."""
+    tracing = Tracing.configured(settings.otel_traces_exporter, span_exporter)
+    db = Database(settings, tracing=tracing)
     # A blocking pool: past its size a caller waits for a connection instead of getting
     # MaxConnectionsError (a ConnectionError the meter could not tell from "Redis is down").
     # One quick retry, not redis-py's default ten: a down Redis must be noticed fast.
@@ -74,7 +83,7 @@ def build_services(settings: Settings) -> Services:
         retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
     )
     redis = Redis.from_pool(pool)
-    metrics = Metrics()
+    metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
     plans = PlanBook(settings)
     resolver = CredentialResolver(settings, db, plans)
     hot = hot_redis_client(settings, redis, timeout=settings.meter_timeout_seconds)
@@ -86,18 +95,19 @@ def build_services(settings: Settings) -> Services:
     drainer = LedgerDrainer(
         drain_client, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
     )
-    listener = ChangeListener(settings.database_url)
+    listener = ChangeListener(settings.owner_database_url)
     tenant_lifecycle.watch(db, listener, resolver.forget)
     secrets = SecretBox(settings.secret_keys)
-    discovery = Discovery(settings, db, UpstreamPool(settings, secrets))
+    discovery = Discovery(settings, db, UpstreamPool(settings, secrets, tracing=tracing))
     catalog = Catalog(builtin_tools(), discovery)
-    calls = ToolCalls(settings, db, catalog, metrics, meter=meter, ledger=ledger, plans=plans)
+    calls = ToolCalls(settings, db, catalog, metrics, meter=meter, ledger=ledger, plans=plans, tracing=tracing)
     gateway = Gateway(settings, calls, resolver, metrics)
     return Services(
         settings,
         db,
         redis,
         metrics,
+        tracing,
         resolver,
         calls,
         gateway,
@@ -149,9 +159,9 @@ def _tenantry_error(request: Request, exc: Exception) -> JSONResponse:
     return exc.to_response()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter | None = None) -> FastAPI:
     settings = settings or Settings()
-    services = build_services(settings)
+    services = build_services(settings, span_exporter=span_exporter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -177,8 +187,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.discovery.aclose()
             await services.aclose_redis()
             await services.db.dispose()
+            services.tracing.shutdown()
 
-    app = FastAPI(title="Tenantry", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Tenantry", version=__version__, lifespan=lifespan)
     app.state.services = services
     app.add_exception_handler(TenantryError, _tenantry_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -190,5 +201,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stripe_webhooks.router)
     # The MCP endpoints first: they take most requests, and routing tries routes in order.
     app.router.routes[:0] = services.gateway.routes()
+    # Added innermost first: the observer sees every response, CORS answers preflights before routing.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    if settings.cors_allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allowed_origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+            max_age=600,
+        )
+    app.add_middleware(RequestObserver, tracing=services.tracing, log=logging.getLogger("tenantry.access"))
     return app
+
+
+# What a browser MCP client or console sends and may read, beyond the CORS-safelisted headers.
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Tenant-ID",
+    "Mcp-Session-Id",
+    "MCP-Protocol-Version",
+    "Last-Event-ID",
+    "X-Request-ID",
+    "X-CSRF-Token",
+]
+CORS_RESPONSE_HEADERS = ["Mcp-Session-Id", "X-Request-ID", "WWW-Authenticate", "Retry-After"]

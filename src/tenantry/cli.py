@@ -17,6 +17,7 @@ from tenantry.db.engine import Database
 from tenantry.db.migrate import ensure_database, migrate
 from tenantry.errors import BadRequest, TenantryError
 from tenantry.federation import cli as upstream_cli
+from tenantry.observability import configure_logging
 from tenantry.plans import validate_overrides
 from tenantry.settings import Settings
 from tenantry.tenancy import TenantStatus, parse_tenant_id
@@ -44,20 +45,23 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from tenantry.app import create_app
 
+    level = args.log_level or settings.log_level
+    configure_logging(json_lines=settings.json_logs, level=level)
     uvicorn.run(
         create_app(settings),
         host=args.host or settings.host,
         port=args.port or settings.port,
-        log_level=args.log_level,
+        log_config=None,  # our handler and format (configure_logging), one line per request from the app
+        log_level=level,
         access_log=False,
     )
     return 0
 
 
 async def _migrate(settings: Settings, downgrade_to: str | None) -> None:
-    await ensure_database(settings.database_url)
+    await ensure_database(settings.owner_database_url)
     await migrate(
-        settings.database_url,
+        settings.owner_database_url,
         app_role=settings.db_app_role,
         app_password=settings.db_app_password,
         revision=downgrade_to or "head",
@@ -259,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = command(name, text, fn)
         p.add_argument("--host", help="address to bind (default: TENANTRY_HOST)")
         p.add_argument("--port", type=int, help="port to bind (default: TENANTRY_PORT)")
-        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        p.add_argument(
+            "--log-level", choices=["debug", "info", "warning", "error"], help="default: TENANTRY_LOG_LEVEL (info)"
+        )
         if name == "dev":
             p.add_argument("--state-dir", default=".tenantry", help="where embedded services keep their data")
 

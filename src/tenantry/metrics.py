@@ -7,14 +7,22 @@ import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+OTHER_TENANTS = "_other"
+
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, tenant_labels: int = 0) -> None:
+        """`tenant_labels`: how many tenants get a label value of their own on the tool-call counter
+        (the first seen; the rest are `_other`); 0: no tenant label. A label per tenant of 10,000 is a
+        series explosion in Prometheus: per-tenant detail belongs to the usage API."""
         self.registry = CollectorRegistry()
+        self._tenant_labels = tenant_labels
+        self._labelled: set[uuid.UUID] = set()
         self.tool_calls = Counter(
             "tenantry_tool_calls_total",
-            "Tool calls by tenant, tool and outcome (ok or an error code).",
-            ["tenant", "tool", "outcome"],
+            "Tool calls by tool and outcome (ok or an error code); by tenant too when TENANTRY_METRICS_TENANT_LABELS"
+            " is set. Upstream tools count as _upstream, unknown ones as _unknown.",
+            ["tenant", "tool", "outcome"] if tenant_labels else ["tool", "outcome"],
             registry=self.registry,
         )
         self.tool_latency = Histogram(
@@ -50,8 +58,20 @@ class Metrics:
         )
 
     def observe_tool_call(self, tenant_id: uuid.UUID, tool: str, outcome: str, started: float) -> None:
-        self.tool_calls.labels(str(tenant_id), tool, outcome).inc()
+        """`tool` must come from a bounded set (a built-in's name, `_upstream`, `_unknown`)."""
+        if self._tenant_labels:
+            self.tool_calls.labels(self._tenant(tenant_id), tool, outcome).inc()
+        else:
+            self.tool_calls.labels(tool, outcome).inc()
         self.tool_latency.labels(tool).observe(time.perf_counter() - started)
+
+    def _tenant(self, tenant_id: uuid.UUID) -> str:
+        if tenant_id in self._labelled:
+            return str(tenant_id)
+        if len(self._labelled) < self._tenant_labels:
+            self._labelled.add(tenant_id)
+            return str(tenant_id)
+        return OTHER_TENANTS
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

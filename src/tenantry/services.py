@@ -20,6 +20,7 @@ from tenantry.metering.ledger import Ledger
 from tenantry.metering.meter import Meter
 from tenantry.metering.resp import RespClient
 from tenantry.metrics import Metrics
+from tenantry.observability import Tracing
 from tenantry.plans import PlanBook
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
@@ -31,6 +32,7 @@ class Services:
     db: Database
     redis: Redis
     metrics: Metrics
+    tracing: Tracing
     resolver: CredentialResolver
     calls: ToolCalls
     gateway: Gateway

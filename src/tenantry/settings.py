@@ -18,18 +18,21 @@ from tenantry.plans import DEFAULT_PLAN_LIMITS, Limits
 
 # Values that are fine on a laptop and fatal anywhere else.
 DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
+DEV_OPS_API_KEY = "dev-ops-key-change-me"
 DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"
 # A valid Fernet key, public by design: it encrypts laptop upstream credentials and nothing else.
 DEV_SECRET_KEY = "ZGV2LXNlY3JldC1rZXktY2hhbmdlLW1lLTAxMjM0NTY="
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TENANTRY_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="TENANTRY_", env_file=".env", extra="ignore", populate_by_name=True)
 
     environment: Literal["development", "test", "production"] = "development"
 
     # The owner role: runs migrations, admin and cross-tenant (system) work.
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/tenantry"
+    # The owner's password, when it is not in `database_url` (any characters, no URL escaping needed).
+    database_password: str | None = None
     # The role every tenant-scoped statement runs as: not superuser, not owner, NOBYPASSRLS.
     # It connects to the same server and database as `database_url`.
     db_app_role: str = "tenantry_app"
@@ -47,6 +50,9 @@ class Settings(BaseSettings):
     redis_lean_client: bool = True
 
     admin_api_key: str = DEV_ADMIN_API_KEY
+    # The ops credential: `/metrics` and `/health?tenant=` (the admin key and admin tokens also work).
+    # It can do nothing else, so a monitoring system never holds the admin key.
+    ops_api_key: str = DEV_OPS_API_KEY
     jwt_secret: str = DEV_JWT_SECRET
     jwt_issuer: str = "tenantry"
     tenant_token_ttl_seconds: int = Field(default=900, ge=60, le=86_400)
@@ -81,6 +87,22 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
+
+    # --- observability (README "Operating Tenantry") ---
+    # One log line per request (and the app's own lines): "json" for machines, "text" for people;
+    # default: text in development, json elsewhere.
+    log_format: Literal["json", "text"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Prometheus labels per tenant are opt-in and bounded: the first N tenants seen get their own label
+    # value, the rest share "_other" (0: no tenant label at all). Per-tenant detail: the usage API.
+    metrics_tenant_labels: int = Field(default=0, ge=0, le=10_000)
+    # OpenTelemetry traces, exported the standard way: OTEL_TRACES_EXPORTER=otlp (or console) turns them
+    # on; OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME and the rest are read by the OTel SDK itself.
+    otel_traces_exporter: str = Field(default="none", validation_alias="OTEL_TRACES_EXPORTER")
+    # Browser MCP clients and consoles on other origins: exact origins allowed by CORS (empty: CORS off).
+    cors_allowed_origins: list[str] = Field(default_factory=list)
+    # Let those origins send cookies or HTTP auth (never needed for Bearer headers; off by default).
+    cors_allow_credentials: bool = False
     # Stateless JSON is the default: any replica can serve any request.
     mcp_stateful: bool = False
     mcp_json_response: bool = True
@@ -148,6 +170,10 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if self.admin_api_key == DEV_ADMIN_API_KEY or len(self.admin_api_key) < 24:
                 raise ValueError("TENANTRY_ADMIN_API_KEY must be set to a secret of 24+ characters in production")
+            if self.ops_api_key == DEV_OPS_API_KEY or len(self.ops_api_key) < 24:
+                raise ValueError("TENANTRY_OPS_API_KEY must be set to a secret of 24+ characters in production")
+            if self.ops_api_key == self.admin_api_key:
+                raise ValueError("TENANTRY_OPS_API_KEY must differ from the admin key")
             if self.jwt_secret == DEV_JWT_SECRET or len(self.jwt_secret) < 32:
                 raise ValueError("TENANTRY_JWT_SECRET must be set to a secret of 32+ characters in production")
             if DEV_SECRET_KEY in self.secret_keys:
@@ -163,7 +189,23 @@ class Settings(BaseSettings):
         return (self.gateway_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
+    def owner_database_url(self) -> str:
+        """`database_url`, with `database_password` in it when that is set."""
+        url = make_url(self.database_url)
+        if self.database_password is not None:
+            url = url.set(password=self.database_password)
+        return url.render_as_string(hide_password=False)
+
+    @property
     def app_database_url(self) -> str:
         """The owner URL with the application role's credentials in place of the owner's."""
         url = make_url(self.database_url).set(username=self.db_app_role, password=self.db_app_password)
         return url.render_as_string(hide_password=False)
+
+    @property
+    def tracing(self) -> bool:
+        return self.otel_traces_exporter.strip().lower() not in ("", "none")
+
+    @property
+    def json_logs(self) -> bool:
+        return self.log_format == "json" if self.log_format else self.environment != "development"

@@ -1,4 +1,4 @@
-"""Ops: /health, /health?tenant= and /metrics."""
+"""Ops: /health (public: a summary), its detail, /health?tenant= and /metrics (the ops credential)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,71 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
+import tenantry
 from tenantry.client import connect
-from tests.conftest import TenantHandle, serve
+from tests.conftest import ADMIN_KEY, OPS, Admin, TenantHandle, serve
+from tests.federation.test_upstreams import add_upstream
+
+CHECKS = {"database", "redis", "app_role", "ledger", "upstream_changes"}
 
 
 async def test_health_is_ok_and_names_each_check(http: httpx.AsyncClient) -> None:
-    r = await http.get("/health")
+    r = await http.get("/health", headers=OPS)
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "redis", "app_role", "ledger", "upstream_changes"}
+    assert set(body["checks"]) == CHECKS
     assert body["checks"]["app_role"]["rows_visible_without_tenant"] == 0
     assert "checked_out" in body["checks"]["database"]["pool"]
+    process = body["process"]
+    assert process["version"] == tenantry.__version__
+    assert process["uptime_seconds"] >= 0
+    assert process["memory_rss_bytes"] > 10_000_000  # a Python process with this much imported
+    assert process["active_tenants"] >= 0
+
+
+async def test_public_health_says_only_ok_or_degraded_per_check(
+    http: httpx.AsyncClient, tenant_a: TenantHandle
+) -> None:
+    r = await http.get("/health")
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "checks": {name: {"status": "ok"} for name in CHECKS}}
+    assert tenant_a.id not in r.text
+
+
+@pytest.mark.parametrize("credential", [None, "tenant key", "not a credential"])
+async def test_tenant_health_and_metrics_refuse_anyone_without_the_ops_credential(
+    http: httpx.AsyncClient, admin: Admin, tenant_a: TenantHandle, fixture_upstream: Any, credential: str | None
+) -> None:
+    upstream, url = fixture_upstream
+    await add_upstream(admin, tenant_a, url, "alpha")
+    headers = {}
+    if credential == "tenant key":
+        headers = {"Authorization": f"Bearer {tenant_a.key}"}
+    elif credential is not None:
+        headers = {"Authorization": "Bearer tnt_guess"}
+    seen = len(upstream.received)
+    for target in (tenant_a.id, str(uuid.uuid4())):  # a tenant that exists and one that does not: same answer
+        r = await http.get("/health", params={"tenant": target}, headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert r.json()["error"] in ("missing_credentials", "invalid_credentials")
+        assert tenant_a.id not in r.text or (target == tenant_a.id and "tenant_not_found" not in r.text)
+    metrics = await http.get("/metrics", headers=headers)
+    assert metrics.status_code == 401
+    assert len(upstream.received) == seen  # no stranger made the gateway contact the tenant's upstream
+
+
+async def test_the_ops_and_admin_credentials_open_the_ops_endpoints_and_the_ops_key_nothing_else(
+    http: httpx.AsyncClient, tenant_a: TenantHandle
+) -> None:
+    for headers in (OPS, {"Authorization": f"Bearer {ADMIN_KEY}"}):
+        assert (await http.get("/metrics", headers=headers)).status_code == 200
+        assert (await http.get("/health", params={"tenant": tenant_a.id}, headers=headers)).status_code == 200
+    assert (await http.get("/api/tenants", headers=OPS)).status_code == 401
+    assert (await http.post("/api/tenants", headers=OPS, json={"name": "x"})).status_code == 401
 
 
 async def test_tenant_health_runs_the_rls_canary(
@@ -29,7 +81,7 @@ async def test_tenant_health_runs_the_rls_canary(
         await client.call_tool("data_put", {"key": "two", "value": 2})
     async with connect(f"{gateway_url}/mcp", tenant_b.headers) as client:
         await client.call_tool("data_put", {"key": "b", "value": 1})
-    r = await http.get("/health", params={"tenant": tenant_a.id})
+    r = await http.get("/health", params={"tenant": tenant_a.id}, headers=OPS)
     assert r.status_code == 200
     canary = r.json()["checks"]["rls_canary"]
     assert canary == {"status": "ok", "own_rows": 2, "expected_rows": 2, "foreign_rows_visible": 0}
@@ -39,8 +91,8 @@ async def test_tenant_health_runs_the_rls_canary(
 
 
 async def test_tenant_health_rejects_bad_and_unknown_ids(http: httpx.AsyncClient) -> None:
-    assert (await http.get("/health", params={"tenant": "nope"})).status_code == 400
-    missing = await http.get("/health", params={"tenant": str(uuid.uuid4())})
+    assert (await http.get("/health", params={"tenant": "nope"}, headers=OPS)).status_code == 400
+    missing = await http.get("/health", params={"tenant": str(uuid.uuid4())}, headers=OPS)
     assert missing.status_code == 404
     assert missing.json()["error"] == "tenant_not_found"
 
@@ -51,7 +103,10 @@ async def test_health_is_503_and_names_redis_when_redis_is_unreachable(settings:
     dead = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     with serve(dead) as url:
         async with httpx.AsyncClient(base_url=url) as client:
-            r = await client.get("/health")
+            public = await client.get("/health")
+            r = await client.get("/health", headers=OPS)
+    assert public.status_code == 503
+    assert public.json()["checks"]["redis"] == {"status": "fail"}  # no error text for strangers
     assert r.status_code == 503
     body = r.json()
     assert body["status"] == "degraded"
@@ -59,15 +114,40 @@ async def test_health_is_503_and_names_redis_when_redis_is_unreachable(settings:
     assert body["checks"]["database"]["status"] == "ok"
 
 
-async def test_metrics_count_tool_calls_per_tenant_and_outcome(
-    gateway_url: str, http: httpx.AsyncClient, tenant_a: TenantHandle
+async def test_metrics_count_tool_calls_per_tool_and_outcome_without_naming_tenants(
+    gateway_url: str, http: httpx.AsyncClient, admin: Admin, tenant_a: TenantHandle, fixture_upstream: Any
 ) -> None:
+    _, url = fixture_upstream
+    await add_upstream(admin, tenant_a, url, "alpha")
+    before = _count((await http.get("/metrics", headers=OPS)).text, 'outcome="key_not_found",tool="data_get"')
     async with connect(f"{gateway_url}/mcp", tenant_a.headers) as client:
         await client.call_tool("data_get", {"key": "missing"})
-    text = (await http.get("/metrics")).text
-    line = f'tenantry_tool_calls_total{{outcome="key_not_found",tenant="{tenant_a.id}",tool="data_get"}} 1.0'
-    assert line in text
+        await client.call_tool("fx__echo", {"text": "hi"})
+    text = (await http.get("/metrics", headers=OPS)).text
+    assert _count(text, 'outcome="key_not_found",tool="data_get"') == before + 1
+    assert _count(text, 'outcome="ok",tool="_upstream"') >= 1  # upstream tool names are not labels
     assert "tenantry_tool_call_seconds_bucket" in text
+    assert tenant_a.id not in text
+
+
+async def test_per_tenant_metric_labels_are_opt_in_and_bounded(settings: Any) -> None:
+    with serve(settings.model_copy(update={"metrics_tenant_labels": 1})) as url:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            first, second = await Admin(http).create_tenant(), await Admin(http).create_tenant()
+            for tenant in (first, second):
+                async with connect(f"{url}/mcp", tenant.headers) as client:
+                    await client.call_tool("data_get", {"key": "missing"})
+            text = (await http.get("/metrics")).text
+    assert _count(text, f'outcome="key_not_found",tenant="{first.id}",tool="data_get"') == 1
+    assert _count(text, 'outcome="key_not_found",tenant="_other",tool="data_get"') == 1
+    assert second.id not in text
+
+
+def _count(metrics: str, labels: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(f"tenantry_tool_calls_total{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 async def test_health_counts_ledger_entries_set_aside_without_failing(settings: Any) -> None:
@@ -83,7 +163,7 @@ async def test_health_counts_ledger_entries_set_aside_without_failing(settings: 
         await redis.xadd(dead, {"junk": "x", "reason": "not a usage event"})
         with serve(settings.model_copy(update={"redis_key_prefix": prefix})) as url:
             async with httpx.AsyncClient(base_url=url) as client:
-                r = await client.get("/health")
+                r = await client.get("/health", headers=OPS)
     finally:
         await redis.delete(dead)
         await redis.aclose()

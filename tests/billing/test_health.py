@@ -9,6 +9,7 @@ from sqlalchemy import text
 from tenantry.db.engine import Database
 from tenantry.settings import Settings
 from tests.billing.conftest import in_process, make_tenant, new_customer, post_event, record, stripe_event
+from tests.conftest import OPS
 
 BILLING_CHECKS = {"billing_unreported", "billing_stripe", "billing_webhooks", "billing_parked"}
 
@@ -18,7 +19,7 @@ async def test_health_names_the_billing_checks_when_billing_is_configured(
 ) -> None:
     async with in_process(billing_settings) as (client, _):
         await post_event(client, stripe_event("ping", {}))
-        body = (await client.get("/health")).json()
+        body = (await client.get("/health", headers=OPS)).json()
     assert set(body["checks"]) >= {"database", "redis", "app_role", *BILLING_CHECKS}
     webhooks = body["checks"]["billing_webhooks"]
     assert webhooks["enabled"] is True
@@ -54,7 +55,7 @@ async def test_stale_unreported_usage_and_parked_reports_make_health_fail(
             {"t": billable, "r": uuid.uuid4()},
         )
     async with in_process(billing_settings) as (client, _):
-        r = await client.get("/health")
+        r = await client.get("/health", headers=OPS)
     checks = r.json()["checks"]
     assert r.status_code == 503
     assert checks["billing_unreported"]["status"] == "fail"
@@ -66,7 +67,7 @@ async def test_stale_unreported_usage_and_parked_reports_make_health_fail(
 
 async def test_health_has_no_billing_checks_when_billing_is_not_configured(settings: Settings) -> None:
     async with in_process(settings) as (client, _):
-        body = (await client.get("/health")).json()
+        body = (await client.get("/health", headers=OPS)).json()
     assert not BILLING_CHECKS & set(body["checks"])
 
 
@@ -74,7 +75,7 @@ async def test_tenant_health_shows_its_billing_state(billing_settings: Settings,
     unbillable = await make_tenant(db, customer=None)
     await record(db, unbillable, 3, 1)
     async with in_process(billing_settings) as (client, _):
-        r = await client.get("/health", params={"tenant": str(unbillable)})
+        r = await client.get("/health", params={"tenant": str(unbillable)}, headers=OPS)
     check = r.json()["checks"]["billing_tenant"]
     assert check["status"] == "ok"
     assert (check["billable"], check["unreported_units"], check["parked_reports"]) == (False, 3, 0)

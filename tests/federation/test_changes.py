@@ -29,7 +29,7 @@ from tenantry.federation.changes import CHANNEL, parse_payload
 from tenantry.secrets import SecretBox
 from tenantry.services import Services
 from tenantry.settings import Settings
-from tests.conftest import ADMIN_KEY, SOON, TEST_DB, Admin, TenantHandle, eventually, serve, serve_asgi
+from tests.conftest import ADMIN_KEY, OPS, SOON, TEST_DB, Admin, TenantHandle, eventually, serve, serve_asgi
 from tests.federation.test_cli import run as cli
 from tests.upstream_servers import TOOLS_BY_TOKEN, FixtureUpstream, serve_upstream
 
@@ -61,7 +61,7 @@ def gateway(settings: Settings) -> Iterator[tuple[str, Services]]:
 
 
 async def listener_state(http: httpx.AsyncClient) -> dict[str, Any]:
-    check: dict[str, Any] = (await http.get("/health")).json()["checks"]["upstream_changes"]
+    check: dict[str, Any] = (await http.get("/health", headers=OPS)).json()["checks"]["upstream_changes"]
     return check
 
 

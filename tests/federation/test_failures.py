@@ -14,7 +14,7 @@ from tenantry.federation.pool import Breaker
 from tenantry.federation.ssrf import check_url
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
-from tests.conftest import ADMIN_KEY, Admin, TenantHandle, serve_asgi
+from tests.conftest import ADMIN_KEY, OPS, Admin, TenantHandle, serve_asgi
 from tests.upstream_servers import FixtureUpstream, serve_upstream
 
 
@@ -110,7 +110,7 @@ async def test_a_dead_upstream_loses_its_tools_not_the_catalog(fragile_gateway: 
                 assert "good__echo" in names
                 assert "data_put" in names
                 assert not any(n.startswith("doomed__") for n in names)
-            health = await http.get("/health", params={"tenant": tenant_a.id})
+            health = await http.get("/health", params={"tenant": tenant_a.id}, headers=OPS)
             assert health.status_code == 503
             assert health.json()["checks"]["upstream:doomed"]["status"] == "fail"
             assert health.json()["checks"]["upstream:good"]["status"] == "ok"
@@ -123,7 +123,9 @@ async def test_refused_credentials_show_in_health(
     with serve_upstream(upstream) as (url, _):
         body = {"name": "locked", "url": url, "headers": {"Authorization": "Bearer wrong"}}
         assert (await admin.http.post(f"/api/tenants/{tenant_a.id}/upstreams", json=body)).status_code == 201
-        check = (await http.get("/health", params={"tenant": tenant_a.id})).json()["checks"]["upstream:locked"]
+        check = (await http.get("/health", params={"tenant": tenant_a.id}, headers=OPS)).json()["checks"][
+            "upstream:locked"
+        ]
     assert check["reachable"] is False
     assert check["credentials_accepted"] is False, check["detail"]
 

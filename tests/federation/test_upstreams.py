@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from tenantry.client import connect
 from tenantry.db.engine import Database
-from tests.conftest import ADMIN_KEY, Admin, TenantHandle
+from tests.conftest import ADMIN_KEY, OPS, Admin, TenantHandle
 from tests.upstream_servers import PNG, TOOLS_BY_TOKEN, FixtureUpstream, serve_upstream
 
 
@@ -208,7 +208,7 @@ async def test_health_reports_each_upstream_of_the_tenant(
 ) -> None:
     _, url = fixture_upstream
     await add_upstream(admin, tenant_a, url, "alpha")
-    r = await http.get("/health", params={"tenant": tenant_a.id})
+    r = await http.get("/health", params={"tenant": tenant_a.id}, headers=OPS)
     check = r.json()["checks"]["upstream:fx"]
     assert check["status"] == "ok"
     assert check["reachable"]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tenantry.settings import Settings
-from tests.conftest import Admin, TenantHandle, serve
+from tests.conftest import OPS, Admin, TenantHandle, serve
 from tests.federation.test_upstreams import add_upstream
 
 LEGACY = "2025-11-25"
@@ -129,13 +129,13 @@ async def test_host_and_origin_checks_hold_on_the_fast_path(
     guarded = settings.model_copy(update={"mcp_allowed_hosts": ["127.0.0.1:*"], "mcp_allowed_origins": []})
     with serve(guarded) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            before = fast_count((await client.get("/metrics")).text)
+            before = fast_count((await client.get("/metrics", headers=OPS)).text)
             ok = await post(url, tenant_a.headers, call("data_get", {"key": "missing"}))
             rebound = await post(url, tenant_a.headers, call("data_get", {"key": "missing"}), Host="evil.example")
             foreign = await post(
                 url, tenant_a.headers, call("data_get", {"key": "missing"}), Origin="http://evil.example"
             )
-            after = fast_count((await client.get("/metrics")).text)
+            after = fast_count((await client.get("/metrics", headers=OPS)).text)
     assert ok[0] == 200
     assert rebound[0] in (400, 403, 421), rebound
     assert foreign[0] in (400, 403), foreign

@@ -24,7 +24,7 @@ from tenantry.db.engine import Database
 from tenantry.dev import ensure_redis, stop_redis
 from tenantry.settings import Settings
 from tests import conftest
-from tests.conftest import ADMIN_KEY, JWT_SECRET, Admin, TenantHandle, free_port, serve
+from tests.conftest import ADMIN_KEY, JWT_SECRET, OPS, Admin, TenantHandle, free_port, serve
 from tests.metering.test_gateway_metering import bridge, eventually, ledger_rows
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -54,8 +54,8 @@ async def test_redis_down_refuses_free_serves_paid_records_the_pass_and_recovers
             assert stop_redis(own_redis, tmp_path)
             refused = await bridge(http, free, "data_list", {})
             served = await bridge(http, paid, "data_put", {"key": "during-outage", "value": 1})
-            health = await http.get("/health")
-            metrics = (await http.get("/metrics")).text
+            health = await http.get("/health", headers=OPS)
+            metrics = (await http.get("/metrics", headers=OPS)).text
 
             ensure_redis(own_redis, tmp_path)
 

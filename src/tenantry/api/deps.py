@@ -31,9 +31,27 @@ def require_admin(request: Request, services: ServicesDep) -> None:
     decode_admin_token(services.settings, token)
 
 
+def is_ops(request: Request, services: Services) -> bool:
+    """Whether the request carries an ops credential: the ops key, the admin key or an admin token."""
+    header = request.headers.get("authorization")
+    if not header:
+        return False
+    token = bearer_token(header)
+    if hmac.compare_digest(token.encode(), services.settings.ops_api_key.encode()):
+        return True
+    require_admin(request, services)  # 401 for anything else that was offered
+    return True
+
+
+def require_ops(request: Request, services: ServicesDep) -> None:
+    if not is_ops(request, services):
+        raise Unauthenticated("this endpoint needs the ops credential (or the admin key)", code="missing_credentials")
+
+
 async def require_tenant(request: Request, services: ServicesDep) -> Principal:
     return await authenticate(services.resolver, request.headers)
 
 
 AdminDep = Depends(require_admin)
+OpsDep = Depends(require_ops)
 TenantDep = Annotated[Principal, Depends(require_tenant)]

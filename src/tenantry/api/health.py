@@ -1,5 +1,11 @@
 """Ops: `/health` (and `?tenant=`) and `/metrics`.
 
+Plain `/health` is public and says only ok/degraded per check (a load
+balancer needs no more). Everything else needs the ops credential (the ops
+key, the admin key or an admin token): the detail of each check, `?tenant=`
+(checked before any work, so a stranger can neither learn whether a tenant
+exists nor make the gateway contact its upstreams) and `/metrics`.
+
 Each check answers on its own, within a timeout, and is named in the body;
 any failing check makes the answer 503 (`upstream_changes`, the listener
 for upstream changes, is reported but never fails: while it is down the
@@ -12,18 +18,23 @@ anyone else's (nor anything at all when no tenant is bound).
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from tenantry import __version__
 from tenantry import tenants as tenant_service
-from tenantry.api.deps import ServicesDep
+from tenantry.api.deps import OpsDep, ServicesDep, is_ops
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
+from tenantry.errors import Unauthenticated
 from tenantry.metering.drain import dead_letter_key, oldest_undrained_age_ms
 from tenantry.plans import Limits
 from tenantry.services import Services
@@ -150,7 +161,15 @@ async def _upstreams(s: Services, tenant_id: uuid.UUID) -> dict[str, Check]:
 
 
 @router.get("/health", response_model=None)
-async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] = None) -> JSONResponse:
+async def health(
+    request: Request, services: ServicesDep, tenant: Annotated[str | None, Query()] = None
+) -> JSONResponse:
+    """Public: ok/degraded per check, nothing more. With the ops credential: each check's detail, the
+    process, and with `tenant=`, that tenant's checks (which nobody else may ask for: they name its
+    plan, usage and upstreams, and run a discovery against its upstreams)."""
+    ops = is_ops(request, services)
+    if tenant is not None and not ops:
+        raise Unauthenticated("/health?tenant= needs the ops credential", code="missing_credentials")
     checks: dict[str, Check] = {}
     body: dict[str, Any] = {}
     tenant_id = parse_tenant_id(tenant) if tenant is not None else None
@@ -182,10 +201,44 @@ async def health(services: ServicesDep, tenant: Annotated[str | None, Query()] =
     if tenant_id is not None:
         checks.update(await _upstreams(services, tenant_id))
     healthy = all(c["status"] == "ok" for c in checks.values())
-    body = {"status": "ok" if healthy else "degraded", **body, "checks": checks}
+    if not ops:  # what a load balancer needs, and nothing a stranger could learn from
+        public = {
+            "status": "ok" if healthy else "degraded",
+            "checks": {n: {"status": c["status"]} for n, c in checks.items()},
+        }
+        return JSONResponse(public, status_code=200 if healthy else 503)
+    body = {"status": "ok" if healthy else "degraded", **body, "process": await _process(services), "checks": checks}
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
-@router.get("/metrics")
+_STARTED = time.time()
+_ACTIVE_TENANTS = text("SELECT count(*) FROM tenants WHERE status = 'active'")
+
+
+async def _process(s: Services) -> dict[str, Any]:
+    """This replica: version, uptime, memory, and how many tenants are active."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), s.db.system() as conn:
+            active: int | None = (await conn.execute(_ACTIVE_TENANTS)).scalar_one()
+    except Exception:  # reported as unknown; the database check says why
+        active = None
+    return {
+        "version": __version__,
+        "uptime_seconds": round(time.time() - _STARTED, 1),
+        "memory_rss_bytes": _rss_bytes(),
+        "active_tenants": active,
+    }
+
+
+def _rss_bytes() -> int | None:
+    """Resident memory now (Linux /proc), else the peak resident memory the OS reports."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@router.get("/metrics", dependencies=[OpsDep])
 async def metrics(services: ServicesDep) -> Response:
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

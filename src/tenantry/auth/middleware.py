@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.errors import Forbidden, TenantryError, Unauthenticated
 from tenantry.metrics import Metrics
+from tenantry.observability import note
 from tenantry.tenancy import Principal, bind_principal, parse_tenant_id
 
 PRINCIPAL_SCOPE_KEY = "tenantry.principal"
@@ -44,6 +45,7 @@ async def authenticate(resolver: CredentialResolver, headers: Headers) -> Princi
     principal = await resolver.resolve(bearer_token(headers.get("authorization")))
     if claimed_id is not None and claimed_id != principal.tenant_id:
         raise Forbidden("Tenant-ID does not match the credential's tenant", code="tenant_mismatch")
+    note(tenant=str(principal.tenant_id), subject=f"key:{principal.key_id}")
     return principal
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from tenantry.observability import Tracing
 from tenantry.settings import Settings
 
 _CHANGED_TENANTS = "tenantry.changed_tenants"
@@ -44,8 +45,9 @@ def note_tenant_changed(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
 
 
 class Database:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tracing: Tracing | None = None) -> None:
         self.app_role = settings.db_app_role
+        self._tracing = tracing or Tracing()
         self.app_engine: AsyncEngine = create_async_engine(
             settings.app_database_url,
             pool_size=settings.db_pool_size,
@@ -53,7 +55,7 @@ class Database:
             pool_recycle=1800,
         )
         self.system_engine: AsyncEngine = create_async_engine(
-            settings.database_url, pool_size=4, max_overflow=4, pool_recycle=1800
+            settings.owner_database_url, pool_size=4, max_overflow=4, pool_recycle=1800
         )
         # New application connections since start: a count that keeps rising under steady load
         # means the pool is too small (overflow connections are opened and closed per checkout).
@@ -68,9 +70,10 @@ class Database:
 
     @asynccontextmanager
     async def tenant(self, tenant_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
-        async with self.app_engine.begin() as conn:
-            await bind_tenant(conn, tenant_id)
-            yield conn
+        with self._tracing.span("db.transaction", **{"db.system": "postgresql", "tenantry.tenant_id": tenant_id}):
+            async with self.app_engine.begin() as conn:
+                await bind_tenant(conn, tenant_id)
+                yield conn
 
     @asynccontextmanager
     async def unbound(self) -> AsyncIterator[AsyncConnection]:

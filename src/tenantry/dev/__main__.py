@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     settings = Settings()
-    database_url, redis_url = settings.database_url, settings.redis_url
+    database_url, redis_url = settings.owner_database_url, settings.redis_url
     pg, rd = parse_postgres_url(database_url), parse_redis_url(redis_url)
     try:
         if args.action == "down":

@@ -90,9 +90,16 @@ class HttpLink:
     """One MCP session over `http` (the link owns it and closes it)."""
 
     def __init__(
-        self, http: Http1Client, *, on_notification: Callable[[dict[str, Any]], None] = lambda message: None
+        self,
+        http: Http1Client,
+        *,
+        on_notification: Callable[[dict[str, Any]], None] = lambda message: None,
+        trace_headers: Callable[[], str] = str,
     ) -> None:
+        """`trace_headers`: header lines (CRLF-ended) carrying the caller's trace context (W3C
+        `traceparent`) onto each request; "" when tracing is off."""
         self._http = http
+        self._trace_headers = trace_headers
         self._host = http.host
         self._connect_timeout = http.connect_timeout
         self._limit = http.limit
@@ -346,6 +353,7 @@ class HttpLink:
             raise ProtocolError("the upstream link is closed")
         session_id, version = session
         extra = "" if session_id is None else f"Mcp-Session-Id: {session_id}\r\nMCP-Protocol-Version: {version}\r\n"
+        extra += self._trace_headers()
         return await self._http.send(
             verb,
             body,

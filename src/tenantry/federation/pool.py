@@ -38,6 +38,7 @@ from tenantry.federation.http1 import Http1Client
 from tenantry.federation.link import HttpLink, HttpStatusError
 from tenantry.federation.registry import Upstream
 from tenantry.federation.ssrf import check_url
+from tenantry.observability import Tracing
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 from tenantry.tools.base import Relay
@@ -187,8 +188,11 @@ def describe_failure(exc: BaseException) -> tuple[str, bool]:
 
 
 class UpstreamPool:
-    def __init__(self, settings: Settings, box: SecretBox, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, settings: Settings, box: SecretBox, *, clock: Clock = time.monotonic, tracing: Tracing | None = None
+    ) -> None:
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._box = box
         self.clock = clock
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
@@ -211,7 +215,8 @@ class UpstreamPool:
         async def work(client: Link) -> list[types.Tool]:
             return await client.list_tools()
 
-        return await self._run(upstream, work)
+        with self._tracing.span("upstream tools/list", **{"tenantry.upstream": upstream.name}):
+            return await self._run(upstream, work)
 
     async def call_tool(
         self, upstream: Upstream, tool: str, arguments: dict[str, Any], relay: Relay | None = None
@@ -219,7 +224,8 @@ class UpstreamPool:
         async def work(client: Link) -> types.CallToolResult:
             return await client.call_tool(tool, arguments, relay)
 
-        return await self._run(upstream, work)
+        with self._tracing.span("upstream tools/call", **{"tenantry.upstream": upstream.name, "tenantry.tool": tool}):
+            return await self._run(upstream, work)
 
     async def _run(self, upstream: Upstream, work: Callable[[Link], Awaitable[T]]) -> T:
         key = (upstream.tenant_id, upstream.id)
@@ -351,7 +357,11 @@ class UpstreamPool:
                         max_response_bytes=s.upstream_max_response_bytes,
                         max_idle=s.upstream_max_idle_connections,
                     )
-                    link = HttpLink(http, on_notification=lambda message: self.on_tools_changed(tenant_id, upstream.id))
+                    link = HttpLink(
+                        http,
+                        on_notification=lambda message: self.on_tools_changed(tenant_id, upstream.id),
+                        trace_headers=self._tracing.trace_headers,
+                    )
                     stack.push_async_callback(link.aclose)
                     await link.start()
                     entry.client = _HttpSession(link)

@@ -29,10 +29,12 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, LimitExceeded, NotFound, TenantryError, Unavailable
+from tenantry.federation.registry import SEPARATOR
 from tenantry.gateway.catalog import Catalog, CatalogEntry
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
 from tenantry.metrics import Metrics
+from tenantry.observability import Tracing, note
 from tenantry.plans import PlanBook
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal
@@ -128,8 +130,10 @@ class ToolCalls:
         meter: Meter,
         ledger: Ledger,
         plans: PlanBook,
+        tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
+        self._tracing = tracing or Tracing()
         self._db = db
         self._catalog = catalog
         self._metrics = metrics
@@ -156,19 +160,25 @@ class ToolCalls:
         self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None = None
     ) -> ToolOutcome:
         started = time.perf_counter()
-        tool = await self._catalog.lookup(principal, name)
-        if tool is None:
-            outcome = ToolOutcome(error=NotFound(f"no tool named {name[:100]!r}", code="unknown_tool"))
-            self._metrics.observe_tool_call(principal.tenant_id, "_unknown", "unknown_tool", started)
-            return outcome
-        try:
-            args = tool.arguments.model_validate(arguments or {})
-        except ValidationError as exc:
-            outcome = ToolOutcome(error=BadRequest(_describe(exc), code="invalid_arguments"))
-        else:
-            outcome = await self._metered(principal, tool, args, started, relay)
-        status = outcome.status
-        self._metrics.observe_tool_call(principal.tenant_id, name, status, started)
+        attributes = {"tenantry.tenant_id": principal.tenant_id, "tenantry.tool": name[:100]}
+        with self._tracing.span("tools/call", **attributes) as span:
+            tool = await self._catalog.lookup(principal, name)
+            if tool is None:
+                outcome = ToolOutcome(error=NotFound(f"no tool named {name[:100]!r}", code="unknown_tool"))
+                label = "_unknown"
+            else:
+                label = "_upstream" if SEPARATOR in name else name  # metric labels stay a bounded set
+                try:
+                    args = tool.arguments.model_validate(arguments or {})
+                except ValidationError as exc:
+                    outcome = ToolOutcome(error=BadRequest(_describe(exc), code="invalid_arguments"))
+                else:
+                    outcome = await self._metered(principal, tool, args, started, relay)
+            status = outcome.status
+            if span is not None:
+                span.set_attribute("tenantry.outcome", status)
+        self._metrics.observe_tool_call(principal.tenant_id, label, status, started)
+        note(tool=name[:100], outcome=status)
         return outcome
 
     async def _metered(
@@ -181,7 +191,8 @@ class ToolCalls:
         event_id = uuid.uuid4()
         call_id = event_id.hex
         cost = self._plans.cost(tool.name, default=tool.cost)
-        decision = await self._meter.admit(tenant_id, call_id, cost, limits, call_timeout_ms=self._call_timeout_ms)
+        with self._tracing.span("meter.admit"):
+            decision = await self._meter.admit(tenant_id, call_id, cost, limits, call_timeout_ms=self._call_timeout_ms)
         self._observe_decision(principal, decision)
         if not decision.admitted:
             return ToolOutcome(error=refusal(decision, principal, tool.name, cost))
@@ -199,7 +210,8 @@ class ToolCalls:
         holds_slot = limits.max_concurrent is not None and not decision.bypassed
         try:
             release = (self._meter.inflight_key(tenant_id), call_id) if holds_slot else None
-            await self._ledger.record(event, release=release)
+            with self._tracing.span("ledger.record"):
+                await self._ledger.record(event, release=release)
         except LedgerUnavailable:
             log.error("usage event %s of tenant %s could not be recorded; result withheld", event_id, tenant_id)
             self._metrics.ledger_failures.inc()

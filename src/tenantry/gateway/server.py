@@ -30,6 +30,7 @@ from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.fastpath import ToolCallFastPath
 from tenantry.gateway.relay import AgentRelay, LogLevels
 from tenantry.metrics import Metrics
+from tenantry.observability import note
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
 from tenantry.tools.base import Relay
@@ -122,6 +123,7 @@ class Gateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         principal = _principal(ctx)
+        note(rpc_method="tools/list")
         try:
             await self._calls.check_rate(principal)
         except TenantryError as exc:
@@ -139,6 +141,7 @@ class Gateway:
         self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay
     ) -> types.CallToolResult:
         """A tools/call's result, or the MCPError it is refused with (both MCP paths answer through here)."""
+        note(rpc_method="tools/call")
         with bind_principal(principal):
             outcome = await self._calls.call(principal, name, arguments, relay)
         if outcome.error is not None and outcome.error.code == "unknown_tool":

@@ -1,0 +1,134 @@
+"""What every response gets, in one pure ASGI layer outside everything else: `RequestObserver`.
+
+- a request id: the client's `X-Request-ID` when it is acceptable (1-128
+  characters that are safe in a header, a log line and JSON), else a new one;
+  echoed on the response, put in every log line of the request and in every
+  JSON error body (`request_id`);
+- security headers: `X-Content-Type-Options: nosniff`, `Referrer-Policy:
+  no-referrer`, `X-Frame-Options: DENY`, a `Content-Security-Policy` (the API's
+  answers may run nothing; HTML, the API docs page, only its own scripts and
+  the docs' CDN) and HSTS when the request came over TLS;
+- a span for the request (when tracing is on) and one access log line when it
+  ends: method, path, status, latency, tenant, subject, MCP method, tool and
+  outcome as the layers below noted them (`observability.note`). Never
+  headers, tokens or argument values.
+
+CORS, when configured, is Starlette's own middleware inside this one (`app.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tenantry.observability import REQUEST_ID_HEADER, Tracing, begin_request, end_request, request_id_from
+
+_ALWAYS: Final = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+_API_CSP: Final = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+# The API docs page (FastAPI's Swagger UI) loads its script and styles from its CDN.
+_HTML_CSP: Final = (
+    b"content-security-policy",
+    b"default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    b"style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+)
+_HSTS: Final = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+_REQUEST_ID: Final = REQUEST_ID_HEADER.encode()
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+class RequestObserver:
+    def __init__(self, app: ASGIApp, *, tracing: Tracing, log: logging.Logger) -> None:
+        self.app = app
+        self._tracing = tracing
+        self._log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(_header(scope["headers"], _REQUEST_ID))
+        record, token = begin_request(request_id)
+        tls = scope.get("scheme") == "https"
+        status = 500  # what the client gets if the app fails before answering
+        held: Message | None = None  # an error's response start, until its JSON body is known
+
+        async def observed(message: Message) -> None:
+            nonlocal status, held
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", ()), (_REQUEST_ID, request_id.encode()), *_ALWAYS]
+                content_type = _header(headers, b"content-type") or b""
+                headers.append(_HTML_CSP if content_type.startswith(b"text/html") else _API_CSP)
+                if tls:
+                    headers.append(_HSTS)
+                message = {**message, "headers": headers}
+                if status >= 400 and content_type.startswith(b"application/json"):
+                    held = message
+                    return
+            elif held is not None:
+                start, held = held, None
+                if not message.get("more_body", False):
+                    body = _with_request_id(message.get("body", b""), request_id)
+                    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                    start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+                    message = {**message, "body": body}
+                await send(start)
+            await send(message)
+
+        try:
+            with self._tracing.span(
+                f"{scope['method']} {scope['path']}",
+                **{
+                    "http.request.method": scope["method"],
+                    "url.path": scope["path"],
+                    "tenantry.request_id": request_id,
+                },
+            ) as span:
+                await self.app(scope, receive, observed)
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
+                    span.set_attribute("tenantry.request_id", request_id)
+        finally:
+            end_request(token)
+            if self._log.isEnabledFor(logging.INFO):
+                fields: dict[str, Any] = {
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "latency_ms": round((time.perf_counter() - record.started) * 1000, 2),
+                    "request_id": request_id,
+                    "tenant": record.tenant,
+                    "subject": record.subject,
+                    "rpc_method": record.rpc_method,
+                    "tool": record.tool,
+                    "outcome": record.outcome,
+                }
+                level = logging.ERROR if status >= 500 else logging.INFO
+                self._log.log(level, "%s %s %d", scope["method"], scope["path"], status, extra=fields)
+
+
+def _with_request_id(body: bytes, request_id: str) -> bytes:
+    """A JSON error object with the request id in it; anything else unchanged."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body
+    if not isinstance(value, dict) or "request_id" in value:
+        return body
+    value["request_id"] = request_id
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
