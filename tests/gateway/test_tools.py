@@ -161,6 +161,8 @@ async def test_the_rest_bridge_lists_and_calls_tools(http: httpx.AsyncClient, te
     listed = await http.post(url, headers=tenant_a.headers, json={"method": "listTools"})
     assert {t["name"] for t in listed.json()["tools"]} == BUILTINS
     assert "inputSchema" in listed.json()["tools"][0]
+    by_mcp_name = await http.post(url, headers=tenant_a.headers, json={"method": "tools/list"})
+    assert by_mcp_name.json() == listed.json()
     put = await http.post(
         url, headers=tenant_a.headers, json={"method": "data_put", "params": {"key": "k", "value": 2}}
     )

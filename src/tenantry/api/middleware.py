@@ -123,12 +123,13 @@ class RequestObserver:
 
 
 def _with_request_id(body: bytes, request_id: str) -> bytes:
-    """A JSON error object with the request id in it; anything else unchanged."""
+    """A JSON error object with the request id in it; anything else unchanged (a JSON-RPC response
+    above all: its members are fixed by the protocol, and the header carries the id anyway)."""
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return body
-    if not isinstance(value, dict) or "request_id" in value:
+    if not isinstance(value, dict) or "request_id" in value or "jsonrpc" in value:
         return body
     value["request_id"] = request_id
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

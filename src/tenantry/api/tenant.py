@@ -15,10 +15,15 @@ from tenantry.tenancy import bind_principal, parse_tenant_id
 
 router = APIRouter(prefix="/api")
 
+# What the bridge lists tools for: its own name, and MCP's (no tool can be called either: no "/" in names).
+LIST_TOOLS = frozenset({"listTools", "tools/list"})
+
 
 class ToolRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: str = Field(min_length=1, max_length=200, description="'listTools', or the name of a tool to call.")
+    method: str = Field(
+        min_length=1, max_length=200, description="'listTools' (or 'tools/list'), or the name of a tool to call."
+    )
     params: dict[str, Any] | None = None
 
 
@@ -41,7 +46,7 @@ async def tool_bridge(tenant_id: str, body: ToolRequest, principal: TenantDep, s
     if parse_tenant_id(tenant_id) != principal.tenant_id:
         raise Forbidden("the URL names another tenant than the credential", code="tenant_mismatch")
     with bind_principal(principal):
-        if body.method == "listTools":
+        if body.method in LIST_TOOLS:
             await services.calls.check_rate(principal)
             tools = await services.calls.list_tools(principal)
             return {"tools": [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in tools]}

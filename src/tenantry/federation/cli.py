@@ -142,5 +142,5 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> N
     p.add_argument("--tenant", required=True, help="tenant id")
     p = command("remove", "Remove an upstream and its pinned tools.", cmd_remove, group)
     p.add_argument("--tenant", required=True, help="tenant id")
-    p.add_argument("upstream_id")
+    p.add_argument("upstream_id", help="the upstream's id (from `tenantry upstream list`)")
     command("rotate-secrets", "Re-encrypt every stored upstream credential under the newest key.", cmd_rotate, group)
