@@ -17,6 +17,11 @@ touching `src/`. Served and driven exactly like the gateway (same headers, same 
 - `starlette`  the /mcp route on a bare Starlette app: no FastAPI middleware stack, no BodyLimit
 - `lean`       all four at once; what is left over bare is Gateway._call_tool + ToolCalls (validation, outcome)
 
+and one that adds, to see what production logging costs:
+
+- `access_log`  the gateway with `tenantry serve`'s logging: one JSON access line per request at INFO
+                (the plain gateway here logs nothing: uvicorn's `--log-level warning` filters the line out)
+
 and two candidate improvements, to see what they would buy:
 
 - `asyncpg_get`   data_get on a plain asyncpg pool (same RLS transaction, BEGIN and the tenant binding sent as
@@ -238,6 +243,14 @@ def asyncpg_get() -> Any:
     return app
 
 
+def access_log() -> Any:
+    """The gateway as `tenantry serve` runs it outside development: a JSON line per request (to the log file)."""
+    from tenantry.observability import configure_logging
+
+    configure_logging(json_lines=True, level="info")
+    return create_app(Settings())
+
+
 def schema_lookup() -> Any:
     app = create_app(Settings())
     services = _services(app)
@@ -257,4 +270,7 @@ VARIANTS = (
     "lean",
     "asyncpg_get",
     "schema_lookup",
+    "access_log",
 )
+# Variants that change the process itself (its logging): served in a process of their own only.
+SUBPROCESS_ONLY = ("access_log",)

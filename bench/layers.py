@@ -113,7 +113,11 @@ async def part1(
     factories: dict[str, Callable[[], Any]] = {
         "bare": lambda: bare_server.app,
         "gateway": lambda: create_app(Settings()),
-        **{name: getattr(gateway_variants, name) for name in gateway_variants.VARIANTS},
+        **{
+            name: getattr(gateway_variants, name)
+            for name in gateway_variants.VARIANTS
+            if name not in gateway_variants.SUBPROCESS_ONLY
+        },
     }
     results: dict[tuple[str, str], list[Timing]] = {}
     async with contextlib.AsyncExitStack() as stack:

@@ -18,7 +18,9 @@ SRC = ROOT / "src" / "tenantry"
 
 FLOORS: dict[str, int] = {
     # things every floor may use
+    "__init__": -1,  # the package itself: its version
     "errors": 0,
+    "observability": 0,
     "secrets": 0,
     "metrics": 0,
     "client": 0,
@@ -50,7 +52,10 @@ DEV_TOOLING_USERS = {"cli", "dev"}
 
 def _top(module: str) -> str | None:
     parts = module.split(".")
-    return parts[1] if parts[0] == "tenantry" and len(parts) > 1 else None
+    if parts[0] != "tenantry" or len(parts) < 2:
+        return None
+    # `from tenantry import X`: X is a module, or a name of the package's own `__init__` (its version).
+    return parts[1] if (SRC / parts[1]).exists() or (SRC / f"{parts[1]}.py").exists() else "__init__"
 
 
 def _runtime_imports(tree: ast.Module) -> list[tuple[int, str]]:

@@ -98,9 +98,7 @@ async def _demo_tenant(
 
     async def work(db: Database) -> tuple[tenant_service.Tenant, uuid.UUID, str, bool]:
         async with db.system() as conn:
-            existing = [
-                t for t in await tenant_service.list_tenants(conn, status="active") if t.name == DEMO_TENANT_NAME
-            ]
+            existing = await tenant_service.list_tenants(conn, status="active", name=DEMO_TENANT_NAME, limit=1)
             tenant = existing[0] if existing else await tenant_service.create_tenant(conn, DEMO_TENANT_NAME, "pro")
             keys = {k.id: k for k in await api_keys.list_keys(conn, tenant.id) if k.revoked_at is None}
             if kept is not None and kept[0] == tenant.id and kept[1] in keys:

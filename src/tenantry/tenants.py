@@ -108,11 +108,13 @@ async def get_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> Tenant:
 
 
 async def list_tenants(
-    conn: AsyncConnection, *, status: str | None = None, limit: int = 100, offset: int = 0
+    conn: AsyncConnection, *, status: str | None = None, name: str | None = None, limit: int = 100, offset: int = 0
 ) -> list[Tenant]:
     query = select(*_COLUMNS).order_by(tenants.c.created_at, tenants.c.id).limit(limit).offset(offset)
     if status is not None:
         query = query.where(tenants.c.status == status)
+    if name is not None:
+        query = query.where(tenants.c.name == name)
     return [Tenant(*row) for row in await conn.execute(query)]
 
 
