@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -25,9 +26,16 @@ HEAD = REVISIONS[-1].split("_", 1)[0]
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy of what the sdist holds, so no build/ or stale file of the checkout gets in.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md", "alembic.ini"):
+        shutil.copy(ROOT / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("src", "migrations"):
+        shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(ROOT), "-w", out],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", str(source), "-w", out],
         check=True,
         capture_output=True,
         timeout=300,
