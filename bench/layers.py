@@ -169,16 +169,17 @@ async def part2(calls: int, rounds: int, tenant_id: str, api_key: str) -> dict[s
     from tenantry.gateway.calls import ToolOutcome
     from tenantry.settings import Settings
     from tenantry.tools.base import ToolContext
-    from tenantry.tools.data_store import KeyArgs, PutArgs, data_get, data_put
+    from tenantry.tools.data_store import data_get, data_put, tools
 
     settings = Settings()
     services = build_services(settings)
+    put_args, key_args = (tool.arguments for tool in tools(settings)[:2])
     tid = uuid.UUID(tenant_id)
     headers = Headers(raw=[(b"tenant-id", tenant_id.encode()), (b"authorization", f"Bearer {api_key}".encode())])
     principal = await authenticate(services.resolver, headers)
     ctx = ToolContext(principal=principal, db=services.db, settings=settings, meter=services.meter)
-    await data_put(ctx, PutArgs.model_validate({"key": bg.KEY, "value": bg.VALUE}))
-    args = KeyArgs.model_validate({"key": bg.KEY})
+    await data_put(ctx, put_args.model_validate({"key": bg.KEY, "value": bg.VALUE}))
+    args = key_args.model_validate({"key": bg.KEY})
     result = await data_get(ctx, args)
     raw_url = settings.app_database_url.replace("postgresql+asyncpg://", "postgresql://")
     raw = await asyncpg.connect(raw_url)
@@ -236,7 +237,7 @@ async def part2(calls: int, rounds: int, tenant_id: str, api_key: str) -> dict[s
         "AuthenticatedUser()": lambda _: noop(
             AuthenticatedUser(AccessToken(token="", client_id=tenant_id, scopes=[], subject=tenant_id))
         ),
-        "KeyArgs.model_validate": lambda _: noop(KeyArgs.model_validate({"key": bg.KEY})),
+        "KeyArgs.model_validate": lambda _: noop(key_args.model_validate({"key": bg.KEY})),
         "metrics.observe_tool_call": lambda _: noop(
             services.metrics.observe_tool_call(tid, "data_get", "ok", time.perf_counter())
         ),

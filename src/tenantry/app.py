@@ -99,7 +99,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     tenant_lifecycle.watch(db, listener, resolver.forget)
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets, tracing=tracing))
-    catalog = Catalog(builtin_tools(), discovery)
+    catalog = Catalog(builtin_tools(settings), discovery)
     calls = ToolCalls(settings, db, catalog, metrics, meter=meter, ledger=ledger, plans=plans, tracing=tracing)
     gateway = Gateway(settings, calls, resolver, metrics)
     return Services(
@@ -144,7 +144,11 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return JSONResponse({"error": "invalid_json", "detail": "the request body is not valid JSON"}, 400)
-    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:5])
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()))}: "
+        + ("must be printable text" if e.get("type") == "string_pattern_mismatch" else str(e.get("msg")))
+        for e in errors[:5]
+    )
     return JSONResponse({"error": "invalid_request", "detail": problems}, 400)
 
 

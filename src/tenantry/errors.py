@@ -8,6 +8,7 @@
     ├── Conflict               409  the resource exists in a state that forbids the change
     ├── PayloadTooLarge        413
     ├── LimitExceeded          429  (quota and rate limits, added by metering)
+    ├── InternalError          500  a bug: a tool raised what it should not (never billed)
     └── Unavailable            503  a dependency is down
 
 It is mapped once to HTTP (`to_response`) and once to MCP (`gateway.server`),
@@ -79,6 +80,11 @@ class LimitExceeded(TenantryError):
 
     def headers(self) -> dict[str, str]:
         return _retry_after(self)
+
+
+class InternalError(TenantryError):
+    http_status = 500
+    default_code = "internal_error"
 
 
 class Unavailable(TenantryError):

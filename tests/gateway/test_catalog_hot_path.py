@@ -59,7 +59,7 @@ async def test_builtin_lookups_never_ask_discovery(settings: Settings) -> None:
         async def view(self, tenant_id: uuid.UUID, *, fresh: bool = False) -> Any:
             raise AssertionError("a built-in lookup asked for the tenant's upstreams")
 
-    catalog = Catalog(builtin_tools(), Refusing())  # type: ignore[arg-type]
+    catalog = Catalog(builtin_tools(settings), Refusing())  # type: ignore[arg-type]
     who: Any = type("P", (), {"tenant_id": uuid.uuid4()})()
     assert (await catalog.lookup(who, "data_get")) is not None
     assert (await catalog.lookup(who, "no_such_tool")) is None

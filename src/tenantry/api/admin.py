@@ -26,17 +26,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# A name is shown to people and stored as text: no control characters (NUL cannot even be stored).
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class AdminTokenRequest(Strict):
     key: str = Field(min_length=1, max_length=512)
 
 
 class TenantCreate(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     plan: str | None = None
 
 
 class TenantPatch(Strict):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Name | None = None
     plan: str | None = None
     status: Literal["active", "suspended"] | None = None
     # Overrides of the plan's limits for this tenant ({} clears them), e.g. {"calls_per_window": 5000}.
@@ -44,7 +48,7 @@ class TenantPatch(Strict):
 
 
 class KeyCreate(Strict):
-    name: str = Field(default="default", min_length=1, max_length=200)
+    name: Name = "default"
 
 
 def _tenant_id(value: str) -> uuid.UUID:
@@ -80,7 +84,7 @@ async def list_tenants(
     services: ServicesDep,
     status: Annotated[Literal["provisioning", "active", "suspended", "deprovisioned"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> dict[str, Any]:
     async with services.db.system() as conn:
         found = await tenant_service.list_tenants(conn, status=status, limit=limit, offset=offset)

@@ -61,6 +61,9 @@ class UpstreamTool:
     withheld: bool = False
     arguments: type[BaseModel] = PassThrough
 
+    def precheck(self, args: BaseModel) -> None:
+        """Nothing: the upstream checks its own arguments against the schema it published."""
+
     async def execute(self, ctx: ToolContext, args: BaseModel) -> types.CallToolResult:
         if self.withheld:
             raise Forbidden(

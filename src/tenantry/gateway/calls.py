@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
-from tenantry.errors import BadRequest, LimitExceeded, NotFound, TenantryError, Unavailable
+from tenantry.errors import BadRequest, InternalError, LimitExceeded, NotFound, TenantryError, Unavailable
 from tenantry.federation.registry import SEPARATOR
 from tenantry.gateway.catalog import Catalog, CatalogEntry
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
@@ -85,11 +86,42 @@ class ToolOutcome:
         )
 
 
+_MAX_DEPTH = 64
+
+
+def refuse_unrepresentable(value: Any, *, nul_allowed: bool, depth: int = 0) -> None:
+    """Refuse (400 `invalid_arguments`) what no tool can be given: numbers JSON cannot carry (NaN,
+    infinities, which a lenient JSON parser lets through), strings that are not Unicode text (lone
+    surrogates), nesting deeper than 64, and, unless `nul_allowed` (upstream tools, which get JSON),
+    NUL characters, which PostgreSQL cannot store. The message says where, never what."""
+    if depth > _MAX_DEPTH:
+        raise BadRequest(f"arguments nest deeper than {_MAX_DEPTH} levels", code="invalid_arguments")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("a string holds a lone surrogate, which is not text", code="invalid_arguments") from None
+        if not nul_allowed and "\x00" in value:
+            raise BadRequest("a string holds a NUL character, which cannot be stored", code="invalid_arguments")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise BadRequest("a number is NaN or infinite, which JSON cannot carry", code="invalid_arguments")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_unrepresentable(key, nul_allowed=nul_allowed, depth=depth + 1)
+            refuse_unrepresentable(item, nul_allowed=nul_allowed, depth=depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            refuse_unrepresentable(item, nul_allowed=nul_allowed, depth=depth + 1)
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False)[:5]:
         where = ".".join(str(part) for part in error["loc"]) or "arguments"
-        problems.append(f"{where}: {error['msg']}")
+        # A pattern's own text is no help (and can hold control characters): say what it asks for.
+        message = "must be printable text" if error["type"] == "string_pattern_mismatch" else error["msg"]
+        problems.append(f"{where}: {message}")
     return "; ".join(problems)
 
 
@@ -112,7 +144,10 @@ def refusal(decision: Decision, principal: Principal, tool: str | None, cost: in
             detail = f"plan {principal.plan!r} allows {limits.requests_per_minute} requests per minute; retry {wait}"
             return LimitExceeded(detail, code="rate_limited", extra=extra)
         case "concurrency_limited":
-            detail = f"plan {principal.plan!r} allows {limits.max_concurrent} calls in flight; retry {wait}"
+            detail = (
+                f"plan {principal.plan!r} allows {limits.max_concurrent} calls in flight; a slot frees when one"
+                f" of them ends: retry {wait}"
+            )
             return LimitExceeded(detail, code="concurrency_limited", extra=extra)
         case _:
             detail = f"the usage meter is unavailable and plan {principal.plan!r} fails closed; retry {wait}"
@@ -167,11 +202,17 @@ class ToolCalls:
                 outcome = ToolOutcome(error=NotFound(f"no tool named {name[:100]!r}", code="unknown_tool"))
                 label = "_unknown"
             else:
-                label = "_upstream" if SEPARATOR in name else name  # metric labels stay a bounded set
+                upstream = SEPARATOR in name
+                label = "_upstream" if upstream else name  # metric labels stay a bounded set
                 try:
+                    # Everything the caller got wrong is refused here, before the meter: it costs nothing.
+                    refuse_unrepresentable(arguments or {}, nul_allowed=upstream)
                     args = tool.arguments.model_validate(arguments or {})
+                    tool.precheck(args)
                 except ValidationError as exc:
                     outcome = ToolOutcome(error=BadRequest(_describe(exc), code="invalid_arguments"))
+                except TenantryError as exc:
+                    outcome = ToolOutcome(error=exc)
                 else:
                     outcome = await self._metered(principal, tool, args, started, relay)
             status = outcome.status
@@ -227,9 +268,25 @@ class ToolCalls:
             value = await tool.execute(ctx, args)
         except TenantryError as exc:
             return ToolOutcome(error=exc)
-        except (DBAPIError, OSError):
-            log.exception("tool %s failed for tenant %s", tool.name, principal.tenant_id)
+        except DBAPIError as exc:
+            # Never str(exc): SQLAlchemy puts the statement's parameters, the tenant's data, in it.
+            state = getattr(exc.orig, "sqlstate", None) or ""
+            if state.startswith("22"):  # a data exception: a value the database cannot take is the caller's
+                return ToolOutcome(error=BadRequest("a value cannot be stored as given", code="invalid_arguments"))
+            log.error(
+                "tool %s failed for tenant %s: %s (SQLSTATE %s)",
+                tool.name,
+                principal.tenant_id,
+                type(exc.orig).__name__,
+                state or "none",
+            )
             return ToolOutcome(error=Unavailable("the data store is unavailable; retry later"))
+        except OSError as exc:
+            log.error("tool %s failed for tenant %s: %s", tool.name, principal.tenant_id, type(exc).__name__)
+            return ToolOutcome(error=Unavailable("the data store is unavailable; retry later"))
+        except Exception as exc:  # a bug in a tool: its slot is freed and its outcome recorded like any other
+            log.error("tool %s raised %s for tenant %s", tool.name, type(exc).__name__, principal.tenant_id)
+            return ToolOutcome(error=InternalError(f"tool {tool.name!r} failed; this is a gateway bug, not billed"))
         if isinstance(value, types.CallToolResult):
             return ToolOutcome(forwarded=value)
         return ToolOutcome(result=value)

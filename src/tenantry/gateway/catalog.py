@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from tenantry.federation.discovery import Discovery
 from tenantry.federation.registry import SEPARATOR
+from tenantry.settings import Settings
 from tenantry.tenancy import Principal
 from tenantry.tools.base import BuiltinTool, ToolContext
 
@@ -29,6 +30,8 @@ class CatalogEntry(Protocol):
     def arguments(self) -> type[BaseModel]: ...
     @property
     def definition(self) -> types.Tool: ...
+
+    def precheck(self, args: Any) -> None: ...
 
     async def execute(self, ctx: ToolContext, args: Any) -> dict[str, Any] | types.CallToolResult: ...
 
@@ -53,7 +56,7 @@ class Catalog:
         return view.tools.get(name)
 
 
-def builtin_tools() -> list[BuiltinTool]:
+def builtin_tools(settings: Settings) -> list[BuiltinTool]:
     from tenantry.tools import data_store, health_check, usage_summary
 
-    return [*data_store.TOOLS, health_check.TOOL, usage_summary.TOOL]
+    return [*data_store.tools(settings), health_check.TOOL, usage_summary.TOOL]

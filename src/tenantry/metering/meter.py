@@ -68,6 +68,12 @@ _REDIS_DOWN: Final = (RedisConnectionError, RedisTimeoutError, OSError)
 
 _NO_LIMIT: Final = -1
 
+# The retry hint of `concurrency_limited`. The script knows only when the oldest call in flight must have
+# ended (its deadline, up to the call timeout: a client told "retry in 120 s" waits two minutes), but a
+# slot frees as soon as any of those calls ends, typically within milliseconds: a short wait a client can
+# obey without hammering. The script's answer is kept when it is sooner (the last slot's deadline is near).
+CONCURRENCY_RETRY_MS: Final = 250
+
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -243,10 +249,13 @@ class Meter:
         admitted, reason, retry, q_remaining, r_remaining = reply
         remaining = r_remaining if report_rate else q_remaining
         reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)
+        retry = int(retry)
+        if reason_text == "concurrency_limited" and retry > CONCURRENCY_RETRY_MS:
+            retry = CONCURRENCY_RETRY_MS
         return Decision(
             admitted=bool(admitted),
             reason=reason_text or None,
-            retry_after_ms=int(retry),
+            retry_after_ms=retry,
             limit=limit,
             remaining=None if limit is None else int(remaining),
         )

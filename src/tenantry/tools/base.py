@@ -72,6 +72,8 @@ class BuiltinTool:
     destructive: bool = False
     idempotent: bool = True
     cost: int = 1
+    # Checks of valid arguments that need the settings (sizes), run before the call is metered.
+    check: Callable[[Any], None] | None = None
     definition: types.Tool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +93,11 @@ class BuiltinTool:
             ),
         )
         object.__setattr__(self, "definition", definition)
+
+    def precheck(self, args: Any) -> None:
+        """Raise the `TenantryError` that refuses `args` before they cost anything."""
+        if self.check is not None:
+            self.check(args)
 
     async def execute(self, ctx: ToolContext, args: Any) -> dict[str, Any]:
         return await self.run(ctx, args)
