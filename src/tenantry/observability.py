@@ -96,7 +96,15 @@ class _RequestIdFilter(logging.Filter):
 
 
 # Attributes every LogRecord has; anything else a caller passed in `extra=` is a field of the line.
-_STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "request_id"}
+# uvicorn's `color_message` repeats the message with terminal colours.
+_STANDARD: Final = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "request_id",
+    "color_message",
+    "rid",
+    "fields",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -129,7 +137,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", None)
         record.rid = f" [{request_id}]" if request_id else ""
-        extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in ("rid", "fields")}
+        # Fields the message already says (an access line's method, path and status) are not repeated.
+        said = getattr(record, "_in_message", ())
+        skip = set(said)
+        extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in skip and k[0] != "_"}
         record.fields = "".join(f" {k}={v}" for k, v in extra.items() if v is not None)
         return super().format(record)
 

@@ -117,6 +117,7 @@ class RequestObserver:
                     "rpc_method": record.rpc_method,
                     "tool": record.tool,
                     "outcome": record.outcome,
+                    "_in_message": ("method", "path", "status"),
                 }
                 level = logging.ERROR if status >= 500 else logging.INFO
                 self._log.log(level, "%s %s %d", scope["method"], scope["path"], status, extra=fields)
