@@ -89,7 +89,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     hot = hot_redis_client(settings, redis, timeout=settings.meter_timeout_seconds)
     meter = Meter(hot, key_prefix=settings.redis_key_prefix)
     stream = stream_key(settings.redis_key_prefix)
-    ledger = Ledger(hot, db, stream=stream)
+    ledger = Ledger(hot, db, stream=stream, meter=meter)
     # The drainer's own connection: its blocking read (1 s) must not stall the meter's commands.
     drain_client = hot_redis_client(settings, redis, timeout=5.0)
     drainer = LedgerDrainer(

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from tenantry import tenants as tenant_service
@@ -18,7 +19,7 @@ from tenantry.auth import api_keys
 from tenantry.client import GatewayError, call_tool, list_tools, probe
 from tenantry.db.engine import Database
 from tenantry.db.migrate import ensure_database, migrate
-from tenantry.errors import BadRequest, TenantryError
+from tenantry.errors import BadRequest, TenantryError, Unavailable
 from tenantry.federation import cli as upstream_cli
 from tenantry.observability import configure_logging
 from tenantry.plans import validate_overrides
@@ -131,13 +132,14 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         print(f"postgres: {ensure_postgres(settings.database_url, state)}")
         print(f"redis:    {ensure_redis(settings.redis_url, state)}")
     except DevServiceError as exc:
-        raise TenantryError(str(exc), code="dev_services_unavailable") from None
+        raise Unavailable(str(exc), code="dev_services_unavailable") from None
     asyncio.run(_migrate(settings, None))
     saved = state / "demo-key.json"
     tenant, key_id, secret, reused = asyncio.run(_demo_tenant(settings, _read_demo_key(saved)))
     if not reused:
         state.mkdir(parents=True, exist_ok=True)
         saved.touch(mode=0o600)
+        saved.chmod(0o600)  # also when an older file was there
         saved.write_text(json.dumps({"tenant_id": str(tenant.id), "key_id": str(key_id), "secret": secret}))
     host, port = args.host or settings.host, args.port or settings.port
     base = f"http://{host}:{port}"
@@ -426,9 +428,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
         code: int = args.fn(args, settings)
     except TenantryError as exc:
-        return fail(exc.code, f"{exc.code}: {exc.detail}", EXIT_USAGE)
+        return fail(exc.code, f"{exc.code}: {exc.detail}", EXIT_UNAVAILABLE if exc.http_status >= 500 else EXIT_USAGE)
     except GatewayError as exc:
         return fail(exc.kind, str(exc), {"usage": EXIT_USAGE, "auth": EXIT_AUTH}.get(exc.kind, EXIT_UNAVAILABLE))
+    except ValidationError as exc:  # the settings: say which and why, never the value (it may be a secret)
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+        return fail("invalid_settings", f"invalid settings: {problems}", EXIT_USAGE)
     except ValueError as exc:
         return fail("invalid_request", str(exc), EXIT_USAGE)
     except (DBAPIError, OSError) as exc:

@@ -26,6 +26,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -49,6 +50,10 @@ class RequestRecord:
     rpc_method: str | None = None
     tool: str | None = None
     outcome: str | None = None
+    trace: Any = None  # the request span's OpenTelemetry context, when tracing (the parent of its tool calls)
+
+
+REQUEST_SCOPE_KEY: Final = "tenantry.request"
 
 
 _current: ContextVar[RequestRecord | None] = ContextVar("tenantry_request", default=None)
@@ -74,6 +79,15 @@ def end_request(token: Any) -> None:
 
 def current_request() -> RequestRecord | None:
     return _current.get()
+
+
+def adopt_request(scope: MutableMapping[str, Any]) -> None:
+    """Make the record of the HTTP request in `scope` the current one. For code that runs in a task
+    another request started (the MCP SDK's stateful sessions and legacy SSE handle each message in a
+    task of the session, which inherited the context of the request that opened it)."""
+    record = scope.get(REQUEST_SCOPE_KEY)
+    if isinstance(record, RequestRecord) and _current.get() is not record:
+        _current.set(record)
 
 
 def note(**values: str | None) -> None:
@@ -141,8 +155,15 @@ class TextFormatter(logging.Formatter):
         said = getattr(record, "_in_message", ())
         skip = set(said)
         extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and k not in skip and k[0] != "_"}
-        record.fields = "".join(f" {k}={v}" for k, v in extra.items() if v is not None)
-        return super().format(record)
+        record.fields = "".join(f" {k}={_printable(v)}" for k, v in extra.items() if v is not None)
+        line = super().format(record)
+        # A client-chosen value (a path, a tool name) must not start a line of its own.
+        return line if line.isprintable() or record.exc_info else _printable(line)
+
+
+def _printable(value: object) -> str:
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def configure_logging(*, json_lines: bool, level: str) -> None:
@@ -159,6 +180,8 @@ def configure_logging(*, json_lines: bool, level: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    # The MCP SDK logs whole messages (tool arguments and results) at DEBUG: never, whatever the level.
+    logging.getLogger("mcp").setLevel(max(logging.INFO, root.level))
 
 
 # --- traces ----------------------------------------------------------------------------------------
@@ -203,13 +226,25 @@ class Tracing:
             raise ValueError(f"OTEL_TRACES_EXPORTER {exporter_name!r} is not one of otlp, console, none")
         return cls(provider)
 
-    def span(self, name: str, **attributes: Any) -> contextlib.AbstractContextManager[Span | None]:
-        """A child of the current span (or a root), current while the block runs."""
+    def span(
+        self, name: str, *, parent: Any = None, **attributes: Any
+    ) -> contextlib.AbstractContextManager[Span | None]:
+        """A child of `parent` (an OpenTelemetry context) or of the current span, current while the block runs."""
         if self._tracer is None:
             return _NO_SPAN
         return self._tracer.start_as_current_span(
-            name, attributes={k: str(v) if isinstance(v, uuid.UUID) else v for k, v in attributes.items()}
+            name,
+            context=parent,
+            attributes={k: str(v) if isinstance(v, uuid.UUID) else v for k, v in attributes.items()},
         )
+
+    def current(self) -> Any:
+        """The current OpenTelemetry context (to parent spans started in another task), or None."""
+        if self._tracer is None:
+            return None
+        from opentelemetry import context
+
+        return context.get_current()
 
     def trace_headers(self) -> str:
         """The current span's W3C trace context as header lines (CRLF-ended), or "" with no span."""

@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_cors(self) -> Settings:
+        wild = [o for o in self.cors_allowed_origins if "*" in o or o.rstrip("/") != o or "://" not in o]
+        if wild:
+            raise ValueError(f"TENANTRY_CORS_ALLOWED_ORIGINS takes exact origins (scheme://host[:port]), not {wild}")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment == "production":
             if self.admin_api_key == DEV_ADMIN_API_KEY or len(self.admin_api_key) < 24:

@@ -352,11 +352,11 @@ async def test_zero_caps_are_never(meter: Meter, tenant: uuid.UUID) -> None:
     assert (refused.reason, refused.retry_after_ms) == ("rate_limited", -1)
 
 
-async def test_release_without_a_cap_is_no_round_trip() -> None:
+async def test_release_for_an_unmetered_plan_is_no_round_trip() -> None:
     dead = unreachable_client(closed_port())
     try:
         meter = Meter(dead)
-        await meter.release(uuid.uuid4(), "c", quota(10))
+        await meter.release(uuid.uuid4(), "c", quota(None))
         assert meter.failures == 0
         await meter.release(uuid.uuid4(), "c")  # unknown limits: tries, fails quietly
         assert meter.failures == 1
@@ -493,9 +493,13 @@ async def test_counter_memory_does_not_grow_with_the_count(meter: Meter, redis: 
     assert large is not None
     assert abs(large - small) <= 16, (small, large)
     assert large < 128
-    # Two counters per limit, whatever the count: nothing else was written for the quota.
+    # Two counters per limit, whatever the count, and the set of calls in flight (each leaves it when it
+    # ends: its size is the concurrency, not the count). Nothing else was written.
     keys = sorted(k.decode() for k in await redis.keys(f"tenantry:{{{tenant}}}:*"))
-    assert keys == sorted([q_cur, meter.rate_keys(tenant, T0)[0]])
+    assert keys == sorted([q_cur, meter.rate_keys(tenant, T0)[0], meter.inflight_key(tenant)])
+    await meter.release(tenant, "a")
+    await meter.release(tenant, "b")
+    assert await redis.exists(meter.inflight_key(tenant)) == 0
     ttl = await redis.pttl(q_cur)
     assert 0 < ttl <= 2 * W
 

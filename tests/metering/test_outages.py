@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,37 @@ async def test_a_sigkilled_gateway_loses_no_event_of_a_returned_result_and_dupli
     # whose result never came back) add an event each.
     assert len(returned) <= row.n <= len(returned) + workers
     assert row.n <= written  # no event without the call having run
+
+
+async def test_a_hung_redis_costs_a_paid_call_one_timeout_and_health_answers_at_once(
+    own_redis: str, tmp_path: Path
+) -> None:
+    port = int(own_redis.rsplit(":", 1)[1].split("/")[0])
+    pid = int((tmp_path / f"redis-{port}" / "redis.pid").read_text().split()[0])
+    with serve(conftest.test_settings(redis_url=own_redis)) as url:
+        async with httpx.AsyncClient(base_url=url, headers=ADMIN_HEADERS, timeout=30) as http:
+            paid = await Admin(http).create_tenant(plan="starter")
+            assert (await bridge(http, paid, "data_list", {})).status_code == 200
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                took = []
+                for n in range(5):
+                    started = time.perf_counter()
+                    r = await bridge(http, paid, "data_put", {"key": f"hung-{n}", "value": n})
+                    took.append(time.perf_counter() - started)
+                    assert r.status_code == 200, r.text
+                started = time.perf_counter()
+                health = await http.get("/health", headers=OPS)
+                health_took = time.perf_counter() - started
+            finally:
+                os.kill(pid, signal.SIGCONT)
+
+            async def metered_again() -> bool:
+                return (await http.get("/health")).status_code == 200
+
+            await eventually(metered_again)
+    assert took[0] < 1.5, took  # one meter timeout (0.5 s), and the ledger does not wait for another
+    assert max(took[1:]) < 0.4, took  # the breaker is open: decided at once, events to PostgreSQL
+    assert health.status_code == 503
+    assert health.json()["checks"]["redis"]["state"] == "down"
+    assert health_took < 1.0, health_took

@@ -274,7 +274,8 @@ async def test_redis_stopped_and_started_again_follows_the_plan_policy_then_reco
     proc = start_redis(port, tmp_path)
     client = RespClient(port=port, timeout=1)
     redis = Redis(port=port)
-    meter = Meter(client)
+    clock = [0.0]
+    meter = Meter(client, monotonic=lambda: clock[0])
     closed, opened = Limits(calls_per_window=10), Limits(calls_per_window=10, fail_open=True)
     try:
         assert (await meter.admit(uuid.uuid4(), "a", 1, closed)).admitted
@@ -287,8 +288,10 @@ async def test_redis_stopped_and_started_again_follows_the_plan_policy_then_reco
         assert (passed.admitted, passed.bypassed) == (True, True)
         assert meter.failures == 3
 
-        # A new server knows no scripts: the first admit after the restart reloads the meter's.
+        # A new server knows no scripts: the first admit after the restart reloads the meter's (once the
+        # breaker lets a call try Redis again).
         proc = start_redis(port, tmp_path)
+        clock[0] += 10
         again = await meter.admit(uuid.uuid4(), "d", 1, closed)
         assert (again.admitted, again.remaining) == (True, 9)
         assert meter.failures == 3

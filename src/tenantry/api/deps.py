@@ -33,19 +33,20 @@ def require_admin(request: Request, services: ServicesDep) -> None:
 
 def is_ops(request: Request, services: Services) -> bool:
     """Whether the request carries an ops credential: the ops key, the admin key or an admin token."""
-    header = request.headers.get("authorization")
-    if not header:
+    try:
+        token = bearer_token(request.headers.get("authorization"))
+        if hmac.compare_digest(token.encode(), services.settings.ops_api_key.encode()):
+            return True
+        require_admin(request, services)
+    except Unauthenticated:
         return False
-    token = bearer_token(header)
-    if hmac.compare_digest(token.encode(), services.settings.ops_api_key.encode()):
-        return True
-    require_admin(request, services)  # 401 for anything else that was offered
     return True
 
 
 def require_ops(request: Request, services: ServicesDep) -> None:
     if not is_ops(request, services):
-        raise Unauthenticated("this endpoint needs the ops credential (or the admin key)", code="missing_credentials")
+        code = "invalid_credentials" if request.headers.get("authorization") else "missing_credentials"
+        raise Unauthenticated("this endpoint needs the ops credential (or the admin key)", code=code)
 
 
 async def require_tenant(request: Request, services: ServicesDep) -> Principal:

@@ -32,9 +32,8 @@ from sqlalchemy import text
 
 from tenantry import __version__
 from tenantry import tenants as tenant_service
-from tenantry.api.deps import OpsDep, ServicesDep, is_ops
+from tenantry.api.deps import OpsDep, ServicesDep, is_ops, require_ops
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
-from tenantry.errors import Unauthenticated
 from tenantry.metering.drain import dead_letter_key, oldest_undrained_age_ms
 from tenantry.plans import Limits
 from tenantry.services import Services
@@ -82,7 +81,10 @@ async def _database(s: Services) -> Check:
 async def _redis(s: Services) -> Check:
     policy = {plan: "fail_open" if p.fail_open else "fail_closed" for plan, p in s.settings.plan_limits.items()}
     try:
-        await s.redis.ping()
+        if s.meter.down:  # it failed to answer a moment ago: say so at once instead of waiting again
+            raise ConnectionError("the meter's breaker is open: Redis did not answer a moment ago")
+        async with asyncio.timeout(s.settings.meter_timeout_seconds):
+            await s.redis.ping()
     except Exception as exc:  # reported, never raised
         return {
             "status": "fail",
@@ -90,14 +92,18 @@ async def _redis(s: Services) -> Check:
             "detail": f"{type(exc).__name__}: {str(exc)[:200]}",
             "when_down": policy,
             "meter_failures": s.meter.failures,
+            "abandoned_admissions": len(s.meter.abandoned),
         }
     return {"status": "ok", "state": "up", "when_down": policy, "meter_failures": s.meter.failures}
 
 
 async def _ledger(s: Services) -> Check:
     """The usage ledger: how far the drain into PostgreSQL lags, and whether it is failing."""
-    lag_ms = await oldest_undrained_age_ms(s.redis, s.ledger.stream)
-    dead = await s.redis.xlen(dead_letter_key(s.ledger.stream))
+    if s.meter.down:
+        return {"status": "fail", "detail": "Redis, which holds the stream, did not answer a moment ago"}
+    async with asyncio.timeout(s.settings.meter_timeout_seconds):
+        lag_ms = await oldest_undrained_age_ms(s.redis, s.ledger.stream)
+        dead = await s.redis.xlen(dead_letter_key(s.ledger.stream))
     limit_ms = int(s.settings.ledger_max_lag_seconds * 1000)
     ok = lag_ms <= limit_ms
     check: Check = {
@@ -169,7 +175,7 @@ async def health(
     plan, usage and upstreams, and run a discovery against its upstreams)."""
     ops = is_ops(request, services)
     if tenant is not None and not ops:
-        raise Unauthenticated("/health?tenant= needs the ops credential", code="missing_credentials")
+        require_ops(request, services)  # the 401 that says what was wrong
     checks: dict[str, Check] = {}
     body: dict[str, Any] = {}
     tenant_id = parse_tenant_id(tenant) if tenant is not None else None

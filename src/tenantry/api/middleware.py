@@ -25,7 +25,14 @@ from typing import Any, Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tenantry.observability import REQUEST_ID_HEADER, Tracing, begin_request, end_request, request_id_from
+from tenantry.observability import (
+    REQUEST_ID_HEADER,
+    REQUEST_SCOPE_KEY,
+    Tracing,
+    begin_request,
+    end_request,
+    request_id_from,
+)
 
 _ALWAYS: Final = [
     (b"x-content-type-options", b"nosniff"),
@@ -63,12 +70,14 @@ class RequestObserver:
             return
         request_id = request_id_from(_header(scope["headers"], _REQUEST_ID))
         record, token = begin_request(request_id)
+        scope[REQUEST_SCOPE_KEY] = record
         tls = scope.get("scheme") == "https"
         status = 500  # what the client gets if the app fails before answering
         held: Message | None = None  # an error's response start, until its JSON body is known
+        started = False  # a response start went to the client
 
         async def observed(message: Message) -> None:
-            nonlocal status, held
+            nonlocal status, held, started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", ()), (_REQUEST_ID, request_id.encode()), *_ALWAYS]
@@ -80,6 +89,7 @@ class RequestObserver:
                 if status >= 400 and content_type.startswith(b"application/json"):
                     held = message
                     return
+                started = True
             elif held is not None:
                 start, held = held, None
                 if not message.get("more_body", False):
@@ -87,6 +97,7 @@ class RequestObserver:
                     headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
                     start = {**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
                     message = {**message, "body": body}
+                started = True
                 await send(start)
             await send(message)
 

@@ -61,14 +61,20 @@ class CredentialResolver:
         self._ttl = settings.auth_cache_ttl_seconds
         # Keyed by key hash (API keys) or by key id (JWTs, which name their key).
         self._cache: OrderedDict[bytes | uuid.UUID, _KeyState] = OrderedDict()
+        self._by_tenant: dict[uuid.UUID, set[bytes | uuid.UUID]] = {}
+        # Bumped by every forget(): a lookup that read the database before a change was forgotten does not
+        # cache what it read (it may be the state the change replaced).
+        self._generation = 0
 
     def forget(self, tenant_id: uuid.UUID | None = None) -> None:
         """Forget the cached credentials of `tenant_id` (None: of every tenant)."""
+        self._generation += 1
         if tenant_id is None:
             self._cache.clear()
+            self._by_tenant.clear()
             return
-        for key in [k for k, state in self._cache.items() if state.tenant_id == tenant_id]:
-            del self._cache[key]
+        for key in self._by_tenant.pop(tenant_id, ()):
+            self._cache.pop(key, None)
 
     async def resolve(self, token: str) -> Principal:
         """The principal `token` stands for; 401 if it stands for nobody, 403 if its tenant may not call."""
@@ -106,14 +112,17 @@ class CredentialResolver:
         if state is not None and now - state.loaded_at < self._ttl:
             self._cache.move_to_end(cache_key)
             return state
+        generation = self._generation
         async with self._db.system() as conn:
             row = (await conn.execute(_QUERY.where(where()))).one_or_none()
         if row is None:
             self._cache.pop(cache_key, None)
             return None
         state = _KeyState(row[0], row[1], bool(row[2]), row[3], row[4], self._plans.limits(row[4], row[5]), now)
-        if self._ttl > 0:
+        if self._ttl > 0 and generation == self._generation:
             self._cache[cache_key] = state
+            self._by_tenant.setdefault(state.tenant_id, set()).add(cache_key)
             if len(self._cache) > _MAX_ENTRIES:
-                self._cache.popitem(last=False)
+                oldest, evicted = self._cache.popitem(last=False)
+                self._by_tenant.get(evicted.tenant_id, set()).discard(oldest)
         return state

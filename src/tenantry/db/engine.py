@@ -18,6 +18,7 @@ other processes hear it from the database (`tenants.CHANNEL`).
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,7 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from tenantry.observability import Tracing
 from tenantry.settings import Settings
 
-_CHANGED_TENANTS = "tenantry.changed_tenants"
+# The tenants each open system transaction changed, by its connection object (one per checkout, so a
+# note never outlives its transaction; weak, so a connection lost mid-transaction leaves nothing behind).
+_changed: weakref.WeakKeyDictionary[AsyncConnection, set[uuid.UUID]] = weakref.WeakKeyDictionary()
 
 _BIND_TENANT = text("SELECT set_config('tenantry.tenant_id', :tenant_id, true)")
 
@@ -41,7 +44,7 @@ async def bind_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
 def note_tenant_changed(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
     """This system transaction changes a tenant's status, plan, limits or keys: when it commits,
     `Database.on_tenant_changed` hears of it (a rollback says nothing)."""
-    conn.info.setdefault(_CHANGED_TENANTS, set()).add(tenant_id)
+    _changed.setdefault(conn, set()).add(tenant_id)
 
 
 class Database:
@@ -87,10 +90,10 @@ class Database:
             try:
                 async with conn.begin():
                     yield conn
-                changed = conn.info.pop(_CHANGED_TENANTS, ())
-            finally:
-                conn.info.pop(_CHANGED_TENANTS, None)  # the connection goes back to the pool clean
-        for tenant_id in changed:
+            except BaseException:
+                _changed.pop(conn, None)  # rolled back: nothing changed
+                raise
+        for tenant_id in _changed.pop(conn, ()):
             self.on_tenant_changed(tenant_id)
 
     def pool_status(self) -> dict[str, Any]:

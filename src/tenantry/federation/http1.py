@@ -69,10 +69,13 @@ class Response:
     def __init__(self, conn: Connection, status: int, headers: dict[str, str], limit: int) -> None:
         self.conn, self.status, self.headers, self._limit = conn, status, headers, limit
         if status in _NO_BODY:
-            # No body, whatever the headers say (RFC 9112 6.3): nothing to read, the connection stays usable.
+            # No body, whatever the headers say (RFC 9112 6.3): nothing to read, the connection stays usable
+            # unless the upstream said it closes it.
             self._chunked, self._length = False, 0
             self.complete = True
             self.released = False
+            if headers.get("connection", "").lower() == "close":
+                conn.reusable = False
             return
         length = headers.get("content-length")
         self._chunked = "transfer-encoding" in headers

@@ -35,7 +35,7 @@ from tenantry.gateway.catalog import Catalog, CatalogEntry
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
 from tenantry.metrics import Metrics
-from tenantry.observability import Tracing, note
+from tenantry.observability import Tracing, current_request, note
 from tenantry.plans import PlanBook
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal
@@ -195,8 +195,10 @@ class ToolCalls:
         self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None = None
     ) -> ToolOutcome:
         started = time.perf_counter()
+        record = current_request()
         attributes = {"tenantry.tenant_id": principal.tenant_id, "tenantry.tool": name[:100]}
-        with self._tracing.span("tools/call", **attributes) as span:
+        parent = record.trace if record is not None else None
+        with self._tracing.span("tools/call", parent=parent, **attributes) as span:
             tool = await self._catalog.lookup(principal, name)
             if tool is None:
                 outcome = ToolOutcome(error=NotFound(f"no tool named {name[:100]!r}", code="unknown_tool"))
@@ -248,7 +250,8 @@ class ToolCalls:
             wall_clock_ms(),
             not decision.bypassed,
         )
-        holds_slot = limits.max_concurrent is not None and not decision.bypassed
+        # Every admission is in the in-flight set (capped or not: it is how an abandoned one is undone).
+        holds_slot = not decision.bypassed and not limits.unmetered
         try:
             release = (self._meter.inflight_key(tenant_id), call_id) if holds_slot else None
             with self._tracing.span("ledger.record"):

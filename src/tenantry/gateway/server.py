@@ -30,7 +30,7 @@ from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.fastpath import ToolCallFastPath
 from tenantry.gateway.relay import AgentRelay, LogLevels
 from tenantry.metrics import Metrics
-from tenantry.observability import note
+from tenantry.observability import adopt_request, note
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
 from tenantry.tools.base import Relay
@@ -49,6 +49,8 @@ def _jsonrpc_error(exc: TenantryError) -> MCPError:
 
 def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
     request = ctx.request
+    if isinstance(request, Request):
+        adopt_request(request.scope)  # this message's request record, not the one that opened the session
     principal = principal_from_scope(request.scope) if isinstance(request, Request) else None
     if principal is None:
         raise MCPError(UNAUTHENTICATED, "unauthenticated: this message carried no tenant credential")

@@ -46,6 +46,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
 from tenantry.metering.commands import RedisCommands, as_commands
+from tenantry.metering.meter import Meter
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +186,15 @@ class Ledger:
         *,
         stream: str = stream_key(),
         timeout_s: float | None = None,
+        meter: Meter | None = None,
     ) -> None:
-        """`client` carries the XADD (`commands.py`); a redis-py client is bounded by `timeout_s`."""
+        """`client` carries the XADD (`commands.py`); a redis-py client is bounded by `timeout_s`. With
+        `meter`, its breaker applies here too: while it is open (Redis hung a moment ago) the event goes
+        straight to PostgreSQL instead of waiting for another timeout, and the call's in-flight entry is
+        freed once Redis answers again."""
         self._commands = as_commands(client, timeout=timeout_s)
         self._db = db
+        self._meter = meter
         self.stream = stream
         self.fallbacks = 0  # events written straight to PostgreSQL because Redis was unreachable
 
@@ -197,15 +203,18 @@ class Ledger:
 
         `release=(key, member)`: also remove `member` from the sorted set `key` (the call's in-flight
         slot in the meter) in the same round trip."""
-        xadd = event.xadd(self.stream)
-        try:
-            if release is None:
-                await self._commands.execute(*xadd)
-            else:
-                await self._commands.execute_many([xadd, ("ZREM", *release)])
-            return
-        except REDIS_ERRORS as exc:
-            log.warning("ledger: Redis unavailable (%s); writing event %s to PostgreSQL", exc, event.event_id)
+        if self._meter is None or not self._meter.down:
+            xadd = event.xadd(self.stream)
+            try:
+                if release is None:
+                    await self._commands.execute(*xadd)
+                else:
+                    await self._commands.execute_many([xadd, ("ZREM", *release)])
+                return
+            except REDIS_ERRORS as exc:
+                log.warning("ledger: Redis unavailable (%s); writing event %s to PostgreSQL", exc, event.event_id)
+        if release is not None and self._meter is not None:
+            self._meter.release_later(*release)
         self.fallbacks += 1
         try:
             await insert_events(self._db, [event])

@@ -3,6 +3,7 @@
 -- KEYS[1] quota counter, current window      KEYS[2] quota counter, previous window
 -- KEYS[3] rate counter, current minute       KEYS[4] rate counter, previous minute
 -- KEYS[5] in-flight sorted set (member = call id, score = deadline ms)
+-- KEYS[6] the call's abandonment mark (abandon.lua), in the tenant's hash slot
 --
 -- ARGV[1]  now_ms (the caller's clock)
 -- ARGV[2]  call id
@@ -20,6 +21,9 @@
 -- so the arithmetic is on integers (exact in Lua's doubles below 2^53).
 --
 -- Every limit is checked before anything is written: a refused call consumes nothing.
+-- A call the gateway abandoned (it timed out waiting for this script) is refused outright: whichever
+-- of this script and abandon.lua runs first, the call ends up not admitted. Every admitted call is
+-- entered in the in-flight set, capped or not, so abandon.lua can tell whether it was admitted.
 --
 -- Returns {admitted 0|1, reason or "", retry_after_ms (-1 = never),
 --          quota remaining (-1 = no quota), rate remaining (-1 = no rate limit)},
@@ -79,6 +83,10 @@ local function window(cur_key, prev_key, limit, w, e, c)
   return false, remaining, remaining, (w - e) + e3
 end
 
+if call_id ~= '' and redis.call('EXISTS', KEYS[6]) == 1 then
+  return {0, 'abandoned', -1, -1, -1}
+end
+
 local admitted = true
 local reason = ''
 local retry = 0
@@ -102,8 +110,10 @@ if r_limit >= 0 then
   end
 end
 
-if c_limit >= 0 then
+if call_id ~= '' then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+end
+if c_limit >= 0 then
   if redis.call('ZCARD', KEYS[5]) >= c_limit then
     -- The earliest deadline is when a slot frees at the latest (a release may come sooner).
     local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
@@ -142,7 +152,7 @@ if r_limit >= 0 then
     redis.call('PEXPIRE', KEYS[3], 2 * r_w)
   end
 end
-if c_limit >= 0 then
+if call_id ~= '' then
   redis.call('ZADD', KEYS[5], now + timeout, call_id)
   -- The set must outlive its latest deadline; renewed (to twice the timeout) only
   -- when less than one timeout is left, so not on every call.

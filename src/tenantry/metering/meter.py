@@ -37,6 +37,7 @@ never raises for that; `failures` counts such events for a metric.
 
 from __future__ import annotations
 
+import collections
 import time
 import uuid
 from collections.abc import Callable
@@ -56,12 +57,22 @@ from tenantry.plans import Limits
 __all__ = ["REASONS", "Decision", "Meter", "Usage", "wall_clock_ms"]
 
 METER_LUA: Final[str] = files("tenantry.metering").joinpath("meter.lua").read_text(encoding="utf-8")
+ABANDON_LUA: Final[str] = files("tenantry.metering").joinpath("abandon.lua").read_text(encoding="utf-8")
 
 RATE_WINDOW_MS: Final = 60_000
 
 REASONS: Final = frozenset(
-    {"quota_exceeded", "rate_limited", "concurrency_limited", "cost_exceeds_limit", "meter_unavailable"}
+    {"quota_exceeded", "rate_limited", "concurrency_limited", "cost_exceeds_limit", "meter_unavailable", "abandoned"}
 )
+
+# After Redis fails to answer, the meter decides by the plans' outage policy without asking it for this
+# long (doubling while it stays down, up to the maximum), then lets one call try: a hung Redis costs one
+# timeout per interval, not one per call.
+_BREAKER_FIRST_S: Final = 0.5
+_BREAKER_MAX_S: Final = 5.0
+# Abandoned admissions waiting to be undone, at most (the oldest are dropped: their in-flight entries
+# still expire at their deadlines).
+_MAX_ABANDONED: Final = 100_000
 
 # What "Redis is unreachable" looks like from redis-py (builtin TimeoutError is an OSError).
 _REDIS_DOWN: Final = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -98,6 +109,16 @@ class Usage(TypedDict):
     window_ends_in_ms: int  # until the current fixed window rolls over
 
 
+@dataclass(frozen=True, slots=True)
+class _Abandoned:
+    quota_key: str
+    inflight_key: str
+    mark_key: str
+    call_id: str
+    cost: int
+    mark_ms: int
+
+
 class Meter:
     def __init__(
         self,
@@ -107,6 +128,7 @@ class Meter:
         key_prefix: str = "tenantry",
         timeout_s: float | None = None,
         unavailable_retry_ms: int = 1000,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`client` carries the meter's commands (`commands.py`); a redis-py client is bounded by
         `timeout_s` per round trip on top of its own timeouts (a lean client has its own). Past it the
@@ -114,10 +136,20 @@ class Meter:
         `meter_unavailable`."""
         self._commands = as_commands(client, timeout=timeout_s)
         self._lua = LuaScript(METER_LUA)
+        self._abandon_lua = LuaScript(ABANDON_LUA)
         self._clock = clock
+        self._monotonic = monotonic
         self._prefix = key_prefix
         self._unavailable_retry_ms = unavailable_retry_ms
         self.failures = 0  # Redis unreachable (each admit/check_rate/release/usage that could not reach it)
+        # The breaker: while now < _down_until, no command is sent; then one call probes.
+        self._down_until = 0.0
+        self._down_for = 0.0
+        self._probing = False
+        self.abandoned: collections.deque[_Abandoned] = collections.deque(maxlen=_MAX_ABANDONED)
+        self.undone = 0  # abandoned admissions found to have run, and undone
+        # In-flight entries of calls that ended while Redis could not be told (their events went to PostgreSQL).
+        self.unreleased: collections.deque[tuple[str, str]] = collections.deque(maxlen=_MAX_ABANDONED)
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -138,6 +170,58 @@ class Meter:
 
     def inflight_key(self, tenant_id: uuid.UUID) -> str:
         return f"{self._base(tenant_id)}:inflight"
+
+    # -- the breaker and abandoned admissions -------------------------------------------------
+
+    @property
+    def down(self) -> bool:
+        """Whether the meter is deciding without Redis now (it failed to answer a moment ago)."""
+        return self._monotonic() < self._down_until
+
+    def _may_ask(self) -> bool:
+        """False while the breaker is open; after it, True for one probing call at a time."""
+        if self._down_for == 0.0:
+            return True
+        if self._monotonic() < self._down_until or self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def _answered(self) -> None:
+        self._down_for, self._down_until, self._probing = 0.0, 0.0, False
+
+    def _unanswered(self) -> None:
+        self.failures += 1
+        self._down_for = min(max(self._down_for * 2, _BREAKER_FIRST_S), _BREAKER_MAX_S)
+        self._down_until = self._monotonic() + self._down_for
+        self._probing = False
+
+    def release_later(self, key: str, call_id: str) -> None:
+        """Free this in-flight entry when Redis answers again (its call ended while Redis did not)."""
+        self.unreleased.append((key, call_id))
+
+    async def _settle(self) -> None:
+        """Undo, in order, the admissions this process gave up waiting for (abandon.lua), and free the
+        entries of calls that ended meanwhile, while Redis answers."""
+        while self.unreleased:
+            key, call_id = self.unreleased[0]
+            try:
+                await self._commands.execute("ZREM", key, call_id)
+            except _REDIS_DOWN:
+                self._unanswered()
+                return
+            self.unreleased.popleft()
+        while self.abandoned:
+            item = self.abandoned[0]
+            try:
+                keys = [item.quota_key, item.inflight_key, item.mark_key]
+                outcome = await self._commands.evalsha(self._abandon_lua, keys, [item.call_id, item.cost, item.mark_ms])
+            except _REDIS_DOWN:
+                self._unanswered()
+                return
+            self.abandoned.popleft()
+            if outcome == 1:
+                self.undone += 1
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -224,6 +308,7 @@ class Meter:
             f"{base}:r:{r_index}",
             f"{base}:r:{r_index - 1}",
             f"{base}:inflight",
+            f"{base}:ab:{call_id}",
         ]
         args: list[int | str] = [
             now,
@@ -239,13 +324,20 @@ class Meter:
             call_timeout_ms,
         ]
         limit = rate if report_rate else quota
+        if not self._may_ask():
+            self.failures += 1
+            return self._without_redis(limits, limit)
+        if self.abandoned or self.unreleased:
+            await self._settle()
         try:
             reply = await self._commands.evalsha(self._lua, keys, args)
         except _REDIS_DOWN:
-            self.failures += 1
-            if limits.fail_open:
-                return Decision(True, None, 0, limit, None, bypassed=True)
-            return Decision(False, "meter_unavailable", self._unavailable_retry_ms, limit, None)
+            self._unanswered()
+            if call_id:  # the script may still run when Redis resumes: make sure it admits nothing then
+                mark_ms = max(2 * call_timeout_ms, 600_000)
+                self.abandoned.append(_Abandoned(keys[0], keys[4], keys[5], call_id, cost, mark_ms))
+            return self._without_redis(limits, limit)
+        self._answered()
         admitted, reason, retry, q_remaining, r_remaining = reply
         remaining = r_remaining if report_rate else q_remaining
         reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)
@@ -260,14 +352,20 @@ class Meter:
             remaining=None if limit is None else int(remaining),
         )
 
+    def _without_redis(self, limits: Limits, limit: int | None) -> Decision:
+        """The plan's outage policy: admit unmetered (recorded as such), or refuse."""
+        if limits.fail_open:
+            return Decision(True, None, 0, limit, None, bypassed=True)
+        return Decision(False, "meter_unavailable", self._unavailable_retry_ms, limit, None)
+
     # -- in-flight slots -----------------------------------------------------------------------
 
     async def release(self, tenant_id: uuid.UUID, call_id: str, limits: Limits | None = None) -> None:
-        """Free the call's in-flight slot. With `limits` lacking `max_concurrent`, no round trip at all.
+        """Take the call out of the in-flight set. With unmetered `limits`, no round trip at all.
 
-        Never raises for Redis being unreachable: the slot then frees itself at its deadline.
+        Never raises for Redis being unreachable: the entry then frees itself at its deadline.
         """
-        if limits is not None and limits.max_concurrent is None:
+        if limits is not None and limits.unmetered:
             return
         key = self.inflight_key(tenant_id)
         try:

@@ -18,7 +18,8 @@ does only what those commands need:
 - EVALSHA with one SCRIPT LOAD and retry when the server answers NOSCRIPT;
 - AUTH (password or username + password) and SELECT from a redis://, rediss:// or unix:// URL.
 
-Everything else (the ledger drain, usage reads, health, tests) stays on redis-py.
+The meter, the ledger and the drain reach it through `commands.RedisCommands`; health checks and tests
+use redis-py.
 """
 
 from __future__ import annotations
