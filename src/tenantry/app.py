@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Match
 
 from tenantry import __version__
 from tenantry import tenants as tenant_lifecycle
@@ -155,7 +156,18 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path; a path served by several routes
+        # (GET and POST /api/tenants) allows all of theirs.
+        allowed = [
+            method
+            for method in ("GET", "POST", "PATCH", "DELETE")
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)
+        ]
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+    return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code, headers=headers)
 
 
 def _tenantry_error(request: Request, exc: Exception) -> JSONResponse:

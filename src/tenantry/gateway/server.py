@@ -9,6 +9,7 @@ the ASGI endpoints for streamable HTTP (`/mcp`) and legacy SSE (`/sse`,
 
 from __future__ import annotations
 
+import json
 import warnings
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -22,6 +23,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry.auth.middleware import TenantAuth, principal_from_scope
 from tenantry.auth.resolver import CredentialResolver
@@ -89,6 +91,7 @@ class Gateway:
             max_request_body_size=settings.max_request_bytes,
         )
         self._fast = settings.mcp_fast_path and not settings.mcp_stateful and settings.mcp_json_response
+        self._stateful = settings.mcp_stateful
         self._security = security
         self._max_body = settings.max_request_bytes
         self._sse = SseServerTransport(
@@ -105,13 +108,16 @@ class Gateway:
         def guard(app: Any) -> TenantAuth:
             return TenantAuth(app, self._resolver, self._metrics)
 
-        mcp: Any = StreamableHTTPASGIApp(self.session_manager)
+        mcp: Any = JsonRpcErrors(StreamableHTTPASGIApp(self.session_manager))
         if self._fast:
             mcp = ToolCallFastPath(
                 mcp, self.answer_call, security=self._security, max_body=self._max_body, metrics=self._metrics
             )
+        # Stateless, a GET would open an SSE stream no message can ever reach and a DELETE ends no session:
+        # both are answered 405 (Allow: POST), which MCP clients take as "no such stream" / "no session".
+        methods = ["GET", "POST", "DELETE"] if self._stateful else ["POST"]
         return [
-            Route("/mcp", endpoint=guard(mcp), methods=["GET", "POST", "DELETE"]),
+            Route("/mcp", endpoint=guard(mcp), methods=methods),
             Route("/sse", endpoint=guard(self._handle_sse), methods=["GET"]),
             Mount("/messages/", app=guard(self._sse.handle_post_message)),
         ]
@@ -158,3 +164,53 @@ class Gateway:
         """The agent's log level for what upstreams log during its calls (per session; filtered here)."""
         self._log_levels.set(ctx, _principal(ctx).tenant_id, params.level)
         return types.EmptyResult()
+
+
+class JsonRpcErrors:
+    """What the SDK's transport answers with an error status, as a JSON-RPC error object every MCP client
+    can read: a plain-text body (`Invalid Content-Type header`) becomes one, and a validation dump (the
+    input echoed, links to pydantic's docs) is cut to its first line. Bodies of 2xx answers pass as sent."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        held: Message | None = None
+
+        async def rewrite(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                held = message
+                return
+            if held is not None and message["type"] == "http.response.body" and not message.get("more_body"):
+                start, held = held, None
+                body = _json_rpc_error(message.get("body", b""), start["status"])
+                headers = [
+                    (k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type")
+                ]
+                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                await send({**start, "headers": headers})
+                message = {**message, "body": body}
+            elif held is not None:
+                start, held = held, None
+                await send(start)
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+
+def _json_rpc_error(body: bytes, status: int) -> bytes:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("error"), dict):
+        error = value["error"]
+        message = str(error.get("message", ""))
+        if "validation error" in message.lower() or "pydantic" in message:
+            error["message"] = message.split("\n", 1)[0][:200]
+            error.pop("data", None)
+        return json.dumps(value, separators=(",", ":")).encode()
+    text = body.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
+    code = types.INVALID_REQUEST if status < 500 else types.INTERNAL_ERROR
+    return json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": text}}).encode()
