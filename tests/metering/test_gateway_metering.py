@@ -126,21 +126,39 @@ async def test_a_noisy_tenant_does_not_change_another_tenants_admitted_calls(gat
     assert [r.status_code for r in calm] == [200] * 5
 
 
-async def test_the_request_rate_limit_covers_listing_and_calling(gateway_url: str, admin: Admin) -> None:
+async def test_the_request_rate_counts_every_call_refused_ones_included_but_not_listings(
+    gateway_url: str, admin: Admin
+) -> None:
     tenant = await limited_tenant(admin, requests_per_minute=3)
     async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
-        assert (await bridge(http, tenant, "listTools")).status_code == 200
-        assert (await bridge(http, tenant, "data_list", {})).status_code == 200
-    async with connect(f"{gateway_url}/mcp", tenant.headers) as client:
-        await client.list_tools()
-        with pytest.raises(MCPError) as refused:
-            await client.list_tools()
-    assert refused.value.error.message.startswith("rate_limited:")
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
+        for _ in range(5):  # listing is served from memory and never refused by the rate
+            assert (await bridge(http, tenant, "listTools")).status_code == 200
+        assert (await bridge(http, tenant, "no_such_tool", {})).status_code == 404  # request 1
+        assert (await bridge(http, tenant, "data_get", {"key": 5})).status_code == 400  # request 2
+        assert (await bridge(http, tenant, "data_list", {})).status_code == 200  # request 3
         r = await bridge(http, tenant, "data_list", {})
-    assert r.status_code == 429
-    assert r.json()["error"] == "rate_limited"
-    assert "Retry-After" in r.headers
+        assert r.status_code == 429
+        assert r.json()["error"] == "rate_limited"
+        assert "Retry-After" in r.headers
+        # Refused at once, and still refused: the flood costs the gateway no Redis round trip now.
+        assert (await bridge(http, tenant, "no_such_tool", {})).status_code == 429
+        assert (await bridge(http, tenant, "listTools")).status_code == 200
+
+
+async def test_an_sdk_agent_calling_at_its_rate_never_sees_a_billed_call_fail(
+    gateway_url: str, admin: Admin, db: Database
+) -> None:
+    # The SDK lists tools after calls (to refresh output schemas): counted, that listing would be refused
+    # at half the rate, and a call that ran and was billed would reach the agent as an error.
+    tenant = await limited_tenant(admin, requests_per_minute=4)
+    async with connect(f"{gateway_url}/mcp", tenant.headers) as client:
+        results = [await client.call_tool("data_put", {"key": f"k{n}", "value": n}) for n in range(4)]
+        assert not any(r.is_error for r in results)
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("data_put", {"key": "k4", "value": 4})
+    assert refused.value.error.message.startswith("rate_limited:")
+    await ledger_count_is(db, tenant, 4)
+    assert sorted(row.outcome for row in await ledger_rows(db, tenant)) == ["ok"] * 4
 
 
 async def test_an_enterprise_tenant_is_not_metered_in_redis_but_is_in_the_ledger(

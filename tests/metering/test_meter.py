@@ -300,14 +300,15 @@ async def test_a_refused_call_consumes_nothing(meter: Meter, redis: Redis, tenan
     assert await redis.zcard(meter.inflight_key(tenant)) == 2
     assert (await meter.usage(tenant, limits, now_ms=T0))["used"] == 20
 
-    # Refused by quota: the rate counter and the in-flight set are untouched too.
+    # Refused by quota: no quota and no slot taken, but it was a request, and the rate counts it.
     other = uuid.uuid4()
-    roomy = quota(10, requests_per_minute=2, max_concurrent=5)
+    roomy = quota(10, requests_per_minute=3, max_concurrent=5)
     assert (await meter.admit(other, "a", 10, roomy, now_ms=T0)).admitted
     assert (await meter.admit(other, "b", 1, roomy, now_ms=T0)).reason == "quota_exceeded"
-    assert (await meter.admit(other, "c", 0, roomy, now_ms=T0)).admitted  # second request of the minute
+    assert (await meter.admit(other, "c", 0, roomy, now_ms=T0)).admitted  # the third request of the minute
+    assert (await meter.admit(other, "d", 0, roomy, now_ms=T0)).reason == "rate_limited"
     r_cur, _ = meter.rate_keys(other, T0)
-    assert await redis.get(r_cur) == b"2"
+    assert await redis.get(r_cur) == b"3"
     assert await redis.zrange(meter.inflight_key(other), 0, -1) == [b"a", b"c"]
 
 

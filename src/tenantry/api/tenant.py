@@ -47,7 +47,6 @@ async def tool_bridge(tenant_id: str, body: ToolRequest, principal: TenantDep, s
         raise Forbidden("the URL names another tenant than the credential", code="tenant_mismatch")
     with bind_principal(principal):
         if body.method in LIST_TOOLS:
-            await services.calls.check_rate(principal)
             tools = await services.calls.list_tools(principal)
             return {"tools": [t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in tools]}
         outcome = await services.calls.call(principal, body.method, body.params)

@@ -87,6 +87,8 @@ class ToolOutcome:
 
 
 _MAX_DEPTH = 64
+# Refusals decided before the meter was asked: these requests count against the rate separately.
+_BEFORE_THE_METER = frozenset({"unknown_tool", "invalid_arguments", "value_too_large"})
 
 
 def refuse_unrepresentable(value: Any, *, nul_allowed: bool, depth: int = 0) -> None:
@@ -181,15 +183,15 @@ class ToolCalls:
     async def list_tools(self, principal: Principal) -> list[types.Tool]:
         return await self._catalog.list_tools(principal)
 
-    async def check_rate(self, principal: Principal) -> None:
-        """Count a request that is not a tool call against the tenant's request rate; raise if over it."""
+    async def _count_request(self, principal: Principal) -> TenantryError | None:
+        """Count a request the meter's admission never saw (refused before it: an unknown tool, bad
+        arguments) against the tenant's request rate; the refusal when it is over the rate."""
         if not self._metering or principal.limits.requests_per_minute is None:
-            return
+            return None
         decision = await self._meter.check_rate(principal.tenant_id, principal.limits)
         self._observe_decision(principal, decision)
-        # Listing tools costs nothing billable, so a meter outage does not refuse it; only the rate does.
-        if decision.reason == "rate_limited":
-            raise refusal(decision, principal, None, 0)
+        # A meter outage does not refuse a request that was refused anyway; only the rate does.
+        return refusal(decision, principal, None, 0) if decision.reason == "rate_limited" else None
 
     async def call(
         self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None = None
@@ -217,6 +219,11 @@ class ToolCalls:
                     outcome = ToolOutcome(error=exc)
                 else:
                     outcome = await self._metered(principal, tool, args, started, relay)
+            if outcome.event_id is None and outcome.error is not None and outcome.error.code in _BEFORE_THE_METER:
+                # Refused before the meter: still a request, and it counts against the rate.
+                over = await self._count_request(principal)
+                if over is not None:
+                    outcome = ToolOutcome(error=over)
             status = outcome.status
             if span is not None:
                 span.set_attribute("tenantry.outcome", status)

@@ -132,10 +132,9 @@ class Gateway:
     ) -> types.ListToolsResult:
         principal = _principal(ctx)
         note(rpc_method="tools/list")
-        try:
-            await self._calls.check_rate(principal)
-        except TenantryError as exc:
-            raise _jsonrpc_error(exc) from None
+        # Not counted against the request rate: the SDK lists tools after calls to refresh their output
+        # schemas, and a listing refused there would make a call that ran and was billed look failed.
+        # A listing is served from memory (the catalog), so it costs too little to need a limit.
         return types.ListToolsResult(tools=await self._calls.list_tools(principal))
 
     async def _call_tool(

@@ -20,7 +20,8 @@
 -- (e = ms elapsed in the current fixed window). Everything is kept scaled by w
 -- so the arithmetic is on integers (exact in Lua's doubles below 2^53).
 --
--- Every limit is checked before anything is written: a refused call consumes nothing.
+-- Every limit is checked before anything is written: a refused call consumes no quota and no slot
+-- (it does count as a request against the rate, when the rate let it through).
 -- A call the gateway abandoned (it timed out waiting for this script) is refused outright: whichever
 -- of this script and abandon.lua runs first, the call ends up not admitted. Every admitted call is
 -- entered in the in-flight set, capped or not, so abandon.lua can tell whether it was admitted.
@@ -102,11 +103,24 @@ local function refuse(why, after)
   admitted = false
 end
 
+local rate_ok = false
 if r_limit >= 0 then
   local ok, after
   ok, r_remaining, r_after, after = window(KEYS[3], KEYS[4], r_limit, r_w, r_e, 1)
-  if not ok then
+  if ok then
+    rate_ok = true
+  else
     refuse('rate_limited', after)
+  end
+end
+
+-- The request rate bounds requests, refused ones included: a request within the rate counts against
+-- it whatever else refuses it (a tenant hammering past its quota is soon refused by the rate instead).
+local function count_request()
+  if rate_ok then
+    if redis.call('INCR', KEYS[3]) == 1 then
+      redis.call('PEXPIRE', KEYS[3], 2 * r_w)
+    end
   end
 end
 
@@ -138,6 +152,10 @@ if q_limit >= 0 then
 end
 
 if not admitted then
+  count_request()
+  if rate_ok then
+    r_remaining = r_after
+  end
   return {0, reason, retry, q_remaining, r_remaining}
 end
 
@@ -147,11 +165,7 @@ end
 -- where it is the previous one. PEXPIRE is relative, so it holds whatever
 -- clock the caller uses. Every key this script writes is created here, with
 -- its expiry, in the same atomic step: none is ever left without one.
-if r_limit >= 0 then
-  if redis.call('INCR', KEYS[3]) == 1 then
-    redis.call('PEXPIRE', KEYS[3], 2 * r_w)
-  end
-end
+count_request()
 if call_id ~= '' then
   redis.call('ZADD', KEYS[5], now + timeout, call_id)
   -- The set must outlive its latest deadline; renewed (to twice the timeout) only

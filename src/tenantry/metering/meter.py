@@ -73,6 +73,8 @@ _BREAKER_MAX_S: Final = 5.0
 # Abandoned admissions waiting to be undone, at most (the oldest are dropped: their in-flight entries
 # still expire at their deadlines).
 _MAX_ABANDONED: Final = 100_000
+# Rate-limited tenants remembered at once, at most (the oldest are forgotten: they ask Redis again).
+_MAX_RATE_LIMITED: Final = 10_000
 
 # What "Redis is unreachable" looks like from redis-py (builtin TimeoutError is an OSError).
 _REDIS_DOWN: Final = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -148,6 +150,9 @@ class Meter:
         self._probing = False
         self.abandoned: collections.deque[_Abandoned] = collections.deque(maxlen=_MAX_ABANDONED)
         self.undone = 0  # abandoned admissions found to have run, and undone
+        # Tenants refused by their request rate, until when (ms, the meter's clock): refused here,
+        # without a round trip, until then. A flood costs the gateway no Redis work and other tenants no time.
+        self._rate_limited: collections.OrderedDict[uuid.UUID, int] = collections.OrderedDict()
         # In-flight entries of calls that ended while Redis could not be told (their events went to PostgreSQL).
         self.unreleased: collections.deque[tuple[str, str]] = collections.deque(maxlen=_MAX_ABANDONED)
 
@@ -324,6 +329,11 @@ class Meter:
             call_timeout_ms,
         ]
         limit = rate if report_rate else quota
+        blocked = self._rate_limited.get(tenant_id)
+        if blocked is not None:
+            if now < blocked:
+                return Decision(False, "rate_limited", int(blocked - now), limit, 0 if report_rate else None)
+            del self._rate_limited[tenant_id]
         if not self._may_ask():
             self.failures += 1
             return self._without_redis(limits, limit)
@@ -342,6 +352,10 @@ class Meter:
         remaining = r_remaining if report_rate else q_remaining
         reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)
         retry = int(retry)
+        if reason_text == "rate_limited" and retry > 0:
+            self._rate_limited[tenant_id] = now + retry  # on the meter's clock, like every window
+            if len(self._rate_limited) > _MAX_RATE_LIMITED:
+                self._rate_limited.popitem(last=False)
         if reason_text == "concurrency_limited" and retry > CONCURRENCY_RETRY_MS:
             retry = CONCURRENCY_RETRY_MS
         return Decision(
