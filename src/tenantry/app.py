@@ -25,6 +25,7 @@ from tenantry import tenants as tenant_lifecycle
 from tenantry.api import admin, health, stripe_webhooks, tenant, upstreams
 from tenantry.api.body_limit import BodyLimit
 from tenantry.api.middleware import RequestObserver
+from tenantry.api.openapi import document
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import build_billing
 from tenantry.db.engine import Database
@@ -207,6 +208,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
 
     app = FastAPI(title="Tenantry", version=__version__, lifespan=lifespan)
     app.state.services = services
+    document(app)
     app.add_exception_handler(TenantryError, _tenantry_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

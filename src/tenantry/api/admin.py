@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
+from tenantry.api.openapi import errors
 from tenantry.auth import api_keys
 from tenantry.auth.jwt import issue_admin_token
 from tenantry.errors import BadRequest, Conflict, Unauthenticated
@@ -19,7 +20,7 @@ from tenantry.metering.usage import summarize, time_range
 from tenantry.plans import validate_overrides
 from tenantry.tenancy import TenantStatus, parse_tenant_id
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", responses=errors(400, 401, 404, 409, 413))
 
 
 class Strict(BaseModel):

@@ -33,6 +33,7 @@ from sqlalchemy import text
 from tenantry import __version__
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import OpsDep, ServicesDep, is_ops, require_ops
+from tenantry.api.openapi import errors
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
 from tenantry.metering.drain import dead_letter_key, oldest_undrained_age_ms
 from tenantry.plans import Limits
@@ -166,7 +167,7 @@ async def _upstreams(s: Services, tenant_id: uuid.UUID) -> dict[str, Check]:
     return {f"upstream:{st.upstream.name}": st.check() for st in view.statuses.values()}
 
 
-@router.get("/health", response_model=None)
+@router.get("/health", response_model=None, responses=errors(400, 401, 404, 503))
 async def health(
     request: Request, services: ServicesDep, tenant: Annotated[str | None, Query()] = None
 ) -> JSONResponse:
@@ -245,6 +246,6 @@ def _rss_bytes() -> int | None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-@router.get("/metrics", dependencies=[OpsDep])
+@router.get("/metrics", dependencies=[OpsDep], responses=errors(401))
 async def metrics(services: ServicesDep) -> Response:
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.api.deps import AdminDep, ServicesDep
+from tenantry.api.openapi import errors
 from tenantry.billing.events import UNKNOWN_CUSTOMER, apply_event, customer_of
 from tenantry.billing.onboarding import claim_onboarding_key
 from tenantry.db.models import stripe_webhook_events
@@ -61,7 +62,7 @@ def verify(settings: Settings, payload: bytes, signature: str | None) -> dict[st
     return event
 
 
-@router.post("/webhooks/stripe")
+@router.post("/webhooks/stripe", responses=errors(400, 404, 409, 413, 503))
 async def stripe_webhook(request: Request, services: ServicesDep) -> dict[str, Any]:
     if not services.settings.stripe_webhook_secret:
         raise NotFound("the Stripe webhook endpoint is disabled (no webhook secret)", code="webhooks_disabled")
@@ -69,7 +70,7 @@ async def stripe_webhook(request: Request, services: ServicesDep) -> dict[str, A
     return await handle_event(services, event)
 
 
-@router.post("/api/tenants/{tenant_id}/onboarding-key", dependencies=[AdminDep])
+@router.post("/api/tenants/{tenant_id}/onboarding-key", dependencies=[AdminDep], responses=errors(400, 401, 404, 409))
 async def claim_key(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
     """Hand out an onboarded tenant's first API key, once."""
     return await claim_onboarding_key(services.db, services.settings, parse_tenant_id(tenant_id))

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tenantry.api.deps import ServicesDep, TenantDep
+from tenantry.api.openapi import errors
 from tenantry.auth.api_keys import looks_like_api_key
 from tenantry.auth.jwt import issue_tenant_token
 from tenantry.errors import Forbidden, Unauthenticated
@@ -27,7 +28,7 @@ class ToolRequest(BaseModel):
     params: dict[str, Any] | None = None
 
 
-@router.post("/auth/tenant-token")
+@router.post("/auth/tenant-token", responses=errors(401, 403))
 async def tenant_token(request: Request, services: ServicesDep) -> dict[str, Any]:
     key = request.headers.get("x-api-key", "")
     if not looks_like_api_key(key):
@@ -41,7 +42,7 @@ async def tenant_token(request: Request, services: ServicesDep) -> dict[str, Any
     }
 
 
-@router.post("/tenant/{tenant_id}/tool")
+@router.post("/tenant/{tenant_id}/tool", responses=errors(400, 401, 403, 404, 409, 413, 429, 500, 503))
 async def tool_bridge(tenant_id: str, body: ToolRequest, principal: TenantDep, services: ServicesDep) -> Any:
     if parse_tenant_id(tenant_id) != principal.tenant_id:
         raise Forbidden("the URL names another tenant than the credential", code="tenant_mismatch")

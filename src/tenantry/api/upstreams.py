@@ -16,13 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
+from tenantry.api.openapi import errors
 from tenantry.errors import Conflict
 from tenantry.federation import registry
 from tenantry.federation.ssrf import check_url
 from tenantry.services import Services
 from tenantry.tenancy import TenantStatus, parse_tenant_id
 
-router = APIRouter(prefix="/api/tenants/{tenant_id}/upstreams", dependencies=[AdminDep])
+router = APIRouter(
+    prefix="/api/tenants/{tenant_id}/upstreams", dependencies=[AdminDep], responses=errors(400, 401, 404, 409, 413, 503)
+)
 
 
 class UpstreamCreate(BaseModel):
