@@ -50,6 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenantry.errors import Unavailable
+from tenantry.metering.breaker import RedisBreaker
 from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.resp import LuaScript
 from tenantry.plans import Limits
@@ -65,11 +66,6 @@ REASONS: Final = frozenset(
     {"quota_exceeded", "rate_limited", "concurrency_limited", "cost_exceeds_limit", "meter_unavailable", "abandoned"}
 )
 
-# After Redis fails to answer, the meter decides by the plans' outage policy without asking it for this
-# long (doubling while it stays down, up to the maximum), then lets one call try: a hung Redis costs one
-# timeout per interval, not one per call.
-_BREAKER_FIRST_S: Final = 0.5
-_BREAKER_MAX_S: Final = 5.0
 # Abandoned admissions waiting to be undone, at most (the oldest are dropped: their in-flight entries
 # still expire at their deadlines).
 _MAX_ABANDONED: Final = 100_000
@@ -140,14 +136,10 @@ class Meter:
         self._lua = LuaScript(METER_LUA)
         self._abandon_lua = LuaScript(ABANDON_LUA)
         self._clock = clock
-        self._monotonic = monotonic
         self._prefix = key_prefix
         self._unavailable_retry_ms = unavailable_retry_ms
         self.failures = 0  # Redis unreachable (each admit/check_rate/release/usage that could not reach it)
-        # The breaker: while now < _down_until, no command is sent; then one call probes.
-        self._down_until = 0.0
-        self._down_for = 0.0
-        self._probing = False
+        self._breaker = RedisBreaker(clock=monotonic)
         self.abandoned: collections.deque[_Abandoned] = collections.deque(maxlen=_MAX_ABANDONED)
         self.undone = 0  # abandoned admissions found to have run, and undone
         # Tenants refused by their request rate, until when (ms, the meter's clock): refused here,
@@ -181,25 +173,11 @@ class Meter:
     @property
     def down(self) -> bool:
         """Whether the meter is deciding without Redis now (it failed to answer a moment ago)."""
-        return self._monotonic() < self._down_until
-
-    def _may_ask(self) -> bool:
-        """False while the breaker is open; after it, True for one probing call at a time."""
-        if self._down_for == 0.0:
-            return True
-        if self._monotonic() < self._down_until or self._probing:
-            return False
-        self._probing = True
-        return True
-
-    def _answered(self) -> None:
-        self._down_for, self._down_until, self._probing = 0.0, 0.0, False
+        return self._breaker.open
 
     def _unanswered(self) -> None:
         self.failures += 1
-        self._down_for = min(max(self._down_for * 2, _BREAKER_FIRST_S), _BREAKER_MAX_S)
-        self._down_until = self._monotonic() + self._down_for
-        self._probing = False
+        self._breaker.unanswered()
 
     def release_later(self, key: str, call_id: str) -> None:
         """Free this in-flight entry when Redis answers again (its call ended while Redis did not)."""
@@ -334,7 +312,7 @@ class Meter:
             if now < blocked:
                 return Decision(False, "rate_limited", int(blocked - now), limit, 0 if report_rate else None)
             del self._rate_limited[tenant_id]
-        if not self._may_ask():
+        if not self._breaker.may_ask():
             self.failures += 1
             return self._without_redis(limits, limit)
         if self.abandoned or self.unreleased:
@@ -347,7 +325,7 @@ class Meter:
                 mark_ms = max(2 * call_timeout_ms, 600_000)
                 self.abandoned.append(_Abandoned(keys[0], keys[4], keys[5], call_id, cost, mark_ms))
             return self._without_redis(limits, limit)
-        self._answered()
+        self._breaker.answered()
         admitted, reason, retry, q_remaining, r_remaining = reply
         remaining = r_remaining if report_rate else q_remaining
         reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)

@@ -1,0 +1,136 @@
+"""`tenantry serve`, `migrate` and `dev` (which also keeps a demo tenant and its key)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+from tenantry import tenants as tenant_service
+from tenantry.auth import api_keys
+from tenantry.cli.common import emit, with_db
+from tenantry.db.engine import Database
+from tenantry.db.migrate import ensure_database, migrate
+from tenantry.errors import Unavailable
+from tenantry.observability import configure_logging
+from tenantry.settings import Settings
+
+DEMO_TENANT_NAME = "demo"
+
+# --- serve / migrate / dev -------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from tenantry.app import create_app
+
+    level = args.log_level or settings.log_level
+    configure_logging(json_lines=settings.json_logs, level=level)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_config=None,  # our handler and format (configure_logging), one line per request from the app
+        log_level=level,
+        access_log=False,
+    )
+    return 0
+
+
+async def _migrate(settings: Settings, downgrade_to: str | None) -> None:
+    await ensure_database(settings.owner_database_url)
+    await migrate(
+        settings.owner_database_url,
+        app_role=settings.db_app_role,
+        app_password=settings.db_app_password,
+        revision=downgrade_to or "head",
+        downgrade=downgrade_to is not None,
+    )
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    asyncio.run(_migrate(settings, args.downgrade))
+    emit(args, {"migrated": args.downgrade or "head"}, f"database at {args.downgrade or 'head'}")
+    return 0
+
+
+async def _demo_tenant(
+    settings: Settings, kept: tuple[uuid.UUID, uuid.UUID, str] | None
+) -> tuple[tenant_service.Tenant, uuid.UUID, str, bool]:
+    """The demo tenant and a working key for it: `kept` (the key the last run saved) when it still
+    works, else a new one, and then the demo tenant's older dev keys are revoked, so runs do not pile
+    up live keys. Returns (tenant, key id, secret, reused)."""
+
+    async def work(db: Database) -> tuple[tenant_service.Tenant, uuid.UUID, str, bool]:
+        async with db.system() as conn:
+            existing = await tenant_service.list_tenants(conn, status="active", name=DEMO_TENANT_NAME, limit=1)
+            tenant = existing[0] if existing else await tenant_service.create_tenant(conn, DEMO_TENANT_NAME, "pro")
+            keys = {k.id: k for k in await api_keys.list_keys(conn, tenant.id) if k.revoked_at is None}
+            if kept is not None and kept[0] == tenant.id and kept[1] in keys:
+                return tenant, kept[1], kept[2], True
+            for key in keys.values():
+                if key.name == "dev":
+                    await api_keys.revoke_key(conn, tenant.id, key.id)
+            info, secret = await api_keys.create_key(conn, tenant.id, "dev")
+        return tenant, info.id, secret, False
+
+    result: tuple[tenant_service.Tenant, uuid.UUID, str, bool] = await with_db(settings, work)
+    return result
+
+
+def _read_demo_key(path: Path) -> tuple[uuid.UUID, uuid.UUID, str] | None:
+    try:
+        data = json.loads(path.read_text())
+        return uuid.UUID(data["tenant_id"]), uuid.UUID(data["key_id"]), str(data["secret"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    """Bring up PostgreSQL and Redis if nothing answers, migrate, make a demo tenant, serve."""
+    # Development tooling, never imported by the gateway itself (its embedded servers are the `dev` extra).
+    from tenantry.dev import DevServiceError, ensure_postgres, ensure_redis
+
+    state = Path(args.state_dir)
+    try:
+        print(f"postgres: {ensure_postgres(settings.database_url, state)}")
+        print(f"redis:    {ensure_redis(settings.redis_url, state)}")
+    except DevServiceError as exc:
+        raise Unavailable(str(exc), code="dev_services_unavailable") from None
+    asyncio.run(_migrate(settings, None))
+    saved = state / "demo-key.json"
+    tenant, key_id, secret, reused = asyncio.run(_demo_tenant(settings, _read_demo_key(saved)))
+    if not reused:
+        state.mkdir(parents=True, exist_ok=True)
+        saved.touch(mode=0o600)
+        saved.chmod(0o600)  # also when an older file was there
+        saved.write_text(json.dumps({"tenant_id": str(tenant.id), "key_id": str(key_id), "secret": secret}))
+    host, port = args.host or settings.host, args.port or settings.port
+    base = f"http://{host}:{port}"
+    print(
+        f"""
+Tenantry is starting on {base}
+
+  demo tenant id : {tenant.id}
+  demo API key   : {secret}
+                   ({"kept from the last run" if reused else "new"}; kept in {saved} for the next run)
+  ops credential : Authorization: Bearer {settings.ops_api_key}   (/metrics, /health detail)
+
+Call a tool through the gateway (in another shell, with the venv active):
+
+  tenantry call --url {base}/mcp --tenant {tenant.id} --key {secret} \\
+      data_put --args '{{"key": "greeting", "value": {{"hello": "world"}}}}'
+  tenantry call --url {base}/mcp --tenant {tenant.id} --key {secret} data_get --args '{{"key": "greeting"}}'
+
+or with curl (stateless MCP over streamable HTTP):
+
+  curl -s {base}/mcp -H 'Tenant-ID: {tenant.id}' -H 'Authorization: Bearer {secret}' \\
+      -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\
+      -d '{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"health_check","arguments":{{}}}}}}'
+""",
+        flush=True,
+    )
+    return cmd_serve(args, settings)

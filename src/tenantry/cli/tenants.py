@@ -1,0 +1,117 @@
+"""`tenantry tenant ...` and `tenantry key ...`: the same service calls the admin API makes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import uuid
+from typing import Any
+
+from tenantry import tenants as tenant_service
+from tenantry.auth import api_keys
+from tenantry.cli.common import emit, json_object, with_db
+from tenantry.db.engine import Database
+from tenantry.errors import TenantryError
+from tenantry.plans import validate_overrides
+from tenantry.settings import Settings
+from tenantry.tenancy import TenantStatus, parse_tenant_id
+
+# --- tenants and keys ------------------------------------------------------------------------------
+
+
+def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> int:
+    plan = args.plan or settings.default_plan
+    if plan not in settings.plans:
+        raise TenantryError(f"unknown plan {plan!r}; plans are {settings.plans}", code="invalid_plan")
+
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.system() as conn:
+            tenant = await tenant_service.create_tenant(conn, args.name, plan)
+            out: dict[str, Any] = {"tenant": tenant.public()}
+            if args.with_key:
+                info, secret = await api_keys.create_key(conn, tenant.id, "default")
+                out["key"] = {**info.public(), "secret": secret}
+        return out
+
+    out = asyncio.run(with_db(settings, work))
+    human = f"tenant {out['tenant']['id']} ({args.name}, plan {plan})"
+    if "key" in out:
+        human += f"\nAPI key (shown once): {out['key']['secret']}"
+    emit(args, out, human)
+    return 0
+
+
+def cmd_tenant_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def work(db: Database) -> list[dict[str, Any]]:
+        async with db.system() as conn:
+            return [t.public() for t in await tenant_service.list_tenants(conn, status=args.status, limit=1000)]
+
+    found = asyncio.run(with_db(settings, work))
+    emit(
+        args, {"tenants": found}, "\n".join(f"{t['id']}  {t['status']:<13} {t['plan']:<10} {t['name']}" for t in found)
+    )
+    return 0
+
+
+def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
+    if args.plan is not None and args.plan not in settings.plans:
+        raise TenantryError(f"unknown plan {args.plan!r}; plans are {settings.plans}", code="invalid_plan")
+    tenant_id = parse_tenant_id(args.tenant)
+    limits = None
+    if args.limits is not None:
+        limits = validate_overrides(json_object(args.limits, "--limits", "invalid_limits"))
+
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.system() as conn:
+            status = TenantStatus(args.status) if args.status else None
+            tenant = await tenant_service.update_tenant(conn, tenant_id, plan=args.plan, status=status, limits=limits)
+            return tenant.public()
+
+    tenant = asyncio.run(with_db(settings, work))
+    emit(args, {"tenant": tenant}, f"tenant {tenant['id']}: {tenant['status']}, plan {tenant['plan']}")
+    return 0
+
+
+def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = parse_tenant_id(args.tenant)
+
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.system() as conn:
+            tenant = await tenant_service.get_tenant(conn, tenant_id)
+            if tenant.status == TenantStatus.DEPROVISIONED:
+                raise TenantryError("a deprovisioned tenant cannot get new keys", code="tenant_deprovisioned")
+            info, secret = await api_keys.create_key(conn, tenant_id, args.name)
+        return {**info.public(), "secret": secret}
+
+    key = asyncio.run(with_db(settings, work))
+    emit(args, {"key": key}, f"key {key['id']} for tenant {tenant_id}\nAPI key (shown once): {key['secret']}")
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = parse_tenant_id(args.tenant)
+
+    async def work(db: Database) -> list[dict[str, Any]]:
+        async with db.system() as conn:
+            await tenant_service.get_tenant(conn, tenant_id)
+            return [k.public() for k in await api_keys.list_keys(conn, tenant_id)]
+
+    keys = asyncio.run(with_db(settings, work))
+    human = "\n".join(
+        f"{k['id']}  {k['prefix']}…  {'revoked ' + k['revoked_at'] if k['revoked_at'] else 'active':<40} {k['name']}"
+        for k in keys
+    )
+    emit(args, {"keys": keys}, human or "no keys")
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id, key_id = parse_tenant_id(args.tenant), uuid.UUID(args.key_id)
+
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.system() as conn:
+            return (await api_keys.revoke_key(conn, tenant_id, key_id)).public()
+
+    key = asyncio.run(with_db(settings, work))
+    emit(args, {"key": key}, f"key {key['id']} revoked at {key['revoked_at']}")
+    return 0
