@@ -30,6 +30,16 @@ async def test_transport_errors_are_json_rpc_error_objects(http: httpx.AsyncClie
     assert "errors.pydantic.dev" not in batch.text
 
 
+async def test_params_that_fail_validation_are_named_as_such(http: httpx.AsyncClient, tenant_a: TenantHandle) -> None:
+    body = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":5}}'
+    headers = {**tenant_a.headers, **ACCEPT, "Content-Type": "application/json"}
+    r = await http.post("/mcp", content=body, headers=headers)
+    error = r.json()["error"]
+    assert (r.json()["id"], error["code"]) == (7, -32602)
+    assert error["message"].startswith("Invalid request parameters: ")
+    assert "data" not in error
+
+
 async def test_a_stateless_gateway_answers_get_and_delete_with_405_allow_post(
     http: httpx.AsyncClient, tenant_a: TenantHandle
 ) -> None:

@@ -168,7 +168,8 @@ class Gateway:
 class JsonRpcErrors:
     """What the SDK's transport answers with an error status, as a JSON-RPC error object every MCP client
     can read: a plain-text body (`Invalid Content-Type header`) becomes one, and a validation dump (the
-    input echoed, links to pydantic's docs) is cut to its first line. Bodies of 2xx answers pass as sent."""
+    input echoed, links to pydantic's docs) is cut to its first line, and the SDK's "Invalid request
+    parameters" with empty data says what it means. Other answers pass as sent."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -178,12 +179,17 @@ class JsonRpcErrors:
 
         async def rewrite(message: Message) -> None:
             nonlocal held
-            if message["type"] == "http.response.start" and message["status"] >= 400:
+            if message["type"] == "http.response.start" and (message["status"] >= 400 or _is_json(message)):
                 held = message
                 return
             if held is not None and message["type"] == "http.response.body" and not message.get("more_body"):
                 start, held = held, None
-                body = _json_rpc_error(message.get("body", b""), start["status"])
+                body = message.get("body", b"")
+                if start["status"] < 400 and _EMPTY_PARAMS_ERROR not in body:
+                    await send(start)
+                    await send(message)
+                    return
+                body = _json_rpc_error(body, start["status"])
                 headers = [
                     (k, v) for k, v in start.get("headers", ()) if k.lower() not in (b"content-length", b"content-type")
                 ]
@@ -198,6 +204,14 @@ class JsonRpcErrors:
         await self.app(scope, receive, rewrite)
 
 
+# The SDK's answer to params that fail its validation: no word on what was wrong, and data "".
+_EMPTY_PARAMS_ERROR = b'"Invalid request parameters"'
+
+
+def _is_json(start: Message) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(b"application/json") for k, v in start.get("headers", ()))
+
+
 def _json_rpc_error(body: bytes, status: int) -> bytes:
     try:
         value = json.loads(body)
@@ -208,6 +222,9 @@ def _json_rpc_error(body: bytes, status: int) -> bytes:
         message = str(error.get("message", ""))
         if "validation error" in message.lower() or "pydantic" in message:
             error["message"] = message.split("\n", 1)[0][:200]
+            error.pop("data", None)
+        elif message == "Invalid request parameters" and not error.get("data"):
+            error["message"] = "Invalid request parameters: the params do not match the method's schema"
             error.pop("data", None)
         return json.dumps(value, separators=(",", ":")).encode()
     text = body.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
