@@ -3,6 +3,7 @@
     meter.py / meter.lua  quota, request rate and in-flight cap: one atomic script, one round trip
 abandon.lua           undoes an admission the meter gave up waiting for (a hung Redis)
 breaker.py            after Redis fails to answer, decide without it for a while instead of waiting again
+decision.py           what the meter answers: a Decision per call or request, Usage of the quota window
     ledger.py             the usage event, appended to a Redis stream before the result is returned
     drain.py              the stream -> usage_events, each event once (a lifespan task on every replica)
     commands.py           the per-call Redis commands behind one interface, on either client

@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Final, TypedDict
+from typing import Final
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -52,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenantry.errors import Unavailable
 from tenantry.metering.breaker import RedisBreaker
 from tenantry.metering.commands import RedisCommands, as_commands
+from tenantry.metering.decision import REASONS, Decision, Usage, wall_clock_ms
 from tenantry.metering.resp import LuaScript
 from tenantry.plans import Limits
 
@@ -61,10 +62,6 @@ METER_LUA: Final[str] = files("tenantry.metering").joinpath("meter.lua").read_te
 ABANDON_LUA: Final[str] = files("tenantry.metering").joinpath("abandon.lua").read_text(encoding="utf-8")
 
 RATE_WINDOW_MS: Final = 60_000
-
-REASONS: Final = frozenset(
-    {"quota_exceeded", "rate_limited", "concurrency_limited", "cost_exceeds_limit", "meter_unavailable", "abandoned"}
-)
 
 # Abandoned admissions waiting to be undone, at most (the oldest are dropped: their in-flight entries
 # still expire at their deadlines).
@@ -82,29 +79,6 @@ _NO_LIMIT: Final = -1
 # slot frees as soon as any of those calls ends, typically within milliseconds: a short wait a client can
 # obey without hammering. The script's answer is kept when it is sooner (the last slot's deadline is near).
 CONCURRENCY_RETRY_MS: Final = 250
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    admitted: bool
-    reason: str | None  # None or one of REASONS
-    retry_after_ms: int  # 0 when admitted; when refused, the wait until the same call would pass; -1 never
-    limit: int | None  # the quota limit (for check_rate: the per-minute limit)
-    remaining: int | None  # quota units left in the window after this decision (None if unlimited or unknown)
-    bypassed: bool = False  # Redis was unreachable and fail_open admitted the call unmetered
-
-
-class Usage(TypedDict):
-    limit: int | None
-    used: int | None  # quota units counted in the sliding window (rounded up); None when unlimited
-    remaining: int | None
-    window_seconds: int
-    resets_in_ms: int  # until the window holds nothing of what is counted now (used would be 0)
-    window_ends_in_ms: int  # until the current fixed window rolls over
 
 
 @dataclass(frozen=True, slots=True)
