@@ -10,7 +10,7 @@ import pytest
 
 from tenantry.app import create_app
 from tenantry.client import connect
-from tenantry.federation.pool import Breaker
+from tenantry.federation.failures import Breaker
 from tenantry.federation.ssrf import check_url
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings

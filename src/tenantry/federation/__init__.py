@@ -4,6 +4,7 @@
     ssrf.py        which addresses an upstream URL may reach, checked at registration and at connect
     discovery.py   each tenant's upstream tools: listed, cached, pinned, withheld on drift
     pool.py        one pooled session per (tenant, upstream), each behind a circuit breaker
+    failures.py    how an upstream fails: UpstreamError, the breaker, a one-line reason
     link.py        that session over streamable HTTP: the gateway's own lean MCP client
     http1.py       the keep-alive HTTP/1.1 client the link runs on
     changes.py     what the database announces about upstreams, applied to the cache and the pool

@@ -32,7 +32,8 @@ from sqlalchemy.exc import DBAPIError
 from tenantry.db.engine import Database
 from tenantry.errors import Forbidden, NotFound
 from tenantry.federation import registry
-from tenantry.federation.pool import UpstreamError, UpstreamPool, describe_failure
+from tenantry.federation.failures import UpstreamError, describe_failure
+from tenantry.federation.pool import UpstreamPool
 from tenantry.federation.registry import SEPARATOR, Upstream, definition_digest
 from tenantry.settings import Settings
 from tenantry.tools.base import ToolContext
