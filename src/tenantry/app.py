@@ -17,14 +17,12 @@ from redis.backoff import ExponentialBackoff
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Match
 
 from tenantry import __version__
 from tenantry import tenants as tenant_lifecycle
 from tenantry.api import admin, health, stripe_webhooks, tenant, upstreams
-from tenantry.api.body_limit import BodyLimit
-from tenantry.api.middleware import RequestObserver
+from tenantry.api.edge import TenantryApp, edge_middleware
 from tenantry.api.openapi import document
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import build_billing
@@ -206,7 +204,8 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
             await services.db.dispose()
             services.tracing.shutdown()
 
-    app = FastAPI(title="Tenantry", version=__version__, lifespan=lifespan)
+    edge = edge_middleware(settings, services.tracing)
+    app = TenantryApp(title="Tenantry", version=__version__, lifespan=lifespan, middleware=edge)
     app.state.services = services
     document(app)
     app.add_exception_handler(TenantryError, _tenantry_error)
@@ -219,31 +218,5 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.include_router(stripe_webhooks.router)
     # The MCP endpoints first: they take most requests, and routing tries routes in order.
     app.router.routes[:0] = services.gateway.routes()
-    # Added innermost first: the observer sees every response, CORS answers preflights before routing.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    if settings.cors_allowed_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_allowed_origins,
-            allow_credentials=settings.cors_allow_credentials,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=CORS_REQUEST_HEADERS,
-            expose_headers=CORS_RESPONSE_HEADERS,
-            max_age=600,
-        )
-    app.add_middleware(RequestObserver, tracing=services.tracing, log=logging.getLogger("tenantry.access"))
+    app.serve_mcp_directly(services.gateway.mcp_endpoint)
     return app
-
-
-# What a browser MCP client or console sends and may read, beyond the CORS-safelisted headers.
-CORS_REQUEST_HEADERS = [
-    "Authorization",
-    "Content-Type",
-    "Tenant-ID",
-    "Mcp-Session-Id",
-    "MCP-Protocol-Version",
-    "Last-Event-ID",
-    "X-Request-ID",
-    "X-CSRF-Token",
-]
-CORS_RESPONSE_HEADERS = ["Mcp-Session-Id", "X-Request-ID", "WWW-Authenticate", "Retry-After"]

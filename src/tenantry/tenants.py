@@ -40,10 +40,14 @@ CHANNEL = "tenantry_tenant_changes"
 Forget = Callable[[uuid.UUID | None], None]
 
 
-def watch(db: Database, listener: ChangeListener, forget: Forget) -> None:
-    """Make `forget(tenant_id)` run in this process after every change of a tenant, made here (at
-    commit) or anywhere else (announced on `CHANNEL`); `forget(None)` when announcements may have
-    been missed (the listener reconnected)."""
+def watch(db: Database, listener: ChangeListener, *caches: Forget) -> None:
+    """Make each `forget(tenant_id)` of `caches` run in this process after every change of a tenant,
+    made here (at commit) or anywhere else (announced on `CHANNEL`); `forget(None)` when announcements
+    may have been missed (the listener reconnected)."""
+
+    def forget(tenant_id: uuid.UUID | None) -> None:
+        for cache in caches:
+            cache(tenant_id)
 
     def notified(payload: str) -> None:
         forget(uuid.UUID(payload))

@@ -11,7 +11,7 @@ import asyncio
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,8 +20,9 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from tenantry.metering.commands import RedisPyCommands
 from tenantry.metering.meter import Decision, Meter
-from tenantry.metering.resp import RespClient
+from tenantry.metering.resp import Arg, LuaScript, RespClient
 from tenantry.plans import Limits
 
 W = 100_000  # a 100 s quota window, in ms
@@ -318,6 +319,50 @@ async def test_the_longest_wait_is_reported_when_several_limits_refuse(meter: Me
     refused = await meter.admit(tenant, "b", 10, limits, now_ms=T0)
     # rate: next minute (60 s); quota (cost = whole limit): two windows (200 s).
     assert (refused.reason, refused.retry_after_ms) == ("quota_exceeded", 2 * W)
+
+
+class CountingCommands(RedisPyCommands):
+    """The meter's commands over redis-py, counting the scripts it runs (one per round trip of admit)."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.scripts = 0
+
+    async def evalsha(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        self.scripts += 1
+        return await super().evalsha(script, keys, args)
+
+
+async def test_a_tenant_over_its_rate_is_refused_without_a_round_trip_and_told_the_truth(
+    redis: Redis, tenant: uuid.UUID
+) -> None:
+    commands = CountingCommands(redis)
+    meter = Meter(commands, clock=lambda: T0)
+    limits = quota(1, requests_per_minute=2)
+    assert (await meter.admit(tenant, "a", 1, limits, now_ms=T0)).admitted
+    over_quota = await meter.admit(tenant, "b", 1, limits, now_ms=T0)  # the second request of the minute
+    assert over_quota.reason == "quota_exceeded"
+    by_redis = await meter.admit(tenant, "c", 1, limits, now_ms=T0)  # over the rate too
+    assert commands.scripts == 3
+    # A flood from now on: answered from memory, and with what holds the call longest (its quota).
+    flood = [await meter.admit(tenant, f"f{i}", 1, limits, now_ms=T0 + 1000) for i in range(50)]
+    assert commands.scripts == 3
+    assert {(d.admitted, d.reason, d.remaining) for d in flood} == {(False, "quota_exceeded", 0)}
+    assert flood[0].retry_after_ms == by_redis.retry_after_ms - 1000
+    assert (await meter.check_rate(tenant, limits, now_ms=T0 + 1000)).reason == "rate_limited"
+    assert commands.scripts == 3
+    # Once the rate lets a request through again, Redis is asked (and the quota still refuses).
+    rate_free = T0 + 60_000 + 30_001  # the minute's 2 requests have decayed below 1
+    later = await meter.admit(tenant, "g", 1, limits, now_ms=rate_free)
+    assert (commands.scripts, later.reason) == (4, "quota_exceeded")
+    # A change of the tenant (its limits may have been raised) makes the meter ask Redis at once.
+    assert (await meter.admit(tenant, "h", 1, limits, now_ms=rate_free)).reason == "quota_exceeded"
+    assert (await meter.admit(tenant, "i", 1, limits, now_ms=rate_free)).reason == "quota_exceeded"
+    asked = commands.scripts
+    meter.forget(tenant)
+    raised = quota(100, requests_per_minute=100)
+    assert (await meter.admit(tenant, "j", 1, raised, now_ms=rate_free)).admitted
+    assert commands.scripts == asked + 1
 
 
 # -- concurrency ---------------------------------------------------------------------------------

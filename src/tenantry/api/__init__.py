@@ -7,6 +7,7 @@
     stripe_webhooks.py  `/webhooks/stripe` (signed by Stripe) and the onboarding key hand-out (admin)
     deps.py             the dependencies that tell the two kinds of caller apart
     body_limit.py       the request size limit (pure ASGI)
+    edge.py             the layers every request passes, and `POST /mcp`'s short way through them
 
 Errors are raised as `errors.TenantryError` and mapped once to JSON in `app.py`.
 """

@@ -9,6 +9,7 @@ the ASGI endpoints for streamable HTTP (`/mcp`) and legacy SSE (`/sse`,
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from contextlib import AbstractAsyncContextManager
@@ -104,20 +105,26 @@ class Gateway:
         """Enter in the app's lifespan: the session manager's task group lives this long."""
         return self.session_manager.run()
 
-    def routes(self) -> list[BaseRoute]:
-        def guard(app: Any) -> TenantAuth:
-            return TenantAuth(app, self._resolver, self._metrics)
+    def _guard(self, app: Any) -> TenantAuth:
+        return TenantAuth(app, self._resolver, self._metrics)
 
+    @functools.cached_property
+    def mcp_endpoint(self) -> TenantAuth:
+        """`/mcp`: authenticated, then the fast path for plain tool calls, then the SDK for the rest."""
         mcp: Any = JsonRpcErrors(StreamableHTTPASGIApp(self.session_manager))
         if self._fast:
             mcp = ToolCallFastPath(
                 mcp, self.answer_call, security=self._security, max_body=self._max_body, metrics=self._metrics
             )
+        return self._guard(mcp)
+
+    def routes(self) -> list[BaseRoute]:
+        guard = self._guard
         # Stateless, a GET would open an SSE stream no message can ever reach and a DELETE ends no session:
         # both are answered 405 (Allow: POST), which MCP clients take as "no such stream" / "no session".
         methods = ["GET", "POST", "DELETE"] if self._stateful else ["POST"]
         return [
-            Route("/mcp", endpoint=guard(mcp), methods=methods),
+            Route("/mcp", endpoint=self.mcp_endpoint, methods=methods),
             Route("/sse", endpoint=guard(self._handle_sse), methods=["GET"]),
             Mount("/messages/", app=guard(self._sse.handle_post_message)),
         ]

@@ -27,8 +27,10 @@
 -- entered in the in-flight set, capped or not, so abandon.lua can tell whether it was admitted.
 --
 -- Returns {admitted 0|1, reason or "", retry_after_ms (-1 = never),
---          quota remaining (-1 = no quota), rate remaining (-1 = no rate limit)},
--- the remainders after this call if admitted, as they stand if refused.
+--          quota remaining (-1 = no quota), rate remaining (-1 = no rate limit),
+--          rate retry_after_ms (0 = the rate let this request through, -1 = never)},
+-- the remainders after this call if admitted, as they stand if refused. The last tells the gateway how
+-- long every request of the tenant is refused whatever else holds it (it refuses them locally till then).
 
 local now = tonumber(ARGV[1])
 local call_id = ARGV[2]
@@ -85,7 +87,7 @@ local function window(cur_key, prev_key, limit, w, e, c)
 end
 
 if call_id ~= '' and redis.call('EXISTS', KEYS[6]) == 1 then
-  return {0, 'abandoned', -1, -1, -1}
+  return {0, 'abandoned', -1, -1, -1, 0}
 end
 
 local admitted = true
@@ -104,13 +106,14 @@ local function refuse(why, after)
 end
 
 local rate_ok = false
+local r_retry = 0
 if r_limit >= 0 then
-  local ok, after
-  ok, r_remaining, r_after, after = window(KEYS[3], KEYS[4], r_limit, r_w, r_e, 1)
+  local ok
+  ok, r_remaining, r_after, r_retry = window(KEYS[3], KEYS[4], r_limit, r_w, r_e, 1)
   if ok then
     rate_ok = true
   else
-    refuse('rate_limited', after)
+    refuse('rate_limited', r_retry)
   end
 end
 
@@ -156,7 +159,7 @@ if not admitted then
   if rate_ok then
     r_remaining = r_after
   end
-  return {0, reason, retry, q_remaining, r_remaining}
+  return {0, reason, retry, q_remaining, r_remaining, r_retry}
 end
 
 -- Every limit passed: count the call against all of them. A counter key is
@@ -179,4 +182,4 @@ if q_limit >= 0 and cost > 0 then
     redis.call('PEXPIRE', KEYS[1], 2 * q_w)
   end
 end
-return {1, '', 0, q_after, r_after}
+return {1, '', 0, q_after, r_after, 0}
