@@ -96,7 +96,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         drain_client, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
     )
     listener = ChangeListener(settings.owner_database_url)
-    tenant_lifecycle.watch(db, listener, resolver.forget)
+    tenant_lifecycle.watch(db, listener, resolver.forget, meter.forget)
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets, tracing=tracing))
     catalog = Catalog(builtin_tools(settings), discovery)
