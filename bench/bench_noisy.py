@@ -80,6 +80,17 @@ async def flood(port: int, tenant_id: str, api_key: str, workers: int, rate: flo
     return dict(statuses)
 
 
+async def cpu_per_refusal(args: argparse.Namespace, server: bg.ServerProcess, tenant_id: str, api_key: str) -> float:
+    """The server's CPU per refused request (µs), under an unpaced flood alone: what each one costs
+    every other tenant, steadier than latency on a shared machine."""
+    unpaced = argparse.Namespace(**{**vars(args), "flood_rate": 0.0})
+    before = bg.CpuSnapshot.take(server.pid)
+    flooding = start_flood(unpaced, server.port, tenant_id, api_key, args.duration)
+    out, _ = await asyncio.to_thread(flooding.communicate)
+    server_cpu, _, _ = bg.CpuSnapshot.take(server.pid).since(before)
+    return (server_cpu or 0.0) / max(1, sum(json.loads(out).values())) * 1e6
+
+
 def start_flood(
     args: argparse.Namespace, port: int, tenant_id: str, api_key: str, seconds: float
 ) -> subprocess.Popen[str]:
@@ -99,6 +110,7 @@ async def run(args: argparse.Namespace) -> int:
         headers = bg.request_headers("legacy", victim_id, victim_key)
         victim = bg.Target("victim", server.port, headers, server.proc.pid)
         await bg.call_once(victim, "legacy", "data_put", {"key": bg.KEY, "value": bg.VALUE})
+        refusal_cpu = await cpu_per_refusal(args, server, noisy_id, noisy_key)
         alone: list[bg.RunResult] = []
         crowded: list[bg.RunResult] = []
         sent: list[dict[int, int]] = []
@@ -127,6 +139,7 @@ async def run(args: argparse.Namespace) -> int:
     for s in sent:
         answers.update(s)
     print(f"the noisy tenant sent {rate:.0f} req/s; HTTP statuses over all rounds: {dict(sorted(answers.items()))}")
+    print(f"server CPU per refused request (unpaced flood, alone): {refusal_cpu:.0f} µs")
     return 0
 
 
