@@ -10,10 +10,10 @@ handed) and binds it with `bind_principal`, which resets in `finally`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from tenantry.errors import BadRequest, Unauthenticated
@@ -29,13 +29,16 @@ class TenantStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """An authenticated tenant caller."""
+    """An authenticated tenant caller: the tenant, the key it came through, and who it speaks for."""
 
     tenant_id: uuid.UUID
     key_id: uuid.UUID
     plan: str
-    via: str  # "api_key" or "jwt"
+    via: str  # "api_key", "jwt" or "canary"
     limits: Limits  # the plan's limits with the tenant's own overrides applied
+    subject: str = ""  # who calls inside the tenant: the key's subject (or name), or the token's `sub`
+    roles: frozenset[str] = frozenset()  # tenant-defined role names
+    claims: Mapping[str, str] = field(default_factory=dict)  # string claims of the token (policy templates)
 
 
 _current: ContextVar[Principal | None] = ContextVar("tenantry_principal", default=None)

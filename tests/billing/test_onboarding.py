@@ -201,10 +201,9 @@ async def test_a_provisioning_tenant_is_admitted_only_with_the_gateways_canary_t
         with_key = await client.post(
             f"/api/tenant/{tenant}/tool", json=body, headers={"Authorization": f"Bearer {secret}"}
         )
+        jwt = issue_tenant_token(billing_settings, tenant, info.id, subject="x", roles=())
         with_jwt = await client.post(
-            f"/api/tenant/{tenant}/tool",
-            json=body,
-            headers={"Authorization": f"Bearer {issue_tenant_token(billing_settings, tenant, info.id)}"},
+            f"/api/tenant/{tenant}/tool", json=body, headers={"Authorization": f"Bearer {jwt}"}
         )
         with_canary = await client.post(
             f"/api/tenant/{tenant}/tool",

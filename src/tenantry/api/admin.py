@@ -8,10 +8,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
+from tenantry.api.fields import Name, Roles, Strict, Subject
 from tenantry.api.openapi import errors
 from tenantry.auth import api_keys
 from tenantry.auth.jwt import issue_admin_token
@@ -21,14 +22,6 @@ from tenantry.plans import validate_overrides
 from tenantry.tenancy import TenantStatus, parse_tenant_id
 
 router = APIRouter(prefix="/api", responses=errors(400, 401, 404, 409, 413))
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# A name is shown to people and stored as text: no control characters (NUL cannot even be stored).
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class AdminTokenRequest(Strict):
@@ -50,6 +43,8 @@ class TenantPatch(Strict):
 
 class KeyCreate(Strict):
     name: Name = "default"
+    subject: Subject | None = Field(None, description="Who the key speaks for (default: its name).")
+    roles: Roles = Field(default_factory=list, description="Role names policies grant tools to.")
 
 
 def _tenant_id(value: str) -> uuid.UUID:
@@ -147,7 +142,8 @@ async def create_key(tenant_id: str, services: ServicesDep, body: KeyCreate | No
         tenant = await tenant_service.get_tenant(conn, tid)
         if tenant.status == TenantStatus.DEPROVISIONED:
             raise Conflict("a deprovisioned tenant cannot get new keys", code="tenant_deprovisioned")
-        info, secret = await api_keys.create_key(conn, tid, (body or KeyCreate()).name)
+        body = body or KeyCreate()
+        info, secret = await api_keys.create_key(conn, tid, body.name, subject=body.subject, roles=body.roles)
     return {**info.public(), "secret": secret, "note": "The secret is shown only now; store it safely."}
 
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from tenantry.api.deps import ServicesDep, TenantDep
+from tenantry.api.deps import ServicesDep, TenantDep, require_admin
+from tenantry.api.fields import Roles, Strict, Subject
 from tenantry.api.openapi import errors
+from tenantry.auth import api_keys
 from tenantry.auth.api_keys import looks_like_api_key
 from tenantry.auth.jwt import issue_tenant_token
-from tenantry.errors import Forbidden, Unauthenticated
+from tenantry.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from tenantry.tenancy import bind_principal, parse_tenant_id
 
 router = APIRouter(prefix="/api")
@@ -28,17 +31,59 @@ class ToolRequest(BaseModel):
     params: dict[str, Any] | None = None
 
 
-@router.post("/auth/tenant-token", responses=errors(401, 403))
-async def tenant_token(request: Request, services: ServicesDep) -> dict[str, Any]:
+class TokenRequest(Strict):
+    """With a tenant key (`x-api-key`): `roles` narrows the key's roles (never widens them).
+    With the admin credential (`Authorization`): mint a token for `subject` with `roles` and `claims`,
+    bounded by the tenant's key `key_id` (revoking it stops the token)."""
+
+    roles: Roles | None = None
+    tenant_id: uuid.UUID | None = None
+    key_id: uuid.UUID | None = None
+    subject: Subject | None = None
+    claims: dict[str, Annotated[str, Field(max_length=500)]] = Field(default_factory=dict, max_length=32)
+    ttl_seconds: int | None = Field(None, ge=60, le=86_400)
+
+
+@router.post("/auth/tenant-token", responses=errors(400, 401, 403, 404))
+async def tenant_token(request: Request, services: ServicesDep, body: TokenRequest | None = None) -> dict[str, Any]:
+    body = body or TokenRequest()
     key = request.headers.get("x-api-key", "")
-    if not looks_like_api_key(key):
+    settings = services.settings
+    if looks_like_api_key(key):
+        if body.tenant_id or body.key_id or body.subject or body.claims or body.ttl_seconds:
+            raise BadRequest("a key can only narrow its own roles: only `roles` may be sent", code="invalid_request")
+        principal = await services.resolver.resolve(key)
+        roles = principal.roles if body.roles is None else frozenset(body.roles)
+        if not roles <= principal.roles:
+            extra = sorted(roles - principal.roles)
+            raise Forbidden(f"the key does not hold the roles {extra}", code="roles_not_held")
+        tenant_id, key_id, subject, claims, ttl = principal.tenant_id, principal.key_id, principal.subject, {}, None
+    elif request.headers.get("authorization"):
+        require_admin(request, services)
+        if body.tenant_id is None or body.key_id is None or body.subject is None:
+            raise BadRequest("an admin mints a token with tenant_id, key_id and subject", code="invalid_request")
+        tenant_id, key_id, subject, claims, ttl = (
+            body.tenant_id,
+            body.key_id,
+            body.subject,
+            body.claims,
+            body.ttl_seconds,
+        )
+        async with services.db.system() as conn:
+            keys = {k.id: k for k in await api_keys.list_keys(conn, tenant_id)}
+        if key_id not in keys or keys[key_id].revoked_at is not None:
+            raise NotFound(f"no live key {key_id} for tenant {tenant_id}", code="key_not_found")
+        roles = frozenset(body.roles or ())
+    else:
         raise Unauthenticated("send a tenant API key in the x-api-key header", code="missing_credentials")
-    principal = await services.resolver.resolve(key)
+    token = issue_tenant_token(settings, tenant_id, key_id, subject=subject, roles=roles, claims=claims, ttl=ttl)
     return {
-        "access_token": issue_tenant_token(services.settings, principal.tenant_id, principal.key_id),
+        "access_token": token,
         "token_type": "bearer",
-        "expires_in": services.settings.tenant_token_ttl_seconds,
-        "tenant_id": str(principal.tenant_id),
+        "expires_in": ttl or settings.tenant_token_ttl_seconds,
+        "tenant_id": str(tenant_id),
+        "subject": subject,
+        "roles": sorted(roles),
     }
 
 

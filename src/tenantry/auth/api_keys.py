@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,12 +44,16 @@ class ApiKeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    subject: str | None
+    roles: list[str]
 
     def public(self) -> dict[str, object]:
         return {
             "id": str(self.id),
             "tenant_id": str(self.tenant_id),
             "name": self.name,
+            "subject": self.subject or self.name,
+            "roles": self.roles,
             "prefix": self.prefix,
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
@@ -62,11 +67,21 @@ _COLUMNS = (
     api_keys.c.prefix,
     api_keys.c.created_at,
     api_keys.c.revoked_at,
+    api_keys.c.subject,
+    api_keys.c.roles,
 )
 
 
-async def create_key(conn: AsyncConnection, tenant_id: uuid.UUID, name: str) -> tuple[ApiKeyInfo, str]:
-    """Store a new key for `tenant_id`; return its record and the secret (the only time it exists)."""
+async def create_key(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    name: str,
+    *,
+    subject: str | None = None,
+    roles: Sequence[str] = (),
+) -> tuple[ApiKeyInfo, str]:
+    """Store a new key for `tenant_id`, speaking for `subject` (default: its name) with `roles`;
+    return its record and the secret (the only time it exists)."""
     secret = generate_key()
     row = (
         await conn.execute(
@@ -77,6 +92,8 @@ async def create_key(conn: AsyncConnection, tenant_id: uuid.UUID, name: str) -> 
                 name=name,
                 prefix=secret[: len(KEY_PREFIX) + 6],
                 key_hash=hash_key(secret),
+                subject=subject,
+                roles=sorted(set(roles)),
             )
             .returning(*_COLUMNS)
         )

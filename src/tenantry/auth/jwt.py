@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -39,9 +41,32 @@ def _issue(settings: Settings, audience: str, subject: str, ttl: int, extra: dic
     return jwt.encode(claims, settings.jwt_secret, algorithm=ALGORITHM)
 
 
-def issue_tenant_token(settings: Settings, tenant_id: uuid.UUID, key_id: uuid.UUID) -> str:
-    ttl = settings.tenant_token_ttl_seconds
-    return _issue(settings, TENANT_AUDIENCE, str(tenant_id), ttl, {"kid": str(key_id)})
+@dataclass(frozen=True, slots=True)
+class TenantToken:
+    """What a tenant token says: the tenant, the key that bounds its life (revoke the key, and every
+    token minted from it stops), and, when it names them, who it speaks for, with which roles and claims."""
+
+    tenant_id: uuid.UUID
+    key_id: uuid.UUID
+    subject: str | None = None  # None: the key's subject
+    roles: frozenset[str] | None = None  # None: the key's roles
+    claims: dict[str, str] = field(default_factory=dict)
+
+
+def issue_tenant_token(
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    key_id: uuid.UUID,
+    *,
+    subject: str,
+    roles: Iterable[str],
+    claims: dict[str, str] | None = None,
+    ttl: int | None = None,
+) -> str:
+    extra: dict[str, Any] = {"tid": str(tenant_id), "kid": str(key_id), "roles": sorted(roles)}
+    if claims:
+        extra["claims"] = claims
+    return _issue(settings, TENANT_AUDIENCE, subject, ttl or settings.tenant_token_ttl_seconds, extra)
 
 
 def issue_admin_token(settings: Settings) -> str:
@@ -65,13 +90,26 @@ def _decode(settings: Settings, token: str, audience: str) -> dict[str, Any]:
     return claims
 
 
-def decode_tenant_token(settings: Settings, token: str) -> tuple[uuid.UUID, uuid.UUID]:
-    """The (tenant id, key id) a valid tenant token names."""
+def decode_tenant_token(settings: Settings, token: str) -> TenantToken:
+    """What a valid tenant token says. A token minted before identities (`sub` = the tenant, no `tid`)
+    speaks for its key's subject with its key's roles."""
     claims = _decode(settings, token, TENANT_AUDIENCE)
     try:
-        return uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["kid"]))
+        key_id = uuid.UUID(str(claims["kid"]))
+        if "tid" not in claims:
+            return TenantToken(uuid.UUID(str(claims["sub"])), key_id)
+        roles, extra = claims.get("roles", []), claims.get("claims", {})
+        if not isinstance(roles, list) or not isinstance(extra, dict):
+            raise ValueError("roles must be a list and claims an object")
+        return TenantToken(
+            uuid.UUID(str(claims["tid"])),
+            key_id,
+            str(claims["sub"]),
+            frozenset(str(r) for r in roles),
+            {str(k): str(v) for k, v in extra.items() if isinstance(v, str | int | bool)},
+        )
     except (KeyError, ValueError):
-        raise Unauthenticated("invalid token: malformed subject", code="invalid_token") from None
+        raise Unauthenticated("invalid token: malformed claims", code="invalid_token") from None
 
 
 def issue_canary_token(settings: Settings, tenant_id: uuid.UUID, key_id: uuid.UUID) -> str:

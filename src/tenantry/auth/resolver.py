@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tenantry.auth.api_keys import hash_key, looks_like_api_key
-from tenantry.auth.jwt import CANARY_PREFIX, decode_canary_token, decode_tenant_token
+from tenantry.auth.jwt import CANARY_PREFIX, TenantToken, decode_canary_token, decode_tenant_token
 from tenantry.db.engine import Database
 from tenantry.db.models import api_keys, tenants
 from tenantry.errors import Forbidden, Unauthenticated
@@ -40,6 +40,8 @@ class _KeyState:
     tenant_status: str
     plan: str
     limits: Limits
+    subject: str
+    roles: frozenset[str]
     loaded_at: float
 
 
@@ -50,6 +52,8 @@ _QUERY = select(
     tenants.c.status,
     tenants.c.plan,
     tenants.c.limits,
+    func.coalesce(api_keys.c.subject, api_keys.c.name),
+    api_keys.c.roles,
 ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
 
 
@@ -78,6 +82,7 @@ class CredentialResolver:
 
     async def resolve(self, token: str) -> Principal:
         """The principal `token` stands for; 401 if it stands for nobody, 403 if its tenant may not call."""
+        claimed: TenantToken | None = None
         if looks_like_api_key(token):
             digest = hash_key(token)
             state = await self._lookup(digest, lambda: api_keys.c.key_hash == digest)
@@ -89,9 +94,10 @@ class CredentialResolver:
                 state = None
             via = "canary"
         else:
-            tenant_id, key_id = decode_tenant_token(self._settings, token)
+            claimed = decode_tenant_token(self._settings, token)
+            key_id = claimed.key_id
             state = await self._lookup(key_id, lambda: api_keys.c.id == key_id)
-            if state is not None and state.tenant_id != tenant_id:
+            if state is not None and state.tenant_id != claimed.tenant_id:
                 state = None
             via = "jwt"
         if state is None:
@@ -103,7 +109,18 @@ class CredentialResolver:
             raise Forbidden(f"tenant is {state.tenant_status}", code=f"tenant_{state.tenant_status}")
         if state.revoked:
             raise Unauthenticated("credential revoked", code="credential_revoked")
-        return Principal(tenant_id=state.tenant_id, key_id=state.key_id, plan=state.plan, via=via, limits=state.limits)
+        if claimed is None:
+            return Principal(state.tenant_id, state.key_id, state.plan, via, state.limits, state.subject, state.roles)
+        return Principal(
+            state.tenant_id,
+            state.key_id,
+            state.plan,
+            via,
+            state.limits,
+            state.subject if claimed.subject is None else claimed.subject,
+            state.roles if claimed.roles is None else claimed.roles,
+            claimed.claims,
+        )
 
     async def _lookup(self, cache_key: bytes | uuid.UUID, where: Callable[[], Any]) -> _KeyState | None:
         """The cached state of a credential, or read it (`where()` builds the clause only on a miss)."""
@@ -118,7 +135,8 @@ class CredentialResolver:
         if row is None:
             self._cache.pop(cache_key, None)
             return None
-        state = _KeyState(row[0], row[1], bool(row[2]), row[3], row[4], self._plans.limits(row[4], row[5]), now)
+        limits = self._plans.limits(row[4], row[5])
+        state = _KeyState(row[0], row[1], bool(row[2]), row[3], row[4], limits, row[6], frozenset(row[7]), now)
         if self._ttl > 0 and generation == self._generation:
             self._cache[cache_key] = state
             self._by_tenant.setdefault(state.tenant_id, set()).add(cache_key)

@@ -59,6 +59,9 @@ api_keys = Table(
     Column("key_hash", LargeBinary, nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True)),
+    # --- governance (migration 0008) ---
+    Column("subject", Text),
+    Column("roles", ARRAY(Text), nullable=False, server_default="{}"),
 )
 
 tenant_data = Table(
@@ -189,6 +192,27 @@ upstream_tool_drift = Table(
     Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+tenant_policies = Table(
+    "tenant_policies",
+    metadata,
+    Column("tenant_id", Uuid, ForeignKey("tenants.id"), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("document", JSONB, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+kills = Table(
+    "kills",
+    metadata,
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("tenant_id", Uuid, ForeignKey("tenants.id")),
+    Column("scope", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("lifted_at", DateTime(timezone=True)),
+)
+
 TENANT_SCOPED_TABLES = (
     "api_keys",
     "tenant_data",
@@ -201,4 +225,7 @@ TENANT_SCOPED_TABLES = (
     "upstreams",
     "upstream_tool_pins",
     "upstream_tool_drift",
+    # governance
+    "tenant_policies",
+    "kills",
 )

@@ -1,0 +1,103 @@
+"""Governance: who a key speaks for (subject, roles), each tenant's policy document, and kills.
+
+- `api_keys.subject` / `api_keys.roles`: the identity a key carries into every call (a key made
+  before this has no subject: its name stands for it, and no roles).
+- `tenant_policies`: one versioned policy document per tenant, under forced RLS. A change is
+  announced on `tenantry_tenant_changes` (0007's function) so every replica recompiles it.
+- `kills`: what admins stopped (a session, key, subject, tool or tenant; a tool for every tenant
+  when `tenant_id` is NULL) until they lift it. Every gateway holds the live ones in memory; a change
+  is announced on `tenantry_kills` (payload: the kill's id) and every replica reloads them.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+from tenantry.db.rls import drop_tenant_table_policies, migration_app_role, tenant_table_policies
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    role = migration_app_role()
+    op.execute(
+        """
+        ALTER TABLE api_keys
+            ADD COLUMN subject text CHECK (length(subject) BETWEEN 1 AND 200),
+            ADD COLUMN roles text[] NOT NULL DEFAULT '{}'
+        """
+    )
+    op.execute(
+        """
+        CREATE TABLE tenant_policies (
+            tenant_id uuid PRIMARY KEY REFERENCES tenants (id),
+            version integer NOT NULL CHECK (version > 0),
+            document jsonb NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    for statement in tenant_table_policies("tenant_policies", role):
+        op.execute(statement)
+    op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON tenant_policies TO {role}")
+    op.execute(
+        """
+        CREATE TRIGGER tenant_policies_notify
+        AFTER INSERT OR UPDATE OR DELETE ON tenant_policies
+        FOR EACH ROW EXECUTE FUNCTION tenantry_notify_tenant_credentials()
+        """
+    )
+    op.execute(
+        """
+        CREATE TABLE kills (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            tenant_id uuid REFERENCES tenants (id),
+            scope text NOT NULL CHECK (scope IN ('session', 'key', 'subject', 'tool', 'tenant')),
+            target text NOT NULL CHECK (length(target) BETWEEN 1 AND 300),
+            reason text NOT NULL DEFAULT '' CHECK (length(reason) <= 500),
+            created_at timestamptz NOT NULL DEFAULT now(),
+            lifted_at timestamptz,
+            CHECK (tenant_id IS NOT NULL OR scope = 'tool')
+        )
+        """
+    )
+    op.execute("CREATE INDEX kills_live ON kills (created_at) WHERE lifted_at IS NULL")
+    for statement in tenant_table_policies("kills", role):
+        op.execute(statement)
+    op.execute(
+        """
+        CREATE FUNCTION tenantry_notify_kills() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('tenantry_kills', COALESCE(NEW.id, OLD.id)::text);
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    op.execute(
+        """
+        CREATE TRIGGER kills_notify AFTER INSERT OR UPDATE OR DELETE ON kills
+        FOR EACH ROW EXECUTE FUNCTION tenantry_notify_kills()
+        """
+    )
+
+
+def downgrade() -> None:
+    op.execute("DROP TRIGGER kills_notify ON kills")
+    op.execute("DROP FUNCTION tenantry_notify_kills()")
+    for statement in drop_tenant_table_policies("kills"):
+        op.execute(statement)
+    op.execute("DROP TABLE kills")
+    op.execute("DROP TRIGGER tenant_policies_notify ON tenant_policies")
+    for statement in drop_tenant_table_policies("tenant_policies"):
+        op.execute(statement)
+    op.execute("DROP TABLE tenant_policies")
+    op.execute("ALTER TABLE api_keys DROP COLUMN roles, DROP COLUMN subject")
