@@ -21,7 +21,7 @@ from starlette.routing import Match
 
 from tenantry import __version__
 from tenantry import tenants as tenant_lifecycle
-from tenantry.api import admin, health, stripe_webhooks, tenant, upstreams
+from tenantry.api import admin, governance, health, stripe_webhooks, tenant, upstreams
 from tenantry.api.edge import TenantryApp, edge_middleware
 from tenantry.api.openapi import document
 from tenantry.auth.resolver import CredentialResolver
@@ -35,6 +35,7 @@ from tenantry.federation.pool import UpstreamPool
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
 from tenantry.gateway.server import Gateway
+from tenantry.governance.store import Policies
 from tenantry.metering.commands import RedisCommands, RedisPyCommands
 from tenantry.metering.drain import LedgerDrainer
 from tenantry.metering.ledger import Ledger, stream_key
@@ -96,11 +97,14 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         drain_client, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
     )
     listener = ChangeListener(settings.owner_database_url)
-    tenant_lifecycle.watch(db, listener, resolver.forget, meter.forget)
+    policies = Policies(db)
+    tenant_lifecycle.watch(db, listener, resolver.forget, meter.forget, policies.forget)
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets, tracing=tracing))
     catalog = Catalog(builtin_tools(settings), discovery)
-    calls = ToolCalls(settings, db, catalog, metrics, meter=meter, ledger=ledger, plans=plans, tracing=tracing)
+    calls = ToolCalls(
+        settings, db, catalog, metrics, meter=meter, ledger=ledger, plans=plans, policies=policies, tracing=tracing
+    )
     gateway = Gateway(settings, calls, resolver, metrics)
     return Services(
         settings,
@@ -119,6 +123,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         discovery=discovery,
         listener=listener,
         changes=UpstreamChanges(listener, discovery),
+        policies=policies,
         billing=build_billing(settings, db),
         hot=hot,
         drain_client=drain_client,
@@ -214,6 +219,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.include_router(admin.router)
     app.include_router(tenant.router)
     app.include_router(upstreams.router)
+    app.include_router(governance.router)
     app.include_router(health.router)
     app.include_router(stripe_webhooks.router)
     # The MCP endpoints first: they take most requests, and routing tries routes in order.

@@ -51,6 +51,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.governance_refusals = Counter(
+            "tenantry_governance_refusals_total",
+            "Calls refused by a tenant's policy or a kill, by code (tool_forbidden, argument_forbidden,"
+            " argument_invalid, killed). None is billed.",
+            ["code"],
+            registry=self.registry,
+        )
+
         self.fast_path_calls = Counter(
             "tenantry_mcp_fast_path_calls_total",
             "tools/call requests answered by the stateless JSON fast path rather than the SDK's transport.",

@@ -14,6 +14,7 @@ from tenantry.federation.changes import UpstreamChanges
 from tenantry.federation.discovery import Discovery
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.server import Gateway
+from tenantry.governance.store import Policies
 from tenantry.metering.commands import RedisCommands
 from tenantry.metering.drain import LedgerDrainer
 from tenantry.metering.ledger import Ledger
@@ -44,6 +45,7 @@ class Services:
     discovery: Discovery  # each tenant's upstream tools; its pool holds the upstream sessions
     listener: ChangeListener
     changes: UpstreamChanges
+    policies: Policies
     billing: Billing | None = None
     hot: RedisCommands | None = None  # the meter's and the ledger's per-call commands
     drain_client: RedisCommands | None = None  # the drainer's own connection

@@ -2,6 +2,7 @@
 
     admin.py            tenants, keys, usage (admin key or admin JWT)
     upstreams.py        a tenant's upstream servers, their pins and re-approval (admin)
+    governance.py       a tenant's policy (read, replace, delete, dry-run) and kills (admin)
     tenant.py           a tenant's token exchange and the REST tool bridge (the same pipeline as MCP)
     health.py           `/health`, `/health?tenant=`, `/metrics` (ops)
     stripe_webhooks.py  `/webhooks/stripe` (signed by Stripe) and the onboarding key hand-out (admin)

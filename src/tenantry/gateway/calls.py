@@ -32,6 +32,7 @@ from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, InternalError, LimitExceeded, NotFound, TenantryError, Unavailable
 from tenantry.federation.registry import SEPARATOR
 from tenantry.gateway.catalog import Catalog, CatalogEntry
+from tenantry.governance.store import Policies
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
 from tenantry.metrics import Metrics
@@ -55,10 +56,15 @@ class ToolOutcome:
     event_id: uuid.UUID | None = None  # set when the call was admitted and is in the ledger
     # An upstream's result, passed through as it came (content, structuredContent, isError).
     forwarded: types.CallToolResult | None = None
+    # What the call is recorded as when the caller is told something else (a tool the policy hides
+    # is refused as unknown, and recorded as `tool_forbidden`).
+    recorded_as: str | None = None
 
     @property
     def status(self) -> str:
         """'ok', or the code of what ended the call (the ledger's `outcome`; only 'ok' is billed)."""
+        if self.recorded_as is not None:
+            return self.recorded_as
         if self.error is not None:
             return self.error.code
         if self.forwarded is not None and self.forwarded.is_error:
@@ -88,7 +94,11 @@ class ToolOutcome:
 
 _MAX_DEPTH = 64
 # Refusals decided before the meter was asked: these requests count against the rate separately.
-_BEFORE_THE_METER = frozenset({"unknown_tool", "invalid_arguments", "value_too_large"})
+_BEFORE_THE_METER = frozenset(
+    {"unknown_tool", "invalid_arguments", "value_too_large", "argument_forbidden", "argument_invalid"}
+)
+# Refused by the tenant's policy (or a kill): counted apart in /metrics, never billed.
+GOVERNANCE_CODES = frozenset({"tool_forbidden", "argument_forbidden", "argument_invalid", "killed"})
 
 
 def refuse_unrepresentable(value: Any, *, nul_allowed: bool, depth: int = 0) -> None:
@@ -167,6 +177,7 @@ class ToolCalls:
         meter: Meter,
         ledger: Ledger,
         plans: PlanBook,
+        policies: Policies | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
@@ -177,11 +188,17 @@ class ToolCalls:
         self._meter = meter
         self._ledger = ledger
         self._plans = plans
+        self._policies = policies
         self._metering = settings.metering_enabled
         self._call_timeout_ms = int(settings.call_timeout_seconds * 1000)
 
     async def list_tools(self, principal: Principal) -> list[types.Tool]:
-        return await self._catalog.list_tools(principal)
+        """The tools `principal` may call: the catalog, less what the tenant's policy hides from it."""
+        tools = await self._catalog.list_tools(principal)
+        policy = await self._policies.for_tenant(principal.tenant_id) if self._policies is not None else None
+        if policy is None:
+            return tools
+        return [tool for tool in tools if policy.may_call(principal, tool.name)]
 
     async def _count_request(self, principal: Principal) -> TenantryError | None:
         """Count a request the meter's admission never saw (refused before it: an unknown tool, bad
@@ -202,8 +219,12 @@ class ToolCalls:
         parent = record.trace if record is not None else None
         with self._tracing.span("tools/call", parent=parent, **attributes) as span:
             tool = await self._catalog.lookup(principal, name)
-            if tool is None:
-                outcome = ToolOutcome(error=NotFound(f"no tool named {name[:100]!r}", code="unknown_tool"))
+            policy = await self._policies.for_tenant(principal.tenant_id) if self._policies is not None else None
+            hidden = tool is not None and policy is not None and not policy.may_call(principal, name)
+            if tool is None or hidden:
+                # A tool the policy hides is refused exactly as an unknown one: no existence oracle.
+                unknown = NotFound(f"no tool named {name[:100]!r}", code="unknown_tool")
+                outcome = ToolOutcome(error=unknown, recorded_as="tool_forbidden" if hidden else None)
                 label = "_unknown"
             else:
                 upstream = SEPARATOR in name
@@ -211,6 +232,8 @@ class ToolCalls:
                 try:
                     # Everything the caller got wrong is refused here, before the meter: it costs nothing.
                     refuse_unrepresentable(arguments or {}, nul_allowed=upstream)
+                    if policy is not None:
+                        arguments = policy.shape(principal, name, arguments or {})
                     args = tool.arguments.model_validate(arguments or {})
                     tool.precheck(args)
                 except ValidationError as exc:
@@ -225,6 +248,8 @@ class ToolCalls:
                 if over is not None:
                     outcome = ToolOutcome(error=over)
             status = outcome.status
+            if status in GOVERNANCE_CODES:
+                self._metrics.governance_refusals.labels(status).inc()
             if span is not None:
                 span.set_attribute("tenantry.outcome", status)
         self._metrics.observe_tool_call(principal.tenant_id, label, status, started)

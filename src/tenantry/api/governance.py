@@ -1,0 +1,91 @@
+"""Admin REST for governance: a tenant's policy (read, replace, delete, dry-run) and kills."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from tenantry import tenants as tenant_service
+from tenantry.api.deps import AdminDep, ServicesDep
+from tenantry.api.fields import Roles, Strict, Subject
+from tenantry.api.openapi import errors
+from tenantry.errors import NotFound, TenantryError
+from tenantry.governance import store
+from tenantry.governance.policy import compile_policy
+from tenantry.tenancy import Principal, parse_tenant_id
+
+router = APIRouter(prefix="/api", responses=errors(400, 401, 404, 409, 413), dependencies=[AdminDep])
+
+
+class PolicyPut(Strict):
+    document: dict[str, Any] = Field(description="The policy document (see the README, 'Governance').")
+    expected_version: int | None = Field(
+        None, ge=0, description="The version this edit was made on (0: none yet); 409 if another came first."
+    )
+
+
+class DryRun(Strict):
+    subject: Subject
+    roles: Roles = Field(default_factory=list)
+    claims: dict[str, Annotated[str, Field(max_length=500)]] = Field(default_factory=dict, max_length=32)
+    tool: str = Field(min_length=1, max_length=200)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    document: dict[str, Any] | None = Field(None, description="A draft to try instead of the stored policy.")
+
+
+@router.get("/tenants/{tenant_id}/policy")
+async def get_policy(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    tid = parse_tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        await tenant_service.get_tenant(conn, tid)
+        stored = await store.get_policy(conn, tid)
+    if stored is None:
+        raise NotFound(f"tenant {tid} has no policy: every tool, any arguments", code="policy_not_found")
+    return stored.public()
+
+
+@router.put("/tenants/{tenant_id}/policy")
+async def put_policy(tenant_id: str, body: PolicyPut, services: ServicesDep) -> dict[str, Any]:
+    tid = parse_tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        await tenant_service.get_tenant(conn, tid)
+        stored = await store.put_policy(conn, tid, body.document, expected_version=body.expected_version)
+    return stored.public()
+
+
+@router.delete("/tenants/{tenant_id}/policy")
+async def delete_policy(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    tid = parse_tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        await tenant_service.get_tenant(conn, tid)
+        await store.delete_policy(conn, tid)
+    return {"tenant_id": str(tid), "policy": None}
+
+
+@router.post("/tenants/{tenant_id}/policy/dry-run")
+async def dry_run(tenant_id: str, body: DryRun, services: ServicesDep) -> dict[str, Any]:
+    """May `subject` with `roles` (and `claims`) call `tool` with `arguments`, and what would the tool get?"""
+    tid = parse_tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        tenant = await tenant_service.get_tenant(conn, tid)
+        stored = await store.get_policy(conn, tid)
+    raw = body.document if body.document is not None else (stored.document if stored else None)
+    roles = frozenset(body.roles)
+    answer: dict[str, Any] = {"tool": body.tool, "subject": body.subject, "roles": sorted(roles)}
+    if raw is None:
+        return {**answer, "allowed": True, "rule": "no policy", "arguments": body.arguments}
+    policy = compile_policy(raw)
+    verdict = policy.decide(body.subject, roles, body.tool)
+    answer.update(allowed=verdict.allowed, rule=verdict.rule)
+    if not verdict.allowed:
+        return {**answer, "error": "tool_forbidden", "detail": "callers see it as unknown_tool"}
+    limits = services.plans.limits(tenant.plan, tenant.limits)
+    caller = Principal(tid, uuid.UUID(int=0), tenant.plan, "dry_run", limits, body.subject, roles, body.claims)
+    try:
+        shaped = policy.shape(caller, body.tool, body.arguments)
+    except TenantryError as exc:
+        return {**answer, "allowed": False, "error": exc.code, "detail": exc.detail}
+    return {**answer, "arguments": shaped}
