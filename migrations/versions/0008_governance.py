@@ -4,9 +4,11 @@
   before this has no subject: its name stands for it, and no roles).
 - `tenant_policies`: one versioned policy document per tenant, under forced RLS. A change is
   announced on `tenantry_tenant_changes` (0007's function) so every replica recompiles it.
-- `kills`: what admins stopped (a session, key, subject, tool or tenant; a tool for every tenant
-  when `tenant_id` is NULL) until they lift it. Every gateway holds the live ones in memory; a change
-  is announced on `tenantry_kills` (payload: the kill's id) and every replica reloads them.
+- `kills`: what admins stopped (a session, key, subject, tool or tenant of `applies_to`; a tool of
+  every tenant when `applies_to` is NULL) until they lift it. Admin data, not tenant data: only the
+  owner reads and writes it (the application role has no grant), so it needs no RLS. Every gateway
+  holds the live ones in memory; a change is announced on `tenantry_kills` (payload: the kill's id)
+  and every replica reloads them.
 
 Revision ID: 0008
 Revises: 0007
@@ -58,19 +60,17 @@ def upgrade() -> None:
         """
         CREATE TABLE kills (
             id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-            tenant_id uuid REFERENCES tenants (id),
+            applies_to uuid REFERENCES tenants (id),
             scope text NOT NULL CHECK (scope IN ('session', 'key', 'subject', 'tool', 'tenant')),
             target text NOT NULL CHECK (length(target) BETWEEN 1 AND 300),
             reason text NOT NULL DEFAULT '' CHECK (length(reason) <= 500),
             created_at timestamptz NOT NULL DEFAULT now(),
             lifted_at timestamptz,
-            CHECK (tenant_id IS NOT NULL OR scope = 'tool')
+            CHECK (applies_to IS NOT NULL OR scope = 'tool')
         )
         """
     )
     op.execute("CREATE INDEX kills_live ON kills (created_at) WHERE lifted_at IS NULL")
-    for statement in tenant_table_policies("kills", role):
-        op.execute(statement)
     op.execute(
         """
         CREATE FUNCTION tenantry_notify_kills() RETURNS trigger
@@ -93,8 +93,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER kills_notify ON kills")
     op.execute("DROP FUNCTION tenantry_notify_kills()")
-    for statement in drop_tenant_table_policies("kills"):
-        op.execute(statement)
     op.execute("DROP TABLE kills")
     op.execute("DROP TRIGGER tenant_policies_notify ON tenant_policies")
     for statement in drop_tenant_table_policies("tenant_policies"):

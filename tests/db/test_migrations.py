@@ -64,15 +64,19 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         "api_keys_notify_credentials_delete",
         "tenantry_notify_tenant_credentials",
     }
+    governance = {"tenant_policies_notify", "kills_notify", "tenantry_notify_kills"}
     try:
         await migrate(url)
+        assert await _triggers(name) == installed | credentials | governance
+        await migrate(url, revision="0007", downgrade=True)
         assert await _triggers(name) == installed | credentials
+        assert not {"tenant_policies", "kills"} & await _tables(name)
         await migrate(url, revision="0006", downgrade=True)
         assert await _triggers(name) == installed
         await migrate(url, revision="0004", downgrade=True)
         assert await _triggers(name) == set()
         assert "upstreams" in await _tables(name)
         await migrate(url)
-        assert await _triggers(name) == installed | credentials
+        assert await _triggers(name) == installed | credentials | governance
     finally:
         await recreate_database(name, create=False)

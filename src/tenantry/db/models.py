@@ -205,7 +205,7 @@ kills = Table(
     "kills",
     metadata,
     Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
-    Column("tenant_id", Uuid, ForeignKey("tenants.id")),
+    Column("applies_to", Uuid, ForeignKey("tenants.id")),  # NULL: every tenant (a tool kill)
     Column("scope", Text, nullable=False),
     Column("target", Text, nullable=False),
     Column("reason", Text, nullable=False, server_default=""),
@@ -227,5 +227,4 @@ TENANT_SCOPED_TABLES = (
     "upstream_tool_drift",
     # governance
     "tenant_policies",
-    "kills",
 )
