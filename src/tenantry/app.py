@@ -35,6 +35,7 @@ from tenantry.federation.pool import UpstreamPool
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
 from tenantry.gateway.server import Gateway
+from tenantry.governance.kills import KillSwitch
 from tenantry.governance.store import Policies
 from tenantry.metering.commands import RedisCommands, RedisPyCommands
 from tenantry.metering.drain import LedgerDrainer
@@ -98,12 +99,22 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     )
     listener = ChangeListener(settings.owner_database_url)
     policies = Policies(db)
+    kill_switch = KillSwitch(db, listener)
     tenant_lifecycle.watch(db, listener, resolver.forget, meter.forget, policies.forget)
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets, tracing=tracing))
     catalog = Catalog(builtin_tools(settings), discovery)
     calls = ToolCalls(
-        settings, db, catalog, metrics, meter=meter, ledger=ledger, plans=plans, policies=policies, tracing=tracing
+        settings,
+        db,
+        catalog,
+        metrics,
+        meter=meter,
+        ledger=ledger,
+        plans=plans,
+        policies=policies,
+        kills=kill_switch,
+        tracing=tracing,
     )
     gateway = Gateway(settings, calls, resolver, metrics)
     return Services(
@@ -124,6 +135,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         listener=listener,
         changes=UpstreamChanges(listener, discovery),
         policies=policies,
+        kills=kill_switch,
         billing=build_billing(settings, db),
         hot=hot,
         drain_client=drain_client,
@@ -189,6 +201,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
         drain = asyncio.create_task(services.drainer.run(), name="ledger-drain")
         services.changes.start()
         services.listener.start()
+        await services.kills.start()
         billing = services.billing
         try:
             async with services.gateway.run():
@@ -202,6 +215,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
             await drain
             if billing is not None:
                 await billing.stop()
+            await services.kills.aclose()
             await services.listener.aclose()
             await services.changes.aclose()
             await services.discovery.aclose()

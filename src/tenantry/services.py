@@ -14,6 +14,7 @@ from tenantry.federation.changes import UpstreamChanges
 from tenantry.federation.discovery import Discovery
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.server import Gateway
+from tenantry.governance.kills import KillSwitch
 from tenantry.governance.store import Policies
 from tenantry.metering.commands import RedisCommands
 from tenantry.metering.drain import LedgerDrainer
@@ -46,6 +47,7 @@ class Services:
     listener: ChangeListener
     changes: UpstreamChanges
     policies: Policies
+    kills: KillSwitch
     billing: Billing | None = None
     hot: RedisCommands | None = None  # the meter's and the ledger's per-call commands
     drain_client: RedisCommands | None = None  # the drainer's own connection

@@ -39,6 +39,7 @@ class Principal:
     subject: str = ""  # who calls inside the tenant: the key's subject (or name), or the token's `sub`
     roles: frozenset[str] = frozenset()  # tenant-defined role names
     claims: Mapping[str, str] = field(default_factory=dict)  # string claims of the token (policy templates)
+    session: str = ""  # the MCP session of the request (stateful mode), or ""
 
 
 _current: ContextVar[Principal | None] = ContextVar("tenantry_principal", default=None)

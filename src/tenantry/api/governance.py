@@ -1,19 +1,20 @@
-"""Admin REST for governance: a tenant's policy (read, replace, delete, dry-run) and kills."""
+"""Admin REST for governance: a tenant's policy (read, replace, delete, dry-run) and kills (make, list, lift)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import Field
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.fields import Roles, Strict, Subject
 from tenantry.api.openapi import errors
-from tenantry.errors import NotFound, TenantryError
-from tenantry.governance import store
+from tenantry.auth import api_keys
+from tenantry.errors import BadRequest, NotFound, TenantryError
+from tenantry.governance import kills, store
 from tenantry.governance.policy import compile_policy
 from tenantry.tenancy import Principal, parse_tenant_id
 
@@ -25,6 +26,19 @@ class PolicyPut(Strict):
     expected_version: int | None = Field(
         None, ge=0, description="The version this edit was made on (0: none yet); 409 if another came first."
     )
+
+
+class KillCreate(Strict):
+    scope: Literal["session", "key", "subject", "tool", "tenant"]
+    tenant_id: uuid.UUID | None = Field(None, description="Required, except for a tool killed for every tenant.")
+    target: str | None = Field(
+        None,
+        min_length=1,
+        max_length=300,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="The session id, key id, subject or tool name (not for a tenant).",
+    )
+    reason: str = Field("", max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
 
 
 class DryRun(Strict):
@@ -63,6 +77,49 @@ async def delete_policy(tenant_id: str, services: ServicesDep) -> dict[str, Any]
         await tenant_service.get_tenant(conn, tid)
         await store.delete_policy(conn, tid)
     return {"tenant_id": str(tid), "policy": None}
+
+
+@router.post("/kills", status_code=201)
+async def create_kill(body: KillCreate, services: ServicesDep) -> dict[str, Any]:
+    """Stop new calls in the scope at once on every replica, and cancel those in flight."""
+    if body.tenant_id is None and body.scope != "tool":
+        raise BadRequest(f"a {body.scope} kill names its tenant_id", code="invalid_request")
+    if body.scope == "tenant":
+        target = str(body.tenant_id)
+    elif body.target is None:
+        raise BadRequest(f"a {body.scope} kill names its target", code="invalid_request")
+    else:
+        target = body.target
+    async with services.db.system() as conn:
+        if body.tenant_id is not None:
+            await tenant_service.get_tenant(conn, body.tenant_id)
+        if body.scope == "key":
+            keys = {str(k.id) for k in await api_keys.list_keys(conn, body.tenant_id)} if body.tenant_id else set()
+            if target not in keys:
+                raise NotFound(f"no key {target[:64]} for tenant {body.tenant_id}", code="key_not_found")
+        kill = await kills.create_kill(conn, body.tenant_id, body.scope, target, body.reason)
+    await services.kills.reload()  # in effect here before the answer; elsewhere within a second
+    return kill.public()
+
+
+@router.get("/kills")
+async def list_kills(
+    services: ServicesDep,
+    tenant_id: Annotated[uuid.UUID | None, Query(description="Only those applying to this tenant")] = None,
+    lifted: Annotated[bool, Query(description="Include lifted kills")] = False,
+) -> dict[str, Any]:
+    async with services.db.system() as conn:
+        found = await kills.list_kills(conn, live=not lifted, applies_to=tenant_id)
+    return {"kills": [k.public() for k in found]}
+
+
+@router.delete("/kills/{kill_id}")
+async def lift_kill(kill_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
+    """Lifting is explicit: what was stopped may call again (calls cancelled stay cancelled)."""
+    async with services.db.system() as conn:
+        kill = await kills.lift_kill(conn, kill_id)
+    await services.kills.reload()
+    return kill.public()
 
 
 @router.post("/tenants/{tenant_id}/policy/dry-run")

@@ -14,6 +14,8 @@ Pure ASGI because `BaseHTTPMiddleware` breaks contextvars and streaming.
 
 from __future__ import annotations
 
+import dataclasses
+
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from starlette.datastructures import Headers
@@ -46,6 +48,9 @@ async def authenticate(resolver: CredentialResolver, headers: Headers) -> Princi
     if claimed_id is not None and claimed_id != principal.tenant_id:
         raise Forbidden("Tenant-ID does not match the credential's tenant", code="tenant_mismatch")
     note(tenant=str(principal.tenant_id), subject=f"key:{principal.key_id}")
+    session = headers.get("mcp-session-id")
+    if session:  # stateful MCP: the session the request belongs to (a kill can name it)
+        principal = dataclasses.replace(principal, session=session[:200])
     return principal
 
 

@@ -16,6 +16,7 @@ added here holds on every path. The order matters:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, InternalError, LimitExceeded, NotFound, TenantryError, Unavailable
 from tenantry.federation.registry import SEPARATOR
 from tenantry.gateway.catalog import Catalog, CatalogEntry
+from tenantry.governance.kills import KillSwitch
 from tenantry.governance.store import Policies
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
@@ -178,6 +180,7 @@ class ToolCalls:
         ledger: Ledger,
         plans: PlanBook,
         policies: Policies | None = None,
+        kills: KillSwitch | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
@@ -189,6 +192,7 @@ class ToolCalls:
         self._ledger = ledger
         self._plans = plans
         self._policies = policies
+        self._kills = kills
         self._metering = settings.metering_enabled
         self._call_timeout_ms = int(settings.call_timeout_seconds * 1000)
 
@@ -218,10 +222,14 @@ class ToolCalls:
         attributes = {"tenantry.tenant_id": principal.tenant_id, "tenantry.tool": name[:100]}
         parent = record.trace if record is not None else None
         with self._tracing.span("tools/call", parent=parent, **attributes) as span:
-            tool = await self._catalog.lookup(principal, name)
+            kill = self._kills.stops(principal, name) if self._kills is not None else None
+            tool = await self._catalog.lookup(principal, name) if kill is None else None
             policy = await self._policies.for_tenant(principal.tenant_id) if self._policies is not None else None
             hidden = tool is not None and policy is not None and not policy.may_call(principal, name)
-            if tool is None or hidden:
+            if kill is not None:
+                outcome = ToolOutcome(error=kill.refusal())
+                label = "_killed"
+            elif tool is None or hidden:
                 # A tool the policy hides is refused exactly as an unknown one: no existence oracle.
                 unknown = NotFound(f"no tool named {name[:100]!r}", code="unknown_tool")
                 outcome = ToolOutcome(error=unknown, recorded_as="tool_forbidden" if hidden else None)
@@ -261,7 +269,7 @@ class ToolCalls:
     ) -> ToolOutcome:
         # A withheld upstream tool (its definition drifted) is refused by its own execute(): not metered.
         if not self._metering or getattr(tool, "withheld", False):
-            return await self._execute(principal, tool, args, relay)
+            return await self._run(principal, tool, args, relay)
         tenant_id, limits = principal.tenant_id, principal.limits
         event_id = uuid.uuid4()
         call_id = event_id.hex
@@ -271,7 +279,7 @@ class ToolCalls:
         self._observe_decision(principal, decision)
         if not decision.admitted:
             return ToolOutcome(error=refusal(decision, principal, tool.name, cost))
-        outcome = await self._execute(principal, tool, args, relay)
+        outcome = await self._run(principal, tool, args, relay)
         event = UsageEvent(
             event_id,
             tenant_id,
@@ -296,6 +304,25 @@ class ToolCalls:
             error = Unavailable("the usage ledger is unavailable; retry later", code="ledger_unavailable")
             return ToolOutcome(error=error)
         return ToolOutcome(outcome.result, outcome.error, event_id, outcome.forwarded)
+
+    async def _run(self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None) -> ToolOutcome:
+        """Execute the tool; a kill made meanwhile cancels it (an upstream request is aborted) and the call
+        ends `killed`, with no result and so unbilled."""
+        if self._kills is None:
+            return await self._execute(principal, tool, args, relay)
+        with self._kills.running(principal, tool.name) as running:
+            try:
+                outcome = await self._execute(principal, tool, args, relay)
+            except asyncio.CancelledError:
+                if running.killed_by is None:
+                    raise
+        if running.killed_by is None:
+            return outcome
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
+        log.warning("call of %s by tenant %s killed in flight", tool.name, principal.tenant_id)
+        return ToolOutcome(error=running.killed_by.refusal())
 
     async def _execute(self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None) -> ToolOutcome:
         ctx = ToolContext(principal=principal, db=self._db, settings=self._settings, meter=self._meter, relay=relay)
