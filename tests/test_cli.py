@@ -32,6 +32,15 @@ COMMANDS = [
     ["key", "revoke"],
     ["call"],
     ["probe"],
+    ["policy"],
+    ["policy", "get"],
+    ["policy", "set"],
+    ["policy", "delete"],
+    ["policy", "check"],
+    ["kill"],
+    ["kill", "create"],
+    ["kill", "list"],
+    ["kill", "lift"],
 ]
 
 

@@ -13,10 +13,10 @@ from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.fields import Roles, Strict, Subject
 from tenantry.api.openapi import errors
 from tenantry.auth import api_keys
-from tenantry.errors import BadRequest, NotFound, TenantryError
+from tenantry.errors import BadRequest, NotFound
 from tenantry.governance import kills, store
-from tenantry.governance.policy import compile_policy
-from tenantry.tenancy import Principal, parse_tenant_id
+from tenantry.governance.policy import dry_run
+from tenantry.tenancy import parse_tenant_id
 
 router = APIRouter(prefix="/api", responses=errors(400, 401, 404, 409, 413), dependencies=[AdminDep])
 
@@ -123,26 +123,11 @@ async def lift_kill(kill_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]
 
 
 @router.post("/tenants/{tenant_id}/policy/dry-run")
-async def dry_run(tenant_id: str, body: DryRun, services: ServicesDep) -> dict[str, Any]:
+async def policy_dry_run(tenant_id: str, body: DryRun, services: ServicesDep) -> dict[str, Any]:
     """May `subject` with `roles` (and `claims`) call `tool` with `arguments`, and what would the tool get?"""
     tid = parse_tenant_id(tenant_id)
     async with services.db.system() as conn:
-        tenant = await tenant_service.get_tenant(conn, tid)
+        await tenant_service.get_tenant(conn, tid)
         stored = await store.get_policy(conn, tid)
     raw = body.document if body.document is not None else (stored.document if stored else None)
-    roles = frozenset(body.roles)
-    answer: dict[str, Any] = {"tool": body.tool, "subject": body.subject, "roles": sorted(roles)}
-    if raw is None:
-        return {**answer, "allowed": True, "rule": "no policy", "arguments": body.arguments}
-    policy = compile_policy(raw)
-    verdict = policy.decide(body.subject, roles, body.tool)
-    answer.update(allowed=verdict.allowed, rule=verdict.rule)
-    if not verdict.allowed:
-        return {**answer, "error": "tool_forbidden", "detail": "callers see it as unknown_tool"}
-    limits = services.plans.limits(tenant.plan, tenant.limits)
-    caller = Principal(tid, uuid.UUID(int=0), tenant.plan, "dry_run", limits, body.subject, roles, body.claims)
-    try:
-        shaped = policy.shape(caller, body.tool, body.arguments)
-    except TenantryError as exc:
-        return {**answer, "allowed": False, "error": exc.code, "detail": exc.detail}
-    return {**answer, "arguments": shaped}
+    return dry_run(raw, tid, body.subject, frozenset(body.roles), body.claims, body.tool, body.arguments)

@@ -4,6 +4,7 @@
     serve.py    serve, migrate, dev
     tenants.py  tenant ..., key ...
     calls.py    call, probe (an MCP client)
+    governance.py  policy ..., kill ...
 
 Upstream and billing commands live with their packages (`federation/cli.py`, `billing/cli.py`).
 """
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from tenantry.cli import governance as governance_cli
 from tenantry.cli.calls import cmd_call, cmd_probe
 from tenantry.cli.common import EXIT_AUTH, EXIT_CODES, EXIT_UNAVAILABLE, EXIT_USAGE
 from tenantry.cli.serve import _demo_tenant, cmd_dev, cmd_migrate, cmd_serve
@@ -90,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("create", "Create an API key for a tenant (the secret is printed once).", cmd_key_create, key)
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--name", default="default", help="a label for the key (default: default)")
+    p.add_argument("--subject", help="who the key speaks for (default: its name)")
+    p.add_argument("--role", action="append", default=[], help="a role the key holds (repeatable)")
     p = command("list", "List a tenant's API keys (prefixes only; secrets are never stored).", cmd_key_list, key)
     p.add_argument("--tenant", required=True, help="tenant id")
     p = command("revoke", "Revoke an API key.", cmd_key_revoke, key)
@@ -124,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_billing_commands(sub, command)
 
     upstream_cli.add_commands(sub, command)
+    governance_cli.add_commands(sub, command)
     return parser
 
 

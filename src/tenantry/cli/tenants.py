@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -15,6 +16,8 @@ from tenantry.errors import TenantryError
 from tenantry.plans import validate_overrides
 from tenantry.settings import Settings
 from tenantry.tenancy import TenantStatus, parse_tenant_id
+
+ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 
 # --- tenants and keys ------------------------------------------------------------------------------
 
@@ -80,12 +83,23 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
             tenant = await tenant_service.get_tenant(conn, tenant_id)
             if tenant.status == TenantStatus.DEPROVISIONED:
                 raise TenantryError("a deprovisioned tenant cannot get new keys", code="tenant_deprovisioned")
-            info, secret = await api_keys.create_key(conn, tenant_id, args.name)
+            info, secret = await api_keys.create_key(
+                conn, tenant_id, args.name, subject=args.subject, roles=_roles(args.role)
+            )
         return {**info.public(), "secret": secret}
 
     key = asyncio.run(with_db(settings, work))
     emit(args, {"key": key}, f"key {key['id']} for tenant {tenant_id}\nAPI key (shown once): {key['secret']}")
     return 0
+
+
+def _roles(roles: list[str]) -> list[str]:
+    for role in roles:
+        if not ROLE.fullmatch(role):
+            raise TenantryError(
+                f"role {role[:64]!r} is not a role name (letters, digits, _.:-)", code="invalid_request"
+            )
+    return roles
 
 
 def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:

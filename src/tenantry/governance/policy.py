@@ -31,13 +31,15 @@ tool are found once per tool name.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tenantry.errors import BadRequest, Forbidden
+from tenantry.errors import BadRequest, Forbidden, TenantryError
+from tenantry.plans import Limits
 from tenantry.tenancy import Principal
 
 _MAX_MEMO: Final = 20_000
@@ -278,3 +280,29 @@ def _violates(check: ParamRule, pattern: re.Pattern[str] | None, value: Any) -> 
 
 def compile_policy(raw: Any, version: int = 0) -> Policy:
     return Policy(parse_document(raw), version)
+
+
+def dry_run(
+    raw: Any,
+    tenant_id: uuid.UUID,
+    subject: str,
+    roles: frozenset[str],
+    claims: Mapping[str, str],
+    tool: str,
+    arguments: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What the policy document `raw` (None: no policy) decides for this caller, tool and arguments, and
+    what the tool would be given: the answer of the admin API's and the CLI's dry-run."""
+    answer: dict[str, Any] = {"tool": tool, "subject": subject, "roles": sorted(roles)}
+    if raw is None:
+        return {**answer, "allowed": True, "rule": "no policy", "arguments": dict(arguments)}
+    policy = compile_policy(raw)
+    verdict = policy.decide(subject, roles, tool)
+    answer.update(allowed=verdict.allowed, rule=verdict.rule)
+    if not verdict.allowed:
+        return {**answer, "error": "tool_forbidden", "detail": "callers are told it is an unknown tool"}
+    caller = Principal(tenant_id, uuid.UUID(int=0), "", "dry_run", Limits(), subject, roles, dict(claims))
+    try:
+        return {**answer, "arguments": policy.shape(caller, tool, arguments)}
+    except TenantryError as exc:
+        return {**answer, "allowed": False, "error": exc.code, "detail": exc.detail}
