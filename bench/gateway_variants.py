@@ -14,13 +14,16 @@ touching `src/`. Served and driven exactly like the gateway (same headers, same 
 - `no_auth`    TenantAuth (header parsing, key hashing, cache lookup, AuthenticatedUser) -> a stub that puts
                a fixed Principal in the scope
 - `no_metrics` the Prometheus counter + histogram per call -> nothing
-- `starlette`  the /mcp route on a bare Starlette app: no FastAPI middleware stack, no BodyLimit
+- `starlette`  the /mcp route on a bare Starlette app: no observer, no BodyLimit (POST /mcp already skips
+               FastAPI's own layers: `api/edge.py`)
 - `lean`       all four at once; what is left over bare is Gateway._call_tool + ToolCalls (validation, outcome)
 
-and one that adds, to see what production logging costs:
+and two that add, to see what production logging and governance cost:
 
 - `access_log`  the gateway with `tenantry serve`'s logging: one JSON access line per request at INFO
                 (the plain gateway here logs nothing: uvicorn's `--log-level warning` filters the line out)
+- `policy100`   every tenant under a 100-rule policy (`bench_policy.py`'s: the matching rule last, and an
+                argument rule on data_get): decide and shape on every call
 
 and two candidate improvements, to see what they would buy:
 
@@ -251,6 +254,29 @@ def access_log() -> Any:
     return create_app(Settings())
 
 
+class _OnePolicy:
+    """Every tenant has this compiled policy (what `Policies` holds once a tenant's policy is read)."""
+
+    def __init__(self, policy: Any) -> None:
+        self._policy = policy
+
+    async def for_tenant(self, tenant_id: uuid.UUID) -> Any:
+        return self._policy
+
+    def forget(self, tenant_id: uuid.UUID | None = None) -> None:
+        return None
+
+
+def policy100() -> Any:
+    from bench_policy import hundred_rules
+    from tenantry.governance.policy import compile_policy
+
+    app = create_app(Settings())
+    services = _services(app)
+    services.calls._gate.policies = _OnePolicy(compile_policy(hundred_rules()))  # type: ignore[union-attr,assignment]
+    return app
+
+
 def schema_lookup() -> Any:
     app = create_app(Settings())
     services = _services(app)
@@ -271,6 +297,7 @@ VARIANTS = (
     "asyncpg_get",
     "schema_lookup",
     "access_log",
+    "policy100",
 )
 # Variants that change the process itself (its logging): served in a process of their own only.
 SUBPROCESS_ONLY = ("access_log",)

@@ -4,6 +4,8 @@
   before this has no subject: its name stands for it, and no roles).
 - `tenant_policies`: one versioned policy document per tenant, under forced RLS. A change is
   announced on `tenantry_tenant_changes` (0007's function) so every replica recompiles it.
+- `governance_triggers`: each time a tenant's policy trigger fired (an agent looping, a subject
+  probing for tools it is denied) and what it did (flag, throttle, kill); forced RLS.
 - `kills`: what admins stopped (a session, key, subject, tool or tenant of `applies_to`; a tool of
   every tenant when `applies_to` is NULL) until they lift it. Admin data, not tenant data: only the
   owner reads and writes it (the application role has no grant), so it needs no RLS. Every gateway
@@ -58,6 +60,26 @@ def upgrade() -> None:
     )
     op.execute(
         """
+        CREATE TABLE governance_triggers (
+            tenant_id uuid NOT NULL REFERENCES tenants (id),
+            id uuid NOT NULL DEFAULT gen_random_uuid(),
+            trigger text NOT NULL CHECK (trigger IN ('loop', 'probing')),
+            action text NOT NULL CHECK (action IN ('flag', 'throttle', 'kill')),
+            subject text NOT NULL,
+            session text NOT NULL DEFAULT '',
+            tool text NOT NULL DEFAULT '',
+            detail text NOT NULL DEFAULT '',
+            fired_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (tenant_id, id)
+        )
+        """
+    )
+    op.execute("CREATE INDEX governance_triggers_recent ON governance_triggers (tenant_id, fired_at)")
+    for statement in tenant_table_policies("governance_triggers", role):
+        op.execute(statement)
+    op.execute(f"GRANT SELECT, INSERT ON governance_triggers TO {role}")
+    op.execute(
+        """
         CREATE TABLE kills (
             id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
             applies_to uuid REFERENCES tenants (id),
@@ -94,6 +116,9 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER kills_notify ON kills")
     op.execute("DROP FUNCTION tenantry_notify_kills()")
     op.execute("DROP TABLE kills")
+    for statement in drop_tenant_table_policies("governance_triggers"):
+        op.execute(statement)
+    op.execute("DROP TABLE governance_triggers")
     op.execute("DROP TRIGGER tenant_policies_notify ON tenant_policies")
     for statement in drop_tenant_table_policies("tenant_policies"):
         op.execute(statement)

@@ -35,8 +35,10 @@ from tenantry.federation.pool import UpstreamPool
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
 from tenantry.gateway.server import Gateway
+from tenantry.governance.gate import Gate
 from tenantry.governance.kills import KillSwitch
 from tenantry.governance.store import Policies
+from tenantry.governance.triggers import TriggerWatch
 from tenantry.metering.commands import RedisCommands, RedisPyCommands
 from tenantry.metering.drain import LedgerDrainer
 from tenantry.metering.ledger import Ledger, stream_key
@@ -100,6 +102,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     listener = ChangeListener(settings.owner_database_url)
     policies = Policies(db)
     kill_switch = KillSwitch(db, listener)
+    gate = Gate(policies, kill_switch, TriggerWatch(db, kill_switch))
     tenant_lifecycle.watch(db, listener, resolver.forget, meter.forget, policies.forget)
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets, tracing=tracing))
@@ -112,8 +115,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         meter=meter,
         ledger=ledger,
         plans=plans,
-        policies=policies,
-        kills=kill_switch,
+        gate=gate,
         tracing=tracing,
     )
     gateway = Gateway(settings, calls, resolver, metrics)

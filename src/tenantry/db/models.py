@@ -201,6 +201,20 @@ tenant_policies = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+governance_triggers = Table(
+    "governance_triggers",
+    metadata,
+    Column("tenant_id", Uuid, ForeignKey("tenants.id"), primary_key=True),
+    Column("id", Uuid, primary_key=True, server_default=func.gen_random_uuid()),
+    Column("trigger", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("session", Text, nullable=False, server_default=""),
+    Column("tool", Text, nullable=False, server_default=""),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("fired_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 kills = Table(
     "kills",
     metadata,
@@ -227,4 +241,5 @@ TENANT_SCOPED_TABLES = (
     "upstream_tool_drift",
     # governance
     "tenant_policies",
+    "governance_triggers",
 )

@@ -33,8 +33,7 @@ from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, InternalError, LimitExceeded, NotFound, TenantryError, Unavailable
 from tenantry.federation.registry import SEPARATOR
 from tenantry.gateway.catalog import Catalog, CatalogEntry
-from tenantry.governance.kills import KillSwitch
-from tenantry.governance.store import Policies
+from tenantry.governance.gate import GOVERNANCE_CODES, Gate
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
 from tenantry.metrics import Metrics
@@ -99,8 +98,6 @@ _MAX_DEPTH = 64
 _BEFORE_THE_METER = frozenset(
     {"unknown_tool", "invalid_arguments", "value_too_large", "argument_forbidden", "argument_invalid"}
 )
-# Refused by the tenant's policy (or a kill): counted apart in /metrics, never billed.
-GOVERNANCE_CODES = frozenset({"tool_forbidden", "argument_forbidden", "argument_invalid", "killed"})
 
 
 def refuse_unrepresentable(value: Any, *, nul_allowed: bool, depth: int = 0) -> None:
@@ -179,8 +176,7 @@ class ToolCalls:
         meter: Meter,
         ledger: Ledger,
         plans: PlanBook,
-        policies: Policies | None = None,
-        kills: KillSwitch | None = None,
+        gate: Gate | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self._settings = settings
@@ -191,15 +187,14 @@ class ToolCalls:
         self._meter = meter
         self._ledger = ledger
         self._plans = plans
-        self._policies = policies
-        self._kills = kills
+        self._gate = gate
         self._metering = settings.metering_enabled
         self._call_timeout_ms = int(settings.call_timeout_seconds * 1000)
 
     async def list_tools(self, principal: Principal) -> list[types.Tool]:
         """The tools `principal` may call: the catalog, less what the tenant's policy hides from it."""
         tools = await self._catalog.list_tools(principal)
-        policy = await self._policies.for_tenant(principal.tenant_id) if self._policies is not None else None
+        policy = await self._gate.policy(principal) if self._gate is not None else None
         if policy is None:
             return tools
         return [tool for tool in tools if policy.may_call(principal, tool.name)]
@@ -222,13 +217,14 @@ class ToolCalls:
         attributes = {"tenantry.tenant_id": principal.tenant_id, "tenantry.tool": name[:100]}
         parent = record.trace if record is not None else None
         with self._tracing.span("tools/call", parent=parent, **attributes) as span:
-            kill = self._kills.stops(principal, name) if self._kills is not None else None
-            tool = await self._catalog.lookup(principal, name) if kill is None else None
-            policy = await self._policies.for_tenant(principal.tenant_id) if self._policies is not None else None
+            gate = self._gate
+            stopped = gate.stopped(principal, name) if gate is not None else None
+            tool = await self._catalog.lookup(principal, name) if stopped is None else None
+            policy = await gate.policy(principal) if gate is not None else None
             hidden = tool is not None and policy is not None and not policy.may_call(principal, name)
-            if kill is not None:
-                outcome = ToolOutcome(error=kill.refusal())
-                label = "_killed"
+            if stopped is not None:
+                outcome = ToolOutcome(error=stopped)
+                label = "_stopped"
             elif tool is None or hidden:
                 # A tool the policy hides is refused exactly as an unknown one: no existence oracle.
                 unknown = NotFound(f"no tool named {name[:100]!r}", code="unknown_tool")
@@ -240,8 +236,8 @@ class ToolCalls:
                 try:
                     # Everything the caller got wrong is refused here, before the meter: it costs nothing.
                     refuse_unrepresentable(arguments or {}, nul_allowed=upstream)
-                    if policy is not None:
-                        arguments = policy.shape(principal, name, arguments or {})
+                    if gate is not None:
+                        arguments = dict(await gate.shape(principal, policy, name, arguments or {}))
                     args = tool.arguments.model_validate(arguments or {})
                     tool.precheck(args)
                 except ValidationError as exc:
@@ -255,6 +251,10 @@ class ToolCalls:
                 over = await self._count_request(principal)
                 if over is not None:
                     outcome = ToolOutcome(error=over)
+            if gate is not None and outcome.status in ("tool_forbidden", "argument_forbidden"):
+                escalated = await gate.denied(principal, policy, name)  # a subject probing: a trigger may act
+                if escalated is not None:
+                    outcome = ToolOutcome(error=escalated)
             status = outcome.status
             if status in GOVERNANCE_CODES:
                 self._metrics.governance_refusals.labels(status).inc()
@@ -308,9 +308,9 @@ class ToolCalls:
     async def _run(self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None) -> ToolOutcome:
         """Execute the tool; a kill made meanwhile cancels it (an upstream request is aborted) and the call
         ends `killed`, with no result and so unbilled."""
-        if self._kills is None:
+        if self._gate is None:
             return await self._execute(principal, tool, args, relay)
-        with self._kills.running(principal, tool.name) as running:
+        with self._gate.running(principal, tool.name) as running:
             try:
                 outcome = await self._execute(principal, tool, args, relay)
             except asyncio.CancelledError:

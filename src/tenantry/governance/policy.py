@@ -15,7 +15,11 @@ A document (JSON, validated by `PolicyDocument`):
          "forbidden": ["include_private"],
          "params": {"query": {"max_length": 200, "pattern": "^[^:]*$"},
                     "limit": {"minimum": 1, "maximum": 50}, "sort": {"enum": ["stars", "updated"]}}}
-      ]
+      ],
+      "triggers": {                            # per replica, in memory; each fires flag, throttle or kill
+        "loop": {"count": 20, "seconds": 60, "action": "kill"},        # same tool + arguments, one session
+        "probing": {"count": 10, "seconds": 60, "action": "throttle"}  # refused calls, one subject
+      }
     }
 
 Tool patterns are globs (`*`, `?`) over the full tool name, built-ins and `<upstream>__<tool>` alike.
@@ -108,10 +112,22 @@ class ArgumentRule(Callers):
         return forced
 
 
+class Trigger(_Strict):
+    count: int = Field(ge=1, le=100_000, description="fires on the call after this many within `seconds`")
+    seconds: float = Field(gt=0, le=86_400)
+    action: Literal["flag", "throttle", "kill"]
+
+
+class Triggers(_Strict):
+    loop: Trigger | None = None  # the same tool with the same arguments, from one session (or subject)
+    probing: Trigger | None = None  # calls this policy refused, from one subject
+
+
 class PolicyDocument(_Strict):
     default: Literal["allow", "deny"] = "deny"
     rules: list[Rule] = Field(default_factory=list, max_length=1000)
     arguments: list[ArgumentRule] = Field(default_factory=list, max_length=1000)
+    triggers: Triggers = Field(default_factory=Triggers)
 
 
 def parse_document(raw: Any) -> PolicyDocument:
@@ -166,6 +182,7 @@ class Policy:
     def __init__(self, document: PolicyDocument, version: int = 0) -> None:
         self.document = document
         self.version = version
+        self.triggers = document.triggers
         self._default = Verdict(document.default == "allow", "default")
         self._rules = [_CompiledRule(i, r.effect == "allow", _glob(r.tools), r) for i, r in enumerate(document.rules)]
         self._arguments = [
