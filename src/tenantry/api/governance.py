@@ -16,6 +16,7 @@ from tenantry.auth import api_keys
 from tenantry.errors import BadRequest, NotFound
 from tenantry.governance import kills, store
 from tenantry.governance.policy import dry_run
+from tenantry.governance.triggers import recent_firings
 from tenantry.tenancy import parse_tenant_id
 
 router = APIRouter(prefix="/api", responses=errors(400, 401, 404, 409, 413), dependencies=[AdminDep])
@@ -77,6 +78,17 @@ async def delete_policy(tenant_id: str, services: ServicesDep) -> dict[str, Any]
         await tenant_service.get_tenant(conn, tid)
         await store.delete_policy(conn, tid)
     return {"tenant_id": str(tid), "policy": None}
+
+
+@router.get("/tenants/{tenant_id}/triggers")
+async def trigger_firings(
+    tenant_id: str, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """The tenant's latest trigger firings (a looping agent, a probing subject), newest first."""
+    tid = parse_tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        await tenant_service.get_tenant(conn, tid)
+    return {"firings": await recent_firings(services.db, tid, limit)}
 
 
 @router.post("/kills", status_code=201)

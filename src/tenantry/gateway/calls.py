@@ -95,6 +95,8 @@ class ToolOutcome:
 
 _MAX_DEPTH = 64
 # Refusals decided before the meter was asked: these requests count against the rate separately.
+# What a subject probing for tools gets: an unknown tool counts like a hidden one (they look the same).
+_PROBES = frozenset({"tool_forbidden", "unknown_tool", "argument_forbidden"})
 _BEFORE_THE_METER = frozenset(
     {"unknown_tool", "invalid_arguments", "value_too_large", "argument_forbidden", "argument_invalid"}
 )
@@ -251,7 +253,7 @@ class ToolCalls:
                 over = await self._count_request(principal)
                 if over is not None:
                     outcome = ToolOutcome(error=over)
-            if gate is not None and outcome.status in ("tool_forbidden", "argument_forbidden"):
+            if gate is not None and outcome.status in _PROBES:
                 escalated = await gate.denied(principal, policy, name)  # a subject probing: a trigger may act
                 if escalated is not None:
                     outcome = ToolOutcome(error=escalated)

@@ -2,7 +2,8 @@
 
 - `loop`: one session (or, without sessions, one subject) calling the same tool with the same
   arguments more than `count` times within `seconds`;
-- `probing`: one subject making more than `count` calls the policy refuses within `seconds`.
+- `probing`: one subject making more than `count` calls the policy refuses within `seconds` (a call
+  of an unknown tool counts too: to the caller it looks the same as a hidden one).
 
 When one fires, it is recorded (`governance_triggers`) and its action taken: `flag` (recorded
 only), `throttle` (that session or subject is refused with `throttled` for `seconds`), or `kill`
