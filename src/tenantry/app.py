@@ -119,6 +119,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         tracing=tracing,
     )
     gateway = Gateway(settings, calls, resolver, metrics)
+    kill_switch.on_session_kill.append(gateway.end_session)
     return Services(
         settings,
         db,

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     cors_allow_credentials: bool = False
     # Stateless JSON is the default: any replica can serve any request.
     mcp_stateful: bool = False
+    # Stateful mode: a session with no request in flight (and no open stream) this long is ended and
+    # everything kept for it dropped.
+    mcp_session_idle_seconds: float = Field(default=1800.0, gt=0, le=86_400)
     mcp_json_response: bool = True
     # Stateless JSON tools/call answered without the SDK's per-request transport (gateway/fastpath.py).
     mcp_fast_path: bool = True

@@ -77,6 +77,9 @@ class TenantAuth:
             return
         tenant = str(principal.tenant_id)
         scope[PRINCIPAL_SCOPE_KEY] = principal
-        scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=tenant, scopes=[], subject=tenant))
+        # A stateful session is bound to this (the SDK compares it on every request of the session): the
+        # tenant, the key and the subject that opened it; nobody else may use it.
+        who = f"{tenant}/{principal.key_id}/{principal.subject}"
+        scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=tenant, scopes=[], subject=who))
         with bind_principal(principal):
             await self.app(scope, receive, send)

@@ -74,6 +74,14 @@ class LogLevels:
         while len(self._levels) > self._capacity:
             self._levels.popitem(last=False)
 
+    def forget(self, session: str) -> None:
+        """The session ended: drop what it set."""
+        for key in [k for k in self._levels if k[1] == session]:
+            del self._levels[key]
+
+    def level_of(self, session: str) -> str | None:
+        return next((level for (_, s), level in self._levels.items() if s == session), None)
+
     def allowed(self, ctx: ServerRequestContext[Any, Any], tenant_id: uuid.UUID) -> frozenset[str]:
         meta = (ctx.params or {}).get("_meta")
         levels: frozenset[str] = allowed_log_levels(ctx.protocol_version, meta if isinstance(meta, dict) else None)

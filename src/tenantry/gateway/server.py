@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import warnings
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -19,7 +20,7 @@ import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from starlette.requests import Request
@@ -32,11 +33,14 @@ from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.fastpath import ToolCallFastPath
 from tenantry.gateway.relay import AgentRelay, LogLevels
+from tenantry.gateway.sessions import Sessions
 from tenantry.metrics import Metrics
 from tenantry.observability import adopt_request, note
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
 from tenantry.tools.base import Relay
+
+log = logging.getLogger(__name__)
 
 UNAUTHENTICATED = -32001
 # Too many requests (request rate, in-flight cap): refused as a JSON-RPC error, like HTTP 429,
@@ -84,13 +88,15 @@ class Gateway:
                 allowed_hosts=settings.mcp_allowed_hosts,
                 allowed_origins=settings.mcp_allowed_origins,
             )
-        self.session_manager = StreamableHTTPSessionManager(
+        self.session_manager = Sessions(
             app=self.server,
             stateless=not settings.mcp_stateful,
             json_response=settings.mcp_json_response,
             security_settings=security,
             max_request_body_size=settings.max_request_bytes,
+            session_idle_timeout=settings.mcp_session_idle_seconds,
         )
+        self.session_manager.on_end.append(self._log_levels.forget)
         self._fast = settings.mcp_fast_path and not settings.mcp_stateful and settings.mcp_json_response
         self._stateful = settings.mcp_stateful
         self._security = security
@@ -100,6 +106,15 @@ class Gateway:
         )
         self._resolver = resolver
         self._metrics = metrics
+
+    def kept_for(self, session_id: str) -> dict[str, Any]:
+        """What this replica keeps for a stateful session: whether it is live, and the level its agent set."""
+        return {"live": self.session_manager.live(session_id), "log_level": self._log_levels.level_of(session_id)}
+
+    async def end_session(self, session_id: str) -> None:
+        """End a stateful session on this replica, if it is here (an admin killed it)."""
+        if await self.session_manager.end(session_id):
+            log.info("session %s ended by a kill", session_id[:64])
 
     def run(self) -> AbstractAsyncContextManager[None]:
         """Enter in the app's lifespan: the session manager's task group lives this long."""

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -151,6 +151,8 @@ class KillSwitch:
         self._stale = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.loads = 0
+        # Told the id of each session newly killed (the gateway ends it on this replica, if it is here).
+        self.on_session_kill: list[Callable[[str], Awaitable[None]]] = []
         listener.subscribe(Subscription(CHANNEL, lambda _payload: self._stale.set(), self._stale.set))
 
     def stops(self, principal: Principal, tool: str = "") -> Kill | None:
@@ -185,13 +187,17 @@ class KillSwitch:
         """Read the live kills; cancel the calls in flight that a kill now covers."""
         async with self._db.system() as conn:
             live = await list_kills(conn)
-        self._index = index = _index(live)
+        before, self._index = self._index, (index := _index(live))
         self.loads += 1
         for call in list(self._running):
-            kill = index.find(call.principal, call.tool) if index.by_key else None
-            if kill is not None and call.running and call.killed_by is None and call.task is not None:
-                call.killed_by = kill
+            stopping = index.find(call.principal, call.tool) if index.by_key else None
+            if stopping is not None and call.running and call.killed_by is None and call.task is not None:
+                call.killed_by = stopping
                 call.task.cancel(msg="killed")
+        sessions = [k.target for key, k in index.by_key.items() if k.scope == "session" and key not in before.by_key]
+        for session in sessions:
+            for end in self.on_session_kill:
+                await end(session)
 
     async def _keep_current(self) -> None:
         while True:
