@@ -4,6 +4,9 @@
   before this has no subject: its name stands for it, and no roles).
 - `tenant_policies`: one versioned policy document per tenant, under forced RLS. A change is
   announced on `tenantry_tenant_changes` (0007's function) so every replica recompiles it.
+- `tenant_identity_providers`: a tenant's own token issuer (issuer, JWKS URL, audience, which claims
+  name the subject and the roles); forced RLS. An issuer belongs to one tenant (unique), so a token
+  of tenant A's issuer can never authenticate for tenant B. Announced like the policy.
 - `governance_triggers`: each time a tenant's policy trigger fired (an agent looping, a subject
   probing for tools it is denied) and what it did (flag, throttle, kill); forced RLS.
 - `kills`: what admins stopped (a session, key, subject, tool or tenant of `applies_to`; a tool of
@@ -55,6 +58,31 @@ def upgrade() -> None:
         """
         CREATE TRIGGER tenant_policies_notify
         AFTER INSERT OR UPDATE OR DELETE ON tenant_policies
+        FOR EACH ROW EXECUTE FUNCTION tenantry_notify_tenant_credentials()
+        """
+    )
+    op.execute(
+        """
+        CREATE TABLE tenant_identity_providers (
+            tenant_id uuid PRIMARY KEY REFERENCES tenants (id),
+            issuer text NOT NULL CHECK (length(issuer) BETWEEN 1 AND 500),
+            jwks_url text NOT NULL CHECK (length(jwks_url) BETWEEN 1 AND 2048),
+            audience text NOT NULL CHECK (length(audience) BETWEEN 1 AND 500),
+            subject_claim text NOT NULL DEFAULT 'sub',
+            roles_claim text NOT NULL DEFAULT 'roles',
+            algorithms text[] NOT NULL DEFAULT '{RS256,ES256}',
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            CONSTRAINT tenant_identity_providers_issuer_key UNIQUE (issuer)
+        )
+        """
+    )
+    for statement in tenant_table_policies("tenant_identity_providers", role):
+        op.execute(statement)
+    op.execute(f"GRANT SELECT ON tenant_identity_providers TO {role}")
+    op.execute(
+        """
+        CREATE TRIGGER tenant_identity_providers_notify
+        AFTER INSERT OR UPDATE OR DELETE ON tenant_identity_providers
         FOR EACH ROW EXECUTE FUNCTION tenantry_notify_tenant_credentials()
         """
     )
@@ -119,6 +147,10 @@ def downgrade() -> None:
     for statement in drop_tenant_table_policies("governance_triggers"):
         op.execute(statement)
     op.execute("DROP TABLE governance_triggers")
+    op.execute("DROP TRIGGER tenant_identity_providers_notify ON tenant_identity_providers")
+    for statement in drop_tenant_table_policies("tenant_identity_providers"):
+        op.execute(statement)
+    op.execute("DROP TABLE tenant_identity_providers")
     op.execute("DROP TRIGGER tenant_policies_notify ON tenant_policies")
     for statement in drop_tenant_table_policies("tenant_policies"):
         op.execute(statement)

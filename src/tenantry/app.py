@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from tenantry import tenants as tenant_lifecycle
 from tenantry.api import admin, governance, health, stripe_webhooks, tenant, upstreams
 from tenantry.api.edge import TenantryApp, edge_middleware
 from tenantry.api.openapi import document
+from tenantry.auth.issuers import TenantIssuers
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import build_billing
 from tenantry.db.engine import Database
@@ -32,6 +34,7 @@ from tenantry.errors import TenantryError
 from tenantry.federation.changes import UpstreamChanges
 from tenantry.federation.discovery import Discovery
 from tenantry.federation.pool import UpstreamPool
+from tenantry.federation.ssrf import check_url
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog, builtin_tools
 from tenantry.gateway.server import Gateway
@@ -89,7 +92,11 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     redis = Redis.from_pool(pool)
     metrics = Metrics(tenant_labels=settings.metrics_tenant_labels)
     plans = PlanBook(settings)
-    resolver = CredentialResolver(settings, db, plans)
+    guard = functools.partial(
+        check_url, allow_private=settings.upstream_allow_private, allow_loopback=settings.upstream_allow_loopback
+    )
+    issuers = TenantIssuers(db, guard)
+    resolver = CredentialResolver(settings, db, plans, issuers=issuers)
     hot = hot_redis_client(settings, redis, timeout=settings.meter_timeout_seconds)
     meter = Meter(hot, key_prefix=settings.redis_key_prefix)
     stream = stream_key(settings.redis_key_prefix)
@@ -103,7 +110,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     policies = Policies(db)
     kill_switch = KillSwitch(db, listener)
     gate = Gate(policies, kill_switch, TriggerWatch(db, kill_switch))
-    tenant_lifecycle.watch(db, listener, resolver.forget, meter.forget, policies.forget)
+    tenant_lifecycle.watch(db, listener, resolver.forget, meter.forget, policies.forget, issuers.forget)
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets, tracing=tracing))
     catalog = Catalog(builtin_tools(settings), discovery)
@@ -139,6 +146,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         changes=UpstreamChanges(listener, discovery),
         policies=policies,
         kills=kill_switch,
+        issuers=issuers,
         billing=build_billing(settings, db),
         hot=hot,
         drain_client=drain_client,

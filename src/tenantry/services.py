@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from tenantry.auth.issuers import TenantIssuers
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import Billing
 from tenantry.db.engine import Database
@@ -48,6 +49,7 @@ class Services:
     changes: UpstreamChanges
     policies: Policies
     kills: KillSwitch
+    issuers: TenantIssuers
     billing: Billing | None = None
     hot: RedisCommands | None = None  # the meter's and the ledger's per-call commands
     drain_client: RedisCommands | None = None  # the drainer's own connection

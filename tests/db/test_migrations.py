@@ -64,7 +64,12 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         "api_keys_notify_credentials_delete",
         "tenantry_notify_tenant_credentials",
     }
-    governance = {"tenant_policies_notify", "kills_notify", "tenantry_notify_kills"}
+    governance = {
+        "tenant_policies_notify",
+        "tenant_identity_providers_notify",
+        "kills_notify",
+        "tenantry_notify_kills",
+    }
     try:
         await migrate(url)
         assert await _triggers(name) == installed | credentials | governance

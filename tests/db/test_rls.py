@@ -12,8 +12,9 @@ from tenantry.db.engine import Database
 from tenantry.settings import Settings
 
 COMMANDS = {"SELECT", "INSERT", "UPDATE", "DELETE"}
-# The credential lookup runs before a tenant is known, by key hash: the one global index.
-GLOBAL_INDEXES = {"api_keys_key_hash_key"}
+# The credential lookup runs before a tenant is known, by key hash: a global index. An issuer belongs to
+# one tenant: its uniqueness is global by design (a token of A's issuer must never be B's).
+GLOBAL_INDEXES = {"api_keys_key_hash_key", "tenant_identity_providers_issuer_key"}
 
 
 async def test_every_table_with_tenant_id_has_forced_rls_and_a_policy_per_command(db: Database) -> None:

@@ -1,4 +1,5 @@
-"""Admin REST for governance: a tenant's policy (read, replace, delete, dry-run) and kills (make, list, lift)."""
+"""Admin REST for governance: a tenant's policy (read, replace, delete, dry-run), its own identity provider,
+its trigger firings, and kills (make, list, lift)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.fields import Roles, Strict, Subject
 from tenantry.api.openapi import errors
-from tenantry.auth import api_keys
+from tenantry.auth import api_keys, issuers
+from tenantry.auth.issuers import Issuer
 from tenantry.errors import BadRequest, NotFound
+from tenantry.federation.ssrf import check_url
 from tenantry.governance import kills, store
 from tenantry.governance.policy import dry_run
 from tenantry.governance.triggers import recent_firings
@@ -40,6 +43,23 @@ class KillCreate(Strict):
         description="The session id, key id, subject or tool name (not for a tenant).",
     )
     reason: str = Field("", max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]*$")
+
+
+Printable = Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
+ClaimName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:/-]+$")]
+
+
+Algorithm = Literal["RS256", "ES256"]
+_BOTH: tuple[Algorithm, ...] = ("RS256", "ES256")
+
+
+class IdentityProviderPut(Strict):
+    issuer: Printable = Field(description="The `iss` its tokens carry (one tenant per issuer).")
+    jwks_url: str = Field(min_length=1, max_length=2048, description="Where its signing keys are (JWKS).")
+    audience: Printable = Field(description="The `aud` its tokens must carry for this gateway.")
+    subject_claim: ClaimName = "sub"
+    roles_claim: ClaimName = "roles"
+    algorithms: list[Algorithm] = Field(default_factory=lambda: list(_BOTH), min_length=1)
 
 
 class DryRun(Strict):
@@ -78,6 +98,49 @@ async def delete_policy(tenant_id: str, services: ServicesDep) -> dict[str, Any]
         await tenant_service.get_tenant(conn, tid)
         await store.delete_policy(conn, tid)
     return {"tenant_id": str(tid), "policy": None}
+
+
+@router.put("/tenants/{tenant_id}/identity-provider")
+async def put_identity_provider(tenant_id: str, body: IdentityProviderPut, services: ServicesDep) -> dict[str, Any]:
+    """Accept tokens the tenant's own issuer signs (with the request's Tenant-ID naming the tenant)."""
+    tid = parse_tenant_id(tenant_id)
+    settings = services.settings
+    await check_url(
+        body.jwks_url, allow_private=settings.upstream_allow_private, allow_loopback=settings.upstream_allow_loopback
+    )
+    issuer = Issuer(
+        tid,
+        body.issuer,
+        body.jwks_url,
+        body.audience,
+        body.subject_claim,
+        body.roles_claim,
+        tuple(dict.fromkeys(body.algorithms)),
+    )
+    async with services.db.system() as conn:
+        await tenant_service.get_tenant(conn, tid)
+        stored = await issuers.put_issuer(conn, issuer)
+    return stored.public()
+
+
+@router.get("/tenants/{tenant_id}/identity-provider")
+async def get_identity_provider(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    tid = parse_tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        await tenant_service.get_tenant(conn, tid)
+        found = await issuers.get_issuer(conn, tid)
+    if found is None:
+        raise NotFound(f"tenant {tid} has no identity provider", code="identity_provider_not_found")
+    return found.public()
+
+
+@router.delete("/tenants/{tenant_id}/identity-provider")
+async def delete_identity_provider(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    tid = parse_tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        await tenant_service.get_tenant(conn, tid)
+        await issuers.delete_issuer(conn, tid)
+    return {"tenant_id": str(tid), "identity_provider": None}
 
 
 @router.get("/tenants/{tenant_id}/triggers")

@@ -44,7 +44,7 @@ async def authenticate(resolver: CredentialResolver, headers: Headers) -> Princi
     """The principal these request headers prove, or the error that says why not."""
     claimed = headers.get("tenant-id")
     claimed_id = parse_tenant_id(claimed) if claimed is not None else None
-    principal = await resolver.resolve(bearer_token(headers.get("authorization")))
+    principal = await resolver.resolve(bearer_token(headers.get("authorization")), claimed_id)
     if claimed_id is not None and claimed_id != principal.tenant_id:
         raise Forbidden("Tenant-ID does not match the credential's tenant", code="tenant_mismatch")
     note(tenant=str(principal.tenant_id), subject=f"key:{principal.key_id}")

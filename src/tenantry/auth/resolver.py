@@ -18,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+import jwt
+from sqlalchemy import false, func, literal, literal_column, select
 
 from tenantry.auth.api_keys import hash_key, looks_like_api_key
-from tenantry.auth.jwt import CANARY_PREFIX, TenantToken, decode_canary_token, decode_tenant_token
+from tenantry.auth.issuers import ExternalIdentity, TenantIssuers
+from tenantry.auth.jwt import ALGORITHM, CANARY_PREFIX, TenantToken, decode_canary_token, decode_tenant_token
 from tenantry.db.engine import Database
 from tenantry.db.models import api_keys, tenants
 from tenantry.errors import Forbidden, Unauthenticated
@@ -55,11 +57,25 @@ _QUERY = select(
     func.coalesce(api_keys.c.subject, api_keys.c.name),
     api_keys.c.roles,
 ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
+# A tenant alone (for tokens of its own identity provider, which name no key): shaped like _QUERY.
+_TENANT_QUERY = select(
+    tenants.c.id,
+    tenants.c.id,
+    false(),
+    tenants.c.status,
+    tenants.c.plan,
+    tenants.c.limits,
+    literal(""),
+    literal_column("'{}'::text[]"),
+)
 
 
 class CredentialResolver:
-    def __init__(self, settings: Settings, db: Database, plans: PlanBook) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, plans: PlanBook, *, issuers: TenantIssuers | None = None
+    ) -> None:
         self._settings = settings
+        self._issuers = issuers
         self._db = db
         self._plans = plans
         self._ttl = settings.auth_cache_ttl_seconds
@@ -80,9 +96,11 @@ class CredentialResolver:
         for key in self._by_tenant.pop(tenant_id, ()):
             self._cache.pop(key, None)
 
-    async def resolve(self, token: str) -> Principal:
-        """The principal `token` stands for; 401 if it stands for nobody, 403 if its tenant may not call."""
+    async def resolve(self, token: str, tenant: uuid.UUID | None = None) -> Principal:
+        """The principal `token` stands for; 401 if it stands for nobody, 403 if its tenant may not call.
+        `tenant` (the request's Tenant-ID) says whose identity provider a token of another issuer is from."""
         claimed: TenantToken | None = None
+        external: ExternalIdentity | None = None
         if looks_like_api_key(token):
             digest = hash_key(token)
             state = await self._lookup(digest, lambda: api_keys.c.key_hash == digest)
@@ -93,6 +111,14 @@ class CredentialResolver:
             if state is not None and state.tenant_id != tenant_id:
                 state = None
             via = "canary"
+        elif self._issuers is not None and _foreign(token):
+            if tenant is None:
+                raise Unauthenticated(
+                    "a token of a tenant's own identity provider needs the Tenant-ID header", code="missing_tenant_id"
+                )
+            external = await self._issuers.verify(tenant, token)
+            state = await self._lookup(b"tenant:" + tenant.bytes, lambda: tenants.c.id == tenant, _TENANT_QUERY)
+            via = "idp"
         else:
             claimed = decode_tenant_token(self._settings, token)
             key_id = claimed.key_id
@@ -109,6 +135,17 @@ class CredentialResolver:
             raise Forbidden(f"tenant is {state.tenant_status}", code=f"tenant_{state.tenant_status}")
         if state.revoked:
             raise Unauthenticated("credential revoked", code="credential_revoked")
+        if external is not None:
+            return Principal(
+                state.tenant_id,
+                external.issuer.key_id,
+                state.plan,
+                via,
+                state.limits,
+                external.subject,
+                external.roles,
+                external.claims,
+            )
         if claimed is None:
             return Principal(state.tenant_id, state.key_id, state.plan, via, state.limits, state.subject, state.roles)
         return Principal(
@@ -122,7 +159,9 @@ class CredentialResolver:
             claimed.claims,
         )
 
-    async def _lookup(self, cache_key: bytes | uuid.UUID, where: Callable[[], Any]) -> _KeyState | None:
+    async def _lookup(
+        self, cache_key: bytes | uuid.UUID, where: Callable[[], Any], query: Any = _QUERY
+    ) -> _KeyState | None:
         """The cached state of a credential, or read it (`where()` builds the clause only on a miss)."""
         now = time.monotonic()
         state = self._cache.get(cache_key)
@@ -131,7 +170,7 @@ class CredentialResolver:
             return state
         generation = self._generation
         async with self._db.system() as conn:
-            row = (await conn.execute(_QUERY.where(where()))).one_or_none()
+            row = (await conn.execute(query.where(where()))).one_or_none()
         if row is None:
             self._cache.pop(cache_key, None)
             return None
@@ -144,3 +183,11 @@ class CredentialResolver:
                 oldest, evicted = self._cache.popitem(last=False)
                 self._by_tenant.get(evicted.tenant_id, set()).discard(oldest)
         return state
+
+
+def _foreign(token: str) -> bool:
+    """Whether a JWT is not one this gateway signs (its tokens are HS256): a tenant's own issuer's."""
+    try:
+        return bool(jwt.get_unverified_header(token).get("alg") != ALGORITHM)
+    except jwt.InvalidTokenError:
+        return False  # decode_tenant_token says what is wrong with it

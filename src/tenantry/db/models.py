@@ -201,6 +201,19 @@ tenant_policies = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+tenant_identity_providers = Table(
+    "tenant_identity_providers",
+    metadata,
+    Column("tenant_id", Uuid, ForeignKey("tenants.id"), primary_key=True),
+    Column("issuer", Text, nullable=False, unique=True),
+    Column("jwks_url", Text, nullable=False),
+    Column("audience", Text, nullable=False),
+    Column("subject_claim", Text, nullable=False, server_default="sub"),
+    Column("roles_claim", Text, nullable=False, server_default="roles"),
+    Column("algorithms", ARRAY(Text), nullable=False, server_default="{RS256,ES256}"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
 governance_triggers = Table(
     "governance_triggers",
     metadata,
@@ -241,5 +254,6 @@ TENANT_SCOPED_TABLES = (
     "upstream_tool_drift",
     # governance
     "tenant_policies",
+    "tenant_identity_providers",
     "governance_triggers",
 )
