@@ -90,6 +90,11 @@ async def test_a_reader_sees_and_calls_only_what_its_roles_allow_on_every_path(
     async with connect(f"{gateway_url}/mcp", writer) as client:
         assert "data_put" in {t.name for t in (await client.list_tools()).tools}
         assert not (await client.call_tool("data_put", {"key": "notes/a", "value": 1})).is_error
+    # The legacy SSE transport too.
+    async with connect(f"{gateway_url}/sse", reader, transport="sse") as client:
+        assert {t.name for t in (await client.list_tools()).tools} == {"data_get", "data_list"}
+        with pytest.raises(MCPError):
+            await client.call_tool("data_put", {"key": "notes/a", "value": 1})
     # The REST bridge and the fast path refuse the same way.
     r = await bridge(http, tenant_a, reader, "data_put", {"key": "notes/b", "value": 2})
     r_unknown = await bridge(http, tenant_a, reader, "no_such_tool", {})
