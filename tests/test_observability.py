@@ -158,7 +158,7 @@ async def test_one_access_line_per_request_names_its_caller_and_never_its_secret
     lines = {rec.request_id: rec for rec in caplog.records if rec.name == "tenantry.access"}
     ok = lines["log-1"]
     assert (ok.method, ok.status, ok.tenant, ok.tool, ok.outcome) == ("POST", 200, tenant_a.id, "data_put", "ok")
-    assert ok.subject == f"key:{tenant_a.key_id}"
+    assert (ok.subject, ok.key) == ("test", tenant_a.key_id)  # the key's subject defaults to its name
     assert ok.latency_ms > 0
     assert lines["log-2"].status == 401  # a refused request leaves a line too
     formatted = JsonFormatter().format(ok)

@@ -46,7 +46,9 @@ class RequestRecord:
     request_id: str
     started: float = field(default_factory=time.perf_counter)
     tenant: str | None = None
-    subject: str | None = None
+    subject: str | None = None  # who called inside the tenant (the key's subject, or the token's)
+    key: str | None = None  # the key the credential came through
+    session: str | None = None  # the stateful MCP session, if any (what a session kill names)
     rpc_method: str | None = None
     tool: str | None = None
     outcome: str | None = None

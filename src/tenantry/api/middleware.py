@@ -125,6 +125,8 @@ class RequestObserver:
                     "request_id": request_id,
                     "tenant": record.tenant,
                     "subject": record.subject,
+                    "key": record.key,
+                    "session": record.session,
                     "rpc_method": record.rpc_method,
                     "tool": record.tool,
                     "outcome": record.outcome,

@@ -47,10 +47,11 @@ async def authenticate(resolver: CredentialResolver, headers: Headers) -> Princi
     principal = await resolver.resolve(bearer_token(headers.get("authorization")), claimed_id)
     if claimed_id is not None and claimed_id != principal.tenant_id:
         raise Forbidden("Tenant-ID does not match the credential's tenant", code="tenant_mismatch")
-    note(tenant=str(principal.tenant_id), subject=f"key:{principal.key_id}")
+    note(tenant=str(principal.tenant_id), subject=principal.subject, key=str(principal.key_id))
     session = headers.get("mcp-session-id")
     if session:  # stateful MCP: the session the request belongs to (a kill can name it)
         principal = dataclasses.replace(principal, session=session[:200])
+        note(session=principal.session)
     return principal
 
 
