@@ -181,7 +181,7 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> N
     p = command(
         "create", "Stop new calls in a scope now, on every gateway, and cancel those in flight.", cmd_kill_create, group
     )
-    p.add_argument("--scope", required=True, choices=SCOPES)
+    p.add_argument("--scope", required=True, choices=SCOPES, help="what to stop")
     p.add_argument("--tenant", help="tenant id (omit only for a tool stopped for every tenant)")
     p.add_argument("--target", help="the session id, key id, subject or tool name (not for a tenant)")
     p.add_argument("--reason", default="", help="said to the stopped agents and kept with the kill")

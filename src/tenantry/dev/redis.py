@@ -129,6 +129,10 @@ def _start_redis(binary: Path, endpoint: Endpoint, directory: Path, deadline: fl
         timeout=remaining(deadline),
     )
     wait_until_answering(endpoint.host, endpoint.port, remaining(deadline), what=str(binary), log=log)
+    # A daemonized Redis may answer a moment before its pid file is written; stopping it needs the file.
+    pidfile = directory / "redis.pid"
+    while read_pid(pidfile) is None and remaining(deadline) > 0:
+        time.sleep(0.02)
 
 
 def stop_redis(url: str, state_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> bool:
