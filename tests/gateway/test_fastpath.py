@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tenantry.gateway.server import LIMIT_EXCEEDED
 from tenantry.settings import Settings
 from tests.conftest import OPS, Admin, TenantHandle, serve
 from tests.federation.test_upstreams import add_upstream
@@ -140,3 +141,29 @@ async def test_host_and_origin_checks_hold_on_the_fast_path(
     assert rebound[0] in (400, 403, 421), rebound
     assert foreign[0] in (400, 403), foreign
     assert after - before == 1  # only the request that passed the checks was answered here
+
+
+async def test_a_tenant_over_its_rate_is_refused_early_as_the_pipeline_would(
+    gateway_url: str, sdk_gateway: str, admin: Admin, http: httpx.AsyncClient
+) -> None:
+    tenant = await admin.create_tenant(plan="free")
+    limits = {"requests_per_minute": 2}
+    assert (await admin.http.patch(f"/api/tenants/{tenant.id}", json={"limits": limits})).status_code == 200
+    for _ in range(3):  # two within the rate, the third over it (and the gateway now knows)
+        await post(gateway_url, tenant.headers, call("data_list", {}))
+    before = fast_count((await http.get("/metrics", headers=OPS)).text)
+    early = [await post(gateway_url, tenant.headers, call("data_list", {}, request_id=n)) for n in (7, "x")]
+    slow = await post(sdk_gateway, tenant.headers, call("data_list", {}, request_id=7))
+    assert [status for status, _ in early] == [200, 200]
+    assert [body["id"] for _, body in early] == [7, "x"]
+    fast_error, sdk_error = early[0][1]["error"], slow[1]["error"]
+    assert fast_error["code"] == sdk_error["code"] == LIMIT_EXCEEDED
+    assert fast_error["message"].startswith("rate_limited: plan 'free' allows 2 requests per minute")
+    assert sdk_error["message"].startswith("rate_limited: plan 'free' allows 2 requests per minute")
+    assert fast_error["data"]["tool"] == sdk_error["data"]["tool"] == "data_list"
+    # Bad arguments or an unknown tool change nothing: the rate refuses them all first.
+    _, unknown = await post(gateway_url, tenant.headers, call("no_such_tool", {"x": 1}))
+    assert unknown["error"]["data"]["error"] == "rate_limited"
+    metrics = (await http.get("/metrics", headers=OPS)).text
+    assert fast_count(metrics) == before + 3
+    assert 'tenantry_tool_calls_total{outcome="rate_limited",tool="data_list"}' in metrics

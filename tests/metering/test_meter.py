@@ -333,34 +333,37 @@ class CountingCommands(RedisPyCommands):
         return await super().evalsha(script, keys, args)
 
 
-async def test_a_tenant_over_its_rate_is_refused_without_a_round_trip_and_told_the_truth(
+async def test_a_tenant_over_its_rate_is_refused_without_a_round_trip_until_the_rate_lets_it_through(
     redis: Redis, tenant: uuid.UUID
 ) -> None:
     commands = CountingCommands(redis)
-    meter = Meter(commands, clock=lambda: T0)
+    meter = Meter(commands, clock=lambda: T0 + 1000)
     limits = quota(1, requests_per_minute=2)
     assert (await meter.admit(tenant, "a", 1, limits, now_ms=T0)).admitted
-    over_quota = await meter.admit(tenant, "b", 1, limits, now_ms=T0)  # the second request of the minute
-    assert over_quota.reason == "quota_exceeded"
-    by_redis = await meter.admit(tenant, "c", 1, limits, now_ms=T0)  # over the rate too
-    assert commands.scripts == 3
-    # A flood from now on: answered from memory, and with what holds the call longest (its quota).
+    assert (await meter.admit(tenant, "b", 1, limits, now_ms=T0)).reason == "quota_exceeded"  # 2nd request
+    by_redis = await meter.admit(tenant, "c", 1, limits, now_ms=T0)  # over the rate too: Redis says the longest
+    assert (by_redis.reason, commands.scripts) == ("quota_exceeded", 3)
+    assert meter.over_rate(uuid.uuid4(), limits) is None  # another tenant: nothing known
+    # A flood from now on: refused from memory, by the rate, with the rate's own wait.
+    held = meter.over_rate(tenant, limits)
+    assert held is not None
+    assert (held.admitted, held.reason, held.limit) == (False, "rate_limited", 1)
+    rate_free = T0 + 60_000 + 30_001  # the minute's 2 requests have decayed below 1
+    assert held.retry_after_ms == rate_free - (T0 + 1000) - 1
     flood = [await meter.admit(tenant, f"f{i}", 1, limits, now_ms=T0 + 1000) for i in range(50)]
-    assert commands.scripts == 3
-    assert {(d.admitted, d.reason, d.remaining) for d in flood} == {(False, "quota_exceeded", 0)}
-    assert flood[0].retry_after_ms == by_redis.retry_after_ms - 1000
+    assert {(d.admitted, d.reason) for d in flood} == {(False, "rate_limited")}
     assert (await meter.check_rate(tenant, limits, now_ms=T0 + 1000)).reason == "rate_limited"
     assert commands.scripts == 3
     # Once the rate lets a request through again, Redis is asked (and the quota still refuses).
-    rate_free = T0 + 60_000 + 30_001  # the minute's 2 requests have decayed below 1
     later = await meter.admit(tenant, "g", 1, limits, now_ms=rate_free)
     assert (commands.scripts, later.reason) == (4, "quota_exceeded")
     # A change of the tenant (its limits may have been raised) makes the meter ask Redis at once.
     assert (await meter.admit(tenant, "h", 1, limits, now_ms=rate_free)).reason == "quota_exceeded"
-    assert (await meter.admit(tenant, "i", 1, limits, now_ms=rate_free)).reason == "quota_exceeded"
+    assert (await meter.admit(tenant, "i", 1, limits, now_ms=rate_free)).reason == "rate_limited"
     asked = commands.scripts
     meter.forget(tenant)
     raised = quota(100, requests_per_minute=100)
+    assert meter.over_rate(tenant, raised) is None
     assert (await meter.admit(tenant, "j", 1, raised, now_ms=rate_free)).admitted
     assert commands.scripts == asked + 1
 

@@ -201,6 +201,22 @@ class ToolCalls:
             return tools
         return [tool for tool in tools if policy.may_call(principal, tool.name)]
 
+    def refused_at_once(self, principal: Principal, name: str) -> TenantryError | None:
+        """A call refused from memory alone, whatever its arguments: its tenant is over its request rate
+        (and nothing killed stops it, which the pipeline would say first). The fast path asks this before
+        it parses the rest of a request, so a flood costs the gateway little."""
+        if not self._metering:
+            return None
+        held = self._meter.over_rate(principal.tenant_id, principal.limits)
+        if held is None or (self._gate is not None and self._gate.stopped(principal, name) is not None):
+            return None
+        return refusal(held, principal, name[:100], 0)
+
+    def observe_refusal(self, principal: Principal, name: str, error: TenantryError, started: float) -> None:
+        """Count a call refused before the pipeline ran (the fast path's early refusal), as the pipeline would."""
+        self._metrics.observe_tool_call(principal.tenant_id, self._catalog.label(name), error.code, started)
+        note(tool=name[:100], outcome=error.code)
+
     async def _count_request(self, principal: Principal) -> TenantryError | None:
         """Count a request the meter's admission never saw (refused before it: an unknown tool, bad
         arguments) against the tenant's request rate; the refusal when it is over the rate."""
@@ -221,12 +237,14 @@ class ToolCalls:
         with self._tracing.span("tools/call", parent=parent, **attributes) as span:
             gate = self._gate
             stopped = gate.stopped(principal, name) if gate is not None else None
+            if stopped is None:
+                stopped = self.refused_at_once(principal, name)
             tool = await self._catalog.lookup(principal, name) if stopped is None else None
             policy = await gate.policy(principal) if gate is not None else None
             hidden = tool is not None and policy is not None and not policy.may_call(principal, name)
             if stopped is not None:
                 outcome = ToolOutcome(error=stopped)
-                label = "_stopped"
+                label = self._catalog.label(name)
             elif tool is None or hidden:
                 # A tool the policy hides is refused exactly as an unknown one: no existence oracle.
                 unknown = NotFound(f"no tool named {name[:100]!r}", code="unknown_tool")

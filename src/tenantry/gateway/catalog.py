@@ -48,6 +48,12 @@ class Catalog:
         view = await self._upstreams.view(principal.tenant_id)
         return [*self._definitions, *view.definitions] if view.definitions else self._definitions
 
+    def label(self, name: str) -> str:
+        """The tool's label in metrics, from a bounded set: a built-in's name, `_upstream` or `_unknown`."""
+        if name in self._builtins:
+            return name
+        return "_upstream" if SEPARATOR in name else "_unknown"
+
     async def lookup(self, principal: Principal, name: str) -> CatalogEntry | None:
         builtin = self._builtins.get(name)
         if builtin is not None or self._upstreams is None or SEPARATOR not in name:

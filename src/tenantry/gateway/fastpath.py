@@ -52,6 +52,9 @@ from tenantry.tools.base import Relay
 log = logging.getLogger(__name__)
 
 Answer = Callable[[Principal, str, dict[str, Any] | None, Relay], Awaitable[types.CallToolResult]]
+# A refusal decided from the caller and the tool's name alone (a tenant over its request rate): answered
+# before the rest of the request is parsed or validated, the same error the pipeline would give.
+Early = Callable[[Principal, str], Exception | None]
 
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 _READ: Final = frozenset({b"mcp-protocol-version", b"content-type", b"accept", b"content-length"})
@@ -71,8 +74,10 @@ class ToolCallFastPath:
         security: TransportSecuritySettings | None,
         max_body: int,
         metrics: Metrics,
+        early: Early | None = None,
     ) -> None:
         self._served = metrics.fast_path_calls
+        self._early = early
         self._sdk = sdk
         self._answer = answer
         self._security = TransportSecurityMiddleware(security) if security is not None else None
@@ -105,16 +110,23 @@ class ToolCallFastPath:
             return receive
         body, more = await _read(receive, length)
         replay = _replayer(body, more, receive)
-        call = _tool_call(body, version)
+        envelope = _envelope(body)
         principal = principal_from_scope(scope)
-        if call is None or principal is None:
+        if envelope is None or principal is None:
             return replay
         if self._security is not None and await self._security.validate_request(Request(scope), is_post=True):
             return replay
-        request_id, params = call
+        request_id, name, raw = envelope
+        early = self._early(principal, name) if self._early is not None else None
+        params = None if early is not None else _params(raw, version)
+        if early is None and params is None:
+            return replay
         self._served.inc()
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
         try:
+            if early is not None:
+                raise early
+            assert params is not None
             result = await self._answer(principal, params.name, params.arguments, NO_CHANNEL)
             dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
             message["result"] = methods.serialize_server_result("tools/call", version, dumped)
@@ -122,7 +134,7 @@ class ToolCallFastPath:
             error = handler_exception_to_error_data(exc)
             if error is None:
                 # The SDK's stateless path would put str(exc) on the wire; internals stay in the log here.
-                log.exception("tools/call %r failed", params.name[:100])
+                log.exception("tools/call %r failed", name[:100])
                 error = types.ErrorData(code=types.INTERNAL_ERROR, message="Internal server error")
             message["error"] = error.model_dump(by_alias=True, mode="json", exclude_none=True)
         payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
@@ -132,24 +144,30 @@ class ToolCallFastPath:
         return None
 
 
-def _tool_call(body: bytes, version: str) -> tuple[str | int, types.CallToolRequestParams] | None:
-    """(id, params) when `body` is a valid `tools/call` request for `version`; None for anything else."""
+def _envelope(body: bytes) -> tuple[str | int, str, Any] | None:
+    """(id, tool name, raw params) when `body` is one JSON-RPC `tools/call` request naming a tool; None
+    for anything else (the SDK answers it: a parse error, a batch, a notification, another method)."""
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
-        return None  # the SDK answers it (a parse error)
+        return None
     if not isinstance(message, dict) or message.get("method") != "tools/call" or message.get("jsonrpc") != "2.0":
         return None
     request_id = message.get("id")
     if not isinstance(request_id, str | int) or isinstance(request_id, bool) or set(message) - _ENVELOPE:
         return None
     raw = message.get("params")
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return (request_id, name, raw) if isinstance(name, str) else None
+
+
+def _params(raw: Any, version: str) -> types.CallToolRequestParams | None:
+    """The params when they pass the SDK's own per-version surface validation; None otherwise."""
     try:
         methods.validate_client_request("tools/call", version, raw)
-        params = types.CallToolRequestParams.model_validate(raw, by_name=False)
+        return types.CallToolRequestParams.model_validate(raw, by_name=False)
     except (ValidationError, KeyError, ValueError):
         return None
-    return request_id, params
 
 
 _ENVELOPE: Final = frozenset({"jsonrpc", "id", "method", "params"})

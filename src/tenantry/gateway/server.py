@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 import warnings
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -129,7 +130,12 @@ class Gateway:
         mcp: Any = JsonRpcErrors(StreamableHTTPASGIApp(self.session_manager))
         if self._fast:
             mcp = ToolCallFastPath(
-                mcp, self.answer_call, security=self._security, max_body=self._max_body, metrics=self._metrics
+                mcp,
+                self.answer_call,
+                security=self._security,
+                max_body=self._max_body,
+                metrics=self._metrics,
+                early=self.refuse_early,
             )
         return self._guard(mcp)
 
@@ -178,6 +184,17 @@ class Gateway:
         if outcome.error is not None and outcome.error.code in REQUEST_LEVEL_REFUSALS:
             raise _jsonrpc_error(outcome.error)
         return outcome.to_mcp()
+
+    def refuse_early(self, principal: Principal, name: str) -> MCPError | None:
+        """What `answer_call` would raise for a call refused from memory alone (the tenant is over its
+        request rate), decided before the request is parsed further; None when the call must run."""
+        started = time.perf_counter()
+        error = self._calls.refused_at_once(principal, name)
+        if error is None:
+            return None
+        note(rpc_method="tools/call")
+        self._calls.observe_refusal(principal, name, error, started)
+        return _jsonrpc_error(error)
 
     async def _set_logging_level(
         self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams

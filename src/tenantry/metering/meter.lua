@@ -30,7 +30,8 @@
 --          quota remaining (-1 = no quota), rate remaining (-1 = no rate limit),
 --          rate retry_after_ms (0 = the rate let this request through, -1 = never)},
 -- the remainders after this call if admitted, as they stand if refused. The last tells the gateway how
--- long every request of the tenant is refused whatever else holds it (it refuses them locally till then).
+-- long every request of the tenant is refused by the rate, whatever else would hold it: until then the
+-- gateway refuses them itself (rate_limited), without asking.
 
 local now = tonumber(ARGV[1])
 local call_id = ARGV[2]

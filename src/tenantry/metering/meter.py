@@ -82,24 +82,6 @@ CONCURRENCY_RETRY_MS: Final = 250
 
 
 @dataclass(frozen=True, slots=True)
-class _OverRate:
-    """A tenant over its request rate: every request of it is refused until `until` (ms, the meter's
-    clock), whatever else holds it. A call is told what Redis told the last one when that was its
-    quota (`reason`, retry at `retry_at`, -1 never, `remaining`); otherwise that it is rate limited."""
-
-    until: int
-    reason: str
-    retry_at: int
-    remaining: int | None
-
-    def decision(self, now: int, limit: int | None, report_rate: bool) -> Decision:
-        if report_rate or self.reason == "rate_limited":
-            return Decision(False, "rate_limited", self.until - now, limit, 0 if report_rate else None)
-        retry = -1 if self.retry_at < 0 else max(self.retry_at, self.until) - now
-        return Decision(False, self.reason, retry, limit, self.remaining)
-
-
-@dataclass(frozen=True, slots=True)
 class _Abandoned:
     quota_key: str
     inflight_key: str
@@ -134,14 +116,31 @@ class Meter:
         self._breaker = RedisBreaker(clock=monotonic)
         self.abandoned: collections.deque[_Abandoned] = collections.deque(maxlen=_MAX_ABANDONED)
         self.undone = 0  # abandoned admissions found to have run, and undone
-        # Tenants over their request rate: refused here, without a round trip, until the rate lets a
-        # request through again (exact: other replicas can only add to the count). A flood costs the
-        # gateway no Redis work. Forgotten when the tenant changes (its limits may have).
-        self._rate_limited: collections.OrderedDict[uuid.UUID, _OverRate] = collections.OrderedDict()
+        # Tenants over their request rate, until when (ms, the meter's clock): every request of theirs is
+        # refused here, without a round trip, until the rate lets one through again (exact: other replicas
+        # can only add to the count). A flood costs the gateway no Redis work. Forgotten when the tenant
+        # changes (its limits may have).
+        self._rate_limited: collections.OrderedDict[uuid.UUID, int] = collections.OrderedDict()
         # In-flight entries of calls that ended while Redis could not be told (their events went to PostgreSQL).
         self.unreleased: collections.deque[tuple[str, str]] = collections.deque(maxlen=_MAX_ABANDONED)
 
     # -- keys ---------------------------------------------------------------------------------
+
+    def over_rate(self, tenant_id: uuid.UUID, limits: Limits) -> Decision | None:
+        """The refusal of a tenant known to be over its request rate, decided here (no round trip);
+        None when it is not known to be (the meter's round trip decides then)."""
+        if not self._rate_limited or limits.unmetered:
+            return None
+        return self._held(tenant_id, self._clock(), limits.calls_per_window, False)
+
+    def _held(self, tenant_id: uuid.UUID, now: int, limit: int | None, report_rate: bool) -> Decision | None:
+        until = self._rate_limited.get(tenant_id)
+        if until is None:
+            return None
+        if now >= until:
+            del self._rate_limited[tenant_id]
+            return None
+        return Decision(False, "rate_limited", until - now, limit, 0 if report_rate else None)
 
     def forget(self, tenant_id: uuid.UUID | None = None) -> None:
         """Ask Redis again about `tenant_id` (all tenants: None): its limits may have changed."""
@@ -307,11 +306,9 @@ class Meter:
             call_timeout_ms,
         ]
         limit = rate if report_rate else quota
-        over = self._rate_limited.get(tenant_id)
-        if over is not None:
-            if now < over.until:
-                return over.decision(now, limit, report_rate)
-            del self._rate_limited[tenant_id]
+        held = self._held(tenant_id, now, limit, report_rate)
+        if held is not None:
+            return held
         if not self._breaker.may_ask():
             self.failures += 1
             return self._without_redis(limits, limit)
@@ -331,13 +328,7 @@ class Meter:
         reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)
         retry, r_retry = int(retry), int(r_retry)
         if r_retry > 0:  # on the meter's clock, like every window
-            lasting = reason_text in ("quota_exceeded", "cost_exceeds_limit")
-            self._rate_limited[tenant_id] = _OverRate(
-                now + r_retry,
-                reason_text if lasting else "rate_limited",
-                now + retry if retry >= 0 else -1,
-                int(remaining) if lasting and remaining is not None and int(remaining) >= 0 else None,
-            )
+            self._rate_limited[tenant_id] = now + r_retry
             if len(self._rate_limited) > _MAX_RATE_LIMITED:
                 self._rate_limited.popitem(last=False)
         if reason_text == "concurrency_limited" and retry > CONCURRENCY_RETRY_MS:
