@@ -7,8 +7,10 @@ that never refuse) calls data_get with --victim workers, alone, then while a fre
 is spent (1 call per hour) floods the same gateway with --noisy workers from a process of its own (so the
 flood does not share the victim's event loop), paced at --flood-rate requests per second (0: as fast as
 the workers go). Rounds alternate; the table shows the victim's p50 and p99 in each phase and their ratio
-(noisy / alone), and what the noisy tenant got. The default rate is about what the issue measured an
-attacker sending (11,330 requests in 34 s). PostgreSQL and Redis must be running; the database
+(noisy / alone), and what the noisy tenant got. A third phase sends the same flood to a bare ASGI
+server beside the gateway instead: on two shared cores the flood's own client and the kernel slow the
+victim too, and that ratio is the part no gateway can remove. The default rate is about what the issue
+measured an attacker sending (11,330 requests in 34 s). PostgreSQL and Redis must be running; the database
 `tenantry_bench` is recreated.
 """
 
@@ -17,7 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -91,6 +95,39 @@ async def cpu_per_refusal(args: argparse.Namespace, server: bg.ServerProcess, te
     return (server_cpu or 0.0) / max(1, sum(json.loads(out).values())) * 1e6
 
 
+# The reference: a server that answers every request at once with a fixed JSON-RPC error, the least any
+# Python server can do per request. A flood at it costs the victim only what the machine's two cores
+# shared with the flood's own client and the kernel cost; the gateway's share is the rest.
+REFERENCE_APP = """
+BODY = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32029,"message":"rate_limited"}}'
+HEAD = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": HEAD})
+    await send({"type": "http.response.body", "body": BODY})
+"""
+
+
+def start_reference(logdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    (logdir / "reference_app.py").write_text(REFERENCE_APP)
+    port = bg.free_port()
+    command = [sys.executable, "-m", "uvicorn", "reference_app:app", "--port", str(port), "--log-level", "warning"]
+    command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    proc = subprocess.Popen(command, cwd=logdir)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return proc, port
+        time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("the reference server did not start")
+
+
 def start_flood(
     args: argparse.Namespace, port: int, tenant_id: str, api_key: str, seconds: float
 ) -> subprocess.Popen[str]:
@@ -105,6 +142,7 @@ async def run(args: argparse.Namespace) -> int:
     noisy_id, noisy_key = await noisy_tenant(env)
     logdir = Path(tempfile.mkdtemp(prefix="tenantry-noisy-"))
     server = bg.start_server("gateway", ["tenantry.app:create_app", "--factory"], env, logdir)
+    reference, reference_port = start_reference(logdir)
     try:
         bg.wait_healthy(server)
         headers = bg.request_headers("legacy", victim_id, victim_key)
@@ -113,26 +151,38 @@ async def run(args: argparse.Namespace) -> int:
         refusal_cpu = await cpu_per_refusal(args, server, noisy_id, noisy_key)
         alone: list[bg.RunResult] = []
         crowded: list[bg.RunResult] = []
+        beside: list[bg.RunResult] = []  # the same flood at the reference server instead
         sent: list[dict[int, int]] = []
         for _ in range(args.rounds):
             alone.append(await bg.drive(victim, "legacy", args.victim, 1.0, args.duration, "raw"))
-            flooding = start_flood(args, server.port, noisy_id, noisy_key, args.duration + 2.0)
-            await asyncio.sleep(0.5)
-            crowded.append(await bg.drive(victim, "legacy", args.victim, 1.0, args.duration, "raw"))
-            out, _ = await asyncio.to_thread(flooding.communicate)
-            sent.append({int(k): v for k, v in json.loads(out).items()})
+            for port, into in ((server.port, crowded), (reference_port, beside)):
+                flooding = start_flood(args, port, noisy_id, noisy_key, args.duration + 2.0)
+                await asyncio.sleep(0.5)
+                into.append(await bg.drive(victim, "legacy", args.victim, 1.0, args.duration, "raw"))
+                out, _ = await asyncio.to_thread(flooding.communicate)
+                if port == server.port:
+                    sent.append({int(k): v for k, v in json.loads(out).items()})
     finally:
+        reference.terminate()
+        reference.wait(timeout=10)
         bg.stop_server(server)
     p50a = statistics.median(r.percentile_ms(50) for r in alone)
     p99a = statistics.median(r.percentile_ms(99) for r in alone)
     p50c = statistics.median(r.percentile_ms(50) for r in crowded)
     p99c = statistics.median(r.percentile_ms(99) for r in crowded)
+    p50b = statistics.median(r.percentile_ms(50) for r in beside)
+    p99b = statistics.median(r.percentile_ms(99) for r in beside)
     pace = f"{args.flood_rate:.0f} req/s" if args.flood_rate > 0 else "unpaced"
     print(f"victim: {args.victim} workers; noisy: {args.noisy} workers ({pace}), quota spent; {args.rounds} rounds")
     print(f"{'phase':<16}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}")
     print(f"{'alone':<16}{statistics.median(r.rps for r in alone):>8.0f}{p50a:>9.2f}{p99a:>9.2f}")
     print(f"{'with the noisy':<16}{statistics.median(r.rps for r in crowded):>8.0f}{p50c:>9.2f}{p99c:>9.2f}")
+    print(f"{'flood elsewhere':<16}{statistics.median(r.rps for r in beside):>8.0f}{p50b:>9.2f}{p99b:>9.2f}")
     print(f"victim p99 with / without the noisy tenant: {p99c / p99a:.2f}x (p50 {p50c / p50a:.2f}x)")
+    print(
+        f"the same flood at a bare server instead (the machine's share): {p99b / p99a:.2f}x (p50 {p50b / p50a:.2f}x);"
+        f" the gateway's own share: {p99c / p99b:.2f}x (p50 {p50c / p50b:.2f}x)"
+    )
     seconds = args.duration + 2.0
     rate = statistics.median(sum(s.values()) / seconds for s in sent)
     answers = collections.Counter[int]()
