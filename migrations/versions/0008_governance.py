@@ -1,7 +1,8 @@
 """Governance: who a key speaks for (subject, roles), each tenant's policy document, and kills.
 
-- `api_keys.subject` / `api_keys.roles`: the identity a key carries into every call (a key made
-  before this has no subject: its name stands for it, and no roles).
+- `api_keys.subject` / `api_keys.roles` / `api_keys.tools`: the identity a key carries into every call
+  (a key made before this has no subject: its name stands for it, and no roles), and optionally the
+  only tools it may call (glob patterns; NULL: no restriction of its own).
 - `tenant_policies`: one versioned policy document per tenant, under forced RLS. A change is
   announced on `tenantry_tenant_changes` (0007's function) so every replica recompiles it.
 - `tenant_identity_providers`: a tenant's own token issuer (issuer, JWKS URL, audience, which claims
@@ -38,7 +39,8 @@ def upgrade() -> None:
         """
         ALTER TABLE api_keys
             ADD COLUMN subject text CHECK (length(subject) BETWEEN 1 AND 200),
-            ADD COLUMN roles text[] NOT NULL DEFAULT '{}'
+            ADD COLUMN roles text[] NOT NULL DEFAULT '{}',
+            ADD COLUMN tools text[]
         """
     )
     op.execute(
@@ -155,4 +157,4 @@ def downgrade() -> None:
     for statement in drop_tenant_table_policies("tenant_policies"):
         op.execute(statement)
     op.execute("DROP TABLE tenant_policies")
-    op.execute("ALTER TABLE api_keys DROP COLUMN roles, DROP COLUMN subject")
+    op.execute("ALTER TABLE api_keys DROP COLUMN tools, DROP COLUMN roles, DROP COLUMN subject")

@@ -9,6 +9,8 @@ handed) and binds it with `bind_principal`, which resets in `finally`.
 
 from __future__ import annotations
 
+import functools
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -40,6 +42,7 @@ class Principal:
     roles: frozenset[str] = frozenset()  # tenant-defined role names
     claims: Mapping[str, str] = field(default_factory=dict)  # string claims of the token (policy templates)
     session: str = ""  # the MCP session of the request (stateful mode), or ""
+    tools: tuple[str, ...] | None = None  # the only tools the credential may call (globs); None: any
 
 
 _current: ContextVar[Principal | None] = ContextVar("tenantry_principal", default=None)
@@ -71,3 +74,14 @@ def parse_tenant_id(value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
         raise BadRequest(f"tenant id must be a UUID, got {value[:64]!r}", code="invalid_tenant_id") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _scope(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    parts = [re.escape(p).replace(r"\*", ".*").replace(r"\?", ".") for p in patterns]
+    return re.compile("(?:" + "|".join(parts) + r")\Z") if parts else re.compile(r"(?!)")
+
+
+def in_scope(principal: Principal, tool: str) -> bool:
+    """Whether the credential's own tool scope (if it has one) lets it call `tool`."""
+    return principal.tools is None or _scope(principal.tools).match(tool) is not None

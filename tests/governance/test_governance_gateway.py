@@ -184,6 +184,29 @@ async def test_a_key_can_narrow_its_roles_in_a_token_but_never_widen_them(
     assert (await bridge(http, tenant_a, both, "data_put", {"key": "notes/a", "value": 1})).status_code == 200
 
 
+async def test_a_credential_scoped_to_some_tools_sees_and_calls_only_those_with_or_without_a_policy(
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle, http: httpx.AsyncClient
+) -> None:
+    body = {"name": "scoped", "tools": ["data_get", "data_l*"]}
+    r = await admin.http.post(f"/api/tenants/{tenant_a.id}/keys", json=body)
+    assert (r.status_code, r.json()["tools"]) == (201, ["data_get", "data_l*"])
+    scoped = {"Tenant-ID": tenant_a.id, "Authorization": f"Bearer {r.json()['secret']}"}
+    listed = await bridge(http, tenant_a, scoped, "listTools")
+    assert {t["name"] for t in listed.json()["tools"]} == {"data_get", "data_list"}
+    put = await bridge(http, tenant_a, scoped, "data_put", {"key": "k", "value": 1})
+    assert (put.status_code, put.json()["error"]) == (404, "unknown_tool")
+    key = r.json()["secret"]
+    wider = await http.post("/api/auth/tenant-token", headers={"x-api-key": key}, json={"tools": ["data_put"]})
+    assert (wider.status_code, wider.json()["error"]) == (403, "tools_not_held")
+    narrow = await http.post("/api/auth/tenant-token", headers={"x-api-key": key}, json={"tools": ["data_get"]})
+    assert narrow.json()["tools"] == ["data_get"]
+    token = {"Tenant-ID": tenant_a.id, "Authorization": f"Bearer {narrow.json()['access_token']}"}
+    async with connect(f"{gateway_url}/mcp", token) as client:
+        assert [t.name for t in (await client.list_tools()).tools] == ["data_get"]
+    bad = await admin.http.post(f"/api/tenants/{tenant_a.id}/keys", json={"name": "x", "tools": ["a b"]})
+    assert bad.status_code == 400
+
+
 async def test_the_admin_api_validates_versions_deletes_and_dry_runs(
     gateway_url: str, admin: Admin, tenant_a: TenantHandle, http: httpx.AsyncClient
 ) -> None:

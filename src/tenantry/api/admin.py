@@ -12,7 +12,7 @@ from pydantic import Field
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
-from tenantry.api.fields import Name, Roles, Strict, Subject
+from tenantry.api.fields import Name, Roles, Strict, Subject, ToolScope
 from tenantry.api.openapi import errors
 from tenantry.auth import api_keys
 from tenantry.auth.jwt import issue_admin_token
@@ -45,6 +45,7 @@ class KeyCreate(Strict):
     name: Name = "default"
     subject: Subject | None = Field(None, description="Who the key speaks for (default: its name).")
     roles: Roles = Field(default_factory=list, description="Role names policies grant tools to.")
+    tools: ToolScope | None = Field(None, description="The only tools the key may call (globs); omit: any.")
 
 
 def _tenant_id(value: str) -> uuid.UUID:
@@ -143,7 +144,9 @@ async def create_key(tenant_id: str, services: ServicesDep, body: KeyCreate | No
         if tenant.status == TenantStatus.DEPROVISIONED:
             raise Conflict("a deprovisioned tenant cannot get new keys", code="tenant_deprovisioned")
         body = body or KeyCreate()
-        info, secret = await api_keys.create_key(conn, tid, body.name, subject=body.subject, roles=body.roles)
+        info, secret = await api_keys.create_key(
+            conn, tid, body.name, subject=body.subject, roles=body.roles, tools=body.tools
+        )
     return {**info.public(), "secret": secret, "note": "The secret is shown only now; store it safely."}
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tenantry.api.deps import ServicesDep, TenantDep, require_admin
-from tenantry.api.fields import Roles, Strict, Subject
+from tenantry.api.fields import Roles, Strict, Subject, ToolScope
 from tenantry.api.openapi import errors
 from tenantry.auth import api_keys
 from tenantry.auth.api_keys import looks_like_api_key
@@ -32,11 +32,13 @@ class ToolRequest(BaseModel):
 
 
 class TokenRequest(Strict):
-    """With a tenant key (`x-api-key`): `roles` narrows the key's roles (never widens them).
+    """With a tenant key (`x-api-key`): `roles` and `tools` narrow the key's (never widen them: each tool
+    pattern must be one of the key's, when the key has a scope).
     With the admin credential (`Authorization`): mint a token for `subject` with `roles` and `claims`,
     bounded by the tenant's key `key_id` (revoking it stops the token)."""
 
     roles: Roles | None = None
+    tools: ToolScope | None = None
     tenant_id: uuid.UUID | None = None
     key_id: uuid.UUID | None = None
     subject: Subject | None = None
@@ -51,12 +53,17 @@ async def tenant_token(request: Request, services: ServicesDep, body: TokenReque
     settings = services.settings
     if looks_like_api_key(key):
         if body.tenant_id or body.key_id or body.subject or body.claims or body.ttl_seconds:
-            raise BadRequest("a key can only narrow its own roles: only `roles` may be sent", code="invalid_request")
+            detail = "a key can only narrow itself: only `roles` and `tools` may be sent"
+            raise BadRequest(detail, code="invalid_request")
         principal = await services.resolver.resolve(key)
         roles = principal.roles if body.roles is None else frozenset(body.roles)
         if not roles <= principal.roles:
             extra = sorted(roles - principal.roles)
             raise Forbidden(f"the key does not hold the roles {extra}", code="roles_not_held")
+        tools = principal.tools if body.tools is None else tuple(body.tools)
+        if principal.tools is not None and tools is not None and not set(tools) <= set(principal.tools):
+            wider = sorted(set(tools) - set(principal.tools))
+            raise Forbidden(f"the key may not call {wider}", code="tools_not_held")
         tenant_id, key_id, subject, claims, ttl = principal.tenant_id, principal.key_id, principal.subject, {}, None
     elif request.headers.get("authorization"):
         require_admin(request, services)
@@ -74,9 +81,12 @@ async def tenant_token(request: Request, services: ServicesDep, body: TokenReque
         if key_id not in keys or keys[key_id].revoked_at is not None:
             raise NotFound(f"no live key {key_id} for tenant {tenant_id}", code="key_not_found")
         roles = frozenset(body.roles or ())
+        tools = None if body.tools is None else tuple(body.tools)
     else:
         raise Unauthenticated("send a tenant API key in the x-api-key header", code="missing_credentials")
-    token = issue_tenant_token(settings, tenant_id, key_id, subject=subject, roles=roles, claims=claims, ttl=ttl)
+    token = issue_tenant_token(
+        settings, tenant_id, key_id, subject=subject, roles=roles, claims=claims, tools=tools, ttl=ttl
+    )
     return {
         "access_token": token,
         "token_type": "bearer",
@@ -84,6 +94,7 @@ async def tenant_token(request: Request, services: ServicesDep, body: TokenReque
         "tenant_id": str(tenant_id),
         "subject": subject,
         "roles": sorted(roles),
+        "tools": None if tools is None else list(tools),
     }
 
 

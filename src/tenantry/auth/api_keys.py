@@ -46,6 +46,7 @@ class ApiKeyInfo:
     revoked_at: datetime | None
     subject: str | None
     roles: list[str]
+    tools: list[str] | None
 
     def public(self) -> dict[str, object]:
         return {
@@ -54,6 +55,7 @@ class ApiKeyInfo:
             "name": self.name,
             "subject": self.subject or self.name,
             "roles": self.roles,
+            "tools": self.tools,
             "prefix": self.prefix,
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
@@ -69,6 +71,7 @@ _COLUMNS = (
     api_keys.c.revoked_at,
     api_keys.c.subject,
     api_keys.c.roles,
+    api_keys.c.tools,
 )
 
 
@@ -79,9 +82,11 @@ async def create_key(
     *,
     subject: str | None = None,
     roles: Sequence[str] = (),
+    tools: Sequence[str] | None = None,
 ) -> tuple[ApiKeyInfo, str]:
-    """Store a new key for `tenant_id`, speaking for `subject` (default: its name) with `roles`;
-    return its record and the secret (the only time it exists)."""
+    """Store a new key for `tenant_id`, speaking for `subject` (default: its name) with `roles`, and
+    able to call only `tools` (glob patterns; None: no restriction of its own); return its record and
+    the secret (the only time it exists)."""
     secret = generate_key()
     row = (
         await conn.execute(
@@ -94,6 +99,7 @@ async def create_key(
                 key_hash=hash_key(secret),
                 subject=subject,
                 roles=sorted(set(roles)),
+                tools=None if tools is None else list(dict.fromkeys(tools)),
             )
             .returning(*_COLUMNS)
         )

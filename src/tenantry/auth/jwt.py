@@ -51,6 +51,7 @@ class TenantToken:
     subject: str | None = None  # None: the key's subject
     roles: frozenset[str] | None = None  # None: the key's roles
     claims: dict[str, str] = field(default_factory=dict)
+    tools: tuple[str, ...] | None = None  # None: the key's tool scope
 
 
 def issue_tenant_token(
@@ -61,11 +62,14 @@ def issue_tenant_token(
     subject: str,
     roles: Iterable[str],
     claims: dict[str, str] | None = None,
+    tools: Iterable[str] | None = None,
     ttl: int | None = None,
 ) -> str:
     extra: dict[str, Any] = {"tid": str(tenant_id), "kid": str(key_id), "roles": sorted(roles)}
     if claims:
         extra["claims"] = claims
+    if tools is not None:
+        extra["tools"] = list(tools)
     return _issue(settings, TENANT_AUDIENCE, subject, ttl or settings.tenant_token_ttl_seconds, extra)
 
 
@@ -98,15 +102,16 @@ def decode_tenant_token(settings: Settings, token: str) -> TenantToken:
         key_id = uuid.UUID(str(claims["kid"]))
         if "tid" not in claims:
             return TenantToken(uuid.UUID(str(claims["sub"])), key_id)
-        roles, extra = claims.get("roles", []), claims.get("claims", {})
-        if not isinstance(roles, list) or not isinstance(extra, dict):
-            raise ValueError("roles must be a list and claims an object")
+        roles, extra, tools = claims.get("roles", []), claims.get("claims", {}), claims.get("tools")
+        if not isinstance(roles, list) or not isinstance(extra, dict) or not isinstance(tools, list | None):
+            raise ValueError("roles and tools must be lists and claims an object")
         return TenantToken(
             uuid.UUID(str(claims["tid"])),
             key_id,
             str(claims["sub"]),
             frozenset(str(r) for r in roles),
             {str(k): str(v) for k, v in extra.items() if isinstance(v, str | int | bool)},
+            None if tools is None else tuple(str(t) for t in tools),
         )
     except (KeyError, ValueError):
         raise Unauthenticated("invalid token: malformed claims", code="invalid_token") from None

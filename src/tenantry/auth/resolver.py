@@ -44,6 +44,7 @@ class _KeyState:
     limits: Limits
     subject: str
     roles: frozenset[str]
+    tools: tuple[str, ...] | None
     loaded_at: float
 
 
@@ -56,6 +57,7 @@ _QUERY = select(
     tenants.c.limits,
     func.coalesce(api_keys.c.subject, api_keys.c.name),
     api_keys.c.roles,
+    api_keys.c.tools,
 ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
 # A tenant alone (for tokens of its own identity provider, which name no key): shaped like _QUERY.
 _TENANT_QUERY = select(
@@ -67,6 +69,7 @@ _TENANT_QUERY = select(
     tenants.c.limits,
     literal(""),
     literal_column("'{}'::text[]"),
+    literal_column("NULL::text[]"),
 )
 
 
@@ -147,7 +150,16 @@ class CredentialResolver:
                 external.claims,
             )
         if claimed is None:
-            return Principal(state.tenant_id, state.key_id, state.plan, via, state.limits, state.subject, state.roles)
+            return Principal(
+                state.tenant_id,
+                state.key_id,
+                state.plan,
+                via,
+                state.limits,
+                state.subject,
+                state.roles,
+                tools=state.tools,
+            )
         return Principal(
             state.tenant_id,
             state.key_id,
@@ -157,6 +169,7 @@ class CredentialResolver:
             state.subject if claimed.subject is None else claimed.subject,
             state.roles if claimed.roles is None else claimed.roles,
             claimed.claims,
+            tools=state.tools if claimed.tools is None else claimed.tools,
         )
 
     async def _lookup(
@@ -175,7 +188,8 @@ class CredentialResolver:
             self._cache.pop(cache_key, None)
             return None
         limits = self._plans.limits(row[4], row[5])
-        state = _KeyState(row[0], row[1], bool(row[2]), row[3], row[4], limits, row[6], frozenset(row[7]), now)
+        tools = None if row[8] is None else tuple(row[8])
+        state = _KeyState(row[0], row[1], bool(row[2]), row[3], row[4], limits, row[6], frozenset(row[7]), tools, now)
         if self._ttl > 0 and generation == self._generation:
             self._cache[cache_key] = state
             self._by_tenant.setdefault(state.tenant_id, set()).add(cache_key)

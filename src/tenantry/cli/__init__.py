@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="default", help="a label for the key (default: default)")
     p.add_argument("--subject", help="who the key speaks for (default: its name)")
     p.add_argument("--role", action="append", default=[], help="a role the key holds (repeatable)")
+    p.add_argument("--tool", action="append", help="a tool (glob) the key may call; repeatable; omit: any")
     p = command("list", "List a tenant's API keys (prefixes only; secrets are never stored).", cmd_key_list, key)
     p.add_argument("--tenant", required=True, help="tenant id")
     p = command("revoke", "Revoke an API key.", cmd_key_revoke, key)

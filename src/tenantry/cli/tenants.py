@@ -18,6 +18,7 @@ from tenantry.settings import Settings
 from tenantry.tenancy import TenantStatus, parse_tenant_id
 
 ROLE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+TOOL = re.compile(r"[A-Za-z0-9_*?.:-]{1,200}")
 
 # --- tenants and keys ------------------------------------------------------------------------------
 
@@ -84,7 +85,7 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
             if tenant.status == TenantStatus.DEPROVISIONED:
                 raise TenantryError("a deprovisioned tenant cannot get new keys", code="tenant_deprovisioned")
             info, secret = await api_keys.create_key(
-                conn, tenant_id, args.name, subject=args.subject, roles=_roles(args.role)
+                conn, tenant_id, args.name, subject=args.subject, roles=_roles(args.role), tools=_tools(args.tool)
             )
         return {**info.public(), "secret": secret}
 
@@ -100,6 +101,14 @@ def _roles(roles: list[str]) -> list[str]:
                 f"role {role[:64]!r} is not a role name (letters, digits, _.:-)", code="invalid_request"
             )
     return roles
+
+
+def _tools(tools: list[str] | None) -> list[str] | None:
+    for tool in tools or ():
+        if not TOOL.fullmatch(tool):
+            detail = f"tool pattern {tool[:64]!r} is not a tool name or glob (letters, digits, _.:-*?)"
+            raise TenantryError(detail, code="invalid_request")
+    return tools
 
 
 def cmd_key_list(args: argparse.Namespace, settings: Settings) -> int:

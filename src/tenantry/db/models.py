@@ -62,6 +62,7 @@ api_keys = Table(
     # --- governance (migration 0008) ---
     Column("subject", Text),
     Column("roles", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("tools", ARRAY(Text)),  # the only tools the key may call (globs); NULL: no restriction
 )
 
 tenant_data = Table(

@@ -40,7 +40,7 @@ from tenantry.metrics import Metrics
 from tenantry.observability import Tracing, current_request, note
 from tenantry.plans import PlanBook
 from tenantry.settings import Settings
-from tenantry.tenancy import Principal
+from tenantry.tenancy import Principal, in_scope
 from tenantry.tools.base import Relay, ToolContext
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,11 @@ class ToolCalls:
         self._call_timeout_ms = int(settings.call_timeout_seconds * 1000)
 
     async def list_tools(self, principal: Principal) -> list[types.Tool]:
-        """The tools `principal` may call: the catalog, less what the tenant's policy hides from it."""
+        """The tools `principal` may call: the catalog, less what its credential's own tool scope and the
+        tenant's policy hide from it."""
         tools = await self._catalog.list_tools(principal)
+        if principal.tools is not None:
+            tools = [tool for tool in tools if in_scope(principal, tool.name)]
         policy = await self._gate.policy(principal) if self._gate is not None else None
         if policy is None:
             return tools
@@ -241,7 +244,9 @@ class ToolCalls:
                 stopped = self.refused_at_once(principal, name)
             tool = await self._catalog.lookup(principal, name) if stopped is None else None
             policy = await gate.policy(principal) if gate is not None else None
-            hidden = tool is not None and policy is not None and not policy.may_call(principal, name)
+            hidden = tool is not None and (
+                not in_scope(principal, name) or (policy is not None and not policy.may_call(principal, name))
+            )
             if stopped is not None:
                 outcome = ToolOutcome(error=stopped)
                 label = self._catalog.label(name)
