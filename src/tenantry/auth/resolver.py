@@ -138,39 +138,21 @@ class CredentialResolver:
             raise Forbidden(f"tenant is {state.tenant_status}", code=f"tenant_{state.tenant_status}")
         if state.revoked:
             raise Unauthenticated("credential revoked", code="credential_revoked")
-        if external is not None:
-            return Principal(
-                state.tenant_id,
+        key_id, subject, roles, claims, tools = state.key_id, state.subject, state.roles, {}, state.tools
+        if external is not None:  # the tenant's own issuer says who calls; it has no key and no tool scope
+            key_id, subject, roles, claims, tools = (
                 external.issuer.key_id,
-                state.plan,
-                via,
-                state.limits,
                 external.subject,
                 external.roles,
                 external.claims,
+                None,
             )
-        if claimed is None:
-            return Principal(
-                state.tenant_id,
-                state.key_id,
-                state.plan,
-                via,
-                state.limits,
-                state.subject,
-                state.roles,
-                tools=state.tools,
-            )
-        return Principal(
-            state.tenant_id,
-            state.key_id,
-            state.plan,
-            via,
-            state.limits,
-            state.subject if claimed.subject is None else claimed.subject,
-            state.roles if claimed.roles is None else claimed.roles,
-            claimed.claims,
-            tools=state.tools if claimed.tools is None else claimed.tools,
-        )
+        elif claimed is not None:  # a token narrows (or, minted by an admin, sets) what its key carries
+            subject = subject if claimed.subject is None else claimed.subject
+            roles = roles if claimed.roles is None else claimed.roles
+            claims = claimed.claims
+            tools = tools if claimed.tools is None else claimed.tools
+        return Principal(state.tenant_id, key_id, state.plan, via, state.limits, subject, roles, claims, tools=tools)
 
     async def _lookup(
         self, cache_key: bytes | uuid.UUID, where: Callable[[], Any], query: Any = _QUERY
