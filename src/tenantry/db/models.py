@@ -179,6 +179,8 @@ upstream_tool_pins = Table(
     Column("sha256", Text, nullable=False),
     Column("definition", JSONB, nullable=False),
     Column("approved_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # --- screening (migration 0009): an admin approved this definition (not only first sight) ---
+    Column("reviewed", Boolean, nullable=False, server_default="false"),
 )
 
 upstream_tool_drift = Table(

@@ -35,6 +35,7 @@ from tenantry.federation import registry
 from tenantry.federation.failures import UpstreamError, describe_failure
 from tenantry.federation.pool import UpstreamPool
 from tenantry.federation.registry import SEPARATOR, Upstream, definition_digest
+from tenantry.federation.screening import Finding, screen
 from tenantry.settings import Settings
 from tenantry.tools.base import ToolContext
 
@@ -60,6 +61,7 @@ class UpstreamTool:
     cost: int
     pool: UpstreamPool
     withheld: bool = False
+    flagged: bool = False  # withheld because the screener flagged it (else: its definition drifted)
     arguments: type[BaseModel] = PassThrough
 
     def precheck(self, args: BaseModel) -> None:
@@ -67,11 +69,12 @@ class UpstreamTool:
 
     async def execute(self, ctx: ToolContext, args: BaseModel) -> types.CallToolResult:
         if self.withheld:
-            raise Forbidden(
-                f"the definition of {self.name!r} changed since it was approved; an admin must review it",
-                code="tool_definition_changed",
-                extra={"upstream": self.upstream.name, "tool": self.tool},
-            )
+            extra = {"upstream": self.upstream.name, "tool": self.tool}
+            if self.flagged:
+                detail = f"the definition of {self.name!r} looks poisoned; an admin must review it"
+                raise Forbidden(detail, code="tool_definition_flagged", extra=extra)
+            detail = f"the definition of {self.name!r} changed since it was approved; an admin must review it"
+            raise Forbidden(detail, code="tool_definition_changed", extra=extra)
         return await self.pool.call_tool(self.upstream, self.tool, args.model_dump(), ctx.relay)
 
 
@@ -84,16 +87,19 @@ class UpstreamStatus:
     # The upstream's own definitions as last seen, by its own tool name (for review).
     current: dict[str, dict[str, Any]] = field(default_factory=dict)
     drifted: list[str] = field(default_factory=list)
+    # Definitions the screener flagged and no admin approved: withheld, with what was found.
+    flagged: dict[str, list[Finding]] = field(default_factory=dict)
 
     def check(self) -> dict[str, Any]:
-        ok = self.reachable and not self.drifted
+        ok = self.reachable and not self.drifted and not self.flagged
         return {
             "status": "ok" if ok else "fail",
             "upstream_id": str(self.upstream.id),
             "reachable": self.reachable,
             "credentials_accepted": self.credentials_accepted,
-            "tool_count": len(self.current) - len(self.drifted),
+            "tool_count": len(self.current) - len(set(self.drifted) | set(self.flagged)),
             "drift": sorted(self.drifted),
+            "flagged": sorted(self.flagged),
             **({"detail": self.detail} if self.detail else {}),
         }
 
@@ -246,7 +252,8 @@ class Discovery:
                     definition=types.Tool.model_validate(namespaced),
                     cost=cost,
                     pool=self.pool,
-                    withheld=tool_name in status.drifted,
+                    withheld=tool_name in status.drifted or tool_name in status.flagged,
+                    flagged=tool_name in status.flagged,
                 )
             )
         return entries
@@ -264,12 +271,25 @@ class Discovery:
             return status
         status.reachable = status.credentials_accepted = True
         status.current = {tool.name: _dump(tool) for tool in tools if SEPARATOR not in tool.name}
+        siblings = frozenset(status.current)
         async with self._db.tenant(upstream.tenant_id) as conn:
             pins = await registry.pins_for(conn, upstream.id)
             for tool_name, definition in status.current.items():
                 pin = pins.get(tool_name)
+                findings = screen(definition, siblings)
+                if findings and not (pin is not None and pin.reviewed and pin.sha256 == definition_digest(definition)):
+                    # Screened at every discovery: withheld until an admin approves this very definition.
+                    status.flagged[tool_name] = findings
+                    log.warning(
+                        "tool %r of upstream %s (tenant %s) looks poisoned (%s); withheld until approved",
+                        tool_name,
+                        upstream.name,
+                        upstream.tenant_id,
+                        ", ".join(sorted({f.kind for f in findings})),
+                    )
                 if pin is None:
-                    await registry.pin_tool(conn, upstream.tenant_id, upstream.id, definition)
+                    if tool_name not in status.flagged:  # first sight of a clean definition: pinned as seen
+                        await registry.pin_tool(conn, upstream.tenant_id, upstream.id, definition)
                 elif pin.sha256 != definition_digest(definition):
                     status.drifted.append(tool_name)
                     if await registry.record_drift(conn, upstream.tenant_id, upstream.id, pin, definition):
@@ -291,14 +311,18 @@ class Discovery:
             pin, current = pins.get(name), status.current.get(name)
             if current is None:
                 state = "removed" if status.reachable else "unknown"
+            elif name in status.flagged:
+                state = "flagged"
             elif pin is None or pin.sha256 == definition_digest(current):
                 state = "approved"
             else:
                 state = "changed"
+            findings = screen(current, frozenset(status.current)) if current else []
             out.append(
                 {
                     "tool": name,
                     "status": state,
+                    "findings": [f.public() for f in findings],
                     "pinned": {"sha256": pin.sha256, "definition": pin.definition} if pin else None,
                     "current": {"sha256": definition_digest(current), "definition": current} if current else None,
                 }
@@ -311,6 +335,6 @@ class Discovery:
         if definition is None:
             raise NotFound(f"upstream {status.upstream.name!r} offers no tool {tool[:100]!r} now", code="unknown_tool")
         async with self._db.tenant(tenant_id) as conn:
-            pin = await registry.pin_tool(conn, tenant_id, upstream_id, definition)
+            pin = await registry.pin_tool(conn, tenant_id, upstream_id, definition, reviewed=True)
         self.invalidate(tenant_id, upstream_id)
         return {"tool": tool, "status": "approved", "sha256": pin.sha256}

@@ -65,6 +65,7 @@ class Pin:
     tool: str
     sha256: str
     definition: dict[str, Any]
+    reviewed: bool = False  # an admin approved it (a flagged definition passes only so)
 
 
 _COLUMNS = tuple(upstreams.c)
@@ -198,25 +199,30 @@ async def rotate_credentials(conn: AsyncConnection, box: SecretBox) -> int:
 
 async def pins_for(conn: AsyncConnection, upstream_id: uuid.UUID) -> dict[str, Pin]:
     c = upstream_tool_pins.c
-    rows = await conn.execute(select(c.tool, c.sha256, c.definition).where(c.upstream_id == upstream_id))
-    return {row.tool: Pin(row.tool, row.sha256, row.definition) for row in rows}
+    rows = await conn.execute(select(c.tool, c.sha256, c.definition, c.reviewed).where(c.upstream_id == upstream_id))
+    return {row.tool: Pin(row.tool, row.sha256, row.definition, row.reviewed) for row in rows}
 
 
 async def pin_tool(
-    conn: AsyncConnection, tenant_id: uuid.UUID, upstream_id: uuid.UUID, definition: dict[str, Any]
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    upstream_id: uuid.UUID,
+    definition: dict[str, Any],
+    *,
+    reviewed: bool = False,
 ) -> Pin:
-    """Approve `definition`: insert or replace the pin of its tool."""
+    """Approve `definition`: insert or replace the pin of its tool (`reviewed`: by an admin)."""
     digest = definition_digest(definition)
     name = str(definition["name"])
     statement = pg_insert(upstream_tool_pins).values(
-        tenant_id=tenant_id, upstream_id=upstream_id, tool=name, sha256=digest, definition=definition
+        tenant_id=tenant_id, upstream_id=upstream_id, tool=name, sha256=digest, definition=definition, reviewed=reviewed
     )
     statement = statement.on_conflict_do_update(
         index_elements=["tenant_id", "upstream_id", "tool"],
-        set_={"sha256": digest, "definition": definition, "approved_at": func.now()},
+        set_={"sha256": digest, "definition": definition, "approved_at": func.now(), "reviewed": reviewed},
     )
     await conn.execute(statement)
-    return Pin(name, digest, definition)
+    return Pin(name, digest, definition, reviewed)
 
 
 async def record_drift(
