@@ -166,7 +166,7 @@ async def part2(calls: int, rounds: int, tenant_id: str, api_key: str) -> dict[s
 
     from tenantry.app import build_services
     from tenantry.auth.middleware import authenticate
-    from tenantry.gateway.calls import ToolOutcome
+    from tenantry.gateway.outcomes import ToolOutcome
     from tenantry.settings import Settings
     from tenantry.tools.base import ToolContext
     from tenantry.tools.data_store import data_get, data_put, tools

@@ -34,11 +34,11 @@ FLOORS: dict[str, int] = {
     "migrations": 4,
     "dev": 4,
     "tenants": 5,
-    "governance": 5,
     # what a call runs, and what runs around calls
     "tools": 6,
     "federation": 7,
     "billing": 7,
+    "governance": 7,
     # the MCP face, every long-lived object, the REST face
     "gateway": 8,
     "services": 9,

@@ -59,6 +59,14 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.pii_detections = Counter(
+            "tenantry_pii_detections_total",
+            "Personal data found in tool output by the guardrail, by kind (never the data itself); by tenant too"
+            " when TENANTRY_METRICS_TENANT_LABELS is set.",
+            ["tenant", "kind"] if tenant_labels else ["kind"],
+            registry=self.registry,
+        )
+
         self.fast_path_calls = Counter(
             "tenantry_mcp_fast_path_calls_total",
             "tools/call requests answered by the stateless JSON fast path rather than the SDK's transport.",
@@ -72,6 +80,13 @@ class Metrics:
         else:
             self.tool_calls.labels(tool, outcome).inc()
         self.tool_latency.labels(tool).observe(time.perf_counter() - started)
+
+    def observe_pii(self, tenant_id: uuid.UUID, kinds: list[str]) -> None:
+        for kind in kinds:
+            if self._tenant_labels:
+                self.pii_detections.labels(self._tenant(tenant_id), kind).inc()
+            else:
+                self.pii_detections.labels(kind).inc()
 
     def _tenant(self, tenant_id: uuid.UUID) -> str:
         if tenant_id in self._labelled:

@@ -5,6 +5,9 @@ numbers or made-up ones with valid checksums."""
 
 from __future__ import annotations
 
+KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnz\n-----END RSA PRIVATE KEY-----"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+
 SAMPLES: list[tuple[str, list[tuple[str, str]]]] = [
     ("Contact alice.smith@example.com for details.", [("email", "alice.smith@example.com")]),
     ("Reply to ops+alerts@mail.acme-corp.co.uk today", [("email", "ops+alerts@mail.acme-corp.co.uk")]),
@@ -24,16 +27,13 @@ SAMPLES: list[tuple[str, list[tuple[str, str]]]] = [
     ("AWS key AKIAIOSFODNN7EXAMPLE leaked", [("secret", "AKIAIOSFODNN7EXAMPLE")]),
     ("stripe sk_live_4eC39HqLyjWDarjtT1zdp7dcXY here", [("secret", "sk_live_4eC39HqLyjWDarjtT1zdp7dcXY")]),
     ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 ok", [("secret", "ghp_abcdefghijklmnopqrstuvwxyz0123456789")]),
-    (
-        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
-        [("secret", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U")],
-    ),
-    (
-        "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n-----END RSA PRIVATE KEY-----",
-        [("secret", "-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n-----END RSA PRIVATE KEY-----")],
-    ),
+    (f"Bearer {JWT}", [("secret", JWT)]),
+    (f"key:\n{KEY}\nend", [("secret", KEY)]),
     ("slack xoxb-1234567890-abcdefghij works", [("secret", "xoxb-1234567890-abcdefghij")]),
-    ("Mixed: jane@corp.example, +33 1 42 68 53 00, 10.0.0.7", [("email", "jane@corp.example"), ("phone", "+33 1 42 68 53 00"), ("ip", "10.0.0.7")]),
+    (
+        "Mixed: jane@corp.example, +33 1 42 68 53 00, 10.0.0.7",
+        [("email", "jane@corp.example"), ("phone", "+33 1 42 68 53 00"), ("ip", "10.0.0.7")],
+    ),
     # --- look-alikes that are not personal data ---
     ("Order 4111111111111112 shipped", []),  # fails Luhn
     ("Invoice INV-2024-000123 due 2024-07-01", []),

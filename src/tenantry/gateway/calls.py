@@ -17,12 +17,10 @@ added here holds on every path. The order matters:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import mcp_types as types
@@ -30,10 +28,13 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
-from tenantry.errors import BadRequest, InternalError, LimitExceeded, NotFound, TenantryError, Unavailable
+from tenantry.errors import BadRequest, InternalError, NotFound, TenantryError, Unavailable
 from tenantry.federation.registry import SEPARATOR
 from tenantry.gateway.catalog import Catalog, CatalogEntry
+from tenantry.gateway.outcomes import ToolOutcome, guarded, refusal
 from tenantry.governance.gate import GOVERNANCE_CODES, Gate
+from tenantry.governance.guardrails import OutputGuard
+from tenantry.governance.policy import Policy
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
 from tenantry.metrics import Metrics
@@ -44,54 +45,6 @@ from tenantry.tenancy import Principal, in_scope
 from tenantry.tools.base import Relay, ToolContext
 
 log = logging.getLogger(__name__)
-
-EVENT_ID_META = "tenantry/event_id"
-
-
-@dataclass(frozen=True, slots=True)
-class ToolOutcome:
-    """A finished call: a structured result, or the tool-level error that ended it."""
-
-    result: dict[str, Any] | None = None
-    error: TenantryError | None = None
-    event_id: uuid.UUID | None = None  # set when the call was admitted and is in the ledger
-    # An upstream's result, passed through as it came (content, structuredContent, isError).
-    forwarded: types.CallToolResult | None = None
-    # What the call is recorded as when the caller is told something else (a tool the policy hides
-    # is refused as unknown, and recorded as `tool_forbidden`).
-    recorded_as: str | None = None
-
-    @property
-    def status(self) -> str:
-        """'ok', or the code of what ended the call (the ledger's `outcome`; only 'ok' is billed)."""
-        if self.recorded_as is not None:
-            return self.recorded_as
-        if self.error is not None:
-            return self.error.code
-        if self.forwarded is not None and self.forwarded.is_error:
-            return "upstream_tool_error"
-        return "ok"
-
-    def to_mcp(self) -> types.CallToolResult:
-        meta = {EVENT_ID_META: str(self.event_id)} if self.event_id is not None else None
-        if self.forwarded is not None:
-            if meta is None:
-                return self.forwarded
-            return self.forwarded.model_copy(update={"meta": {**(self.forwarded.meta or {}), **meta}})
-        if self.error is not None:
-            body = self.error.body()
-            return types.CallToolResult(
-                content=[types.TextContent(type="text", text=f"{self.error.code}: {self.error.detail}")],
-                structured_content=body,
-                is_error=True,
-                meta=meta,
-            )
-        result = self.result or {}
-        text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text=text)], structured_content=result, meta=meta
-        )
-
 
 _MAX_DEPTH = 64
 # Refusals decided before the meter was asked: these requests count against the rate separately.
@@ -136,35 +89,6 @@ def _describe(exc: ValidationError) -> str:
         message = "must be printable text" if error["type"] == "string_pattern_mismatch" else error["msg"]
         problems.append(f"{where}: {message}")
     return "; ".join(problems)
-
-
-def refusal(decision: Decision, principal: Principal, tool: str | None, cost: int) -> TenantryError:
-    """The error a refused meter decision becomes (429, or 503 when the meter itself is unreachable)."""
-    retry_ms = decision.retry_after_ms
-    extra: dict[str, Any] = {"retry_after_ms": retry_ms, "plan": principal.plan, "limit": decision.limit}
-    if tool is not None:
-        extra["tool"] = tool
-    wait = "never, at this plan's limits" if retry_ms < 0 else f"in {retry_ms / 1000:.1f}s"
-    limits = principal.limits
-    match decision.reason:
-        case "quota_exceeded" | "cost_exceeds_limit":
-            detail = (
-                f"tool {tool!r} costs {cost} unit(s); plan {principal.plan!r} allows {limits.calls_per_window}"
-                f" per {limits.window_seconds}s and {max(decision.remaining or 0, 0)} remain; retry {wait}"
-            )
-            return LimitExceeded(detail, code=decision.reason, extra=extra)
-        case "rate_limited":
-            detail = f"plan {principal.plan!r} allows {limits.requests_per_minute} requests per minute; retry {wait}"
-            return LimitExceeded(detail, code="rate_limited", extra=extra)
-        case "concurrency_limited":
-            detail = (
-                f"plan {principal.plan!r} allows {limits.max_concurrent} calls in flight; a slot frees when one"
-                f" of them ends: retry {wait}"
-            )
-            return LimitExceeded(detail, code="concurrency_limited", extra=extra)
-        case _:
-            detail = f"the usage meter is unavailable and plan {principal.plan!r} fails closed; retry {wait}"
-            return Unavailable(detail, code="meter_unavailable", extra=extra)
 
 
 class ToolCalls:
@@ -270,7 +194,7 @@ class ToolCalls:
                 except TenantryError as exc:
                     outcome = ToolOutcome(error=exc)
                 else:
-                    outcome = await self._metered(principal, tool, args, started, relay)
+                    outcome = await self._metered(principal, tool, args, started, relay, policy)
             if outcome.event_id is None and outcome.error is not None and outcome.error.code in _BEFORE_THE_METER:
                 # Refused before the meter: still a request, and it counts against the rate.
                 over = await self._count_request(principal)
@@ -290,11 +214,17 @@ class ToolCalls:
         return outcome
 
     async def _metered(
-        self, principal: Principal, tool: CatalogEntry, args: Any, started: float, relay: Relay | None
+        self,
+        principal: Principal,
+        tool: CatalogEntry,
+        args: Any,
+        started: float,
+        relay: Relay | None,
+        policy: Policy | None,
     ) -> ToolOutcome:
         # A withheld upstream tool (its definition drifted) is refused by its own execute(): not metered.
         if not self._metering or getattr(tool, "withheld", False):
-            return await self._run(principal, tool, args, relay)
+            return await self._run(principal, tool, args, relay, policy)
         tenant_id, limits = principal.tenant_id, principal.limits
         event_id = uuid.uuid4()
         call_id = event_id.hex
@@ -304,7 +234,7 @@ class ToolCalls:
         self._observe_decision(principal, decision)
         if not decision.admitted:
             return ToolOutcome(error=refusal(decision, principal, tool.name, cost))
-        outcome = await self._run(principal, tool, args, relay)
+        outcome = await self._run(principal, tool, args, relay, policy)
         event = UsageEvent(
             event_id,
             tenant_id,
@@ -330,11 +260,17 @@ class ToolCalls:
             return ToolOutcome(error=error)
         return ToolOutcome(outcome.result, outcome.error, event_id, outcome.forwarded)
 
-    async def _run(self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None) -> ToolOutcome:
+    async def _run(
+        self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None, policy: Policy | None
+    ) -> ToolOutcome:
         """Execute the tool; a kill made meanwhile cancels it (an upstream request is aborted) and the call
-        ends `killed`, with no result and so unbilled."""
+        ends `killed`, with no result and so unbilled. The tenant's output guardrail sees what it returns
+        and what it relays on the way."""
         if self._gate is None:
             return await self._execute(principal, tool, args, relay)
+        guard = self._guard(principal, policy, tool.name)
+        if guard is not None:
+            relay = guard.relay(relay)
         with self._gate.running(principal, tool.name) as running:
             try:
                 outcome = await self._execute(principal, tool, args, relay)
@@ -342,12 +278,20 @@ class ToolCalls:
                 if running.killed_by is None:
                     raise
         if running.killed_by is None:
-            return outcome
+            return outcome if guard is None else guarded(guard, tool.name, outcome)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             task.uncancel()
         log.warning("call of %s by tenant %s killed in flight", tool.name, principal.tenant_id)
         return ToolOutcome(error=running.killed_by.refusal())
+
+    def _guard(self, principal: Principal, policy: Policy | None, tool: str) -> OutputGuard | None:
+        if policy is None:
+            return None
+        mode, kinds = policy.output_guard(tool)
+        if mode == "off":
+            return None
+        return OutputGuard(mode, kinds, lambda found: self._metrics.observe_pii(principal.tenant_id, found))
 
     async def _execute(self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None) -> ToolOutcome:
         ctx = ToolContext(principal=principal, db=self._db, settings=self._settings, meter=self._meter, relay=relay)

@@ -22,7 +22,9 @@ from tenantry.governance.triggers import TriggerWatch
 from tenantry.tenancy import Principal
 
 # Refused by the tenant's policy, a kill or a trigger: counted apart in /metrics, never billed.
-GOVERNANCE_CODES = frozenset({"tool_forbidden", "argument_forbidden", "argument_invalid", "killed", "throttled"})
+GOVERNANCE_CODES = frozenset(
+    {"tool_forbidden", "argument_forbidden", "argument_invalid", "killed", "throttled", "pii_blocked"}
+)
 
 
 class Gate:

@@ -123,11 +123,22 @@ class Triggers(_Strict):
     probing: Trigger | None = None  # calls this policy refused, from one subject
 
 
+GuardMode = Literal["off", "redact", "block"]
+PiiKind = Literal["email", "phone", "card", "iban", "ssn", "ip", "secret"]
+
+
+class Guardrails(_Strict):
+    pii: GuardMode = "off"  # what personal data in a tool's output gets: nothing, a placeholder, or the call refused
+    kinds: list[PiiKind] | None = None  # which kinds are looked for (default: every kind)
+    tools: dict[Pattern, GuardMode] = Field(default_factory=dict, max_length=200)  # per tool (glob), overriding
+
+
 class PolicyDocument(_Strict):
     default: Literal["allow", "deny"] = "deny"
     rules: list[Rule] = Field(default_factory=list, max_length=1000)
     arguments: list[ArgumentRule] = Field(default_factory=list, max_length=1000)
     triggers: Triggers = Field(default_factory=Triggers)
+    guardrails: Guardrails = Field(default_factory=Guardrails)
 
 
 def parse_document(raw: Any) -> PolicyDocument:
@@ -183,6 +194,9 @@ class Policy:
         self.document = document
         self.version = version
         self.triggers = document.triggers
+        self._guard_kinds = None if document.guardrails.kinds is None else frozenset(document.guardrails.kinds)
+        self._guard_tools = [(_glob([p]), mode) for p, mode in document.guardrails.tools.items()]
+        self._guards: dict[str, tuple[str, frozenset[str] | None]] = {}
         self._default = Verdict(document.default == "allow", "default")
         self._rules = [_CompiledRule(i, r.effect == "allow", _glob(r.tools), r) for i, r in enumerate(document.rules)]
         self._arguments = [
@@ -215,6 +229,18 @@ class Policy:
                     return Verdict(False, f"rules[{rule.index}]")
                 allowed_by = allowed_by or Verdict(True, f"rules[{rule.index}]")
         return allowed_by or self._default
+
+    def output_guard(self, tool: str) -> tuple[str, frozenset[str] | None]:
+        """(mode, kinds) of the personal-data guardrail on `tool`'s output: the first tool pattern that
+        matches, else the tenant-wide mode."""
+        found = self._guards.get(tool)
+        if found is None:
+            mode = next((m for pattern, m in self._guard_tools if pattern.match(tool)), self.document.guardrails.pii)
+            found = (mode, self._guard_kinds)
+            if len(self._guards) >= _MAX_MEMO:
+                self._guards.clear()
+            self._guards[tool] = found
+        return found
 
     def may_call(self, principal: Principal, tool: str) -> bool:
         return self.decide(principal.subject, principal.roles, tool).allowed
