@@ -16,6 +16,10 @@ Each detector is a pattern plus a check that keeps false positives low:
 `find(text)` returns the spans; `redact(text)` replaces each with a typed placeholder (`[EMAIL]`).
 Detectors that need a character the text lacks ('@', a digit) are skipped, so prose costs little.
 Precision and recall on a labelled sample: `tests/governance/pii_corpus.py`, `bench/bench_guardrails.py`.
+
+Why not a library: Presidio's pattern recognizers (its NER model cannot be installed offline) measured
+on the same sample found 57% of the findings at 92% precision, at about 500 µs per KB of prose and
+6 ms per KB of JSON, where these run at about 9 and 40 µs.
 """
 
 from __future__ import annotations
