@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final, TypedDict
 
@@ -32,3 +34,38 @@ class Usage(TypedDict):
     window_seconds: int
     resets_in_ms: int  # until the window holds nothing of what is counted now (used would be 0)
     window_ends_in_ms: int  # until the current fixed window rolls over
+
+
+class OverRate:
+    """Tenants over their request rate, until when (ms, the meter's clock): every request of theirs is
+    refused from memory, without a round trip, until the rate lets one through again (exact: other
+    replicas can only add to the count), so a flood costs no Redis work. Forgotten when the tenant
+    changes (its limits may have); at most `capacity` tenants (the oldest ask Redis again)."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._until: OrderedDict[uuid.UUID, int] = OrderedDict()
+        self._capacity = capacity
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def hold(self, tenant_id: uuid.UUID, until: int) -> None:
+        self._until[tenant_id] = until
+        if len(self._until) > self._capacity:
+            self._until.popitem(last=False)
+
+    def held(self, tenant_id: uuid.UUID, now: int, limit: int | None, report_rate: bool) -> Decision | None:
+        """The refusal while `tenant_id` is held (`limit` and `remaining` as the caller reports them)."""
+        until = self._until.get(tenant_id)
+        if until is None:
+            return None
+        if now >= until:
+            del self._until[tenant_id]
+            return None
+        return Decision(False, "rate_limited", until - now, limit, 0 if report_rate else None)
+
+    def forget(self, tenant_id: uuid.UUID | None = None) -> None:
+        if tenant_id is None:
+            self._until.clear()
+        else:
+            self._until.pop(tenant_id, None)

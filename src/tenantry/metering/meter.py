@@ -52,7 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenantry.errors import Unavailable
 from tenantry.metering.breaker import RedisBreaker
 from tenantry.metering.commands import RedisCommands, as_commands
-from tenantry.metering.decision import REASONS, Decision, Usage, wall_clock_ms
+from tenantry.metering.decision import REASONS, Decision, OverRate, Usage, wall_clock_ms
 from tenantry.metering.resp import LuaScript
 from tenantry.plans import Limits
 
@@ -116,11 +116,7 @@ class Meter:
         self._breaker = RedisBreaker(clock=monotonic)
         self.abandoned: collections.deque[_Abandoned] = collections.deque(maxlen=_MAX_ABANDONED)
         self.undone = 0  # abandoned admissions found to have run, and undone
-        # Tenants over their request rate, until when (ms, the meter's clock): every request of theirs is
-        # refused here, without a round trip, until the rate lets one through again (exact: other replicas
-        # can only add to the count). A flood costs the gateway no Redis work. Forgotten when the tenant
-        # changes (its limits may have).
-        self._rate_limited: collections.OrderedDict[uuid.UUID, int] = collections.OrderedDict()
+        self._over_rate = OverRate(_MAX_RATE_LIMITED)
         # In-flight entries of calls that ended while Redis could not be told (their events went to PostgreSQL).
         self.unreleased: collections.deque[tuple[str, str]] = collections.deque(maxlen=_MAX_ABANDONED)
 
@@ -129,25 +125,13 @@ class Meter:
     def over_rate(self, tenant_id: uuid.UUID, limits: Limits) -> Decision | None:
         """The refusal of a tenant known to be over its request rate, decided here (no round trip);
         None when it is not known to be (the meter's round trip decides then)."""
-        if not self._rate_limited or limits.unmetered:
+        if not self._over_rate or limits.unmetered:
             return None
-        return self._held(tenant_id, self._clock(), limits.calls_per_window, False)
-
-    def _held(self, tenant_id: uuid.UUID, now: int, limit: int | None, report_rate: bool) -> Decision | None:
-        until = self._rate_limited.get(tenant_id)
-        if until is None:
-            return None
-        if now >= until:
-            del self._rate_limited[tenant_id]
-            return None
-        return Decision(False, "rate_limited", until - now, limit, 0 if report_rate else None)
+        return self._over_rate.held(tenant_id, self._clock(), limits.calls_per_window, False)
 
     def forget(self, tenant_id: uuid.UUID | None = None) -> None:
         """Ask Redis again about `tenant_id` (all tenants: None): its limits may have changed."""
-        if tenant_id is None:
-            self._rate_limited.clear()
-        else:
-            self._rate_limited.pop(tenant_id, None)
+        self._over_rate.forget(tenant_id)
 
     def _base(self, tenant_id: uuid.UUID) -> str:
         return f"{self._prefix}:{{{tenant_id}}}"
@@ -306,7 +290,7 @@ class Meter:
             call_timeout_ms,
         ]
         limit = rate if report_rate else quota
-        held = self._held(tenant_id, now, limit, report_rate)
+        held = self._over_rate.held(tenant_id, now, limit, report_rate)
         if held is not None:
             return held
         if not self._breaker.may_ask():
@@ -328,9 +312,7 @@ class Meter:
         reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)
         retry, r_retry = int(retry), int(r_retry)
         if r_retry > 0:  # on the meter's clock, like every window
-            self._rate_limited[tenant_id] = now + r_retry
-            if len(self._rate_limited) > _MAX_RATE_LIMITED:
-                self._rate_limited.popitem(last=False)
+            self._over_rate.hold(tenant_id, now + r_retry)
         if reason_text == "concurrency_limited" and retry > CONCURRENCY_RETRY_MS:
             retry = CONCURRENCY_RETRY_MS
         return Decision(
