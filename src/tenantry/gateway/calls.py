@@ -185,7 +185,7 @@ class ToolCalls:
                 try:
                     # Everything the caller got wrong is refused here, before the meter: it costs nothing.
                     refuse_unrepresentable(arguments or {}, nul_allowed=upstream)
-                    if gate is not None:
+                    if gate is not None and policy is not None:
                         arguments = dict(await gate.shape(principal, policy, name, arguments or {}))
                     args = tool.arguments.model_validate(arguments or {})
                     tool.precheck(args)
