@@ -24,6 +24,7 @@ and two that add, to see what production logging and governance cost:
                 (the plain gateway here logs nothing: uvicorn's `--log-level warning` filters the line out)
 - `policy100`   every tenant under a 100-rule policy (`bench_policy.py`'s: the matching rule last, and an
                 argument rule on data_get): decide and shape on every call
+- `guardrail`   every tenant's tool output passed through the personal-data guardrail (redact)
 
 and two candidate improvements, to see what they would buy:
 
@@ -277,6 +278,16 @@ def policy100() -> Any:
     return app
 
 
+def guardrail() -> Any:
+    """Every tenant's output redacted for personal data (the policy allows everything)."""
+    from tenantry.governance.policy import compile_policy
+
+    app = create_app(Settings())
+    policy = compile_policy({"default": "allow", "guardrails": {"pii": "redact"}})
+    _services(app).calls._gate.policies = _OnePolicy(policy)  # type: ignore[union-attr,assignment]
+    return app
+
+
 def schema_lookup() -> Any:
     app = create_app(Settings())
     services = _services(app)
@@ -298,6 +309,7 @@ VARIANTS = (
     "schema_lookup",
     "access_log",
     "policy100",
+    "guardrail",
 )
 # Variants that change the process itself (its logging): served in a process of their own only.
 SUBPROCESS_ONLY = ("access_log",)
