@@ -42,8 +42,17 @@ _INSTRUCTION: Final = re.compile(
     | \b(?:before|prior\s+to)\s+(?:using|calling|invoking|running)\s+(?:this|any)\s+(?:tool|function)\b
     | \byou\s+(?:must|should|are\s+required\s+to|need\s+to)\s+(?:first\s+|always\s+|also\s+)?
         (?:read|call|invoke|send|include|pass|fetch|upload|forward|add|append)\b
-    | \b(?:read|send|include|pass|upload|forward|append|attach|exfiltrate|leak)\b[^.\n]{0,60}
-        (?:~/\.ssh|id_rsa|\.env\b|\.aws|credentials?\b|api[\s_-]?keys?\b|passwords?\b|private\s+keys?\b|secrets?\b|tokens?\b)
+    | \b(?:read|send|include|pass|upload|forward|append|attach|exfiltrate|leak|retrieve|collect|dump|copy|email)\b
+        [^.\n]{0,60}
+        (?:~/\.ssh|id_rsa|\.env\b|\.aws|mcp\.json|credentials?\b|api[\s_-]?keys?\b|passwords?\b|private\s+keys?\b
+           |secrets?\b|tokens?\b|environment\s+variables|config(?:uration)?\s+file)
+    | \b(?:always|must)\s+(?:call|use|invoke|run)\s+this\s+(?:tool|function)\b
+    | \bbefore\s+(?:answering|responding|replying)\b
+    | \botherwise\s+(?:the|this)\s+(?:tool|function)\s+(?:will\s+not|won'?t|does\s+not|cannot)\s+work\b
+    | \bfollow\s+(?:any|all|the)\s+instructions\b
+    | \b(?:quietly|secretly|silently|covertly)\s+(?:send|email|forward|copy|upload|post|call|read)\b
+    | \b(?:never|do\s+not|don'?t)\s+(?:mention|say|reveal|disclose)\s+(?:that\s+you\b|reading|calling|using|it\b)
+    | \bif\s+asked\s+about\s+(?:secrets?|credentials|passwords?|keys?)\b
     | \bthis\s+is\s+(?:very\s+)?(?:important|critical|mandatory)\b[^.\n]{0,40}\b(?:model|assistant|ai|llm)\b
     | \bas\s+an?\s+(?:ai|assistant|language\s+model)\b
     """,
