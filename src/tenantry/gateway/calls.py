@@ -167,7 +167,7 @@ class ToolCalls:
             if stopped is None:
                 stopped = self.refused_at_once(principal, name)
             tool = await self._catalog.lookup(principal, name) if stopped is None else None
-            policy = await gate.policy(principal) if gate is not None else None
+            policy = await gate.policy(principal) if gate is not None and stopped is None else None
             hidden = tool is not None and (
                 not in_scope(principal, name) or (policy is not None and not policy.may_call(principal, name))
             )
