@@ -1,0 +1,239 @@
+"""The audit trail: one append-only, hash-chained record per request, call and admin change.
+
+- `audit_records`, partitioned by month on `at` (a default partition catches what falls outside the
+  months made so far). Forced RLS like every tenant table, but *append-only* for the application
+  role: it is granted SELECT and INSERT, never UPDATE, DELETE or TRUNCATE, and its policies cover
+  only those two commands. Records of requests no tenant could be named for (a refused credential)
+  belong to the system trail, tenant `00000000-0000-0000-0000-000000000000`. No foreign key to
+  `tenants`: a trail outlives its tenant.
+- A per-tenant hash chain: each record carries `seq` (1, 2, 3... per tenant), the previous record's
+  hash and its own, `sha256(prev_hash || canonical text of the record)`, where the canonical text is
+  `tenantry_audit_canonical(r)` (a jsonb array of every column but the hashes: jsonb's text form is
+  deterministic). `audit_chain_heads` holds each tenant's last seq and hash (the lock that orders
+  appends across replicas) and the anchor retention left: the seq and hash of the last record
+  dropped with an expired partition, where verification starts.
+- `tenantry_record_audit(tenants, counts, docs)`: the drain's (and the direct fallback's) one way in,
+  shaped like `tenantry_record_usage`. For each tenant (in the order given; callers sort them, so
+  two drains lock heads in one order) it binds the tenant, locks its head, skips records already
+  stored (a replayed stream entry: same id and time), and appends the rest in order. A document is
+  one JSON object as the gateway wrote it: {"id", "at": epoch µs, "rid": request id, "tr":
+  transport, "m": method, "tool", "sub": subject, "key", "ses": session, "d": decision, "r": reason,
+  "o": outcome, "st": HTTP status, "lat": latency µs, "e": usage event id, "dig": HMAC digest of the
+  arguments, "args": redacted arguments (opt-in), "det": detail (admin before/after)}.
+- `tenantry_audit_partitions(ahead, keep_months)`: makes the partitions of this month and `ahead`
+  more, and (keep_months > 0) drops every partition wholly older than that many months, first moving
+  each tenant's anchor to its last dropped record. Run by the owner: at migration, and by a lifespan
+  task on a schedule (`audit/maintenance.py`).
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+from tenantry.db.rls import CURRENT_TENANT, TENANT_SETTING, migration_app_role
+
+revision = "0010"
+down_revision = "0009"
+branch_labels = None
+depends_on = None
+
+_COLUMNS = """
+    r.tenant_id, r.seq, (extract(epoch FROM r.at) * 1000000)::bigint, r.id, r.request_id, r.transport,
+    r.method, r.tool, r.subject, r.key_id, r.session, r.decision, r.reason, r.outcome, r.status,
+    r.latency_us, r.event_id, r.args_digest, r.args, r.detail
+"""
+
+
+def upgrade() -> None:
+    role = migration_app_role()
+    op.execute(
+        """
+        CREATE TABLE audit_records (
+            tenant_id uuid NOT NULL,
+            at timestamptz NOT NULL,
+            seq bigint NOT NULL CHECK (seq > 0),
+            id uuid NOT NULL,
+            request_id text NOT NULL DEFAULT '',
+            transport text NOT NULL,
+            method text NOT NULL,
+            tool text,
+            subject text,
+            key_id text,
+            session text,
+            decision text NOT NULL CHECK (decision IN ('admitted', 'refused')),
+            reason text,
+            outcome text NOT NULL,
+            status integer,
+            latency_us bigint NOT NULL DEFAULT 0,
+            event_id uuid,
+            args_digest text,
+            args jsonb,
+            detail jsonb,
+            prev_hash bytea NOT NULL,
+            hash bytea NOT NULL,
+            PRIMARY KEY (tenant_id, at, seq)
+        ) PARTITION BY RANGE (at)
+        """
+    )
+    # Verification walks a tenant's chain by seq; a replayed entry is found by id; the query API filters
+    # by subject or tool over a time range.
+    op.execute("CREATE INDEX audit_records_chain ON audit_records (tenant_id, seq)")
+    op.execute("CREATE UNIQUE INDEX audit_records_once ON audit_records (tenant_id, id, at)")
+    op.execute("CREATE INDEX audit_records_subject ON audit_records (tenant_id, subject, at)")
+    op.execute("CREATE INDEX audit_records_tool ON audit_records (tenant_id, tool, at)")
+    op.execute("CREATE TABLE audit_records_default PARTITION OF audit_records DEFAULT")
+    op.execute(
+        """
+        CREATE TABLE audit_chain_heads (
+            tenant_id uuid PRIMARY KEY,
+            seq bigint NOT NULL DEFAULT 0,
+            hash bytea NOT NULL DEFAULT '\\x0000000000000000000000000000000000000000000000000000000000000000',
+            anchor_seq bigint NOT NULL DEFAULT 0,
+            anchor_hash bytea NOT NULL
+                DEFAULT '\\x0000000000000000000000000000000000000000000000000000000000000000'
+        )
+        """
+    )
+    for table in ("audit_records", "audit_chain_heads"):
+        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+        op.execute(f"CREATE POLICY {table}_owner_all ON {table} FOR ALL TO CURRENT_USER USING (true) WITH CHECK (true)")
+    match = f"tenant_id = {CURRENT_TENANT}"
+    # Append-only: the application role reads and appends records, nothing else (no UPDATE/DELETE policy
+    # and no such grant). It moves its chain's head forward.
+    op.execute(f"CREATE POLICY audit_records_tenant_select ON audit_records FOR SELECT TO {role} USING ({match})")
+    op.execute(f"CREATE POLICY audit_records_tenant_insert ON audit_records FOR INSERT TO {role} WITH CHECK ({match})")
+    op.execute(f"GRANT SELECT, INSERT ON audit_records TO {role}")
+    heads = "audit_chain_heads"
+    op.execute(f"CREATE POLICY {heads}_tenant_select ON {heads} FOR SELECT TO {role} USING ({match})")
+    op.execute(f"CREATE POLICY {heads}_tenant_insert ON {heads} FOR INSERT TO {role} WITH CHECK ({match})")
+    op.execute(f"CREATE POLICY {heads}_tenant_update ON {heads} FOR UPDATE TO {role} USING ({match}) WITH CHECK ({match})")
+    op.execute(f"GRANT SELECT, INSERT, UPDATE ON audit_chain_heads TO {role}")
+    op.execute(
+        f"""
+        CREATE FUNCTION tenantry_audit_canonical(r audit_records) RETURNS text
+        LANGUAGE sql STABLE AS $$ SELECT jsonb_build_array({_COLUMNS})::text $$
+        """
+    )
+    op.execute(
+        """
+        CREATE FUNCTION tenantry_audit_hash(r audit_records) RETURNS bytea
+        LANGUAGE sql STABLE AS $$ SELECT sha256(r.prev_hash || convert_to(tenantry_audit_canonical(r), 'UTF8')) $$
+        """
+    )
+    op.execute(
+        f"""
+        CREATE FUNCTION tenantry_record_audit(tenants uuid[], counts integer[], docs json[])
+        RETURNS integer LANGUAGE plpgsql SECURITY INVOKER AS $$
+        DECLARE
+            first integer := 1;
+            total integer := 0;
+            head_seq bigint;
+            head_hash bytea;
+            r audit_records;
+            d record;
+        BEGIN
+            IF cardinality(tenants) <> cardinality(counts)
+               OR (SELECT coalesce(sum(c), 0) FROM unnest(counts) AS c) <> cardinality(docs)
+               OR EXISTS (SELECT FROM unnest(counts) AS c WHERE c IS NULL OR c < 1) THEN
+                RAISE EXCEPTION 'tenants, counts and docs do not line up' USING ERRCODE = '22023';
+            END IF;
+            FOR i IN 1 .. cardinality(tenants) LOOP
+                PERFORM set_config('{TENANT_SETTING}', tenants[i]::text, true);
+                INSERT INTO audit_chain_heads (tenant_id) VALUES (tenants[i]) ON CONFLICT (tenant_id) DO NOTHING;
+                SELECT h.seq, h.hash INTO head_seq, head_hash
+                FROM audit_chain_heads h WHERE h.tenant_id = tenants[i] FOR UPDATE;
+                FOR d IN
+                    SELECT x.*, to_timestamp(x.at / 1000000.0::double precision) AS ts
+                    FROM unnest(docs[first : first + counts[i] - 1]) WITH ORDINALITY AS u(doc, n),
+                         LATERAL json_to_record(u.doc) AS x(
+                             id uuid, at bigint, rid text, tr text, m text, tool text, sub text, key text,
+                             ses text, d text, r text, o text, st integer, lat bigint, e uuid, dig text,
+                             args jsonb, det jsonb)
+                    ORDER BY u.n
+                LOOP
+                    IF d.id IS NULL OR d.at IS NULL THEN
+                        RAISE EXCEPTION 'an audit document without id or time' USING ERRCODE = '22023';
+                    END IF;
+                    CONTINUE WHEN EXISTS (
+                        SELECT FROM audit_records a WHERE a.tenant_id = tenants[i] AND a.id = d.id AND a.at = d.ts);
+                    head_seq := head_seq + 1;
+                    r := ROW(tenants[i], d.ts, head_seq, d.id, coalesce(d.rid, ''), d.tr, d.m, d.tool, d.sub,
+                             d.key, d.ses, d.d, d.r, d.o, d.st, coalesce(d.lat, 0), d.e, d.dig, d.args, d.det,
+                             head_hash, NULL);
+                    r.hash := tenantry_audit_hash(r);
+                    INSERT INTO audit_records SELECT r.*;
+                    head_hash := r.hash;
+                    total := total + 1;
+                END LOOP;
+                UPDATE audit_chain_heads SET seq = head_seq, hash = head_hash WHERE tenant_id = tenants[i];
+                first := first + counts[i];
+            END LOOP;
+            PERFORM set_config('{TENANT_SETTING}', '', true);
+            RETURN total;
+        END
+        $$
+        """
+    )
+    op.execute("REVOKE ALL ON FUNCTION tenantry_record_audit(uuid[], integer[], json[]) FROM PUBLIC")
+    op.execute(f"GRANT EXECUTE ON FUNCTION tenantry_record_audit(uuid[], integer[], json[]) TO {role}")
+    op.execute(
+        """
+        CREATE FUNCTION tenantry_audit_partitions(ahead integer, keep_months integer) RETURNS text[]
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            this_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+            month date;
+            name text;
+            done text[] := '{}';
+            part record;
+        BEGIN
+            FOR k IN 0 .. greatest(ahead, 0) LOOP
+                month := (this_month + make_interval(months => k))::date;
+                name := format('audit_records_y%sm%s', to_char(month, 'YYYY'), to_char(month, 'MM'));
+                IF to_regclass(name) IS NULL THEN
+                    EXECUTE format(
+                        'CREATE TABLE %I PARTITION OF audit_records FOR VALUES FROM (%L) TO (%L)', name,
+                        (month::timestamp AT TIME ZONE 'UTC'),
+                        ((month + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
+                    done := done || ('created ' || name);
+                END IF;
+            END LOOP;
+            IF keep_months > 0 THEN
+                FOR part IN
+                    SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                    WHERE i.inhparent = 'audit_records'::regclass AND c.relname ~ '^audit_records_y[0-9]{4}m[0-9]{2}$'
+                      AND to_date(substr(c.relname, 16, 4) || substr(c.relname, 21, 2), 'YYYYMM')
+                          < (this_month - make_interval(months => keep_months - 1))::date
+                    ORDER BY c.relname
+                LOOP
+                    -- Where each tenant's chain now starts: its last record in the partition going away.
+                    EXECUTE format(
+                        'UPDATE audit_chain_heads h SET anchor_seq = l.seq, anchor_hash = l.hash
+                         FROM (SELECT DISTINCT ON (tenant_id) tenant_id, seq, hash FROM %I
+                               ORDER BY tenant_id, seq DESC) l
+                         WHERE h.tenant_id = l.tenant_id AND l.seq > h.anchor_seq', part.relname);
+                    EXECUTE format('DROP TABLE %I', part.relname);
+                    done := done || ('dropped ' || part.relname);
+                END LOOP;
+            END IF;
+            RETURN done;
+        END
+        $$
+        """
+    )
+    op.execute("REVOKE ALL ON FUNCTION tenantry_audit_partitions(integer, integer) FROM PUBLIC")
+    op.execute("SELECT tenantry_audit_partitions(2, 0)")
+
+
+def downgrade() -> None:
+    op.execute("DROP FUNCTION tenantry_audit_partitions(integer, integer)")
+    op.execute("DROP FUNCTION tenantry_record_audit(uuid[], integer[], json[])")
+    op.execute("DROP FUNCTION tenantry_audit_hash(audit_records)")
+    op.execute("DROP FUNCTION tenantry_audit_canonical(audit_records)")
+    op.execute("DROP TABLE audit_chain_heads")
+    op.execute("DROP TABLE audit_records")
