@@ -111,7 +111,9 @@ def upgrade() -> None:
     heads = "audit_chain_heads"
     op.execute(f"CREATE POLICY {heads}_tenant_select ON {heads} FOR SELECT TO {role} USING ({match})")
     op.execute(f"CREATE POLICY {heads}_tenant_insert ON {heads} FOR INSERT TO {role} WITH CHECK ({match})")
-    op.execute(f"CREATE POLICY {heads}_tenant_update ON {heads} FOR UPDATE TO {role} USING ({match}) WITH CHECK ({match})")
+    op.execute(
+        f"CREATE POLICY {heads}_tenant_update ON {heads} FOR UPDATE TO {role} USING ({match}) WITH CHECK ({match})"
+    )
     op.execute(f"GRANT SELECT, INSERT, UPDATE ON audit_chain_heads TO {role}")
     op.execute(
         f"""

@@ -25,6 +25,9 @@ from tenantry import tenants as tenant_lifecycle
 from tenantry.api import admin, governance, health, stripe_webhooks, tenant, upstreams
 from tenantry.api.edge import TenantryApp, edge_middleware
 from tenantry.api.openapi import document
+from tenantry.audit.maintenance import AuditMaintenance
+from tenantry.audit.records import ArgumentDigests
+from tenantry.audit.trail import AuditTrail
 from tenantry.auth.issuers import TenantIssuers
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import build_billing
@@ -101,6 +104,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     meter = Meter(hot, key_prefix=settings.redis_key_prefix)
     stream = stream_key(settings.redis_key_prefix)
     ledger = Ledger(hot, db, stream=stream, meter=meter)
+    audit = AuditTrail(ledger, ArgumentDigests(settings.secret_keys), metrics, enabled=settings.audit_enabled)
     # The drainer's own connection: its blocking read (1 s) must not stall the meter's commands.
     drain_client = hot_redis_client(settings, redis, timeout=5.0)
     drainer = LedgerDrainer(
@@ -124,8 +128,9 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         plans=plans,
         gate=gate,
         tracing=tracing,
+        audit=audit,
     )
-    gateway = Gateway(settings, calls, resolver, metrics)
+    gateway = Gateway(settings, calls, resolver, metrics, audit)
     kill_switch.on_session_kill.append(gateway.end_session)
     return Services(
         settings,
@@ -150,6 +155,8 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         billing=build_billing(settings, db),
         hot=hot,
         drain_client=drain_client,
+        audit=audit,
+        audit_maintenance=AuditMaintenance(db, settings.audit_retention_months),
     )
 
 
@@ -210,6 +217,8 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await _refuse_unsafe_app_role(services)
         drain = asyncio.create_task(services.drainer.run(), name="ledger-drain")
+        maintenance = services.audit_maintenance
+        partitions = asyncio.create_task(maintenance.run(), name="audit-partitions") if maintenance else None
         services.changes.start()
         services.listener.start()
         await services.kills.start()
@@ -224,6 +233,9 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
             # they recorded into PostgreSQL before the connections close.
             services.drainer.stop()
             await drain
+            if maintenance is not None and partitions is not None:
+                maintenance.stop()
+                await partitions
             if billing is not None:
                 await billing.stop()
             await services.kills.aclose()
@@ -234,7 +246,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
             await services.db.dispose()
             services.tracing.shutdown()
 
-    edge = edge_middleware(settings, services.tracing)
+    edge = edge_middleware(settings, services.tracing, services.audit)
     app = TenantryApp(title="Tenantry", version=__version__, lifespan=lifespan, middleware=edge)
     app.state.services = services
     document(app)

@@ -45,6 +45,11 @@ class Metrics:
             ["plan", "policy"],
             registry=self.registry,
         )
+        self.audit_failures = Counter(
+            "tenantry_audit_failures_total",
+            "Audit records neither Redis nor PostgreSQL took (the request was answered regardless).",
+            registry=self.registry,
+        )
         self.ledger_failures = Counter(
             "tenantry_ledger_failures_total",
             "Completed calls whose usage event neither Redis nor PostgreSQL took (their result was withheld).",

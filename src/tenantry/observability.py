@@ -52,6 +52,9 @@ class RequestRecord:
     rpc_method: str | None = None
     tool: str | None = None
     outcome: str | None = None
+    transport: str | None = None  # what it came over when it is audited (streamable_http, sse, rest)
+    audited: bool = False  # its audit record is written (by whoever knew most about it)
+    detail: dict[str, Any] | None = None  # what an admin change did (`audit/changes.py`)
     trace: Any = None  # the request span's OpenTelemetry context, when tracing (the parent of its tool calls)
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from tenantry.audit.maintenance import AuditMaintenance
+from tenantry.audit.trail import AuditTrail
 from tenantry.auth.issuers import TenantIssuers
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import Billing
@@ -53,6 +55,8 @@ class Services:
     billing: Billing | None = None
     hot: RedisCommands | None = None  # the meter's and the ledger's per-call commands
     drain_client: RedisCommands | None = None  # the drainer's own connection
+    audit: AuditTrail | None = None
+    audit_maintenance: AuditMaintenance | None = None  # the trail's partitions and retention
 
     async def aclose_redis(self) -> None:
         """Close every Redis client."""

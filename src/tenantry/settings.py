@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     # Usage events a crashed replica read but never stored are taken over by another after this long.
     ledger_claim_idle_seconds: float = Field(default=30, gt=0, le=3600)
 
+    # The audit trail: one record per request, tool call and admin change. Off only to measure its cost.
+    audit_enabled: bool = True
+    # Whole months of audit records kept, this one included; older monthly partitions are dropped. 0: all.
+    audit_retention_months: int = Field(default=13, ge=0, le=1200)
+
     # Tenant data store limits.
     data_max_key_length: int = Field(default=256, ge=1, le=1024)
     data_max_value_bytes: int = Field(default=65_536, ge=16, le=16 * 1_048_576)

@@ -14,6 +14,7 @@ from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.fields import Name, Roles, Strict, Subject, ToolScope
 from tenantry.api.openapi import errors
+from tenantry.audit.changes import note_change
 from tenantry.auth import api_keys
 from tenantry.auth.jwt import issue_admin_token
 from tenantry.errors import BadRequest, Conflict, Unauthenticated
@@ -73,6 +74,7 @@ async def create_tenant(body: TenantCreate, services: ServicesDep) -> dict[str, 
     _check_plan(services, body.plan)
     async with services.db.system() as conn:
         tenant = await tenant_service.create_tenant(conn, body.name, body.plan or services.settings.default_plan)
+    note_change(tenant.id, "tenant.create", tenant.id, None, tenant.public())
     return tenant.public()
 
 
@@ -98,25 +100,34 @@ async def get_tenant(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
 @router.patch("/tenants/{tenant_id}", dependencies=[AdminDep])
 async def update_tenant(tenant_id: str, body: TenantPatch, services: ServicesDep) -> dict[str, Any]:
     _check_plan(services, body.plan)
+    tid = _tenant_id(tenant_id)
     async with services.db.system() as conn:
+        before = (await tenant_service.get_tenant(conn, tid)).public()
         tenant = await tenant_service.update_tenant(
             conn,
-            _tenant_id(tenant_id),
+            tid,
             name=body.name,
             plan=body.plan,
             status=TenantStatus(body.status) if body.status else None,
             limits=validate_overrides(body.limits) if body.limits is not None else None,
         )
+    note_change(tid, "tenant.update", tid, before, tenant.public())
     return tenant.public()
 
 
 @router.delete("/tenants/{tenant_id}", dependencies=[AdminDep])
 async def delete_tenant(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
-    if services.billing is not None:  # revoke keys, report remaining usage, archive it, soft-delete
-        result = await services.billing.onboarding.offboard(_tenant_id(tenant_id))
-        return {**result.pop("tenant"), "offboarding": result}
+    tid = _tenant_id(tenant_id)
     async with services.db.system() as conn:
-        tenant = await tenant_service.deprovision_tenant(conn, _tenant_id(tenant_id))
+        before = (await tenant_service.get_tenant(conn, tid)).public()
+    if services.billing is not None:  # revoke keys, report remaining usage, archive it, soft-delete
+        result = await services.billing.onboarding.offboard(tid)
+        after = result.pop("tenant")
+        note_change(tid, "tenant.offboard", tid, before, after)
+        return {**after, "offboarding": result}
+    async with services.db.system() as conn:
+        tenant = await tenant_service.deprovision_tenant(conn, tid)
+    note_change(tid, "tenant.deprovision", tid, before, tenant.public())
     return tenant.public()
 
 
@@ -147,6 +158,7 @@ async def create_key(tenant_id: str, services: ServicesDep, body: KeyCreate | No
         info, secret = await api_keys.create_key(
             conn, tid, body.name, subject=body.subject, roles=body.roles, tools=body.tools
         )
+    note_change(tid, "key.create", info.id, None, info.public())
     return {**info.public(), "secret": secret, "note": "The secret is shown only now; store it safely."}
 
 
@@ -161,6 +173,9 @@ async def list_keys(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
 
 @router.delete("/tenants/{tenant_id}/keys/{key_id}", dependencies=[AdminDep])
 async def revoke_key(tenant_id: str, key_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
+    tid = _tenant_id(tenant_id)
     async with services.db.system() as conn:
-        info = await api_keys.revoke_key(conn, _tenant_id(tenant_id), key_id)
+        before = next((k.public() for k in await api_keys.list_keys(conn, tid) if k.id == key_id), None)
+        info = await api_keys.revoke_key(conn, tid, key_id)
+    note_change(tid, "key.revoke", key_id, before, info.public())
     return info.public()

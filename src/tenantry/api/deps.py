@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from tenantry.auth.jwt import decode_admin_token
 from tenantry.auth.middleware import authenticate, bearer_token
 from tenantry.errors import Unauthenticated
+from tenantry.observability import note
 from tenantry.services import Services
 from tenantry.tenancy import Principal
 
@@ -25,10 +26,12 @@ def require_admin(request: Request, services: ServicesDep) -> None:
     """The admin API key itself, or an admin JWT made from it."""
     token = bearer_token(request.headers.get("authorization"))
     if hmac.compare_digest(token.encode(), services.settings.admin_api_key.encode()):
+        note(subject="admin:key")
         return
     if token.count(".") != 2:
         raise Unauthenticated("invalid admin credential", code="invalid_credentials")
     decode_admin_token(services.settings, token)
+    note(subject="admin:token")
 
 
 def is_ops(request: Request, services: Services) -> bool:

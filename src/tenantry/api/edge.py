@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tenantry.api.body_limit import BodyLimit
 from tenantry.api.middleware import RequestObserver
+from tenantry.audit.trail import AuditTrail
 from tenantry.observability import Tracing
 from tenantry.settings import Settings
 
@@ -45,9 +46,9 @@ CORS_RESPONSE_HEADERS = ["Mcp-Session-Id", "X-Request-ID", "WWW-Authenticate", "
 MCP_PATH = "/mcp"
 
 
-def edge_middleware(settings: Settings, tracing: Tracing) -> list[Middleware]:
+def edge_middleware(settings: Settings, tracing: Tracing, audit: AuditTrail | None = None) -> list[Middleware]:
     """Outermost first: the observer sees every response, CORS answers preflights before routing."""
-    edge = [Middleware(RequestObserver, tracing=tracing, log=logging.getLogger("tenantry.access"))]
+    edge = [Middleware(RequestObserver, tracing=tracing, log=logging.getLogger("tenantry.access"), audit=audit)]
     if settings.cors_allowed_origins:
         edge.append(
             Middleware(

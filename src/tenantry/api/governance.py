@@ -16,6 +16,7 @@ from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.fields import Roles, Strict, Subject
 from tenantry.api.openapi import errors
+from tenantry.audit.changes import note_change
 from tenantry.auth import api_keys, issuers
 from tenantry.auth.issuers import Issuer
 from tenantry.errors import BadRequest, NotFound
@@ -96,14 +97,18 @@ async def get_policy(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
 @router.put("/tenants/{tenant_id}/policy")
 async def put_policy(tenant_id: str, body: PolicyPut, services: ServicesDep) -> dict[str, Any]:
     async with _of_tenant(services, tenant_id) as (conn, tid):
+        before = await store.get_policy(conn, tid)
         stored = await store.put_policy(conn, tid, body.document, expected_version=body.expected_version)
+    note_change(tid, "policy.put", tid, before.public() if before else None, stored.public())
     return stored.public()
 
 
 @router.delete("/tenants/{tenant_id}/policy")
 async def delete_policy(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
     async with _of_tenant(services, tenant_id) as (conn, tid):
+        before = await store.get_policy(conn, tid)
         await store.delete_policy(conn, tid)
+    note_change(tid, "policy.delete", tid, before.public() if before else None, None)
     return {"tenant_id": str(tid), "policy": None}
 
 
@@ -125,7 +130,9 @@ async def put_identity_provider(tenant_id: str, body: IdentityProviderPut, servi
         tuple(dict.fromkeys(body.algorithms)),
     )
     async with _of_tenant(services, tenant_id) as (conn, _):
+        before = await issuers.get_issuer(conn, tid)
         stored = await issuers.put_issuer(conn, issuer)
+    note_change(tid, "identity_provider.put", tid, before.public() if before else None, stored.public())
     return stored.public()
 
 
@@ -141,7 +148,9 @@ async def get_identity_provider(tenant_id: str, services: ServicesDep) -> dict[s
 @router.delete("/tenants/{tenant_id}/identity-provider")
 async def delete_identity_provider(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
     async with _of_tenant(services, tenant_id) as (conn, tid):
+        before = await issuers.get_issuer(conn, tid)
         await issuers.delete_issuer(conn, tid)
+    note_change(tid, "identity_provider.delete", tid, before.public() if before else None, None)
     return {"tenant_id": str(tid), "identity_provider": None}
 
 
@@ -175,6 +184,7 @@ async def create_kill(body: KillCreate, services: ServicesDep) -> dict[str, Any]
                 raise NotFound(f"no key {target[:64]} for tenant {body.tenant_id}", code="key_not_found")
         kill = await kills.create_kill(conn, body.tenant_id, body.scope, target, body.reason)
     await services.kills.reload()  # in effect here before the answer; elsewhere within a second
+    note_change(body.tenant_id, "kill.create", kill.id, None, kill.public())
     return kill.public()
 
 
@@ -195,6 +205,7 @@ async def lift_kill(kill_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]
     async with services.db.system() as conn:
         kill = await kills.lift_kill(conn, kill_id)
     await services.kills.reload()
+    note_change(kill.applies_to, "kill.lift", kill_id, None, kill.public())
     return kill.public()
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.openapi import errors
+from tenantry.audit.changes import note_change
 from tenantry.errors import Conflict
 from tenantry.federation import registry
 from tenantry.federation.ssrf import check_url
@@ -79,6 +80,7 @@ async def create_upstream(tenant_id: str, body: UpstreamCreate, services: Servic
             costs=body.costs,
         )
     services.discovery.invalidate(tid)
+    note_change(tid, "upstream.create", created.id, None, created.public())
     return created.public()
 
 
@@ -112,6 +114,7 @@ async def update_upstream(
     if body.url is not None:
         await _check_url(services, body.url)
     async with services.db.tenant(tid) as conn:
+        before = (await registry.get_upstream(conn, upstream_id)).public()
         updated = await registry.update_upstream(
             conn,
             services.secrets,
@@ -123,6 +126,10 @@ async def update_upstream(
         )
     await services.discovery.pool.close_tenant_upstream(tid, upstream_id)
     services.discovery.invalidate(tid, upstream_id)
+    changed = updated.public()
+    if body.headers is not None:  # the credentials are sealed: only that they were replaced is said
+        changed = {**changed, "headers": body.headers}
+    note_change(tid, "upstream.update", upstream_id, before, changed)
     return updated.public()
 
 
@@ -133,6 +140,7 @@ async def delete_upstream(tenant_id: str, upstream_id: uuid.UUID, services: Serv
         deleted = await registry.delete_upstream(conn, upstream_id)
     await services.discovery.pool.close_tenant_upstream(tid, upstream_id)
     services.discovery.invalidate(tid, upstream_id)
+    note_change(tid, "upstream.delete", upstream_id, deleted.public(), None)
     return deleted.public()
 
 
@@ -156,4 +164,6 @@ async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: Service
 @router.post("/{upstream_id}/tools/{tool}/approve")
 async def approve_tool(tenant_id: str, upstream_id: uuid.UUID, tool: str, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
-    return await services.discovery.approve(tid, upstream_id, tool)
+    approved = await services.discovery.approve(tid, upstream_id, tool)
+    note_change(tid, "tool.approve", f"{upstream_id}/{tool[:200]}", None, approved)
+    return approved

@@ -11,7 +11,10 @@ added here holds on every path. The order matters:
   usage event is made durable (Redis stream, pipelined with the release of
   its in-flight slot) *before* the result goes back, so every result a client
   ever saw is in the ledger. The event id travels back in the result's
-  `_meta` (`tenantry/event_id`), so a client or an auditor can match the two.
+  `_meta` (`tenantry/event_id`), so a client or an auditor can match the two;
+- every call, admitted or refused, leaves one audit record (`audit/`): an
+  admitted call's travels in its usage event's stream entry, a refused one's
+  is written on its own, both before the answer.
 """
 
 from __future__ import annotations
@@ -21,19 +24,22 @@ import logging
 import math
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import mcp_types as types
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from tenantry.audit.records import AuditRecord
+from tenantry.audit.trail import AuditTrail
 from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, InternalError, NotFound, TenantryError, Unavailable
 from tenantry.federation.registry import SEPARATOR
 from tenantry.gateway.catalog import Catalog, CatalogEntry
 from tenantry.gateway.outcomes import ToolOutcome, guarded, refusal
 from tenantry.governance.gate import GOVERNANCE_CODES, Gate
-from tenantry.governance.guardrails import OutputGuard
+from tenantry.governance.guardrails import OutputGuard, redacted
 from tenantry.governance.policy import Policy
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
@@ -104,6 +110,7 @@ class ToolCalls:
         plans: PlanBook,
         gate: Gate | None = None,
         tracing: Tracing | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._settings = settings
         self._tracing = tracing or Tracing()
@@ -114,6 +121,7 @@ class ToolCalls:
         self._ledger = ledger
         self._plans = plans
         self._gate = gate
+        self._audit = audit if audit is not None and audit.enabled else None
         self._metering = settings.metering_enabled
         self._call_timeout_ms = int(settings.call_timeout_seconds * 1000)
 
@@ -158,6 +166,7 @@ class ToolCalls:
         self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None = None
     ) -> ToolOutcome:
         started = time.perf_counter()
+        asked = arguments
         record = current_request()
         attributes = {"tenantry.tenant_id": principal.tenant_id, "tenantry.tool": name[:100]}
         parent = record.trace if record is not None else None
@@ -194,7 +203,7 @@ class ToolCalls:
                 except TenantryError as exc:
                     outcome = ToolOutcome(error=exc)
                 else:
-                    outcome = await self._metered(principal, tool, args, started, relay, policy)
+                    outcome = await self._metered(principal, tool, args, started, relay, policy, asked)
             if outcome.event_id is None and outcome.error is not None and outcome.error.code in _BEFORE_THE_METER:
                 # Refused before the meter: still a request, and it counts against the rate.
                 over = await self._count_request(principal)
@@ -205,6 +214,8 @@ class ToolCalls:
                 if escalated is not None:
                     outcome = ToolOutcome(error=escalated)
             status = outcome.status
+            if self._audit is not None and outcome.event_id is None:  # no usage event carried its record
+                await self._audit.write(self._audit_record(principal, name, asked, outcome, started, policy))
             if status in GOVERNANCE_CODES:
                 self._metrics.governance_refusals.labels(status).inc()
             if span is not None:
@@ -221,6 +232,7 @@ class ToolCalls:
         started: float,
         relay: Relay | None,
         policy: Policy | None,
+        asked: dict[str, Any] | None,
     ) -> ToolOutcome:
         # A withheld upstream tool (its definition drifted) is refused by its own execute(): not metered.
         if not self._metering or getattr(tool, "withheld", False):
@@ -247,18 +259,55 @@ class ToolCalls:
         )
         # Every admission is in the in-flight set (capped or not: it is how an abandoned one is undone).
         holds_slot = not decision.bypassed and not limits.unmetered
+        audit = None
+        if self._audit is not None:  # the call's audit record rides in its usage event's entry
+            ended = replace(outcome, event_id=event_id)
+            audit = self._audit_record(principal, tool.name, asked, ended, started, policy).document()
         try:
             release = (self._meter.inflight_key(tenant_id), call_id) if holds_slot else None
             with self._tracing.span("ledger.record"):
-                await self._ledger.record(event, release=release)
+                await self._ledger.record(event, release=release, audit=audit)
         except LedgerUnavailable:
             log.error("usage event %s of tenant %s could not be recorded; result withheld", event_id, tenant_id)
             self._metrics.ledger_failures.inc()
             if holds_slot:
                 await self._meter.release(tenant_id, call_id)
             error = Unavailable("the usage ledger is unavailable; retry later", code="ledger_unavailable")
-            return ToolOutcome(error=error)
-        return ToolOutcome(outcome.result, outcome.error, event_id, outcome.forwarded)
+            return ToolOutcome(error=error, admitted=True)
+        if audit is not None:
+            request = current_request()
+            if request is not None:
+                request.audited = True
+        return replace(outcome, event_id=event_id)
+
+    def _audit_record(
+        self,
+        principal: Principal,
+        name: str,
+        asked: dict[str, Any] | None,
+        outcome: ToolOutcome,
+        started: float,
+        policy: Policy | None,
+    ) -> AuditRecord:
+        """The call's audit record: who, which tool, a digest of the arguments asked for (and, when the
+        tenant opted in, the arguments with personal data redacted), what was decided and how it ended."""
+        assert self._audit is not None
+        tenant_id = principal.tenant_id
+        keeps = policy is not None and policy.audits_arguments and asked is not None
+        return self._audit.record(
+            tenant_id,
+            "tools/call",
+            outcome.status,
+            refused=not outcome.admitted,
+            started=started,
+            tool=name[:200],
+            subject=principal.subject,
+            key_id=str(principal.key_id),
+            session=principal.session or None,
+            event_id=outcome.event_id,
+            args_digest=self._audit.digests.digest(tenant_id, asked),
+            args=redacted(asked) if keeps else None,
+        )
 
     async def _run(
         self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None, policy: Policy | None
@@ -267,7 +316,7 @@ class ToolCalls:
         ends `killed`, with no result and so unbilled. The tenant's output guardrail sees what it returns
         and what it relays on the way."""
         if self._gate is None:
-            return await self._execute(principal, tool, args, relay)
+            return replace(await self._execute(principal, tool, args, relay), admitted=True)
         guard = self._guard(principal, policy, tool.name)
         if guard is not None:
             relay = guard.relay(relay)
@@ -278,12 +327,14 @@ class ToolCalls:
                 if running.killed_by is None:
                     raise
         if running.killed_by is None:
+            # A withheld upstream tool (drifted, flagged) refuses in its own execute(): not admitted.
+            outcome = replace(outcome, admitted=not getattr(tool, "withheld", False))
             return outcome if guard is None else guarded(guard, tool.name, outcome)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             task.uncancel()
         log.warning("call of %s by tenant %s killed in flight", tool.name, principal.tenant_id)
-        return ToolOutcome(error=running.killed_by.refusal())
+        return ToolOutcome(error=running.killed_by.refusal(), admitted=True)
 
     def _guard(self, principal: Principal, policy: Policy | None, tool: str) -> OutputGuard | None:
         if policy is None:

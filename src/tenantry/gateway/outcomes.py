@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mcp_types as types
@@ -30,6 +30,7 @@ class ToolOutcome:
     # What the call is recorded as when the caller is told something else (a tool the policy hides
     # is refused as unknown, and recorded as `tool_forbidden`).
     recorded_as: str | None = None
+    admitted: bool = False  # the tool ran (or began to): not refused before it
 
     @property
     def status(self) -> str:
@@ -96,9 +97,9 @@ def guarded(guard: OutputGuard, tool: str, outcome: ToolOutcome) -> ToolOutcome:
     """`outcome` with personal data redacted from its result, or ended `pii_blocked`."""
     try:
         if outcome.forwarded is not None:
-            return ToolOutcome(forwarded=guard.forwarded(tool, outcome.forwarded))
+            return replace(outcome, forwarded=guard.forwarded(tool, outcome.forwarded))
         if outcome.result is not None:
-            return ToolOutcome(result=guard.result(tool, outcome.result))
+            return replace(outcome, result=guard.result(tool, outcome.result))
     except PiiBlocked as blocked:
-        return ToolOutcome(error=blocked)
+        return ToolOutcome(error=blocked, admitted=outcome.admitted)
     return outcome

@@ -15,19 +15,22 @@ import logging
 import time
 import warnings
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Final
 
 import mcp_types as types
 from mcp.server import Server
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenantry.audit.records import SYSTEM_TENANT
+from tenantry.audit.trail import AuditTrail
 from tenantry.auth.middleware import TenantAuth, principal_from_scope
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.errors import TenantryError
@@ -36,7 +39,7 @@ from tenantry.gateway.fastpath import ToolCallFastPath
 from tenantry.gateway.relay import AgentRelay, LogLevels
 from tenantry.gateway.sessions import Sessions
 from tenantry.metrics import Metrics
-from tenantry.observability import adopt_request, note
+from tenantry.observability import adopt_request, current_request, note
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, bind_principal
 from tenantry.tools.base import Relay
@@ -66,7 +69,14 @@ def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, calls: ToolCalls, resolver: CredentialResolver, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        calls: ToolCalls,
+        resolver: CredentialResolver,
+        metrics: Metrics,
+        audit: AuditTrail | None = None,
+    ) -> None:
         self._calls = calls
         self._log_levels = LogLevels(stateful=settings.mcp_stateful)
         with warnings.catch_warnings():
@@ -81,7 +91,7 @@ class Gateway:
                 on_set_logging_level=self._set_logging_level,
             )
         # The OpenTelemetry middleware is a no-op without an exporter; skip it on the hot path.
-        self.server.middleware = []
+        self.server.middleware = [AuditedMessages(audit)] if audit is not None and audit.enabled else []
         security = None
         if settings.mcp_allowed_hosts:
             security = TransportSecuritySettings(
@@ -202,6 +212,62 @@ class Gateway:
         """The agent's log level for what upstreams log during its calls (per session; filtered here)."""
         self._log_levels.set(ctx, _principal(ctx).tenant_id, params.level)
         return types.EmptyResult()
+
+
+_JSONRPC_CODES: Final = {
+    types.INVALID_PARAMS: "invalid_params",
+    types.METHOD_NOT_FOUND: "method_not_found",
+    types.INVALID_REQUEST: "invalid_request",
+    UNAUTHENTICATED: "unauthenticated",
+}
+
+
+class AuditedMessages:
+    """Server middleware: the audit record of every MCP request the SDK dispatches (initialize,
+    tools/list, ping...) that the call pipeline does not write itself (it writes every tool call's)."""
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self._trail = trail
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        request = ctx.request
+        scope = request.scope if isinstance(request, Request) else None
+        if scope is not None:
+            adopt_request(scope)
+        started = time.perf_counter()
+        try:
+            result = await call_next(ctx)
+        except MCPError as exc:
+            data = exc.error.data
+            code = data.get("error") if isinstance(data, dict) else None
+            await self._write(ctx, scope, str(code or _JSONRPC_CODES.get(exc.error.code, "jsonrpc_error")), started)
+            raise
+        except ValidationError:
+            await self._write(ctx, scope, "invalid_params", started)
+            raise
+        except Exception:
+            await self._write(ctx, scope, "internal_error", started)
+            raise
+        await self._write(ctx, scope, "ok", started)
+        return result
+
+    async def _write(
+        self, ctx: ServerRequestContext[Any, Any], scope: Scope | None, outcome: str, started: float
+    ) -> None:
+        record = current_request()
+        if record is not None and record.audited:  # the pipeline wrote this tool call's
+            return
+        principal = principal_from_scope(scope) if scope is not None else None
+        name = ctx.params.get("name") if ctx.method == "tools/call" and ctx.params else None
+        audit = self._trail.record(
+            principal.tenant_id if principal is not None else SYSTEM_TENANT,
+            ctx.method,
+            outcome,
+            refused=outcome != "ok",
+            started=started,
+            tool=name[:200] if isinstance(name, str) else None,
+        )
+        await self._trail.write(audit)
 
 
 class JsonRpcErrors:

@@ -40,6 +40,17 @@ class PiiBlocked(Forbidden):
         )
 
 
+def redacted(value: Any) -> Any:
+    """`value` (JSON) with every kind of personal data in its strings replaced by placeholders."""
+    if isinstance(value, str):
+        return redact(value)[0]
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redacted(item) for item in value]
+    return value
+
+
 class OutputGuard:
     def __init__(self, mode: str, kinds: frozenset[str] | None, found: Found) -> None:
         self.blocking = mode == "block"

@@ -133,12 +133,19 @@ class Guardrails(_Strict):
     tools: dict[Pattern, GuardMode] = Field(default_factory=dict, max_length=200)  # per tool (glob), overriding
 
 
+class AuditOptions(_Strict):
+    # What a call's audit record keeps of its arguments: their HMAC digest only, or also the arguments
+    # themselves with every kind of personal data redacted (the tenant opts in).
+    arguments: Literal["digest", "redacted"] = "digest"
+
+
 class PolicyDocument(_Strict):
     default: Literal["allow", "deny"] = "deny"
     rules: list[Rule] = Field(default_factory=list, max_length=1000)
     arguments: list[ArgumentRule] = Field(default_factory=list, max_length=1000)
     triggers: Triggers = Field(default_factory=Triggers)
     guardrails: Guardrails = Field(default_factory=Guardrails)
+    audit: AuditOptions = Field(default_factory=AuditOptions)
 
 
 def parse_document(raw: Any) -> PolicyDocument:
@@ -194,6 +201,7 @@ class Policy:
         self.document = document
         self.version = version
         self.triggers = document.triggers
+        self.audits_arguments = document.audit.arguments == "redacted"
         self._guard_kinds = None if document.guardrails.kinds is None else frozenset(document.guardrails.kinds)
         self._guard_tools = [(_glob([p]), mode) for p, mode in document.guardrails.tools.items()]
         self._guards: dict[str, tuple[str, frozenset[str] | None]] = {}

@@ -1,8 +1,9 @@
-"""The ledger's drain: usage events from the Redis stream into `usage_events`, each exactly once.
+"""The ledger's drain: usage events and audit records from the Redis stream into PostgreSQL, each exactly once.
 
 A lifespan task on every replica (any number of them): a consumer group reads the
 stream, stores each batch with one statement, `tenantry_record_usage`
-(migration 0006), and only then acknowledges and deletes the entries. The
+(migration 0006) and `tenantry_record_audit` (0010, which chains each
+tenant's records), and only then acknowledges and deletes the entries. The
 function binds each tenant of the batch in turn and inserts its events with
 `ON CONFLICT DO NOTHING` on (tenant_id, event_id), as the application role
 under RLS, so the ledger obeys the same isolation as the tools, in one
@@ -32,6 +33,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -39,7 +41,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
 from tenantry.metering.commands import RedisCommands, as_commands
-from tenantry.metering.ledger import REDIS_ERRORS, UsageEvent, insert_documents, insert_events, stream_key, unstorable
+from tenantry.metering.ledger import REDIS_ERRORS, UsageEvent, insert_documents, stream_key, unstorable
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +105,11 @@ class LedgerDrainer:
         ids = [entry_id for entry_id, _ in entries]
         # An entry deleted after it was read comes back without fields: only acknowledged.
         live = [(entry_id, fields) for entry_id, fields in entries if fields]
-        batch, odd = _group(live)
+        batch, audit, odd = _group(live)
         moved = 0
-        if batch:
+        if batch or audit:
             try:
-                await insert_documents(self._db, batch)
+                await insert_documents(self._db, batch, audit)
                 moved = sum(len(docs) for docs in batch.values())
             except DBAPIError as exc:
                 if not unstorable(exc):
@@ -129,35 +131,37 @@ class LedgerDrainer:
         self, entries: list[tuple[bytes, dict[bytes, bytes]]]
     ) -> tuple[int, list[tuple[bytes, dict[bytes, bytes], str]]]:
         """The slow path, for a batch holding something the fast one could not store: each tenant's
-        events in their own transaction, and a tenant's whose were refused, one event at a time.
-        Returns how many were stored, and the entries that can never be (with the reason)."""
+        entries in their own transaction, and a tenant's whose were refused, one entry at a time.
+        Returns how many usage events were stored, and the entries that can never be (with the reason)."""
         dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
-        by_tenant: dict[uuid.UUID, list[tuple[bytes, dict[bytes, bytes], UsageEvent]]] = defaultdict(list)
+        by_tenant: dict[uuid.UUID, list[tuple[bytes, dict[bytes, bytes], _Docs]]] = defaultdict(list)
         for entry_id, fields in entries:
             try:
-                event = UsageEvent.from_fields(fields)
+                tenant, docs = _parse(fields)
             except ValueError as exc:
                 dead.append((entry_id, fields, str(exc)))
                 continue
-            by_tenant[event.tenant_id].append((entry_id, fields, event))
+            by_tenant[tenant].append((entry_id, fields, docs))
         stored = 0
-        for group in by_tenant.values():
-            refused = await self._refusal([event for _, _, event in group])
+        for tenant, group in by_tenant.items():
+            refused = await self._refusal(tenant, [docs for _, _, docs in group])
             if refused is None:
-                stored += len(group)
+                stored += sum(docs.usage is not None for _, _, docs in group)
                 continue
-            for entry_id, fields, event in group:
-                alone = refused if len(group) == 1 else await self._refusal([event])
+            for entry_id, fields, docs in group:
+                alone = refused if len(group) == 1 else await self._refusal(tenant, [docs])
                 if alone is None:
-                    stored += 1
+                    stored += docs.usage is not None
                 else:
                     dead.append((entry_id, fields, f"refused by PostgreSQL: {alone}"))
         return stored, dead
 
-    async def _refusal(self, events: list[UsageEvent]) -> str | None:
-        """Store `events` in one transaction; None when stored, PostgreSQL's reason when it never will."""
+    async def _refusal(self, tenant: uuid.UUID, entries: list[_Docs]) -> str | None:
+        """Store one tenant's `entries` in one transaction; None when stored, PostgreSQL's reason when it never will."""
+        usage = [d.usage for d in entries if d.usage is not None]
+        audit = [d.audit for d in entries if d.audit is not None]
         try:
-            await insert_events(self._db, events)
+            await insert_documents(self._db, {tenant: usage} if usage else {}, {tenant: audit} if audit else None)
         except DBAPIError as exc:
             if not unstorable(exc):
                 raise
@@ -261,18 +265,43 @@ async def oldest_undrained_age_ms(redis: Redis, stream: str, now_ms: int | None 
     return max(0, now_ms - int(raw.split("-")[0]))
 
 
+@dataclass(frozen=True, slots=True)
+class _Docs:
+    usage: str | None  # the usage event's document
+    audit: str | None  # the audit record's document
+
+
+def _parse(fields: dict[bytes, bytes]) -> tuple[uuid.UUID, _Docs]:
+    """An entry's tenant and documents, any format (the eight-field usage events of gateways before 0006
+    too); ValueError when it is neither a usage event nor an audit record."""
+    if b"a" not in fields:
+        event = UsageEvent.from_fields(fields)
+        return event.tenant_id, _Docs(event.document(), None)
+    try:
+        tenant = uuid.UUID(fields[b"t"].decode())
+        audit = fields[b"a"].decode()
+    except (KeyError, ValueError) as exc:  # UnicodeDecodeError too
+        raise ValueError(f"not an audit record: {exc!r}") from exc
+    usage = UsageEvent.from_fields({k: v for k, v in fields.items() if k != b"a"}) if b"v" in fields else None
+    if usage is not None and usage.tenant_id != tenant:
+        raise ValueError("the usage event and the audit record name different tenants")
+    return tenant, _Docs(None if usage is None else usage.document(), audit)
+
+
 def _group(
     entries: list[tuple[bytes, dict[bytes, bytes]]],
-) -> tuple[dict[uuid.UUID, list[str]], list[tuple[bytes, dict[bytes, bytes]]]]:
-    """The fast path: entries as the gateway writes them (`t` + `v`) grouped by tenant, their
-    documents passed on unparsed; and the rest (older-format or malformed entries, for the slow path)."""
+) -> tuple[dict[uuid.UUID, list[str]], dict[uuid.UUID, list[str]], list[tuple[bytes, dict[bytes, bytes]]]]:
+    """The fast path: entries as the gateway writes them (`t`, and `v` and/or `a`) grouped by tenant,
+    their usage and audit documents passed on unparsed; and the rest (older-format or malformed
+    entries, for the slow path)."""
     batch: dict[uuid.UUID, list[str]] = {}
+    audit: dict[uuid.UUID, list[str]] = {}
     tenants: dict[bytes, uuid.UUID | None] = {}
     odd: list[tuple[bytes, dict[bytes, bytes]]] = []
     for entry in entries:
         fields = entry[1]
-        raw_tenant, doc = fields.get(b"t"), fields.get(b"v")
-        if raw_tenant is None or doc is None or len(fields) != 2:
+        raw_tenant, doc, record = fields.get(b"t"), fields.get(b"v"), fields.get(b"a")
+        if raw_tenant is None or len(fields) != 1 + (doc is not None) + (record is not None) or len(fields) == 1:
             odd.append(entry)
             continue
         if raw_tenant in tenants:
@@ -284,18 +313,26 @@ def _group(
                 tenant = None
             tenants[raw_tenant] = tenant
         try:
-            text_doc = doc.decode()
+            text_doc = None if doc is None else doc.decode()
+            text_record = None if record is None else record.decode()
         except UnicodeDecodeError:
             tenant = None
         if tenant is None:
             odd.append(entry)
             continue
-        docs = batch.get(tenant)
-        if docs is None:
-            batch[tenant] = [text_doc]
-        else:
-            docs.append(text_doc)
-    return batch, odd
+        if text_doc is not None:
+            docs = batch.get(tenant)
+            if docs is None:
+                batch[tenant] = [text_doc]
+            else:
+                docs.append(text_doc)
+        if text_record is not None:
+            records = audit.get(tenant)
+            if records is None:
+                audit[tenant] = [text_record]
+            else:
+                records.append(text_record)
+    return batch, audit, odd
 
 
 def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:

@@ -14,10 +14,14 @@ through the lean client ~60-80 µs. The drain reads over a connection of its
 own: its blocking read must not sit on the connection the per-call commands
 are pipelined on.
 
-An entry is two fields: `t`, the tenant, and `v`, the rest of the event as
-one JSON object (`UsageEvent.document()`), so the drain hands the documents to
-PostgreSQL unparsed: parsing eight fields per event in Python cost more than
-the insert (bench/bench_drain.py).
+An entry is the tenant, `t`, and one or two JSON documents the drain hands
+to PostgreSQL unparsed (parsing eight fields per event in Python cost more
+than the insert, bench/bench_drain.py): `v`, the usage event
+(`UsageEvent.document()`), and `a`, the call's audit record
+(`audit/records.py`). An admitted call's audit record rides in its usage
+event's entry, so auditing it costs no round trip of its own; a record of
+something that used no quota (a refused call, a request that is not a call,
+an admin change) is an entry of its own (`append`).
 
 The drain (`drain.py`, a lifespan task on every replica) moves the stream
 into `usage_events`, once per event, and keeps what can never be stored aside.
@@ -38,6 +42,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -91,9 +96,11 @@ class UsageEvent:
         """The stream entry: the tenant, and the rest as one document (the drain passes it on unparsed)."""
         return {"t": str(self.tenant_id), "v": self.document()}
 
-    def xadd(self, stream: str) -> tuple[str, ...]:
-        """The XADD that appends this event to `stream`."""
-        return ("XADD", stream, "*", "t", str(self.tenant_id), "v", self.document())
+    def xadd(self, stream: str, audit: str | None = None) -> tuple[str, ...]:
+        """The XADD that appends this event (and the call's audit record) to `stream`."""
+        if audit is None:
+            return ("XADD", stream, "*", "t", str(self.tenant_id), "v", self.document())
+        return ("XADD", stream, "*", "t", str(self.tenant_id), "v", self.document(), "a", audit)
 
     @classmethod
     def from_fields(cls, raw: dict[bytes, bytes]) -> UsageEvent:
@@ -141,6 +148,13 @@ class LedgerUnavailable(Exception):
 _RECORD = text(
     "SELECT tenantry_record_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[]))"
 )
+_RECORD_WITH_AUDIT = text(
+    "SELECT tenantry_record_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[])),"
+    " tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]), CAST(:a_docs AS json[]))"
+)
+_RECORD_AUDIT = text(
+    "SELECT 0, tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]), CAST(:a_docs AS json[]))"
+)
 
 # SQLSTATE classes that mean "this data can never be stored" (a data exception such as malformed
 # JSON or a bad uuid; an integrity violation such as a tenant that no longer exists), not "try again
@@ -154,20 +168,31 @@ def unstorable(exc: DBAPIError) -> bool:
     return state.startswith(_UNSTORABLE)
 
 
-async def insert_documents(db: Database, batch: dict[uuid.UUID, list[str]]) -> int:
-    """Store events given as documents, grouped by tenant, in one statement whatever the number of
-    tenants (`tenantry_record_usage` binds each in turn, under RLS); return how many were new."""
-    if not batch:
+async def insert_documents(
+    db: Database, batch: dict[uuid.UUID, list[str]], audit: dict[uuid.UUID, list[str]] | None = None
+) -> int:
+    """Store usage events and audit records given as documents, grouped by tenant, in one statement
+    whatever the number of tenants (`tenantry_record_usage` and `tenantry_record_audit` bind each in
+    turn, under RLS); return how many usage events were new. Audit records go in tenant order, the
+    order every writer locks the tenants' chains in."""
+    if not batch and not audit:
         return 0
-    params = {
-        "tenants": list(batch),
-        "counts": [len(docs) for docs in batch.values()],
-        "events": [doc for docs in batch.values() for doc in docs],
-    }
-    # One statement is its own transaction (the function's tenant bindings end with it): no BEGIN/COMMIT.
+    params: dict[str, list[Any]] = {}
+    if batch:
+        params["tenants"] = list(batch)
+        params["counts"] = [len(docs) for docs in batch.values()]
+        params["events"] = [doc for docs in batch.values() for doc in docs]
+    if audit:
+        tenants = sorted(audit)
+        params["a_tenants"] = tenants
+        params["a_counts"] = [len(audit[t]) for t in tenants]
+        params["a_docs"] = [doc for t in tenants for doc in audit[t]]
+    statement = _RECORD if not audit else (_RECORD_WITH_AUDIT if batch else _RECORD_AUDIT)
+    # One statement is its own transaction (the functions' tenant bindings end with it): no BEGIN/COMMIT.
     async with db.app_engine.connect() as conn:
         autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        return int((await autocommit.execute(_RECORD, params)).scalar_one())
+        row = (await autocommit.execute(statement, params)).one()
+        return int(row[0])
 
 
 async def insert_events(db: Database, events: Iterable[UsageEvent]) -> int:
@@ -198,13 +223,15 @@ class Ledger:
         self.stream = stream
         self.fallbacks = 0  # events written straight to PostgreSQL because Redis was unreachable
 
-    async def record(self, event: UsageEvent, *, release: tuple[str, str] | None = None) -> None:
-        """Make `event` durable before the call's result is returned.
+    async def record(
+        self, event: UsageEvent, *, release: tuple[str, str] | None = None, audit: str | None = None
+    ) -> None:
+        """Make `event` (and `audit`, the call's audit record) durable before the call's result is returned.
 
         `release=(key, member)`: also remove `member` from the sorted set `key` (the call's in-flight
         slot in the meter) in the same round trip."""
         if self._meter is None or not self._meter.down:
-            xadd = event.xadd(self.stream)
+            xadd = event.xadd(self.stream, audit)
             try:
                 if release is None:
                     await self._commands.execute(*xadd)
@@ -217,6 +244,23 @@ class Ledger:
             self._meter.release_later(*release)
         self.fallbacks += 1
         try:
-            await insert_events(self._db, [event])
+            await insert_documents(
+                self._db, {event.tenant_id: [event.document()]}, {event.tenant_id: [audit]} if audit else None
+            )
+        except (DBAPIError, OSError) as exc:
+            raise LedgerUnavailable(str(exc)) from exc
+
+    async def append(self, tenant_id: uuid.UUID, audit: str) -> None:
+        """Make an audit record of no usage event durable (a refusal, a request that is not a call, an admin
+        change): an entry of its own, or straight to PostgreSQL while Redis cannot take it."""
+        if self._meter is None or not self._meter.down:
+            try:
+                await self._commands.execute("XADD", self.stream, "*", "t", str(tenant_id), "a", audit)
+                return
+            except REDIS_ERRORS as exc:
+                log.warning("ledger: Redis unavailable (%s); writing an audit record to PostgreSQL", exc)
+        self.fallbacks += 1
+        try:
+            await insert_documents(self._db, {}, {tenant_id: [audit]})
         except (DBAPIError, OSError) as exc:
             raise LedgerUnavailable(str(exc)) from exc
