@@ -23,6 +23,7 @@ from starlette.routing import Match
 from tenantry import __version__
 from tenantry import tenants as tenant_lifecycle
 from tenantry.api import admin, governance, health, stripe_webhooks, tenant, upstreams
+from tenantry.api import audit as audit_api
 from tenantry.api.edge import TenantryApp, edge_middleware
 from tenantry.api.openapi import document
 from tenantry.audit.maintenance import AuditMaintenance
@@ -257,6 +258,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.include_router(tenant.router)
     app.include_router(upstreams.router)
     app.include_router(governance.router)
+    app.include_router(audit_api.router)
     app.include_router(health.router)
     app.include_router(stripe_webhooks.router)
     # The MCP endpoints first: they take most requests, and routing tries routes in order.

@@ -52,6 +52,10 @@ async def test_redis_down_refuses_free_serves_paid_records_the_pass_and_recovers
             assert (await bridge(http, free, "data_list", {})).status_code == 200
             assert (await http.get("/health")).status_code == 200
 
+            async def drained() -> bool:  # this Redis keeps nothing across the restart below
+                return len(await ledger_rows(db, free)) == 1
+
+            await eventually(drained)
             assert stop_redis(own_redis, tmp_path)
             refused = await bridge(http, free, "data_list", {})
             served = await bridge(http, paid, "data_put", {"key": "during-outage", "value": 1})

@@ -1,7 +1,8 @@
 """What an admin change did, for its audit record: the fields it changed, before and after, never a secret.
 
-An admin handler describes its change (`describe`) and notes it on its request (`note_change`); the
-record of the request, written before the answer goes out, carries it as its `detail`:
+An admin REST handler notes its change on its request (`note_change`); the record of the request,
+written before the answer goes out, carries it as its `detail`. A CLI command records its change in the
+change's own transaction (`record_change`): both commit, or neither. The detail:
 
     {"action": "tenant.update", "target": "<id>",
      "changes": {"plan": {"before": "free", "after": "pro"}}}
@@ -12,10 +13,15 @@ written, only that it changed: {"headers": {"changed": true}}.
 
 from __future__ import annotations
 
+import getpass
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tenantry.audit.records import ADMITTED, SYSTEM_TENANT, AuditRecord
 from tenantry.observability import current_request
 
 SECRET_FIELDS: Final = frozenset(
@@ -36,8 +42,17 @@ def describe(
         if name.lower() in SECRET_FIELDS:
             changes[name] = {"changed": True}
         else:
-            changes[name] = {"before": was, "after": now}
+            changes[name] = {"before": _masked(was), "after": _masked(now)}
     return {"action": action, "target": str(target), "changes": changes}
+
+
+def _masked(value: Any) -> Any:
+    """`value` with a secret anywhere inside it (a nested object's `secret`, say) replaced."""
+    if isinstance(value, Mapping):
+        return {k: "[secret]" if str(k).lower() in SECRET_FIELDS else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    return value
 
 
 def note_change(
@@ -54,3 +69,36 @@ def note_change(
     record.detail = describe(action, target, before, after)
     if tenant_id is not None:
         record.tenant = str(tenant_id)
+
+
+_RECORD = text("SELECT tenantry_record_audit(ARRAY[CAST(:tenant AS uuid)], ARRAY[1], ARRAY[CAST(:doc AS json)])")
+
+
+def operator() -> str:
+    """Who runs a CLI command: the operating system's user."""
+    try:
+        return f"cli:{getpass.getuser()}"[:200]
+    except (OSError, KeyError):
+        return "cli:unknown"
+
+
+async def record_change(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID | None,
+    action: str,
+    target: object,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+) -> None:
+    """Record a change made outside a request (the CLI) in the change's own transaction. The last
+    statement of that transaction: the recording function unbinds the tenant when it ends."""
+    record = AuditRecord(
+        tenant_id=tenant_id or SYSTEM_TENANT,
+        transport="cli",
+        method=f"cli {action}",
+        decision=ADMITTED,
+        outcome="ok",
+        subject=operator(),
+        detail=describe(action, target, before, after),
+    )
+    await conn.execute(_RECORD, {"tenant": record.tenant_id, "doc": record.document()})

@@ -5,6 +5,7 @@
     tenants.py  tenant ..., key ...
     calls.py    call, probe (an MCP client)
     governance.py  policy ..., kill ...
+    audit.py    audit list|export|verify|digest
 
 Upstream and billing commands live with their packages (`federation/cli.py`, `billing/cli.py`).
 """
@@ -20,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from tenantry.cli import audit as audit_cli
 from tenantry.cli import governance as governance_cli
 from tenantry.cli.calls import cmd_call, cmd_probe
 from tenantry.cli.common import EXIT_AUTH, EXIT_CODES, EXIT_UNAVAILABLE, EXIT_USAGE
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     upstream_cli.add_commands(sub, command)
     governance_cli.add_commands(sub, command)
+    audit_cli.add_commands(sub, command)
     return parser
 
 

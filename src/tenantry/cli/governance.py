@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tenantry import tenants as tenant_service
+from tenantry.audit.changes import record_change
 from tenantry.auth import api_keys
 from tenantry.cli.common import emit, json_object, with_db
 from tenantry.db.engine import Database
@@ -55,7 +56,12 @@ def cmd_policy_set(args: argparse.Namespace, settings: Settings) -> int:
     async def work(db: Database) -> store.StoredPolicy:
         async with db.system() as conn:
             await tenant_service.get_tenant(conn, tenant_id)
-            return await store.put_policy(conn, tenant_id, document, expected_version=args.expected_version)
+            before = await store.get_policy(conn, tenant_id)
+            stored = await store.put_policy(conn, tenant_id, document, expected_version=args.expected_version)
+            await record_change(
+                conn, tenant_id, "policy.put", tenant_id, before.public() if before else None, stored.public()
+            )
+            return stored
 
     stored = asyncio.run(with_db(settings, work))
     emit(args, stored.public(), f"policy of tenant {tenant_id}: version {stored.version}")
@@ -68,7 +74,9 @@ def cmd_policy_delete(args: argparse.Namespace, settings: Settings) -> int:
     async def work(db: Database) -> None:
         async with db.system() as conn:
             await tenant_service.get_tenant(conn, tenant_id)
+            before = await store.get_policy(conn, tenant_id)
             await store.delete_policy(conn, tenant_id)
+            await record_change(conn, tenant_id, "policy.delete", tenant_id, before.public() if before else None, None)
 
     asyncio.run(with_db(settings, work))
     emit(args, {"tenant_id": str(tenant_id), "policy": None}, f"tenant {tenant_id} has no policy now")
@@ -116,7 +124,9 @@ def cmd_kill_create(args: argparse.Namespace, settings: Settings) -> int:
             keys = await api_keys.list_keys(conn, tenant_id) if tenant_id is not None else []
             if args.scope == "key" and target not in {str(k.id) for k in keys}:
                 raise NotFound(f"no key {target[:64]} for tenant {tenant_id}", code="key_not_found")
-            return await kills.create_kill(conn, tenant_id, args.scope, target, args.reason)
+            kill = await kills.create_kill(conn, tenant_id, args.scope, target, args.reason)
+            await record_change(conn, tenant_id, "kill.create", kill.id, None, kill.public())
+            return kill
 
     kill = asyncio.run(with_db(settings, work))
     emit(args, kill.public(), f"kill {kill.id}: {kill.scope} {kill.target} stopped")
@@ -146,7 +156,9 @@ def cmd_kill_lift(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(db: Database) -> kills.Kill:
         async with db.system() as conn:
-            return await kills.lift_kill(conn, kill_id)
+            kill = await kills.lift_kill(conn, kill_id)
+            await record_change(conn, kill.applies_to, "kill.lift", kill_id, None, kill.public())
+            return kill
 
     kill = asyncio.run(with_db(settings, work))
     emit(args, kill.public(), f"kill {kill.id} lifted")

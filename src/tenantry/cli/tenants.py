@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from tenantry import tenants as tenant_service
+from tenantry.audit.changes import record_change
 from tenantry.auth import api_keys
 from tenantry.cli.common import emit, json_object, with_db
 from tenantry.db.engine import Database
@@ -35,6 +36,8 @@ def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> int:
             if args.with_key:
                 info, secret = await api_keys.create_key(conn, tenant.id, "default")
                 out["key"] = {**info.public(), "secret": secret}
+                await record_change(conn, tenant.id, "key.create", info.id, None, info.public())
+            await record_change(conn, tenant.id, "tenant.create", tenant.id, None, tenant.public())
         return out
 
     out = asyncio.run(with_db(settings, work))
@@ -68,7 +71,9 @@ def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
     async def work(db: Database) -> dict[str, Any]:
         async with db.system() as conn:
             status = TenantStatus(args.status) if args.status else None
+            before = (await tenant_service.get_tenant(conn, tenant_id)).public()
             tenant = await tenant_service.update_tenant(conn, tenant_id, plan=args.plan, status=status, limits=limits)
+            await record_change(conn, tenant_id, "tenant.update", tenant_id, before, tenant.public())
             return tenant.public()
 
     tenant = asyncio.run(with_db(settings, work))
@@ -87,6 +92,7 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
             info, secret = await api_keys.create_key(
                 conn, tenant_id, args.name, subject=args.subject, roles=_roles(args.role), tools=_tools(args.tool)
             )
+            await record_change(conn, tenant_id, "key.create", info.id, None, info.public())
         return {**info.public(), "secret": secret}
 
     key = asyncio.run(with_db(settings, work))
@@ -133,7 +139,10 @@ def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(db: Database) -> dict[str, Any]:
         async with db.system() as conn:
-            return (await api_keys.revoke_key(conn, tenant_id, key_id)).public()
+            before = next((k.public() for k in await api_keys.list_keys(conn, tenant_id) if k.id == key_id), None)
+            revoked = (await api_keys.revoke_key(conn, tenant_id, key_id)).public()
+            await record_change(conn, tenant_id, "key.revoke", key_id, before, revoked)
+            return revoked
 
     key = asyncio.run(with_db(settings, work))
     emit(args, {"key": key}, f"key {key['id']} revoked at {key['revoked_at']}")

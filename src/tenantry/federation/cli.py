@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tenantry import tenants as tenant_service
+from tenantry.audit.changes import record_change
 from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
 from tenantry.federation import registry
@@ -77,6 +78,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
                 headers=headers,
                 costs=costs,
             )
+            after = {**created.public(), "headers": headers}  # only that credentials were set is recorded
+            await record_change(conn, tenant_id, "upstream.create", created.id, None, after)
         return created.public()
 
     up = _run(settings, work)
@@ -109,7 +112,9 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(db: Database) -> dict[str, Any]:
         async with db.tenant(tenant_id) as conn:
-            return (await registry.delete_upstream(conn, upstream_id)).public()
+            deleted = (await registry.delete_upstream(conn, upstream_id)).public()
+            await record_change(conn, tenant_id, "upstream.delete", upstream_id, deleted, None)
+            return deleted
 
     up = _run(settings, work)
     _emit(args, {"upstream": up}, f"upstream {up['id']} ({up['name']}) removed")
@@ -120,7 +125,9 @@ def cmd_rotate(args: argparse.Namespace, settings: Settings) -> int:
     async def work(db: Database) -> int:
         # Cross-tenant by nature: the owner role re-encrypts every tenant's credentials.
         async with db.system() as conn:
-            return await registry.rotate_credentials(conn, SecretBox(settings.secret_keys))
+            count = await registry.rotate_credentials(conn, SecretBox(settings.secret_keys))
+            await record_change(conn, None, "upstream.rotate_secrets", "*", None, {"rotated": count})
+            return count
 
     count = _run(settings, work)
     _emit(args, {"rotated": count}, f"{count} upstream credential(s) re-encrypted under the newest key")

@@ -1,0 +1,102 @@
+"""Admin REST: a tenant's audit trail, a page at a time, exported, and its chain verified.
+
+`/api/tenants/00000000-0000-0000-0000-000000000000/audit` is the system trail (refused credentials and
+requests no tenant could be named for). Reading the trail is itself recorded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+
+from tenantry import tenants as tenant_service
+from tenantry.api.deps import AdminDep, ServicesDep
+from tenantry.api.openapi import errors
+from tenantry.audit import store
+from tenantry.audit.records import SYSTEM_TENANT
+from tenantry.services import Services
+from tenantry.tenancy import parse_tenant_id
+
+router = APIRouter(prefix="/api/tenants/{tenant_id}/audit", dependencies=[AdminDep], responses=errors(400, 401, 404))
+
+_Text = Annotated[str | None, Query(min_length=1, max_length=300)]
+
+
+async def _trail_of(services: Services, tenant_id: str) -> uuid.UUID:
+    tid = parse_tenant_id(tenant_id)
+    if tid != SYSTEM_TENANT:
+        async with services.db.system() as conn:
+            await tenant_service.get_tenant(conn, tid)
+    return tid
+
+
+def _filter(
+    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+    subject: _Text = None,
+    tool: _Text = None,
+    decision: Annotated[Literal["admitted", "refused"] | None, Query()] = None,
+    outcome: _Text = None,
+    method: _Text = None,
+    request_id: _Text = None,
+) -> store.AuditFilter:
+    return store.AuditFilter(since, until, subject, tool, decision, outcome, method, request_id)
+
+
+@router.get("")
+async def audit_page(
+    tenant_id: str,
+    services: ServicesDep,
+    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+    subject: _Text = None,
+    tool: _Text = None,
+    decision: Annotated[Literal["admitted", "refused"] | None, Query()] = None,
+    outcome: _Text = None,
+    method: _Text = None,
+    request_id: _Text = None,
+    limit: Annotated[int, Query(ge=1, le=store.PAGE_MAX)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the page before")] = None,
+) -> dict[str, Any]:
+    """Records newest first; `next_cursor` (null on the last page) gets the next page."""
+    where = _filter(since, until, subject, tool, decision, outcome, method, request_id)
+    tid = await _trail_of(services, tenant_id)
+    found, next_cursor = await store.page(services.db, tid, where, limit=limit, cursor=cursor)
+    return {"tenant_id": str(tid), "records": found, "next_cursor": next_cursor}
+
+
+@router.get("/export")
+async def audit_export(
+    tenant_id: str,
+    services: ServicesDep,
+    format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
+    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+    subject: _Text = None,
+    tool: _Text = None,
+    decision: Annotated[Literal["admitted", "refused"] | None, Query()] = None,
+    outcome: _Text = None,
+    method: _Text = None,
+    request_id: _Text = None,
+) -> StreamingResponse:
+    """Every matching record, oldest first, streamed as JSON Lines or CSV."""
+    where = _filter(since, until, subject, tool, decision, outcome, method, request_id)
+    tid = await _trail_of(services, tenant_id)
+    media = "application/x-ndjson" if format == "jsonl" else "text/csv; charset=utf-8"
+    name = f"audit-{tid}.{format}"
+    return StreamingResponse(
+        store.export(services.db, tid, where, format),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get("/verify")
+async def audit_verify(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
+    """Walk the tenant's hash chain; `broken` names the first broken link (null: intact)."""
+    tid = await _trail_of(services, tenant_id)
+    return (await store.verify(services.db, tid)).public()
