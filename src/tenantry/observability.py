@@ -55,6 +55,7 @@ class RequestRecord:
     transport: str | None = None  # what it came over when it is audited (streamable_http, sse, rest)
     audited: bool = False  # its audit record is written (by whoever knew most about it)
     detail: dict[str, Any] | None = None  # what an admin change did (`audit/changes.py`)
+    pending: Any = None  # an audit record to write at the end unless another is written (`audit/trail.py`)
     trace: Any = None  # the request span's OpenTelemetry context, when tracing (the parent of its tool calls)
 
 

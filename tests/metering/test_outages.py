@@ -136,7 +136,7 @@ async def _wait_until_serving(url: str) -> None:
         await eventually(up, within=30)
 
 
-async def test_a_sigkilled_gateway_loses_no_event_of_a_returned_result_and_duplicates_none(
+async def test_a_sigkilled_gateway_loses_no_event_or_audit_record_of_a_returned_answer_and_duplicates_none(
     settings: Settings, db: Database
 ) -> None:
     port = free_port()
@@ -144,6 +144,7 @@ async def test_a_sigkilled_gateway_loses_no_event_of_a_returned_result_and_dupli
     workers, kill_after = 8, 150
     proc = _start_gateway(settings, port)
     returned: list[str] = []
+    refusals: list[str] = []  # request ids of refused calls whose answer came back
     try:
         await _wait_until_serving(url)
         async with httpx.AsyncClient(base_url=url, headers=ADMIN_HEADERS, timeout=30) as http:
@@ -155,6 +156,11 @@ async def test_a_sigkilled_gateway_loses_no_event_of_a_returned_result_and_dupli
             async with httpx.AsyncClient(base_url=url, timeout=10) as http:
                 for n in range(10_000):
                     try:
+                        if n % 5 == 4:  # a refused call (invalid arguments) now and then
+                            refused = await bridge(http, tenant, "data_put", {"key": f"w{i}-{n}"})
+                            assert refused.status_code == 400, refused.text
+                            refusals.append(refused.headers["x-request-id"])
+                            continue
                         r = await bridge(http, tenant, "data_put", {"key": f"w{i}-{n}", "value": n})
                     except httpx.TransportError:
                         return  # the gateway is gone: this call returned no result
@@ -183,7 +189,28 @@ async def test_a_sigkilled_gateway_loses_no_event_of_a_returned_result_and_dupli
             return stored >= set(returned)
 
         await eventually(all_returned_results_are_in_the_ledger, within=30)
+
+        async def every_answer_is_audited() -> bool:
+            async with db.system() as conn:
+                rows = (
+                    await conn.execute(
+                        text("SELECT event_id, request_id FROM audit_records WHERE tenant_id = :t"),
+                        {"t": uuid.UUID(tenant.id)},
+                    )
+                ).all()
+            return {str(r.event_id) for r in rows} >= set(returned) and {r.request_id for r in rows} >= set(refusals)
+
+        await eventually(every_answer_is_audited, within=30)
         async with db.system() as conn:
+            audited = (
+                await conn.execute(
+                    text(
+                        "SELECT count(event_id) AS n, count(DISTINCT event_id) AS distinct_ids FROM audit_records"
+                        " WHERE tenant_id = :t AND method = 'tools/call'"
+                    ),
+                    {"t": uuid.UUID(tenant.id)},
+                )
+            ).one()
             row = (
                 await conn.execute(
                     text(
@@ -207,6 +234,9 @@ async def test_a_sigkilled_gateway_loses_no_event_of_a_returned_result_and_dupli
     # whose result never came back) add an event each.
     assert len(returned) <= row.n <= len(returned) + workers
     assert row.n <= written  # no event without the call having run
+    # One audit record per admitted call, none twice (a replayed stream entry is stored once).
+    assert audited.n == audited.distinct_ids == row.n
+    assert refusals
 
 
 async def test_a_hung_redis_costs_a_paid_call_one_timeout_and_health_answers_at_once(

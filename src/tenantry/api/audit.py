@@ -13,11 +13,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.openapi import errors
 from tenantry.audit import store
-from tenantry.audit.records import SYSTEM_TENANT
+from tenantry.errors import NotFound
 from tenantry.services import Services
 from tenantry.tenancy import parse_tenant_id
 
@@ -28,9 +27,8 @@ _Text = Annotated[str | None, Query(min_length=1, max_length=300)]
 
 async def _trail_of(services: Services, tenant_id: str) -> uuid.UUID:
     tid = parse_tenant_id(tenant_id)
-    if tid != SYSTEM_TENANT:
-        async with services.db.system() as conn:
-            await tenant_service.get_tenant(conn, tid)
+    if not await store.known(services.db, tid):
+        raise NotFound(f"no tenant {tid} and no audit trail of one", code="tenant_not_found")
     return tid
 
 

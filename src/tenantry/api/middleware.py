@@ -151,6 +151,9 @@ class RequestObserver:
         """The request's audit record, unless nobody needs one or someone below wrote it."""
         if self._audit is None or record.transport is None or record.audited:
             return
+        if record.pending is not None:
+            await self._audit.write(record.pending, record)
+            return
         if status == 202 and record.transport != "rest":
             # An MCP notification or response (not a request), or a legacy SSE message whose request is
             # audited when the gateway handles it (`gateway/server.py`).

@@ -30,6 +30,7 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import text
 
+from tenantry.audit.records import SYSTEM_TENANT
 from tenantry.db.engine import Database
 from tenantry.errors import BadRequest
 
@@ -288,6 +289,22 @@ async def verify(db: Database, tenant_id: uuid.UUID) -> Verification:
             " (the last records were removed, or the head was altered)",
         }
     return Verification(tenant_id, checked, first, head_seq, head_hash.hex(), broken)
+
+
+async def known(db: Database, tenant_id: uuid.UUID) -> bool:
+    """Whether `tenant_id` has a trail to read: the system's, an existing tenant's, or one left by a
+    tenant since removed (a trail outlives its tenant)."""
+    if tenant_id == SYSTEM_TENANT:
+        return True
+    async with db.system() as conn:
+        found = await conn.execute(
+            text(
+                "SELECT EXISTS (SELECT FROM tenants WHERE id = :t)"
+                " OR EXISTS (SELECT FROM audit_chain_heads WHERE tenant_id = :t)"
+            ),
+            {"t": tenant_id},
+        )
+        return bool(found.scalar_one())
 
 
 def parse_time(value: str | None, name: str) -> datetime | None:

@@ -14,7 +14,11 @@ Who writes which record, so that each request leaves exactly one:
   bytes go out. Notifications (202 Accepted on an MCP path) are not requests: they leave none.
 
 Whoever writes the record marks the request's `RequestRecord.audited`, and the middleware writes only
-for a request nobody else did. When neither Redis nor PostgreSQL takes a record, the request is still
+for a request nobody else did. One exception: on the 2026-07-28 protocol the SDK runs the tools/list
+handler itself inside a tools/call's request (to check its Mcp-Param headers); so a streamable HTTP
+listing's record waits on the request (`pending`) and the middleware writes it only if no call's was.
+
+When neither Redis nor PostgreSQL takes a record, the request is still
 answered (refusing it would not make the trail whole) and `tenantry_audit_failures_total` counts it.
 """
 

@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from tenantry import tenants as tenant_service
 from tenantry.audit import store
 from tenantry.audit.records import SYSTEM_TENANT, ArgumentDigests
 from tenantry.cli.common import emit, with_db
 from tenantry.db.engine import Database
-from tenantry.errors import BadRequest
+from tenantry.errors import BadRequest, NotFound
 from tenantry.settings import Settings
 from tenantry.tenancy import parse_tenant_id
 
@@ -30,9 +29,8 @@ _DECISIONS = ("admitted", "refused")
 
 async def _existing(db: Database, args: argparse.Namespace) -> Any:
     tenant_id = parse_tenant_id(args.tenant)
-    if tenant_id != SYSTEM_TENANT:
-        async with db.system() as conn:
-            await tenant_service.get_tenant(conn, tenant_id)
+    if not await store.known(db, tenant_id):
+        raise NotFound(f"no tenant {tenant_id} and no audit trail of one", code="tenant_not_found")
     return tenant_id
 
 

@@ -267,6 +267,11 @@ class AuditedMessages:
             started=started,
             tool=name[:200] if isinstance(name, str) else None,
         )
+        if ctx.method == "tools/list" and record is not None and record.transport == "streamable_http":
+            # On the modern protocol the SDK lists tools itself, in the request of a tools/call, to check
+            # its Mcp-Param headers: a listing is recorded only if no call of the same request is.
+            record.pending = audit
+            return
         await self._trail.write(audit)
 
 
