@@ -26,6 +26,11 @@ and two that add, to see what production logging and governance cost:
                 argument rule on data_get): decide and shape on every call
 - `guardrail`   every tenant's tool output passed through the personal-data guardrail (redact)
 
+and one that removes what governance adds to every call:
+
+- `no_audit`    no audit trail (`TENANTRY_AUDIT_ENABLED=false`): gateway minus no_audit is what the trail
+                costs per call (its record, the argument digest, its bytes in the ledger entry and the drain)
+
 and two candidate improvements, to see what they would buy:
 
 - `asyncpg_get`   data_get on a plain asyncpg pool (same RLS transaction, BEGIN and the tenant binding sent as
@@ -147,7 +152,7 @@ def no_ledger() -> Any:
     services = _services(app)
     pending: set[asyncio.Task[None]] = set()
 
-    async def record(event: Any, *, release: tuple[str, str] | None = None) -> None:
+    async def record(event: Any, *, release: tuple[str, str] | None = None, audit: str | None = None) -> None:
         if release is not None:
             task = asyncio.ensure_future(services.meter.release(event.tenant_id, release[1]))
             pending.add(task)
@@ -288,6 +293,10 @@ def guardrail() -> Any:
     return app
 
 
+def no_audit() -> Any:
+    return create_app(Settings(audit_enabled=False))
+
+
 def schema_lookup() -> Any:
     app = create_app(Settings())
     services = _services(app)
@@ -310,6 +319,7 @@ VARIANTS = (
     "access_log",
     "policy100",
     "guardrail",
+    "no_audit",
 )
 # Variants that change the process itself (its logging): served in a process of their own only.
 SUBPROCESS_ONLY = ("access_log",)

@@ -7,9 +7,10 @@
   belong to the system trail, tenant `00000000-0000-0000-0000-000000000000`. No foreign key to
   `tenants`: a trail outlives its tenant.
 - A per-tenant hash chain: each record carries `seq` (1, 2, 3... per tenant), the previous record's
-  hash and its own, `sha256(prev_hash || canonical text of the record)`, where the canonical text is
-  `tenantry_audit_canonical(r)` (a jsonb array of every column but the hashes: jsonb's text form is
-  deterministic). `audit_chain_heads` holds each tenant's last seq and hash (the lock that orders
+  hash and its own, `sha256(prev_hash || sha256(canonical text of the record))`, where the canonical
+  text is `tenantry_audit_canonical(r)` (a jsonb array of every column but the hashes: jsonb's text
+  form is deterministic). The inner digests are taken set-based; only the 64-byte links are chained
+  one by one. `audit_chain_heads` holds each tenant's last seq and hash (the lock that orders
   appends across replicas) and the anchor retention left: the seq and hash of the last record
   dropped with an expired partition, where verification starts.
 - `tenantry_record_audit(tenants, counts, docs)`: the drain's (and the direct fallback's) one way in,
@@ -124,7 +125,9 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE FUNCTION tenantry_audit_hash(r audit_records) RETURNS bytea
-        LANGUAGE sql STABLE AS $$ SELECT sha256(r.prev_hash || convert_to(tenantry_audit_canonical(r), 'UTF8')) $$
+        LANGUAGE sql STABLE AS $$
+            SELECT sha256(r.prev_hash || sha256(convert_to(tenantry_audit_canonical(r), 'UTF8')))
+        $$
         """
     )
     op.execute(
@@ -136,8 +139,11 @@ def upgrade() -> None:
             total integer := 0;
             head_seq bigint;
             head_hash bytea;
-            r audit_records;
-            d record;
+            recs audit_records[];
+            digests bytea[];
+            prevs bytea[];
+            hashes bytea[];
+            n integer;
         BEGIN
             IF cardinality(tenants) <> cardinality(counts)
                OR (SELECT coalesce(sum(c), 0) FROM unnest(counts) AS c) <> cardinality(docs)
@@ -149,30 +155,49 @@ def upgrade() -> None:
                 INSERT INTO audit_chain_heads (tenant_id) VALUES (tenants[i]) ON CONFLICT (tenant_id) DO NOTHING;
                 SELECT h.seq, h.hash INTO head_seq, head_hash
                 FROM audit_chain_heads h WHERE h.tenant_id = tenants[i] FOR UPDATE;
-                FOR d IN
-                    SELECT x.*, to_timestamp(x.at / 1000000.0::double precision) AS ts
-                    FROM unnest(docs[first : first + counts[i] - 1]) WITH ORDINALITY AS u(doc, n),
-                         LATERAL json_to_record(u.doc) AS x(
-                             id uuid, at bigint, rid text, tr text, m text, tool text, sub text, key text,
-                             ses text, d text, r text, o text, st integer, lat bigint, e uuid, dig text,
-                             args jsonb, det jsonb)
-                    ORDER BY u.n
-                LOOP
-                    IF d.id IS NULL OR d.at IS NULL THEN
+                -- This tenant's records in stream order, less those already stored (a replayed entry),
+                -- numbered on from the head; then each one's digest, all in one pass.
+                SELECT coalesce(array_agg(s.r ORDER BY (s.r).seq), '{{}}') INTO recs FROM (
+                    SELECT ROW(tenants[i], x.ts, head_seq + row_number() OVER (ORDER BY x.n), x.id,
+                               coalesce(x.rid, ''), x.tr, x.m, x.tool, x.sub, x.key, x.ses, x.d, x.r, x.o, x.st,
+                               coalesce(x.lat, 0), x.e, x.dig, x.args, x.det, NULL::bytea, NULL::bytea
+                           )::audit_records AS r
+                    FROM (
+                        SELECT d.*, u.n, to_timestamp(d.at / 1000000.0::double precision) AS ts
+                        FROM unnest(docs[first : first + counts[i] - 1]) WITH ORDINALITY AS u(doc, n),
+                             LATERAL json_to_record(u.doc) AS d(
+                                 id uuid, at bigint, rid text, tr text, m text, tool text, sub text, key text,
+                                 ses text, d text, r text, o text, st integer, lat bigint, e uuid, dig text,
+                                 args jsonb, det jsonb)
+                    ) x
+                    WHERE NOT EXISTS (
+                        SELECT FROM audit_records a WHERE a.tenant_id = tenants[i] AND a.id = x.id AND a.at = x.ts)
+                ) s;
+                n := cardinality(recs);
+                IF n > 0 THEN
+                    IF EXISTS (SELECT FROM unnest(recs) AS r WHERE r.id IS NULL OR r.at IS NULL) THEN
                         RAISE EXCEPTION 'an audit document without id or time' USING ERRCODE = '22023';
                     END IF;
-                    CONTINUE WHEN EXISTS (
-                        SELECT FROM audit_records a WHERE a.tenant_id = tenants[i] AND a.id = d.id AND a.at = d.ts);
-                    head_seq := head_seq + 1;
-                    r := ROW(tenants[i], d.ts, head_seq, d.id, coalesce(d.rid, ''), d.tr, d.m, d.tool, d.sub,
-                             d.key, d.ses, d.d, d.r, d.o, d.st, coalesce(d.lat, 0), d.e, d.dig, d.args, d.det,
-                             head_hash, NULL);
-                    r.hash := tenantry_audit_hash(r);
-                    INSERT INTO audit_records SELECT r.*;
-                    head_hash := r.hash;
-                    total := total + 1;
-                END LOOP;
-                UPDATE audit_chain_heads SET seq = head_seq, hash = head_hash WHERE tenant_id = tenants[i];
+                    SELECT array_agg(sha256(convert_to(tenantry_audit_canonical(r), 'UTF8')) ORDER BY r.seq)
+                    INTO digests FROM unnest(recs) AS r;
+                    -- The chain itself is sequential: each hash covers the one before it.
+                    prevs := array_fill(NULL::bytea, ARRAY[n]);
+                    hashes := array_fill(NULL::bytea, ARRAY[n]);
+                    FOR k IN 1 .. n LOOP
+                        prevs[k] := head_hash;
+                        head_hash := sha256(head_hash || digests[k]);
+                        hashes[k] := head_hash;
+                    END LOOP;
+                    INSERT INTO audit_records
+                    SELECT x.tenant_id, x.at, x.seq, x.id, x.request_id, x.transport, x.method, x.tool, x.subject,
+                           x.key_id, x.session, x.decision, x.reason, x.outcome, x.status, x.latency_us,
+                           x.event_id, x.args_digest, x.args, x.detail, y.p, y.h
+                    FROM unnest(recs) WITH ORDINALITY AS x
+                    JOIN unnest(prevs, hashes) WITH ORDINALITY AS y(p, h, k) ON y.k = x.ordinality;
+                    head_seq := head_seq + n;
+                    total := total + n;
+                    UPDATE audit_chain_heads SET seq = head_seq, hash = head_hash WHERE tenant_id = tenants[i];
+                END IF;
                 first := first + counts[i];
             END LOOP;
             PERFORM set_config('{TENANT_SETTING}', '', true);
