@@ -13,7 +13,7 @@ from tenantry.client import connect
 from tests.conftest import ADMIN_KEY, OPS, Admin, TenantHandle, serve
 from tests.federation.test_upstreams import add_upstream
 
-CHECKS = {"database", "redis", "app_role", "ledger", "upstream_changes"}
+CHECKS = {"database", "redis", "app_role", "ledger", "upstream_changes", "audit"}
 
 
 async def test_health_is_ok_and_names_each_check(http: httpx.AsyncClient) -> None:
@@ -23,6 +23,7 @@ async def test_health_is_ok_and_names_each_check(http: httpx.AsyncClient) -> Non
     assert body["status"] == "ok"
     assert set(body["checks"]) == CHECKS
     assert body["checks"]["app_role"]["rows_visible_without_tenant"] == 0
+    assert body["checks"]["audit"] == {"status": "ok", "enabled": True, "lost_records": 0}
     assert "checked_out" in body["checks"]["database"]["pool"]
     process = body["process"]
     assert process["version"] == tenantry.__version__

@@ -124,6 +124,18 @@ async def _ledger(s: Services) -> Check:
     return check
 
 
+def _audit(s: Services) -> Check:
+    """The audit trail: records lost since start (neither Redis nor PostgreSQL took them), and whether the
+    monthly partitions are kept. Informational: a replica that cannot write its trail still answers."""
+    if s.audit is None or not s.audit.enabled:
+        return {"status": "ok", "enabled": False}
+    check: Check = {"status": "ok", "enabled": True, "lost_records": s.audit.failures}
+    maintenance = s.audit_maintenance
+    if maintenance is not None and maintenance.last_error:
+        check["partitions_error"] = maintenance.last_error
+    return check
+
+
 async def _app_role(s: Services) -> Check:
     async with s.db.unbound() as conn:
         row = (await conn.execute(_ROLE)).one()
@@ -205,6 +217,7 @@ async def health(
     for name, result in zip(names, await asyncio.gather(*jobs), strict=True):
         checks[name] = result
     checks["upstream_changes"] = services.changes.check()
+    checks["audit"] = _audit(services)
     if tenant_id is not None:
         checks.update(await _upstreams(services, tenant_id))
     healthy = all(c["status"] == "ok" for c in checks.values())

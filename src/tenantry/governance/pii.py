@@ -24,6 +24,7 @@ on the same sample found 57% of the findings at 92% precision, at about 500 µs 
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
@@ -99,19 +100,38 @@ def _true(_: re.Match[str]) -> bool:
     return True
 
 
-_SECRETS: Final[list[tuple[str | tuple[str, ...], re.Pattern[str]]]] = [  # (literal(s) the text must hold, pattern)
-    ("PRIVATE KEY-----", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----")),
-    ("eyJ", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
-    ("AKIA", re.compile(r"\bAKIA[0-9A-Z]{16}\b")),
-    ("ASIA", re.compile(r"\bASIA[0-9A-Z]{16}\b")),
-    ("k_live_", re.compile(r"\b[rs]k_live_[0-9A-Za-z]{20,}\b")),
-    ("k_test_", re.compile(r"\b[rs]k_test_[0-9A-Za-z]{20,}\b")),
-    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36}\b")),
-    ("xox", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b")),
-    ("AIza", re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b")),
-    ("sk-", re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{32,}\b")),
-    ("tnt_", re.compile(r"\btnt_[A-Za-z0-9_-]{43}\b")),
+# (literals one of which starts every match, how far into the match it starts, pattern): each secret is
+# looked for only where its literal occurs (a C-speed substring search), with the pattern anchored there.
+_SECRETS: Final[list[tuple[tuple[str, ...], int, re.Pattern[str]]]] = [
+    (
+        ("-----BEGIN ",),
+        0,
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+    ),
+    (("eyJ",), 0, re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    (("AKIA", "ASIA"), 0, re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    (("k_live_", "k_test_"), 1, re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{20,}\b")),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), 0, re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36}\b")),
+    (("xox",), 0, re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b")),
+    (("AIza",), 0, re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b")),
+    (("sk-",), 0, re.compile(r"\bsk-(?:proj-)?[A-Za-z0-9_-]{32,}\b")),
+    (("tnt_",), 0, re.compile(r"\btnt_[A-Za-z0-9_-]{43}\b")),
 ]
+
+
+def _anchored(text: str, literals: tuple[str, ...], offset: int, pattern: re.Pattern[str]) -> Iterator[re.Match[str]]:
+    """`pattern`'s matches that start `offset` characters before an occurrence of one of `literals`."""
+    for literal in literals:
+        at = text.find(literal)
+        while at >= 0:
+            match = pattern.match(text, at - offset) if at >= offset else None
+            if match is not None:
+                yield match
+                at = text.find(literal, match.end())
+            else:
+                at = text.find(literal, at + 1)
+
+
 _EMAIL: Final = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b"
 )
@@ -158,18 +178,23 @@ def find(text: str, kinds: frozenset[str] | None = None) -> list[Span]:
     """The personal data and secrets in `text`, earliest first, never overlapping (secrets first, then
     email, iban, card, ssn, phone, ip: the first keeps a contested span)."""
     spans: list[Span] = []
+    starts: list[int] = []  # the spans' starts, sorted, and their ends in the same order: the spans never
+    ends: list[int] = []  # overlap, so a new one can only overlap its neighbours (dense text: thousands)
 
     def add(kind: str, matches: Iterator[re.Match[str]], check: Callable[[re.Match[str]], bool]) -> None:
         if kinds is not None and kind not in kinds:
             return
         for match in matches:
             start, end = match.span()
-            if check(match) and not any(start < s.end and s.start < end for s in spans):
-                spans.append(Span(kind, start, end))
+            at = bisect.bisect_right(starts, start)
+            if (at and ends[at - 1] > start) or (at < len(starts) and starts[at] < end) or not check(match):
+                continue
+            starts.insert(at, start)
+            ends.insert(at, end)
+            spans.append(Span(kind, start, end))
 
-    for markers, pattern in _SECRETS:
-        if any(m in text for m in markers) if isinstance(markers, tuple) else markers in text:
-            add("secret", pattern.finditer(text), _true)
+    for literals, offset, pattern in _SECRETS:
+        add("secret", _anchored(text, literals, offset, pattern), _true)
     if "@" in text:
         add("email", _EMAIL.finditer(text), _true)
     # Substring tests run at C speed; a regex scan of a whole text does not: prose skips them all.
