@@ -138,7 +138,7 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> N
     p.add_argument("--cursor", help="the cursor a previous page printed")
     p = command("export", "Every matching record, oldest first, as JSON Lines or CSV.", cmd_audit_export, group)
     filters(p)
-    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="JSON Lines (default) or CSV")
     p.add_argument("--output", default="-", help="file to write (default: standard output)")
     p = command(
         "verify", "Check a tenant's hash chain; exit 1 and name the first broken link.", cmd_audit_verify, group
