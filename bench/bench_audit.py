@@ -99,7 +99,7 @@ async def store_records(db: Database, tenant: uuid.UUID, count: int, batch: int)
             for n in range(first, min(first + batch, count))
         ]
         c0, t0 = await pg_cpu(), time.perf_counter()
-        await insert_documents(db, {}, {tenant: docs})
+        await insert_documents(db, {}, {tenant: docs}, fresh=True)  # as the drain stores new entries
         elapsed += time.perf_counter() - t0
         cpu += await pg_cpu() - c0
         if first and first % 100_000 == 0:

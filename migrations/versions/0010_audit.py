@@ -13,10 +13,12 @@
   one by one. `audit_chain_heads` holds each tenant's last seq and hash (the lock that orders
   appends across replicas) and the anchor retention left: the seq and hash of the last record
   dropped with an expired partition, where verification starts.
-- `tenantry_record_audit(tenants, counts, docs)`: the drain's (and the direct fallback's) one way in,
-  shaped like `tenantry_record_usage`. For each tenant (in the order given; callers sort them, so
-  two drains lock heads in one order) it binds the tenant, locks its head, skips records already
-  stored (a replayed stream entry: same id and time), and appends the rest in order. A document is
+- `tenantry_record_audit(tenants, counts, docs, fresh)`: the drain's (and the direct fallback's) one
+  way in, shaped like `tenantry_record_usage`. For each tenant (in the order given; callers sort them,
+  so two drains lock heads in one order) it binds the tenant, locks its head, skips records already
+  stored (a replayed stream entry, by id; not looked for when `fresh`: entries read from the stream
+  for the first time, which cannot have been stored, and the unique index on (tenant, id, at) still
+  refuses a duplicate, sending the batch to the drain's careful path), and appends the rest in order. A document is
   one JSON object as the gateway wrote it: {"id", "at": epoch µs, "rid": request id, "tr":
   transport, "m": method, "tool", "sub": subject, "key", "ses": session, "d": decision, "r": reason,
   "o": outcome, "st": HTTP status, "lat": latency µs, "e": usage event id, "dig": HMAC digest of the
@@ -132,8 +134,9 @@ def upgrade() -> None:
     )
     op.execute(
         f"""
-        CREATE FUNCTION tenantry_record_audit(tenants uuid[], counts integer[], docs json[])
-        RETURNS integer LANGUAGE plpgsql SECURITY INVOKER AS $$
+        CREATE FUNCTION tenantry_record_audit(
+            tenants uuid[], counts integer[], docs json[], fresh boolean DEFAULT false
+        ) RETURNS integer LANGUAGE plpgsql SECURITY INVOKER AS $$
         DECLARE
             first integer := 1;
             total integer := 0;
@@ -143,6 +146,7 @@ def upgrade() -> None:
             digests bytea[];
             prevs bytea[];
             hashes bytea[];
+            stored uuid[];
             n integer;
         BEGIN
             IF cardinality(tenants) <> cardinality(counts)
@@ -155,8 +159,15 @@ def upgrade() -> None:
                 INSERT INTO audit_chain_heads (tenant_id) VALUES (tenants[i]) ON CONFLICT (tenant_id) DO NOTHING;
                 SELECT h.seq, h.hash INTO head_seq, head_hash
                 FROM audit_chain_heads h WHERE h.tenant_id = tenants[i] FOR UPDATE;
-                -- This tenant's records in stream order, less those already stored (a replayed entry),
-                -- numbered on from the head; then each one's digest, all in one pass.
+                -- Those already stored (a replayed entry), found by id in one index scan; not looked for
+                -- in entries the drain read for the first time (`fresh`), which cannot have been.
+                stored := '{{}}';
+                IF NOT fresh THEN
+                    SELECT coalesce(array_agg(a.id), '{{}}') INTO stored FROM audit_records a
+                    WHERE a.tenant_id = tenants[i] AND a.id = ANY (
+                        SELECT (u.doc ->> 'id')::uuid FROM unnest(docs[first : first + counts[i] - 1]) AS u(doc));
+                END IF;
+                -- This tenant's other records in stream order, numbered on from the head.
                 SELECT coalesce(array_agg(s.r ORDER BY (s.r).seq), '{{}}') INTO recs FROM (
                     SELECT ROW(tenants[i], x.ts, head_seq + row_number() OVER (ORDER BY x.n), x.id,
                                coalesce(x.rid, ''), x.tr, x.m, x.tool, x.sub, x.key, x.ses, x.d, x.r, x.o, x.st,
@@ -170,8 +181,7 @@ def upgrade() -> None:
                                  ses text, d text, r text, o text, st integer, lat bigint, e uuid, dig text,
                                  args jsonb, det jsonb)
                     ) x
-                    WHERE NOT EXISTS (
-                        SELECT FROM audit_records a WHERE a.tenant_id = tenants[i] AND a.id = x.id AND a.at = x.ts)
+                    WHERE x.id <> ALL (stored)
                 ) s;
                 n := cardinality(recs);
                 IF n > 0 THEN
@@ -206,8 +216,8 @@ def upgrade() -> None:
         $$
         """
     )
-    op.execute("REVOKE ALL ON FUNCTION tenantry_record_audit(uuid[], integer[], json[]) FROM PUBLIC")
-    op.execute(f"GRANT EXECUTE ON FUNCTION tenantry_record_audit(uuid[], integer[], json[]) TO {role}")
+    op.execute("REVOKE ALL ON FUNCTION tenantry_record_audit(uuid[], integer[], json[], boolean) FROM PUBLIC")
+    op.execute(f"GRANT EXECUTE ON FUNCTION tenantry_record_audit(uuid[], integer[], json[], boolean) TO {role}")
     op.execute(
         """
         CREATE FUNCTION tenantry_audit_partitions(ahead integer, keep_months integer) RETURNS text[]
@@ -259,7 +269,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION tenantry_audit_partitions(integer, integer)")
-    op.execute("DROP FUNCTION tenantry_record_audit(uuid[], integer[], json[])")
+    op.execute("DROP FUNCTION tenantry_record_audit(uuid[], integer[], json[], boolean)")
     op.execute("DROP FUNCTION tenantry_audit_hash(audit_records)")
     op.execute("DROP FUNCTION tenantry_audit_canonical(audit_records)")
     op.execute("DROP TABLE audit_chain_heads")

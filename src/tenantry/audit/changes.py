@@ -71,7 +71,7 @@ def note_change(
         record.tenant = str(tenant_id)
 
 
-_RECORD = text("SELECT tenantry_record_audit(ARRAY[CAST(:tenant AS uuid)], ARRAY[1], ARRAY[CAST(:doc AS json)])")
+_RECORD = text("SELECT tenantry_record_audit(ARRAY[CAST(:tenant AS uuid)], ARRAY[1], ARRAY[CAST(:doc AS json)], true)")
 
 
 def operator() -> str:

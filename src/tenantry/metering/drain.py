@@ -99,7 +99,7 @@ class LedgerDrainer:
     async def drain_once(self, *, block: bool = False, recover: bool = True) -> int:
         """Move one batch. With `recover`, this consumer's own pending entries first, then abandoned
         ones, then new ones; without it (the steady state), new ones only: one read."""
-        entries = await self._read(block=block, recover=recover)
+        entries, fresh = await self._read(block=block, recover=recover)
         if not entries:
             return 0
         ids = [entry_id for entry_id, _ in entries]
@@ -109,7 +109,7 @@ class LedgerDrainer:
         moved = 0
         if batch or audit:
             try:
-                await insert_documents(self._db, batch, audit)
+                await insert_documents(self._db, batch, audit, fresh=fresh)
                 moved = sum(len(docs) for docs in batch.values())
             except DBAPIError as exc:
                 if not unstorable(exc):
@@ -179,21 +179,22 @@ class LedgerDrainer:
         await self._commands.execute_many(commands)
         self.dead_lettered += len(dead)
 
-    async def _read(self, *, block: bool, recover: bool) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _read(self, *, block: bool, recover: bool) -> tuple[list[tuple[bytes, dict[bytes, bytes]]], bool]:
+        """A batch, and whether it was delivered for the first time (`fresh`: none of it can be stored yet)."""
         if not recover:
-            return await self._read_group(">", block_ms=self._block_ms if block else None)
+            return await self._read_group(">", block_ms=self._block_ms if block else None), True
         # A batch this consumer read but did not acknowledge (the insert failed, or we were cancelled).
         entries = await self._read_group("0", block_ms=None)
         if entries:
-            return entries
+            return entries, False
         # Entries a dead consumer read and never acknowledged (Redis 7 lists deleted ones apart; 6.2 as nil).
         claimed = await self._commands.execute(
             "XAUTOCLAIM", self.stream, GROUP, self.consumer, self._claim_idle_ms, "0-0", "COUNT", self._batch
         )
         entries = [(entry_id, _pairs(fields)) for entry_id, fields in claimed[1] if fields is not None]
         if entries:
-            return entries
-        return await self._read_group(">", block_ms=self._block_ms if block else None)
+            return entries, False
+        return await self._read_group(">", block_ms=self._block_ms if block else None), True
 
     async def _read_group(self, start: str, *, block_ms: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """XREADGROUP from `start` ("0": this consumer's pending entries; ">": new ones)."""

@@ -150,10 +150,12 @@ _RECORD = text(
 )
 _RECORD_WITH_AUDIT = text(
     "SELECT tenantry_record_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[])),"
-    " tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]), CAST(:a_docs AS json[]))"
+    " tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]), CAST(:a_docs AS json[]),"
+    " :fresh)"
 )
 _RECORD_AUDIT = text(
-    "SELECT 0, tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]), CAST(:a_docs AS json[]))"
+    "SELECT 0, tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]),"
+    " CAST(:a_docs AS json[]), :fresh)"
 )
 
 # SQLSTATE classes that mean "this data can never be stored" (a data exception such as malformed
@@ -169,15 +171,20 @@ def unstorable(exc: DBAPIError) -> bool:
 
 
 async def insert_documents(
-    db: Database, batch: dict[uuid.UUID, list[str]], audit: dict[uuid.UUID, list[str]] | None = None
+    db: Database,
+    batch: dict[uuid.UUID, list[str]],
+    audit: dict[uuid.UUID, list[str]] | None = None,
+    *,
+    fresh: bool = False,
 ) -> int:
     """Store usage events and audit records given as documents, grouped by tenant, in one statement
     whatever the number of tenants (`tenantry_record_usage` and `tenantry_record_audit` bind each in
     turn, under RLS); return how many usage events were new. Audit records go in tenant order, the
-    order every writer locks the tenants' chains in."""
+    order every writer locks the tenants' chains in. `fresh`: the drain read these entries for the
+    first time, so no audit record of them can be stored yet (none is looked for)."""
     if not batch and not audit:
         return 0
-    params: dict[str, list[Any]] = {}
+    params: dict[str, Any] = {}
     if batch:
         params["tenants"] = list(batch)
         params["counts"] = [len(docs) for docs in batch.values()]
@@ -187,6 +194,7 @@ async def insert_documents(
         params["a_tenants"] = tenants
         params["a_counts"] = [len(audit[t]) for t in tenants]
         params["a_docs"] = [doc for t in tenants for doc in audit[t]]
+        params["fresh"] = fresh
     statement = _RECORD if not audit else (_RECORD_WITH_AUDIT if batch else _RECORD_AUDIT)
     # One statement is its own transaction (the functions' tenant bindings end with it): no BEGIN/COMMIT.
     async with db.app_engine.connect() as conn:
