@@ -8,9 +8,10 @@
   `tenants`: a trail outlives its tenant.
 - A per-tenant hash chain: each record carries `seq` (1, 2, 3... per tenant), the previous record's
   hash and its own, `sha256(prev_hash || sha256(canonical text of the record))`, where the canonical
-  text is `tenantry_audit_canonical(r)` (a jsonb array of every column but the hashes: jsonb's text
-  form is deterministic). The inner digests are taken set-based; only the 64-byte links are chained
-  one by one. `audit_chain_heads` holds each tenant's last seq and hash (the lock that orders
+  text is `tenantry_audit_canonical(...)` of every column but the hashes (each value quoted, so no two
+  records share one; jsonb's text form is deterministic). The digests are taken set-based and the
+  links chained by a running aggregate (`tenantry_audit_chain`), in one INSERT per tenant per batch.
+  `audit_chain_heads` holds each tenant's last seq and hash (the lock that orders
   appends across replicas) and the anchor retention left: the seq and hash of the last record
   dropped with an expired partition, where verification starts.
 - `tenantry_record_audit(tenants, counts, docs, fresh)`: the drain's (and the direct fallback's) one
@@ -44,11 +45,46 @@ down_revision = "0009"
 branch_labels = None
 depends_on = None
 
-_COLUMNS = """
-    r.tenant_id, r.seq, (extract(epoch FROM r.at) * 1000000)::bigint, r.id, r.request_id, r.transport,
-    r.method, r.tool, r.subject, r.key_id, r.session, r.decision, r.reason, r.outcome, r.status,
-    r.latency_us, r.event_id, r.args_digest, r.args, r.detail
-"""
+# The columns a record's hash covers (all but the hashes), in order, and its canonical text: each value
+# quoted (quote_nullable: NULL unquoted), comma-separated, so no two records share one.
+_FIELDS = (
+    ("tenant_id", "uuid"),
+    ("seq", "bigint"),
+    ("at", "timestamptz"),
+    ("id", "uuid"),
+    ("request_id", "text"),
+    ("transport", "text"),
+    ("method", "text"),
+    ("tool", "text"),
+    ("subject", "text"),
+    ("key_id", "text"),
+    ("session", "text"),
+    ("decision", "text"),
+    ("reason", "text"),
+    ("outcome", "text"),
+    ("status", "integer"),
+    ("latency_us", "bigint"),
+    ("event_id", "uuid"),
+    ("args_digest", "text"),
+    ("args", "jsonb"),
+    ("detail", "jsonb"),
+)
+_PARAMS = ", ".join(f"{name} {kind}" for name, kind in _FIELDS)
+
+
+def _quoted(name: str, kind: str) -> str:
+    if kind == "timestamptz":  # microseconds since the epoch: no time zone setting changes it
+        return f"(extract(epoch FROM {name}) * 1000000)::bigint"
+    if kind in ("bigint", "integer"):
+        return f"coalesce({name}::text, 'NULL')"
+    return f"quote_nullable({name}::text)"
+
+
+_CANONICAL = ", ".join(_quoted(f"${n}", kind) for n, (_, kind) in enumerate(_FIELDS, start=1))
+_ROW_ARGS = ", ".join(f"r.{name}" for name, _ in _FIELDS)
+_X_ARGS = ", ".join(f"x.{name}" for name, _ in _FIELDS)
+_X_COLUMNS = ", ".join(f"c.{name}" for name, _ in _FIELDS)
+_NAMES = ", ".join(name for name, _ in _FIELDS)
 
 
 def upgrade() -> None:
@@ -120,18 +156,28 @@ def upgrade() -> None:
     op.execute(f"GRANT SELECT, INSERT, UPDATE ON audit_chain_heads TO {role}")
     op.execute(
         f"""
-        CREATE FUNCTION tenantry_audit_canonical(r audit_records) RETURNS text
-        LANGUAGE sql STABLE AS $$ SELECT jsonb_build_array({_COLUMNS})::text $$
-        """
-    )
-    op.execute(
-        """
-        CREATE FUNCTION tenantry_audit_hash(r audit_records) RETURNS bytea
-        LANGUAGE sql STABLE AS $$
-            SELECT sha256(r.prev_hash || sha256(convert_to(tenantry_audit_canonical(r), 'UTF8')))
+        CREATE FUNCTION tenantry_audit_canonical({_PARAMS}) RETURNS text
+        LANGUAGE sql IMMUTABLE AS $$
+            SELECT concat_ws(',', {_CANONICAL})
         $$
         """
     )
+    op.execute(
+        f"""
+        CREATE FUNCTION tenantry_audit_hash(r audit_records) RETURNS bytea
+        LANGUAGE sql STABLE AS $$
+            SELECT sha256(r.prev_hash || sha256(convert_to(tenantry_audit_canonical({_ROW_ARGS}), 'UTF8')))
+        $$
+        """
+    )
+    # The chain as a running aggregate: each row's hash covers the one before it (`head` seeds it).
+    op.execute(
+        """
+        CREATE FUNCTION tenantry_audit_link(running bytea, head bytea, digest bytea) RETURNS bytea
+        LANGUAGE sql IMMUTABLE AS $$ SELECT sha256(coalesce(running, head) || digest) $$
+        """
+    )
+    op.execute("CREATE AGGREGATE tenantry_audit_chain(bytea, bytea) (SFUNC = tenantry_audit_link, STYPE = bytea)")
     op.execute(
         f"""
         CREATE FUNCTION tenantry_record_audit(
@@ -142,12 +188,10 @@ def upgrade() -> None:
             total integer := 0;
             head_seq bigint;
             head_hash bytea;
-            recs audit_records[];
-            digests bytea[];
-            prevs bytea[];
-            hashes bytea[];
             stored uuid[];
             n integer;
+            last_seq bigint;
+            last_hash bytea;
         BEGIN
             IF cardinality(tenants) <> cardinality(counts)
                OR (SELECT coalesce(sum(c), 0) FROM unnest(counts) AS c) <> cardinality(docs)
@@ -167,46 +211,37 @@ def upgrade() -> None:
                     WHERE a.tenant_id = tenants[i] AND a.id = ANY (
                         SELECT (u.doc ->> 'id')::uuid FROM unnest(docs[first : first + counts[i] - 1]) AS u(doc));
                 END IF;
-                -- This tenant's other records in stream order, numbered on from the head.
-                SELECT coalesce(array_agg(s.r ORDER BY (s.r).seq), '{{}}') INTO recs FROM (
-                    SELECT ROW(tenants[i], x.ts, head_seq + row_number() OVER (ORDER BY x.n), x.id,
-                               coalesce(x.rid, ''), x.tr, x.m, x.tool, x.sub, x.key, x.ses, x.d, x.r, x.o, x.st,
-                               coalesce(x.lat, 0), x.e, x.dig, x.args, x.det, NULL::bytea, NULL::bytea
-                           )::audit_records AS r
-                    FROM (
-                        SELECT d.*, u.n, to_timestamp(d.at / 1000000.0::double precision) AS ts
-                        FROM unnest(docs[first : first + counts[i] - 1]) WITH ORDINALITY AS u(doc, n),
-                             LATERAL json_to_record(u.doc) AS d(
-                                 id uuid, at bigint, rid text, tr text, m text, tool text, sub text, key text,
-                                 ses text, d text, r text, o text, st integer, lat bigint, e uuid, dig text,
-                                 args jsonb, det jsonb)
-                    ) x
-                    WHERE x.id <> ALL (stored)
-                ) s;
-                n := cardinality(recs);
+                -- The tenant's other records in stream order, numbered on from the head, each hashed
+                -- (set-based), chained (a running aggregate) and stored, in one statement.
+                WITH x AS (
+                    SELECT tenants[i] AS tenant_id, to_timestamp(d.at / 1000000.0::double precision) AS at,
+                           head_seq + row_number() OVER (ORDER BY u.n) AS seq, d.id,
+                           coalesce(d.rid, '') AS request_id, d.tr AS transport, d.m AS method, d.tool,
+                           d.sub AS subject, d.key AS key_id, d.ses AS session, d.d AS decision, d.r AS reason,
+                           d.o AS outcome, d.st AS status, coalesce(d.lat, 0) AS latency_us, d.e AS event_id,
+                           d.dig AS args_digest, d.args, d.det AS detail
+                    FROM unnest(docs[first : first + counts[i] - 1]) WITH ORDINALITY AS u(doc, n),
+                         LATERAL json_to_record(u.doc) AS d(
+                             id uuid, at bigint, rid text, tr text, m text, tool text, sub text, key text,
+                             ses text, d text, r text, o text, st integer, lat bigint, e uuid, dig text,
+                             args jsonb, det jsonb)
+                    WHERE d.id <> ALL (stored)
+                ), chained AS (
+                    SELECT x.*, tenantry_audit_chain(
+                        head_hash, sha256(convert_to(tenantry_audit_canonical({_X_ARGS}), 'UTF8'))
+                    ) OVER (ORDER BY x.seq) AS hash
+                    FROM x
+                ), ins AS (
+                    INSERT INTO audit_records ({_NAMES}, prev_hash, hash)
+                    SELECT {_X_COLUMNS}, coalesce(lag(c.hash) OVER (ORDER BY c.seq), head_hash), c.hash
+                    FROM chained c
+                    RETURNING seq, hash
+                )
+                SELECT count(*), max(ins.seq), (array_agg(ins.hash ORDER BY ins.seq DESC))[1]
+                INTO n, last_seq, last_hash FROM ins;
                 IF n > 0 THEN
-                    IF EXISTS (SELECT FROM unnest(recs) AS r WHERE r.id IS NULL OR r.at IS NULL) THEN
-                        RAISE EXCEPTION 'an audit document without id or time' USING ERRCODE = '22023';
-                    END IF;
-                    SELECT array_agg(sha256(convert_to(tenantry_audit_canonical(r), 'UTF8')) ORDER BY r.seq)
-                    INTO digests FROM unnest(recs) AS r;
-                    -- The chain itself is sequential: each hash covers the one before it.
-                    prevs := array_fill(NULL::bytea, ARRAY[n]);
-                    hashes := array_fill(NULL::bytea, ARRAY[n]);
-                    FOR k IN 1 .. n LOOP
-                        prevs[k] := head_hash;
-                        head_hash := sha256(head_hash || digests[k]);
-                        hashes[k] := head_hash;
-                    END LOOP;
-                    INSERT INTO audit_records
-                    SELECT x.tenant_id, x.at, x.seq, x.id, x.request_id, x.transport, x.method, x.tool, x.subject,
-                           x.key_id, x.session, x.decision, x.reason, x.outcome, x.status, x.latency_us,
-                           x.event_id, x.args_digest, x.args, x.detail, y.p, y.h
-                    FROM unnest(recs) WITH ORDINALITY AS x
-                    JOIN unnest(prevs, hashes) WITH ORDINALITY AS y(p, h, k) ON y.k = x.ordinality;
-                    head_seq := head_seq + n;
+                    UPDATE audit_chain_heads SET seq = last_seq, hash = last_hash WHERE tenant_id = tenants[i];
                     total := total + n;
-                    UPDATE audit_chain_heads SET seq = head_seq, hash = head_hash WHERE tenant_id = tenants[i];
                 END IF;
                 first := first + counts[i];
             END LOOP;
@@ -270,7 +305,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP FUNCTION tenantry_audit_partitions(integer, integer)")
     op.execute("DROP FUNCTION tenantry_record_audit(uuid[], integer[], json[], boolean)")
+    op.execute("DROP AGGREGATE tenantry_audit_chain(bytea, bytea)")
+    op.execute("DROP FUNCTION tenantry_audit_link(bytea, bytea, bytea)")
     op.execute("DROP FUNCTION tenantry_audit_hash(audit_records)")
-    op.execute("DROP FUNCTION tenantry_audit_canonical(audit_records)")
+    op.execute(f"DROP FUNCTION tenantry_audit_canonical({', '.join(kind for _, kind in _FIELDS)})")
     op.execute("DROP TABLE audit_chain_heads")
     op.execute("DROP TABLE audit_records")

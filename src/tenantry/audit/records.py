@@ -70,20 +70,26 @@ class AuditRecord:
             "o": self.outcome,
             "lat": self.latency_us,
         }
-        for key, value in (
-            ("tool", self.tool),
-            ("sub", self.subject),
-            ("key", self.key_id),
-            ("ses", self.session),
-            ("r", self.reason),
-            ("st", self.status),
-            ("e", None if self.event_id is None else str(self.event_id)),
-            ("dig", self.args_digest),
-            ("args", self.args),
-            ("det", self.detail),
-        ):
-            if value is not None:
-                doc[key] = value
+        if self.tool is not None:
+            doc["tool"] = self.tool
+        if self.subject is not None:
+            doc["sub"] = self.subject
+        if self.key_id is not None:
+            doc["key"] = self.key_id
+        if self.session is not None:
+            doc["ses"] = self.session
+        if self.reason is not None:
+            doc["r"] = self.reason
+        if self.status is not None:
+            doc["st"] = self.status
+        if self.event_id is not None:
+            doc["e"] = str(self.event_id)
+        if self.args_digest is not None:
+            doc["dig"] = self.args_digest
+        if self.args is not None:
+            doc["args"] = self.args
+        if self.detail is not None:
+            doc["det"] = self.detail
         return _ENCODE(doc)
 
 
@@ -110,7 +116,7 @@ class ArgumentDigests:
             if len(self._tenant_keys) >= 100_000:
                 self._tenant_keys.clear()
             key = self._tenant_keys[tenant_id] = self._key(self._keys[0][1], tenant_id)
-        return f"{self._keys[0][0]}:{hmac.new(key, canonical_arguments(arguments), hashlib.sha256).hexdigest()}"
+        return f"{self._keys[0][0]}:{hmac.digest(key, canonical_arguments(arguments), 'sha256').hex()}"
 
     def matches(self, tenant_id: uuid.UUID, arguments: Any, digest: str) -> bool:
         """Whether `digest` is that of `arguments` under any configured key (old keys included)."""
@@ -118,6 +124,6 @@ class ArgumentDigests:
         body = canonical_arguments(arguments)
         for key_id, master in self._keys:
             if key_id == kid:
-                mac = hmac.new(self._key(master, tenant_id), body, hashlib.sha256).hexdigest()
+                mac = hmac.digest(self._key(master, tenant_id), body, "sha256").hex()
                 return hmac.compare_digest(f"{key_id}:{mac}", digest)
         return False
