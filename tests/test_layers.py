@@ -24,6 +24,7 @@ FLOORS: dict[str, int] = {
     "secrets": 0,
     "metrics": 0,
     "client": 0,
+    "ids": 0,
     "plans": 1,
     "settings": 2,
     "tenancy": 2,

@@ -22,13 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from tenantry.ids import time_ordered_id
+
 # The trail of what no tenant could be named for (a refused credential, a request before authentication).
 SYSTEM_TENANT: Final = uuid.UUID(int=0)
 
 ADMITTED: Final = "admitted"
 REFUSED: Final = "refused"
 
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
 
 
@@ -55,7 +57,7 @@ class AuditRecord:
     args_digest: str | None = None
     args: Any = None  # only when the tenant opted in; redacted
     detail: dict[str, Any] | None = None  # an admin change's before/after; a refused credential's claim
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=time_ordered_id)
     at_us: int = field(default_factory=now_us)
 
     def document(self) -> str:
@@ -90,7 +92,7 @@ class AuditRecord:
             doc["args"] = self.args
         if self.detail is not None:
             doc["det"] = self.detail
-        return _ENCODE(doc)
+        return ENCODE(doc)
 
 
 def canonical_arguments(arguments: Any) -> bytes:

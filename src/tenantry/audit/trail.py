@@ -29,10 +29,12 @@ import time
 import uuid
 from typing import Any
 
-from tenantry.audit.records import ADMITTED, REFUSED, SYSTEM_TENANT, ArgumentDigests, AuditRecord
+from tenantry.audit.records import ADMITTED, ENCODE, REFUSED, SYSTEM_TENANT, ArgumentDigests, AuditRecord, now_us
+from tenantry.ids import time_ordered_id
 from tenantry.metering.ledger import Ledger, LedgerUnavailable
 from tenantry.metrics import Metrics
 from tenantry.observability import RequestRecord, current_request
+from tenantry.tenancy import Principal
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +102,59 @@ class AuditTrail:
             **fields,
         )
 
+    def call(
+        self,
+        principal: Principal,
+        tool: str,
+        outcome: str,
+        *,
+        admitted: bool,
+        started: float,
+        event_id: uuid.UUID | None,
+        arguments: Any,
+        kept: Any = None,
+    ) -> str:
+        """A tool call's record as its document, built directly (every call makes one): an admitted call's
+        record is identified by its usage event's id."""
+        request = current_request()
+        event = None if event_id is None else str(event_id)
+        doc: dict[str, Any] = {
+            "id": event or str(time_ordered_id()),
+            "at": now_us(),
+            "rid": request.request_id if request is not None else "",
+            "tr": (request.transport if request is not None else None) or "direct",
+            "m": "tools/call",
+            "d": ADMITTED if admitted else REFUSED,
+            "o": outcome,
+            "lat": elapsed_us(started),
+            "tool": tool,
+            "sub": principal.subject,
+            "key": str(principal.key_id),
+            "dig": self.digests.digest(principal.tenant_id, arguments),
+        }
+        if not admitted:
+            doc["r"] = outcome
+        if principal.session:
+            doc["ses"] = principal.session
+        if event is not None:
+            doc["e"] = event
+        if kept is not None:
+            doc["args"] = kept
+        return ENCODE(doc)
+
     async def write(self, record: AuditRecord, request: RequestRecord | None = None) -> None:
         """Make `record` durable, and mark the request it records as audited."""
+        await self.write_document(record.tenant_id, record.document(), request)
+
+    async def write_document(self, tenant_id: uuid.UUID, document: str, request: RequestRecord | None = None) -> None:
+        """Make a record given as its document durable, and mark the request it records as audited."""
         request = request if request is not None else current_request()
         if request is not None:
             request.audited = True
         try:
-            await self._ledger.append(record.tenant_id, record.document())
+            await self._ledger.append(tenant_id, document)
         except LedgerUnavailable as exc:
             self.failures += 1
             if self._metrics is not None:
                 self._metrics.audit_failures.inc()
-            log.error("audit record %s of tenant %s could not be written: %s", record.id, record.tenant_id, exc)
+            log.error("an audit record of tenant %s could not be written: %s", tenant_id, exc)

@@ -23,7 +23,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -31,7 +30,6 @@ import mcp_types as types
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from tenantry.audit.records import AuditRecord
 from tenantry.audit.trail import AuditTrail
 from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, InternalError, NotFound, TenantryError, Unavailable
@@ -41,6 +39,7 @@ from tenantry.gateway.outcomes import ToolOutcome, guarded, refusal
 from tenantry.governance.gate import GOVERNANCE_CODES, Gate
 from tenantry.governance.guardrails import OutputGuard, redacted
 from tenantry.governance.policy import Policy
+from tenantry.ids import time_ordered_id
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
 from tenantry.metering.meter import Decision, Meter, wall_clock_ms
 from tenantry.metrics import Metrics
@@ -215,7 +214,8 @@ class ToolCalls:
                     outcome = ToolOutcome(error=escalated)
             status = outcome.status
             if self._audit is not None and outcome.event_id is None:  # no usage event carried its record
-                await self._audit.write(self._audit_record(principal, name, asked, outcome, started, policy))
+                document = self._audit_document(principal, name, asked, outcome, started, policy)
+                await self._audit.write_document(principal.tenant_id, document)
             if status in GOVERNANCE_CODES:
                 self._metrics.governance_refusals.labels(status).inc()
             if span is not None:
@@ -238,7 +238,7 @@ class ToolCalls:
         if not self._metering or getattr(tool, "withheld", False):
             return await self._run(principal, tool, args, relay, policy)
         tenant_id, limits = principal.tenant_id, principal.limits
-        event_id = uuid.uuid4()
+        event_id = time_ordered_id()
         call_id = event_id.hex
         cost = self._plans.cost(tool.name, default=tool.cost)
         with self._tracing.span("meter.admit"):
@@ -262,7 +262,7 @@ class ToolCalls:
         audit = None
         if self._audit is not None:  # the call's audit record rides in its usage event's entry
             ended = replace(outcome, event_id=event_id)
-            audit = self._audit_record(principal, tool.name, asked, ended, started, policy).document()
+            audit = self._audit_document(principal, tool.name, asked, ended, started, policy)
         try:
             release = (self._meter.inflight_key(tenant_id), call_id) if holds_slot else None
             with self._tracing.span("ledger.record"):
@@ -280,7 +280,7 @@ class ToolCalls:
                 request.audited = True
         return replace(outcome, event_id=event_id)
 
-    def _audit_record(
+    def _audit_document(
         self,
         principal: Principal,
         name: str,
@@ -288,25 +288,20 @@ class ToolCalls:
         outcome: ToolOutcome,
         started: float,
         policy: Policy | None,
-    ) -> AuditRecord:
+    ) -> str:
         """The call's audit record: who, which tool, a digest of the arguments asked for (and, when the
         tenant opted in, the arguments with personal data redacted), what was decided and how it ended."""
         assert self._audit is not None
-        tenant_id = principal.tenant_id
         keeps = policy is not None and policy.audits_arguments and asked is not None
-        return self._audit.record(
-            tenant_id,
-            "tools/call",
+        return self._audit.call(
+            principal,
+            name[:200],
             outcome.status,
-            refused=not outcome.admitted,
+            admitted=outcome.admitted,
             started=started,
-            tool=name[:200],
-            subject=principal.subject,
-            key_id=str(principal.key_id),
-            session=principal.session or None,
             event_id=outcome.event_id,
-            args_digest=self._audit.digests.digest(tenant_id, asked),
-            args=redacted(asked) if keeps else None,
+            arguments=asked,
+            kept=redacted(asked) if keeps else None,
         )
 
     async def _run(
