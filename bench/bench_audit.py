@@ -35,6 +35,7 @@ from tenantry.audit import store  # noqa: E402
 from tenantry.audit.records import ADMITTED, REFUSED, ArgumentDigests, AuditRecord  # noqa: E402
 from tenantry.db.engine import Database  # noqa: E402
 from tenantry.db.migrate import migrate  # noqa: E402
+from tenantry.ids import time_ordered_id  # noqa: E402
 from tenantry.metering.ledger import UsageEvent, insert_documents  # noqa: E402
 from tenantry.settings import Settings  # noqa: E402
 
@@ -63,7 +64,7 @@ def make_record(tenant: uuid.UUID, at: datetime, rnd: random.Random, digests: Ar
         subject=rnd.choice(SUBJECTS),
         key_id=str(uuid.UUID(int=rnd.getrandbits(128))),
         reason=outcome if refused else None,
-        event_id=None if refused else uuid.uuid4(),
+        event_id=None if refused else time_ordered_id(),
         args_digest=digests.digest(tenant, {"key": f"k{rnd.randint(0, 10_000)}"}),
         at_us=int(at.timestamp() * 1_000_000),
     )

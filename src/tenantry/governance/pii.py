@@ -119,6 +119,10 @@ _SECRETS: Final[list[tuple[tuple[str, ...], int, re.Pattern[str]]]] = [
 ]
 
 
+_LITERALS: Final = tuple(literal for literals, _, _ in _SECRETS for literal in literals)
+_SECRET_LITERAL: Final = re.compile("|".join(re.escape(literal) for literal in _LITERALS))
+
+
 def _anchored(text: str, literals: tuple[str, ...], offset: int, pattern: re.Pattern[str]) -> Iterator[re.Match[str]]:
     """`pattern`'s matches that start `offset` characters before an occurrence of one of `literals`."""
     for literal in literals:
@@ -156,15 +160,18 @@ _DIGITS: Final = "0123456789"
 _DOTTED: Final = tuple(f"{d}." for d in _DIGITS)
 _DIGIT_RUN: Final = re.compile(r"\d(?:[ .()+/:-]{0,2}\d){6,}")  # seven digits or more, lightly separated
 _DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
+# A time of day with its fraction and offset (the tail of an ISO timestamp): no detector's digits.
+_TIME: Final = re.compile(r"\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:[+-]\d{2}:?\d{2})?")
+_DIGIT: Final = re.compile(r"\d")
 _CONTEXT: Final = 40  # characters around a run of digits a detector may need (an IBAN's letters, a '+')
 
 
 def _windows(text: str) -> list[tuple[int, int]]:
     """Stretches of `text` around runs of seven or more digits (the fewest a phone number, a card, an
-    SSN or an IBAN's account part has), merged where they meet; ISO dates are passed over."""
+    SSN or an IBAN's account part has), merged where they meet; ISO dates and times are passed over."""
     windows: list[tuple[int, int]] = []
     for run in _DIGIT_RUN.finditer(text):
-        if _DATE.fullmatch(run.group(0)):
+        if _DATE.fullmatch(run.group(0)) or _TIME.fullmatch(run.group(0)):
             continue
         start, end = max(0, run.start() - _CONTEXT), min(len(text), run.end() + _CONTEXT)
         if windows and start <= windows[-1][1]:
@@ -177,6 +184,14 @@ def _windows(text: str) -> list[tuple[int, int]]:
 def find(text: str, kinds: frozenset[str] | None = None) -> list[Span]:
     """The personal data and secrets in `text`, earliest first, never overlapping (secrets first, then
     email, iban, card, ssn, phone, ip: the first keeps a contested span)."""
+    if len(text) < 512:  # one regex pass costs less than a dozen substring searches on a short text
+        digits = _DIGIT.search(text) is not None
+        secret = _SECRET_LITERAL.search(text) is not None
+    else:  # and more on a long one (a substring search skips along at C speed)
+        digits = any(digit in text for digit in _DIGITS)
+        secret = any(literal in text for literal in _LITERALS)
+    if not digits and not secret and "@" not in text and "::" not in text:
+        return []  # most strings of a structured result: a name, a status, a word
     spans: list[Span] = []
     starts: list[int] = []  # the spans' starts, sorted, and their ends in the same order: the spans never
     ends: list[int] = []  # overlap, so a new one can only overlap its neighbours (dense text: thousands)
@@ -193,12 +208,13 @@ def find(text: str, kinds: frozenset[str] | None = None) -> list[Span]:
             ends.insert(at, end)
             spans.append(Span(kind, start, end))
 
-    for literals, offset, pattern in _SECRETS:
-        add("secret", _anchored(text, literals, offset, pattern), _true)
+    if secret:
+        for literals, offset, pattern in _SECRETS:
+            add("secret", _anchored(text, literals, offset, pattern), _true)
     if "@" in text:
         add("email", _EMAIL.finditer(text), _true)
     # Substring tests run at C speed; a regex scan of a whole text does not: prose skips them all.
-    if any(digit in text for digit in _DIGITS):
+    if digits:
         windows = _windows(text)
         for kind, pattern, check in _DIGITAL:
             for start, end in windows:
