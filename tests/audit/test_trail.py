@@ -8,12 +8,16 @@ import uuid
 from typing import Any
 
 import httpx
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from tenantry.audit.records import SYSTEM_TENANT, ArgumentDigests
 from tenantry.client import connect
 from tenantry.settings import Settings
-from tests.conftest import Admin, TenantHandle, eventually
+from tests import conftest
+from tests.conftest import Admin, TenantHandle, eventually, serve
 from tests.gateway.test_fastpath import call, post
 from tests.governance.test_governance_gateway import READ_ONLY, bridge, key_for, set_policy
 
@@ -253,3 +257,33 @@ async def test_pages_filters_and_exports_cover_the_trail_exactly(
     assert missing.status_code == 404
     anonymous = await http.get(base)
     assert anonymous.status_code == 401
+
+
+async def test_a_stateful_session_with_streamed_answers_leaves_one_record_per_request(
+    admin: Admin, tenant_b: TenantHandle
+) -> None:
+    with serve(conftest.test_settings(mcp_stateful=True, mcp_json_response=False)) as url:
+        # A handshake-era client: it opens a session, and each answer comes back as an SSE stream.
+        async with (
+            httpx2.AsyncClient(headers=tenant_b.headers, timeout=30) as http,
+            Client(streamable_http_client(f"{url}/mcp", http_client=http), mode="legacy") as client,
+        ):
+            assert not (await client.call_tool("data_put", {"key": "stateful", "value": 1})).is_error
+            assert (await client.call_tool("data_get", {"key": "missing"})).is_error  # a tool error
+            with contextlib.suppress(MCPError):
+                await client.call_tool("no_such_tool", {})
+    records = await trail(admin, tenant_b.id, method="tools/call")
+    calls = [r for r in records if r["session"]]
+    assert sorted(r["tool"] for r in calls) == ["data_get", "data_put", "no_such_tool"]
+    assert len({r["request_id"] for r in calls}) == 3
+    assert len({r["session"] for r in calls}) == 1
+    outcome = {r["tool"]: (r["decision"], r["outcome"]) for r in calls}
+    assert outcome == {
+        "data_put": ("admitted", "ok"),
+        "data_get": ("admitted", "key_not_found"),
+        "no_such_tool": ("refused", "unknown_tool"),
+    }
+    # The session's own requests are recorded too: its SSE stream (GET) and its end (DELETE).
+    session = calls[0]["session"]
+    methods = [r["method"] for r in await trail(admin, tenant_b.id) if r["session"] == session]
+    assert methods.count("DELETE /mcp") == methods.count("GET /mcp") == 1
