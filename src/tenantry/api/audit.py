@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from tenantry.api.deps import AdminDep, ServicesDep
@@ -45,23 +45,18 @@ def _filter(
     return store.AuditFilter(since, until, subject, tool, decision, outcome, method, request_id)
 
 
+AuditQuery = Annotated[store.AuditFilter, Depends(_filter)]
+
+
 @router.get("")
 async def audit_page(
     tenant_id: str,
     services: ServicesDep,
-    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
-    subject: _Text = None,
-    tool: _Text = None,
-    decision: Annotated[Literal["admitted", "refused"] | None, Query()] = None,
-    outcome: _Text = None,
-    method: _Text = None,
-    request_id: _Text = None,
+    where: AuditQuery,
     limit: Annotated[int, Query(ge=1, le=store.PAGE_MAX)] = 100,
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the page before")] = None,
 ) -> dict[str, Any]:
     """Records newest first; `next_cursor` (null on the last page) gets the next page."""
-    where = _filter(since, until, subject, tool, decision, outcome, method, request_id)
     tid = await _trail_of(services, tenant_id)
     found, next_cursor = await store.page(services.db, tid, where, limit=limit, cursor=cursor)
     return {"tenant_id": str(tid), "records": found, "next_cursor": next_cursor}
@@ -71,18 +66,10 @@ async def audit_page(
 async def audit_export(
     tenant_id: str,
     services: ServicesDep,
+    where: AuditQuery,
     format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
-    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
-    subject: _Text = None,
-    tool: _Text = None,
-    decision: Annotated[Literal["admitted", "refused"] | None, Query()] = None,
-    outcome: _Text = None,
-    method: _Text = None,
-    request_id: _Text = None,
 ) -> StreamingResponse:
     """Every matching record, oldest first, streamed as JSON Lines or CSV."""
-    where = _filter(since, until, subject, tool, decision, outcome, method, request_id)
     tid = await _trail_of(services, tenant_id)
     media = "application/x-ndjson" if format == "jsonl" else "text/csv; charset=utf-8"
     name = f"audit-{tid}.{format}"

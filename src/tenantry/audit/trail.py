@@ -8,10 +8,12 @@ Who writes which record, so that each request leaves exactly one:
   event's stream entry (no round trip of its own); a refused one is an entry of its own;
 - any other MCP request the SDK dispatches (initialize, tools/list, ping...): the gateway's message
   middleware (`gateway/server.py`);
-- an admin change: its handler, with the fields it changed before and after (`api/audit.py`);
-- everything else on `/mcp`, `/sse`, `/messages/` and `/api/` (a refused credential, a transport
-  error, a REST read): the outermost middleware (`api/middleware.py`), before the response's last
-  bytes go out. Notifications (202 Accepted on an MCP path) are not requests: they leave none.
+- an admin change: the same middleware, with what its handler noted it changed, before and after
+  (`audit/changes.py`); one made from the CLI, in the change's own transaction;
+- everything else on `/mcp`, `/sse`, `/messages/`, `/api/` and `/webhooks/` (a refused credential, a
+  transport error, a REST read, a Stripe event): the outermost middleware (`api/middleware.py`),
+  before the response's last bytes go out. Notifications (202 Accepted on an MCP path) are not
+  requests: they leave none.
 
 Whoever writes the record marks the request's `RequestRecord.audited`, and the middleware writes only
 for a request nobody else did. One exception: on the 2026-07-28 protocol the SDK runs the tools/list
@@ -39,7 +41,13 @@ from tenantry.tenancy import Principal
 log = logging.getLogger(__name__)
 
 # The transport a path is served on; a path not listed here is not audited (ops: /health, /metrics, docs).
-_TRANSPORTS = (("/mcp", "streamable_http"), ("/sse", "sse"), ("/messages/", "sse"), ("/api/", "rest"))
+_TRANSPORTS = (
+    ("/mcp", "streamable_http"),
+    ("/sse", "sse"),
+    ("/messages/", "sse"),
+    ("/api/", "rest"),
+    ("/webhooks/", "rest"),  # Stripe's: a plan change it brings is recorded like an admin's
+)
 
 
 def transport_of(path: str) -> str | None:
