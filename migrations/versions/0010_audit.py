@@ -8,8 +8,8 @@
   `tenants`: a trail outlives its tenant.
 - A per-tenant hash chain: each record carries `seq` (1, 2, 3... per tenant), the previous record's
   hash and its own, `sha256(prev_hash || sha256(canonical text of the record))`, where the canonical
-  text is `tenantry_audit_canonical(...)` of every column but the hashes (each value quoted, so no two
-  records share one; jsonb's text form is deterministic). The digests are taken set-based and the
+  text is `tenantry_audit_canonical(...)` of every column but the hashes (their row's text form: no
+  two records share one; jsonb's text form is deterministic). The digests are taken set-based and the
   links chained by a running aggregate (`tenantry_audit_chain`), in one INSERT per tenant per batch.
   `audit_chain_heads` holds each tenant's last seq and hash (the lock that orders
   appends across replicas) and the anchor retention left: the seq and hash of the last record
@@ -45,8 +45,10 @@ down_revision = "0009"
 branch_labels = None
 depends_on = None
 
-# The columns a record's hash covers (all but the hashes), in order, and its canonical text: each value
-# quoted (quote_nullable: NULL unquoted), comma-separated, so no two records share one.
+# The columns a record's hash covers (all but the hashes), in order. Its canonical text is their row's
+# text form (record_out: each value quoted where it needs to be, NULL empty, so no two records share
+# one; uuid, integer, text and jsonb print the same whatever the session's settings), with the time as
+# microseconds since the epoch (a timestamp's text depends on the time zone setting).
 _FIELDS = (
     ("tenant_id", "uuid"),
     ("seq", "bigint"),
@@ -72,15 +74,14 @@ _FIELDS = (
 _PARAMS = ", ".join(f"{name} {kind}" for name, kind in _FIELDS)
 
 
-def _quoted(name: str, kind: str) -> str:
-    if kind == "timestamptz":  # microseconds since the epoch: no time zone setting changes it
-        return f"(extract(epoch FROM {name}) * 1000000)::bigint"
-    if kind in ("bigint", "integer"):
-        return f"coalesce({name}::text, 'NULL')"
-    return f"quote_nullable({name}::text)"
-
-
-_CANONICAL = ", ".join(_quoted(f"${n}", kind) for n, (_, kind) in enumerate(_FIELDS, start=1))
+_CANONICAL = (
+    "ROW("
+    + ", ".join(
+        "(extract(epoch FROM $3) * 1000000)::bigint" if name == "at" else f"${n}"
+        for n, (name, _) in enumerate(_FIELDS, start=1)
+    )
+    + ")::text"
+)
 _ROW_ARGS = ", ".join(f"r.{name}" for name, _ in _FIELDS)
 _X_ARGS = ", ".join(f"x.{name}" for name, _ in _FIELDS)
 _X_COLUMNS = ", ".join(f"c.{name}" for name, _ in _FIELDS)
@@ -157,8 +158,8 @@ def upgrade() -> None:
     op.execute(
         f"""
         CREATE FUNCTION tenantry_audit_canonical({_PARAMS}) RETURNS text
-        LANGUAGE sql IMMUTABLE AS $$
-            SELECT concat_ws(',', {_CANONICAL})
+        LANGUAGE sql STABLE AS $$
+            SELECT {_CANONICAL}
         $$
         """
     )
