@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import httpx
+import httpx2
 import jwt
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -222,7 +222,7 @@ class TenantIssuers:
         self.fetches += 1
         try:
             async with (
-                httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client,
+                httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client,
                 client.stream("GET", url, headers={"Accept": "application/json"}) as response,
             ):
                 if response.status_code != 200:
@@ -233,7 +233,7 @@ class TenantIssuers:
                     if len(body) > _MAX_JWKS_BYTES:
                         raise _invalid("the issuer's JWKS is too large")
             keys = jwt.PyJWKSet.from_dict(json.loads(body)).keys
-        except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
+        except (httpx2.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
             raise Unauthenticated(
                 f"the tenant's identity provider could not be read: {type(exc).__name__}", code="issuer_unavailable"
             ) from None
