@@ -182,6 +182,11 @@ async def test_a_refused_credential_goes_to_the_system_trail_with_the_tenant_it_
     assert record["detail"] == {"claimed_tenant": tenant_a.id}
     assert "tnt_wrong" not in json.dumps(record)
     assert not await trail(admin, tenant_a.id, request_id=bad_id)  # an unproven claim is not the tenant's
+    # A CORS preflight asks and does nothing: no record.
+    preflight_id = rid()
+    async with httpx.AsyncClient(base_url=gateway_url) as http:
+        await http.options("/mcp", headers={"X-Request-ID": preflight_id, "Origin": "https://agent.example"})
+    assert not await trail(admin, str(SYSTEM_TENANT), request_id=preflight_id)
 
 
 async def test_a_tenant_that_opts_in_gets_its_arguments_recorded_with_personal_data_redacted(

@@ -82,7 +82,7 @@ class RequestObserver:
         held: Message | None = None  # an error's response start, until its JSON body is known
         started = False  # a response start went to the client
         error: str | None = None  # the code of an error response
-        if self._audit is not None:
+        if self._audit is not None and scope["method"] != "OPTIONS":  # a CORS preflight asks, it does nothing
             record.transport = transport_of(scope["path"])
 
         async def observed(message: Message) -> None:
