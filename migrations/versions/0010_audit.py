@@ -25,8 +25,9 @@
   "o": outcome, "st": HTTP status, "lat": latency µs, "e": usage event id, "dig": HMAC digest of the
   arguments, "args": redacted arguments (opt-in), "det": detail (admin before/after)}.
 - `tenantry_audit_partitions(ahead, keep_months)`: makes the partitions of this month and `ahead`
-  more, and (keep_months > 0) drops every partition wholly older than that many months, first moving
-  each tenant's anchor to its last dropped record. Run by the owner: at migration, and by a lifespan
+  more (moving in what the default partition took of their range), and (keep_months > 0) drops every
+  partition wholly older than that many months, first moving each tenant's anchor to its last dropped
+  record. Run by the owner: at migration, and by a lifespan
   task on a schedule (`audit/maintenance.py`).
 
 Revision ID: 0010
@@ -264,16 +265,32 @@ def upgrade() -> None:
             name text;
             done text[] := '{}';
             part record;
+            lo timestamptz;
+            hi timestamptz;
+            kept bigint;
+            staged boolean := false;
         BEGIN
             FOR k IN 0 .. greatest(ahead, 0) LOOP
                 month := (this_month + make_interval(months => k))::date;
                 name := format('audit_records_y%sm%s', to_char(month, 'YYYY'), to_char(month, 'MM'));
+                lo := month::timestamp AT TIME ZONE 'UTC';
+                hi := (month + interval '1 month')::timestamp AT TIME ZONE 'UTC';
                 IF to_regclass(name) IS NULL THEN
+                    -- Records the default partition took for this month (a clock far ahead) move into it:
+                    -- the partition cannot be made while the default holds rows of its range.
+                    IF NOT staged THEN
+                        CREATE TEMP TABLE audit_moving (LIKE audit_records) ON COMMIT DROP;
+                        staged := true;
+                    END IF;
+                    WITH moved AS (DELETE FROM audit_records_default WHERE at >= lo AND at < hi RETURNING *)
+                    INSERT INTO audit_moving SELECT * FROM moved;
+                    GET DIAGNOSTICS kept = ROW_COUNT;
                     EXECUTE format(
-                        'CREATE TABLE %I PARTITION OF audit_records FOR VALUES FROM (%L) TO (%L)', name,
-                        (month::timestamp AT TIME ZONE 'UTC'),
-                        ((month + interval '1 month')::timestamp AT TIME ZONE 'UTC'));
-                    done := done || ('created ' || name);
+                        'CREATE TABLE %I PARTITION OF audit_records FOR VALUES FROM (%L) TO (%L)', name, lo, hi);
+                    INSERT INTO audit_records SELECT * FROM audit_moving;
+                    DELETE FROM audit_moving;
+                    done := done || ('created ' || name
+                        || CASE WHEN kept > 0 THEN format(' (%s records moved in)', kept) ELSE '' END);
                 END IF;
             END LOOP;
             IF keep_months > 0 THEN

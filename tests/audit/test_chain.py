@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -157,6 +157,33 @@ async def test_retention_drops_whole_old_months_and_the_chain_verifies_from_wher
     assert (after.intact, after.first_seq, after.checked, after.head_seq) == (True, 3, 1, 3)
     async with db.tenant(tenant) as conn:
         assert (await conn.execute(text("SELECT seq FROM audit_records"))).scalars().all() == [3]
+
+
+async def test_a_record_dated_past_the_made_months_moves_into_its_partition_when_that_month_is_made(
+    db: Database,
+) -> None:
+    tenant = uuid.uuid4()
+    far = datetime.now(UTC) + timedelta(days=400)  # a clock far ahead: no partition holds that month yet
+    await append(db, tenant, [record(tenant, 1, at=far), record(tenant, 2)])
+    month = f"audit_records_y{far:%Y}m{far:%m}"
+
+    async def partition_of(seq: int) -> str:
+        async with db.system() as conn:
+            found = await conn.execute(
+                text("SELECT tableoid::regclass::text FROM audit_records WHERE tenant_id = :t AND seq = :s"),
+                {"t": tenant, "s": seq},
+            )
+            return str(found.scalar_one())
+
+    assert await partition_of(1) == "audit_records_default"
+    async with db.system() as conn:
+        done = (await conn.execute(text("SELECT tenantry_audit_partitions(15, 0)"))).scalar_one()
+    assert f"created {month} (1 records moved in)" in done
+    assert await partition_of(1) == month
+    assert (await store.verify(db, tenant)).intact
+    async with db.system() as conn:  # leave the months as a migration makes them, for the other tests
+        for stale in done:
+            await conn.execute(text(f"DROP TABLE {stale.split()[1]}"))
 
 
 async def test_the_cli_lists_exports_and_checks_argument_digests(
