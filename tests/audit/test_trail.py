@@ -102,6 +102,20 @@ async def test_a_refused_and_an_admitted_call_each_leave_exactly_one_record_on_e
     )
 
 
+async def test_a_call_whose_name_holds_bytes_postgresql_cannot_store_is_still_recorded(
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle
+) -> None:
+    ids = {rid(): "x\\u0000y", rid(): "x\\ud800y"}  # a NUL; a lone surrogate (JSON escapes, sent as is)
+    for request_id, name in ids.items():
+        body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"' + name + '","arguments":{}}}'
+        status, _ = await post(gateway_url, tenant_a.headers, body.encode(), **{"X-Request-ID": request_id})
+        assert status == 200
+    nul, surrogate = [await trail(admin, tenant_a.id, request_id=request_id) for request_id in ids]
+    assert [r["tool"] for r in nul] == ["x\ufffdy"]
+    assert [r["tool"] for r in surrogate] == ["x?y"]
+    assert nul[0]["reason"] == surrogate[0]["reason"] == "unknown_tool"
+
+
 async def test_every_mcp_request_leaves_one_record_on_both_transports_and_notifications_none(
     gateway_url: str, admin: Admin, tenant_b: TenantHandle
 ) -> None:

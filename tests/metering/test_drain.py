@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from tenantry.audit.records import AuditRecord
 from tenantry.db.engine import Database
 from tenantry.metering.drain import GROUP, LedgerDrainer, dead_letter_key, oldest_undrained_age_ms
 from tenantry.metering.ledger import Ledger, insert_events
@@ -203,3 +204,25 @@ async def test_an_entry_deleted_after_it_was_read_is_acknowledged_and_not_set_as
     assert (await redis.xpending(stream, GROUP))["pending"] == 0
     assert drainer.dead_lettered == 0
     assert drainer.drained == 1
+
+
+async def test_an_audit_record_that_can_never_be_stored_does_not_take_its_calls_usage_event_with_it(
+    redis: Redis, db: Database, admin: Admin, stream: str, drain_client: Redis | RespClient
+) -> None:
+    tenant = await admin.create_tenant()
+    ledger = Ledger(redis, db, stream=stream)
+    billed, fine = event(tenant.id, 1), event(tenant.id, 2)
+    # A record PostgreSQL refuses (an id that is no UUID), riding with a good usage event.
+    await ledger.record(
+        billed, audit='{"id": "not-a-uuid", "at": 1, "tr": "rest", "m": "x", "d": "admitted", "o": "ok"}'
+    )
+    await ledger.record(fine, audit=AuditRecord(uuid.UUID(tenant.id), "rest", "GET /x", "admitted", "ok").document())
+    drainer = LedgerDrainer(drain_client, db, stream=stream)
+    await drainer.flush()
+    assert sorted(await stored(db, tenant.id)) == sorted([billed.event_id, fine.event_id])  # both billed
+    assert drainer.dead_lettered == 1
+    [(_, kept)] = await redis.xrange(dead_letter_key(stream))
+    assert kept[b"reason"].decode().startswith("audit record refused by PostgreSQL (usage stored)")
+    async with db.tenant(uuid.UUID(tenant.id)) as conn:
+        methods = (await conn.execute(text("SELECT method FROM audit_records"))).scalars().all()
+    assert "GET /x" in methods

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,6 +33,28 @@ REFUSED: Final = "refused"
 
 ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _CANONICAL = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
+
+
+def clean(value: Any) -> Any:
+    """`value` as PostgreSQL's json and jsonb can take it: NUL characters and lone surrogates replaced,
+    numbers JSON cannot carry (NaN, infinities) null. A record a client's bytes could make unstorable
+    would be lost, and an admitted call's usage event with it."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                value = value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {clean(str(k)): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def now_us() -> int:
@@ -67,21 +90,21 @@ class AuditRecord:
             "at": self.at_us,
             "rid": self.request_id,
             "tr": self.transport,
-            "m": self.method,
+            "m": clean(self.method),
             "d": self.decision,
-            "o": self.outcome,
+            "o": clean(self.outcome),
             "lat": self.latency_us,
         }
         if self.tool is not None:
-            doc["tool"] = self.tool
+            doc["tool"] = clean(self.tool)
         if self.subject is not None:
-            doc["sub"] = self.subject
+            doc["sub"] = clean(self.subject)
         if self.key_id is not None:
-            doc["key"] = self.key_id
+            doc["key"] = clean(self.key_id)
         if self.session is not None:
-            doc["ses"] = self.session
+            doc["ses"] = clean(self.session)
         if self.reason is not None:
-            doc["r"] = self.reason
+            doc["r"] = clean(self.reason)
         if self.status is not None:
             doc["st"] = self.status
         if self.event_id is not None:
@@ -89,9 +112,9 @@ class AuditRecord:
         if self.args_digest is not None:
             doc["dig"] = self.args_digest
         if self.args is not None:
-            doc["args"] = self.args
+            doc["args"] = clean(self.args)
         if self.detail is not None:
-            doc["det"] = self.detail
+            doc["det"] = clean(self.detail)
         return ENCODE(doc)
 
 

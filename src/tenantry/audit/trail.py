@@ -31,7 +31,16 @@ import time
 import uuid
 from typing import Any
 
-from tenantry.audit.records import ADMITTED, ENCODE, REFUSED, SYSTEM_TENANT, ArgumentDigests, AuditRecord, now_us
+from tenantry.audit.records import (
+    ADMITTED,
+    ENCODE,
+    REFUSED,
+    SYSTEM_TENANT,
+    ArgumentDigests,
+    AuditRecord,
+    clean,
+    now_us,
+)
 from tenantry.ids import time_ordered_id
 from tenantry.metering.ledger import Ledger, LedgerUnavailable
 from tenantry.metrics import Metrics
@@ -135,19 +144,19 @@ class AuditTrail:
             "d": ADMITTED if admitted else REFUSED,
             "o": outcome,
             "lat": elapsed_us(started),
-            "tool": tool,
-            "sub": principal.subject,
+            "tool": clean(tool),
+            "sub": clean(principal.subject),
             "key": str(principal.key_id),
             "dig": self.digests.digest(principal.tenant_id, arguments),
         }
         if not admitted:
             doc["r"] = outcome
         if principal.session:
-            doc["ses"] = principal.session
+            doc["ses"] = clean(principal.session)
         if event is not None:
             doc["e"] = event
         if kept is not None:
-            doc["args"] = kept
+            doc["args"] = clean(kept)
         return ENCODE(doc)
 
     async def write(self, record: AuditRecord, request: RequestRecord | None = None) -> None:
@@ -161,7 +170,7 @@ class AuditTrail:
             request.audited = True
         try:
             await self._ledger.append(tenant_id, document)
-        except LedgerUnavailable as exc:
+        except (LedgerUnavailable, ValueError) as exc:  # ValueError: not encodable (a bug, counted all the same)
             self.failures += 1
             if self._metrics is not None:
                 self._metrics.audit_failures.inc()

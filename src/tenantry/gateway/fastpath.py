@@ -137,7 +137,11 @@ class ToolCallFastPath:
                 log.exception("tools/call %r failed", name[:100])
                 error = types.ErrorData(code=types.INTERNAL_ERROR, message="Internal server error")
             message["error"] = error.model_dump(by_alias=True, mode="json", exclude_none=True)
-        payload = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+        text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        try:
+            payload = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate the client sent (a tool name echoed back): escaped
+            payload = json.dumps(message, separators=(",", ":")).encode()
         headers = [*_JSON_HEADERS, (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})

@@ -152,8 +152,19 @@ class LedgerDrainer:
                 alone = refused if len(group) == 1 else await self._refusal(tenant, [docs])
                 if alone is None:
                     stored += docs.usage is not None
-                else:
-                    dead.append((entry_id, fields, f"refused by PostgreSQL: {alone}"))
+                    continue
+                # An audit record that can never be stored must not take the call's usage event with it:
+                # the event is stored (billed) and the entry kept aside for its record.
+                usage_only = _Docs(docs.usage, None)
+                if (
+                    docs.audit is not None
+                    and docs.usage is not None
+                    and await self._refusal(tenant, [usage_only]) is None
+                ):
+                    stored += 1
+                    dead.append((entry_id, fields, f"audit record refused by PostgreSQL (usage stored): {alone}"))
+                    continue
+                dead.append((entry_id, fields, f"refused by PostgreSQL: {alone}"))
         return stored, dead
 
     async def _refusal(self, tenant: uuid.UUID, entries: list[_Docs]) -> str | None:
