@@ -11,9 +11,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.audit import store
+from tenantry.audit.changes import describe
 from tenantry.audit.maintenance import maintain
 from tenantry.audit.records import ADMITTED, REFUSED, AuditRecord
 from tenantry.db.engine import Database
+from tenantry.governance.guardrails import redacted
 from tenantry.metering.ledger import insert_documents
 from tenantry.settings import Settings
 from tests.test_cli import run
@@ -193,16 +195,20 @@ async def test_the_cli_lists_exports_and_checks_argument_digests(
     async with db.system() as conn:
         await conn.execute(text("INSERT INTO tenants (id, name) VALUES (:t, 'audited')"), {"t": tenant})
     await append(db, tenant, [record(tenant, n) for n in range(1, 6)])
+    formula = record(tenant, 6)
+    formula.method = "=HYPERLINK(1)"  # what a client could put in a path or a tool name
+    await append(db, tenant, [formula])
     listed = run(settings, "audit", "list", "--tenant", str(tenant), "--limit", "2", "--json")
     assert listed.returncode == 0, listed.stderr
     page = json.loads(listed.stdout)
-    assert [r["seq"] for r in page["records"]] == [5, 4]
+    assert [r["seq"] for r in page["records"]] == [6, 5]
     assert page["next_cursor"]
     refused = run(settings, "audit", "list", "--tenant", str(tenant), "--decision", "refused", "--json")
-    assert [r["seq"] for r in json.loads(refused.stdout)["records"]] == [3]
+    assert [r["seq"] for r in json.loads(refused.stdout)["records"]] == [6, 3]
     exported = run(settings, "audit", "export", "--tenant", str(tenant), "--format", "csv")
     assert exported.returncode == 0
-    assert len(exported.stdout.splitlines()) == 6
+    assert len(exported.stdout.splitlines()) == 7
+    assert "'=HYPERLINK(1)" in exported.stdout  # a spreadsheet shows it, and does not run it
     bad = run(settings, "audit", "list", "--tenant", str(tenant), "--since", "yesterday")
     assert bad.returncode == 2
     assert "ISO 8601" in bad.stderr
@@ -213,3 +219,18 @@ async def test_the_cli_lists_exports_and_checks_argument_digests(
     same = run(settings, "audit", "digest", "--tenant", str(tenant), "--arguments", '{"a":1,"b":2}', "--digest", made)
     other = run(settings, "audit", "digest", "--tenant", str(tenant), "--arguments", '{"a":1}', "--digest", made)
     assert (same.returncode, other.returncode) == (0, 1)
+
+
+def test_a_change_never_records_a_secret_and_redacted_arguments_redact_keys_too() -> None:
+    change = describe(
+        "upstream.update",
+        "u1",
+        {"url": "https://a", "client_secret": "s3cr3t"},
+        {"url": "https://b", "client_secret": "n3w", "options": {"refresh_token": "r", "timeout": 5}},
+    )
+    assert change["changes"]["url"] == {"before": "https://a", "after": "https://b"}
+    assert change["changes"]["client_secret"] == {"changed": True}
+    assert change["changes"]["options"]["after"] == {"refresh_token": "[secret]", "timeout": 5}
+    assert "s3cr3t" not in json.dumps(change)
+    assert "n3w" not in json.dumps(change)
+    assert redacted({"alice@example.com": {"note": "call bob@example.org"}}) == {"[EMAIL]": {"note": "call [EMAIL]"}}

@@ -13,6 +13,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from tenantry.audit import store
 from tenantry.audit.records import SYSTEM_TENANT, ArgumentDigests
 from tenantry.client import connect
 from tenantry.settings import Settings
@@ -217,6 +218,9 @@ async def test_a_tenant_that_opts_in_gets_its_arguments_recorded_with_personal_d
     )
     assert r.status_code == 200, r.text
     [record] = await trail(admin, tenant_b.id, request_id=request_id)
+    [change] = [r for r in await trail(admin, tenant_b.id, method="PUT /api/tenants/{tenant_id}/policy")]
+    assert change["detail"]["action"] == "policy.put"
+    assert change["detail"]["changes"]["document"]["after"]["audit"] == {"arguments": "redacted"}
     assert record["args"]["key"] == "notes/contact"
     assert record["args"]["value"]["email"] == "[EMAIL]"
     assert "alice@example.com" not in json.dumps(record)
@@ -266,6 +270,7 @@ async def test_pages_filters_and_exports_cover_the_trail_exactly(
     base = f"/api/tenants/{tenant_a.id}/audit"
     for params, code in (
         ({"cursor": "not-a-cursor"}, "invalid_cursor"),
+        ({"cursor": store.encode_cursor(2**60, 1)}, "invalid_cursor"),  # past any record: not a 500
         ({"since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"}, "invalid_range"),
         ({"decision": "maybe"}, "invalid_request"),
         ({"limit": 0}, "invalid_request"),

@@ -24,9 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tenantry.audit.records import ADMITTED, SYSTEM_TENANT, AuditRecord
 from tenantry.observability import current_request
 
-SECRET_FIELDS: Final = frozenset(
-    {"secret", "token", "access_token", "password", "credentials", "headers", "authorization", "key_hash", "api_key"}
-)
+# A field whose name holds one of these is never written, only that it changed.
+SECRET_MARKERS: Final = ("secret", "token", "password", "credential", "authorization", "api_key", "apikey", "private")
+SECRET_FIELDS: Final = frozenset({"headers", "key_hash"})
+
+
+def is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in SECRET_FIELDS or any(marker in lowered for marker in SECRET_MARKERS)
 
 
 def describe(
@@ -39,7 +44,7 @@ def describe(
         was, now = old.get(name), new.get(name)
         if was == now and before is not None and after is not None:
             continue
-        if name.lower() in SECRET_FIELDS:
+        if is_secret(name):
             changes[name] = {"changed": True}
         else:
             changes[name] = {"before": _masked(was), "after": _masked(now)}
@@ -49,7 +54,7 @@ def describe(
 def _masked(value: Any) -> Any:
     """`value` with a secret anywhere inside it (a nested object's `secret`, say) replaced."""
     if isinstance(value, Mapping):
-        return {k: "[secret]" if str(k).lower() in SECRET_FIELDS else _masked(v) for k, v in value.items()}
+        return {k: "[secret]" if is_secret(str(k)) else _masked(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_masked(item) for item in value]
     return value

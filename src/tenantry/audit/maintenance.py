@@ -31,6 +31,8 @@ async def maintain(db: Database, keep_months: int) -> list[str]:
     async with db.system() as conn:
         if not (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _LOCK})).scalar_one():
             return []
+        # Dropping a month waits for the drains' inserts and holds up theirs while it waits: not for long.
+        await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
         done = await conn.execute(
             text("SELECT tenantry_audit_partitions(:ahead, :keep)"), {"ahead": _AHEAD, "keep": keep_months}
         )

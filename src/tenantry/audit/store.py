@@ -112,6 +112,8 @@ def decode_cursor(cursor: str) -> tuple[int, int]:
         at_us, seq = (int(part) for part in raw.split("."))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadRequest("cursor is not one this API gave", code="invalid_cursor") from None
+    if not (0 <= at_us < 2**53 and 0 < seq < 2**62):  # what a real record can hold (µs as a double, exact)
+        raise BadRequest("cursor is not one this API gave", code="invalid_cursor")
     return at_us, seq
 
 
@@ -188,12 +190,7 @@ async def export(
         writer.writerow(COLUMNS)
         count = 0
         async for record in records(db, tenant_id, where):
-            writer.writerow(
-                [
-                    json.dumps(record[c]) if c in ("args", "detail") and record[c] is not None else record[c]
-                    for c in COLUMNS
-                ]
-            )
+            writer.writerow([_cell(record[c]) for c in COLUMNS])
             count += 1
             if count % 200 == 0:
                 yield buffer.getvalue()
@@ -212,7 +209,12 @@ async def export(
 
 
 def _cell(value: Any) -> Any:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+    """A CSV cell: JSON for objects, and text a spreadsheet would run as a formula quoted with a '."""
+    if isinstance(value, dict | list):
+        value = json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,8 +44,8 @@ def redacted(value: Any) -> Any:
     """`value` (JSON) with every kind of personal data in its strings replaced by placeholders."""
     if isinstance(value, str):
         return redact(value)[0]
-    if isinstance(value, dict):
-        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, dict):  # keys too: personal data can be a key (an address book keyed by email)
+        return {redact(str(key))[0]: redacted(item) for key, item in value.items()}
     if isinstance(value, list):
         return [redacted(item) for item in value]
     return value
