@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
@@ -311,3 +312,33 @@ async def test_a_stateful_session_with_streamed_answers_leaves_one_record_per_re
     session = calls[0]["session"]
     methods = [r["method"] for r in await trail(admin, tenant_b.id) if r["session"] == session]
     assert methods.count("DELETE /mcp") == methods.count("GET /mcp") == 1
+
+
+async def test_a_call_whose_client_goes_away_mid_call_leaves_one_record(
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle, fixture_upstream: Any
+) -> None:
+    upstream, url = fixture_upstream
+    body = {"name": "fx", "url": url, "headers": {"Authorization": "Bearer alpha"}}
+    assert (await admin.http.post(f"/api/tenants/{tenant_a.id}/upstreams", json=body)).status_code == 201
+
+    async def hang() -> None:
+        async with connect(f"{gateway_url}/mcp", tenant_a.headers) as client:
+            await client.call_tool("fx__hang", {})
+
+    waiting = asyncio.create_task(hang())
+    await eventually(lambda: _holds(upstream), what="the upstream holding the call")
+    waiting.cancel()  # the agent gives up: its connection closes
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    upstream.release()
+
+    async def one_record() -> list[dict[str, Any]]:
+        return await trail(admin, tenant_a.id, tool="fx__hang")
+
+    records = await eventually(one_record, what="the abandoned call's record")
+    assert len(records) == 1, records
+    assert records[0]["outcome"] in ("cancelled", "ok")
+
+
+async def _holds(upstream: Any) -> bool:
+    return getattr(upstream, "_release", None) is not None

@@ -154,6 +154,8 @@ class RequestObserver:
         if record.pending is not None:
             await self._audit.write(record.pending, record)
             return
+        if record.rpc_method == "tools/call" and record.outcome is None:
+            return  # a call the pipeline has not ended (the client went away): it writes the call's record
         if status == 202 and record.transport != "rest":
             # An MCP notification or response (not a request), or a legacy SSE message whose request is
             # audited when the gateway handles it (`gateway/server.py`).

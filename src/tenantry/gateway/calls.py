@@ -20,6 +20,7 @@ added here holds on every path. The order matters:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -163,6 +164,24 @@ class ToolCalls:
 
     async def call(
         self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None = None
+    ) -> ToolOutcome:
+        try:
+            return await self._call(principal, name, arguments, relay)
+        except asyncio.CancelledError:
+            # The client went away (its request was cancelled) before the call ended: the call's record
+            # says so, as the call's own (the outermost middleware leaves tool calls to this pipeline).
+            request = current_request()
+            if self._audit is not None and (request is None or not request.audited):
+                document = self._audit.call(
+                    principal, name[:200], "cancelled", admitted=True, started=time.perf_counter(),
+                    event_id=None, arguments=arguments,
+                )  # fmt: skip
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._audit.write_document(principal.tenant_id, document, request))
+            raise
+
+    async def _call(
+        self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None
     ) -> ToolOutcome:
         started = time.perf_counter()
         asked = arguments

@@ -24,6 +24,7 @@ from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Mount, Route
@@ -267,9 +268,10 @@ class AuditedMessages:
             started=started,
             tool=name[:200] if isinstance(name, str) else None,
         )
-        if ctx.method == "tools/list" and record is not None and record.transport == "streamable_http":
-            # On the modern protocol the SDK lists tools itself, in the request of a tools/call, to check
-            # its Mcp-Param headers: a listing is recorded only if no call of the same request is.
+        modern = ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS
+        if ctx.method == "tools/list" and modern and record is not None and record.transport == "streamable_http":
+            # On the 2026-07-28 protocol the SDK lists tools itself, in the request of a tools/call, to
+            # check its Mcp-Param headers: a listing is recorded only if no call of the same request is.
             record.pending = audit
             return
         await self._trail.write(audit)
