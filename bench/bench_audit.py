@@ -71,14 +71,7 @@ def make_record(tenant: uuid.UUID, at: datetime, rnd: random.Random, digests: Ar
 
 
 async def prepare(settings: Settings) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await conn.close()
+    await bg.recreate_database(DB_NAME)
     await migrate(settings.database_url, app_role=settings.db_app_role)
 
 

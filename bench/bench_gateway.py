@@ -88,9 +88,20 @@ def server_env() -> dict[str, str]:
     return env
 
 
+async def recreate_database(name: str) -> None:
+    """Drop `name` (connections and all) and create it empty."""
+    import asyncpg
+
+    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
 async def prepare_database(env: dict[str, str]) -> tuple[str, str]:
     """Recreate and migrate the bench database; return (tenant id, API key)."""
-    import asyncpg
 
     from tenantry import tenants as tenant_service
     from tenantry.auth import api_keys
@@ -98,12 +109,7 @@ async def prepare_database(env: dict[str, str]) -> tuple[str, str]:
     from tenantry.db.migrate import migrate
     from tenantry.settings import Settings
 
-    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    finally:
-        await conn.close()
+    await recreate_database(DB_NAME)
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         **{k.removeprefix("TENANTRY_").lower(): v for k, v in env.items() if k.startswith("TENANTRY_")},

@@ -333,18 +333,18 @@ def _group(
             odd.append(entry)
             continue
         if text_doc is not None:
-            docs = batch.get(tenant)
-            if docs is None:
-                batch[tenant] = [text_doc]
-            else:
-                docs.append(text_doc)
+            _add(batch, tenant, text_doc)
         if text_record is not None:
-            records = audit.get(tenant)
-            if records is None:
-                audit[tenant] = [text_record]
-            else:
-                records.append(text_record)
+            _add(audit, tenant, text_record)
     return batch, audit, odd
+
+
+def _add(grouped: dict[uuid.UUID, list[str]], tenant: uuid.UUID, doc: str) -> None:
+    docs = grouped.get(tenant)  # no setdefault: it would build a list per entry
+    if docs is None:
+        grouped[tenant] = [doc]
+    else:
+        docs.append(doc)
 
 
 def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
