@@ -275,9 +275,13 @@ async def test_pages_filters_and_exports_cover_the_trail_exactly(
         ({"since": "2026-12-02T00:00:00Z", "until": "2026-12-01T00:00:00Z"}, "invalid_range"),
         ({"decision": "maybe"}, "invalid_request"),
         ({"limit": 0}, "invalid_request"),
+        ({"subject": "a\x00b", "method": "tools/call"}, "invalid_request"),  # PostgreSQL cannot hold a NUL
+        ({"tool": "echo\n"}, "invalid_request"),
     ):
         bad = await admin.http.get(base, params=params)
         assert (bad.status_code, bad.json()["error"]) == (400, code), params
+    nul = await admin.http.get(f"{base}/export", params={"outcome": "\x00"})
+    assert (nul.status_code, nul.json()["error"]) == (400, "invalid_request")
     missing = await admin.http.get(f"/api/tenants/{uuid.uuid4()}/audit")
     assert missing.status_code == 404
     anonymous = await http.get(base)

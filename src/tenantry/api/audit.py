@@ -22,7 +22,8 @@ from tenantry.tenancy import parse_tenant_id
 
 router = APIRouter(prefix="/api/tenants/{tenant_id}/audit", dependencies=[AdminDep], responses=errors(400, 401, 404))
 
-_Text = Annotated[str | None, Query(min_length=1, max_length=300)]
+# Stored text holds no control characters (PostgreSQL cannot even be asked about a NUL): neither may a filter.
+_Text = Annotated[str | None, Query(min_length=1, max_length=300, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 async def _trail_of(services: Services, tenant_id: str) -> uuid.UUID:
