@@ -118,7 +118,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     tenant_lifecycle.watch(db, listener, resolver.forget, meter.forget, policies.forget, issuers.forget)
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets, tracing=tracing))
-    catalog = Catalog(builtin_tools(settings), discovery)
+    catalog = Catalog(builtin_tools(settings), discovery, read_cost=settings.resource_read_cost)
     calls = ToolCalls(
         settings,
         db,
