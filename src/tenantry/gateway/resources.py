@@ -90,18 +90,18 @@ class Offerings:
         """The data store's keys first (a page at a time, from the database), then the upstreams'."""
         principal = self._caller(ctx, "resources/list")
         section, at = _cursor(params.cursor if params is not None else None)
+        resources: list[types.Resource] = []
         if section == "data":
             page, after = await data_resources.listed(self._calls.context(principal), at, _PAGE)
             resources = await self._calls.visible(principal, page, lambda r: RESOURCE + r.uri)
-            following = _next("data", after) if after is not None else _next("upstream", 0)
-            return types.ListResourcesResult(resources=resources, next_cursor=following)
+            if after is not None:
+                return types.ListResourcesResult(resources=resources, next_cursor=_next("data", after))
+            section, at = "upstream", 0  # the store is done: the page goes on with the upstreams'
         listed = (await self._catalog.view(principal)).resource_definitions
-        page = listed[at : at + _PAGE]
-        resources = await self._calls.visible(principal, page, lambda r: RESOURCE + r.uri)
-        more = at + _PAGE < len(listed)
-        return types.ListResourcesResult(
-            resources=resources, next_cursor=_next("upstream", at + _PAGE) if more else None
-        )
+        end = at + _PAGE - len(resources)
+        resources += await self._calls.visible(principal, listed[at:end], lambda r: RESOURCE + r.uri)
+        following = _next("upstream", end) if end < len(listed) else None
+        return types.ListResourcesResult(resources=resources, next_cursor=following)
 
     async def list_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
