@@ -208,6 +208,8 @@ async def test_a_changed_prompt_is_withheld_until_an_admin_approves_it(
         assert review["prompt:greet"]["status"] == "flagged"
         approved = await admin.http.post(f"{base}/tools/prompt:greet/approve")
         assert approved.status_code == 200, approved.text
+        memo = await admin.http.post(f"{base}/tools/resource:memo://one/approve")  # a key holding slashes
+        assert (memo.status_code, memo.json()["tool"]) == (200, "resource:memo://one")
         async with connect(f"{gateway_url}/mcp", tenant_a.headers) as client:
             greeting = await client.get_prompt("fx__greet", {"name": "Ada"})
         assert isinstance(greeting.messages[0].content, types.TextContent)

@@ -154,6 +154,8 @@ async def refresh_upstream(tenant_id: str, upstream_id: uuid.UUID, services: Ser
 
 @router.get("/{upstream_id}/tools")
 async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
+    """Every definition the upstream offers, pinned vs current, by pin key: a tool by its name, a prompt as
+    `prompt:<name>`, a resource as `resource:<uri>`, a template as `template:<uri template>`."""
     tid = await _tenant(services, tenant_id)
     tools = await services.discovery.review(tid, upstream_id)
     async with services.db.tenant(tid) as conn:
@@ -161,8 +163,9 @@ async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: Service
     return {"tools": tools, "drift_log": drift}
 
 
-@router.post("/{upstream_id}/tools/{tool}/approve")
+@router.post("/{upstream_id}/tools/{tool:path}/approve")
 async def approve_tool(tenant_id: str, upstream_id: uuid.UUID, tool: str, services: ServicesDep) -> dict[str, Any]:
+    """Approve the current definition under pin key `tool` (see the review; a key may hold `/`)."""
     tid = await _tenant(services, tenant_id)
     approved = await services.discovery.approve(tid, upstream_id, tool)
     note_change(tid, "tool.approve", f"{upstream_id}/{tool[:200]}", None, approved)
