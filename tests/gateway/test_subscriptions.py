@@ -74,6 +74,13 @@ async def test_an_update_reaches_the_subscribed_agent_of_that_tenant_only_under_
             return a.updates()
 
         assert await eventually(heard, what="the update at agent A") == ["fx+memo://one"]
+        await agent_b.call_tool("data_put", {"key": "k", "value": 1})  # B's own key k: not A's resource
+        await agent_a.call_tool("data_put", {"key": "k", "value": 2})
+
+        async def both() -> bool:
+            return a.updates() == ["fx+memo://one", "tenantry://data/k"]
+
+        assert await eventually(both, what="the data-store update at agent A")
         await agent_b.list_prompts()  # a round trip on B's session, after the update went out
         assert b.updates() == []  # B never subscribed: B hears nothing of A's
 

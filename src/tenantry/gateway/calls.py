@@ -95,6 +95,9 @@ class ToolCalls:
         self._audit = audit if audit is not None and audit.enabled else None
         self._metering = settings.metering_enabled
         self._call_timeout_ms = int(settings.call_timeout_seconds * 1000)
+        # Told of every call that ended ok, with its validated arguments (resource subscriptions
+        # hear of data-store writes so).
+        self.observers: list[Callable[[Principal, str, Any], None]] = []
 
     @property
     def catalog(self) -> Catalog:
@@ -207,6 +210,9 @@ class ToolCalls:
                     outcome = ToolOutcome(error=exc)
                 else:
                     outcome = await self._metered(principal, tool, args, started, relay, policy, asked, method)
+                    if self.observers and outcome.status == "ok":
+                        for observe in self.observers:
+                            observe(principal, name, args)
             if outcome.event_id is None and outcome.error is not None and outcome.error.code in _BEFORE_THE_METER:
                 # Refused before the meter: still a request, and it counts against the rate.
                 over = await self._count_request(principal)

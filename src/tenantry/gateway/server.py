@@ -73,6 +73,7 @@ class Gateway:
             # logging/setLevel is deprecated from 2026-07-28 on, but clients on handshake versions still send it.
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             self.subscriptions = Subscriptions(calls.catalog.pool)
+            calls.observers.append(self.subscriptions.written)
             self.offerings = Offerings(calls, calls.catalog, self.subscriptions, stateful=settings.mcp_stateful)
             self.server: Server[Any] = _Server(
                 "tenantry",

@@ -7,7 +7,9 @@ only, named as the gateway names things:
   used the gateway (handshake protocol versions, on the session's standalone stream: stateful
   streamable HTTP or legacy SSE) and to the tenant's `subscriptions/listen` streams (2026-07-28);
 - `notifications/resources/updated` goes to the sessions (and listen streams) subscribed to that
-  resource, its URI given its gateway name (`<upstream>+<uri>`).
+  resource, its URI given its gateway name (`<upstream>+<uri>`); a data-store write through this
+  gateway updates its key's resource (`tenantry://data/<key>`) so too. (A write through another
+  replica is not heard here: updates are per process.)
 
 An agent's subscription to an upstream resource subscribes the tenant's pooled upstream session
 once, however many of the tenant's agents subscribe, and unsubscribes it when the last one leaves
@@ -37,8 +39,10 @@ from mcp.server.subscriptions import (
 )
 from mcp_types import SubscriptionsListenRequestParams, SubscriptionsListenResult
 
-from tenantry.federation.offerings import URI_SEPARATOR, UpstreamResource
+from tenantry.federation.offerings import UpstreamResource
 from tenantry.federation.pool import UpstreamPool
+from tenantry.tenancy import Principal
+from tenantry.tools import data_resources
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ _LIST_CHANGED: Final[dict[str, tuple[Callable[[ServerSession], Awaitable[None]],
     "notifications/resources/list_changed": (ServerSession.send_resource_list_changed, ResourcesListChanged()),
 }
 
+_DATA_WRITES: Final = frozenset({"data_put", "data_delete"})
+
 Resolve = Callable[[str], Awaitable[UpstreamResource | None]]
 
 
@@ -58,6 +64,7 @@ class Subscriptions:
     def __init__(self, pool: UpstreamPool | None) -> None:
         self._pool = pool
         self._sessions: dict[uuid.UUID, dict[str, ServerSession]] = {}
+        self._tenant_of: dict[str, uuid.UUID] = {}  # session id -> its tenant
         # (tenant, gateway uri) -> the sessions subscribed to it
         self._subscribers: dict[tuple[uuid.UUID, str], set[str]] = {}
         # (tenant, gateway uri) -> (the upstream resource, how many sessions and listen streams want it)
@@ -76,6 +83,7 @@ class Subscriptions:
         sessions = self._sessions.setdefault(tenant_id, {})
         sessions.pop(session_id, None)
         sessions[session_id] = session
+        self._tenant_of[session_id] = tenant_id
         while len(sessions) > _MAX_SESSIONS:
             self.forget(next(iter(sessions)))
 
@@ -100,9 +108,14 @@ class Subscriptions:
 
     def forget(self, session_id: str) -> None:
         """The session ended: it hears nothing more, and what only it wanted upstream is unsubscribed."""
-        for sessions in self._sessions.values():
-            sessions.pop(session_id, None)
-        for key in [k for k, ids in self._subscribers.items() if session_id in ids]:
+        tenant_id = self._tenant_of.pop(session_id, None)
+        if tenant_id is None:
+            return
+        sessions = self._sessions.get(tenant_id, {})
+        sessions.pop(session_id, None)
+        if not sessions:
+            self._sessions.pop(tenant_id, None)
+        for key in [k for k, ids in self._subscribers.items() if k[0] == tenant_id and session_id in ids]:
             self._spawn(self.unsubscribe(key[0], session_id, key[1]))
 
     async def listen(
@@ -162,11 +175,19 @@ class Subscriptions:
             if uri is not None:
                 self.updated(tenant_id, uri)
 
+    def written(self, principal: Principal, tool: str, args: Any) -> None:
+        """A call ended ok (`ToolCalls.observers`): a data-store write updates its key's resource."""
+        if tool in _DATA_WRITES and principal.tenant_id in self._sessions:
+            self.updated(principal.tenant_id, data_resources.uri_of(args.key))
+
     def updated(self, tenant_id: uuid.UUID, uri: str) -> None:
         """Tell the tenant's subscribers that the resource at gateway URI `uri` changed."""
         known = self._sessions.get(tenant_id, {})
-        ids = self._subscribers.get((tenant_id, uri), set())
-        sessions = [(sid, known[sid]) for sid in ids if sid in known]
+        ids = self._subscribers.get((tenant_id, uri))
+        listen = self._listens.get(tenant_id)
+        if not ids and listen is None:
+            return
+        sessions = [(sid, known[sid]) for sid in ids or () if sid in known]
 
         async def send(session: ServerSession) -> None:
             await session.send_resource_updated(uri)
@@ -202,7 +223,3 @@ class Subscriptions:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def gateway_uri(upstream: str, own: str) -> str:
-    return f"{upstream}{URI_SEPARATOR}{own}"
