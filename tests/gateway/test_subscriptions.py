@@ -6,6 +6,7 @@ upstream that two tenants share, each with its own credential and so its own ups
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +16,7 @@ import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.subscriptions import ResourceUpdated
 
 from tests.conftest import Admin, TenantHandle, eventually
 from tests.federation.test_upstreams import add_upstream
@@ -112,3 +114,27 @@ async def test_a_changed_prompt_list_reaches_the_agent_and_the_changed_prompt_is
             assert await eventually(withheld, what="the changed prompt withheld")
         finally:
             upstream.offered.greet_description = "Greet someone by name."
+
+
+async def test_a_listen_stream_on_the_2026_protocol_hears_its_tenants_updates(
+    streaming_gateway: str, admin: Admin, tenant_a: TenantHandle, stateful_upstream: Any
+) -> None:
+    upstream, url = stateful_upstream
+    await add_upstream(admin, tenant_a, url, "alpha")
+    async with (
+        httpx2.AsyncClient(headers=tenant_a.headers, timeout=30) as http,
+        Client(streamable_http_client(f"{streaming_gateway}/mcp", http_client=http)) as client,
+    ):
+        async with client.listen(resource_subscriptions=["fx+memo://secret", "fx+nope://x"]) as subscription:
+            assert ("subscribe", "memo://secret") in upstream.offered.subscribe_requests  # only what it may read
+            assert ("subscribe", "nope://x") not in upstream.offered.subscribe_requests
+            await upstream.offered.run(upstream.offered.touch("memo://secret"))
+            async with asyncio.timeout(10):
+                event = await anext(aiter(subscription))
+        assert isinstance(event, ResourceUpdated)
+        assert event.uri == "fx+memo://secret"
+
+    async def released() -> bool:  # the stream ended: the gateway lets go of the upstream subscription
+        return upstream.offered.subscribe_requests[-1] == ("unsubscribe", "memo://secret")
+
+    assert await eventually(released, within=10, what="the upstream unsubscribe")
