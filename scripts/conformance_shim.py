@@ -44,6 +44,7 @@ PASS = {"accept", "content-type", "mcp-session-id", "mcp-protocol-version", "las
 # Host and Origin only go in: the gateway's DNS-rebinding check judges the suite's own values.
 PASS_IN = PASS | {"host", "origin"}
 URI_METHODS = {"resources/read", "resources/subscribe", "resources/unsubscribe"}
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
 def _rewrite_request(message: Any) -> Any:
@@ -108,6 +109,16 @@ def _rewrite_response(message: Any) -> Any:
     return message
 
 
+def _mirrored_name(body: bytes) -> str | None:
+    """What the `Mcp-Name` header must mirror of a rewritten request (2026-07-28 clients send it)."""
+    with contextlib.suppress(ValueError):
+        message = json.loads(body)
+        if isinstance(message, dict) and (key := NAME_BEARING.get(message.get("method", ""))):
+            value = message.get("params", {}).get(key)
+            return value if isinstance(value, str) else None
+    return None
+
+
 def _rewrite_body(body: bytes, rewrite: Callable[[Any], Any]) -> bytes:
     try:
         return json.dumps(rewrite(json.loads(body))).encode()
@@ -129,10 +140,12 @@ CLIENT = httpx.AsyncClient(timeout=httpx.Timeout(60, read=None))
 
 
 async def mcp(request: Request) -> Response:
-    headers = {k: v for k, v in request.headers.items() if k.lower() in PASS_IN} | HEADERS
+    headers = {k.lower(): v for k, v in request.headers.items() if k.lower() in PASS_IN} | HEADERS
     body = await request.body()
     if body:
         body = _rewrite_body(body, _rewrite_request)
+        if "mcp-name" in headers:
+            headers["mcp-name"] = _mirrored_name(body) or headers["mcp-name"]
     upstream = await CLIENT.send(
         CLIENT.build_request(request.method, f"{GATEWAY}/mcp", content=body, headers=headers), stream=True
     )

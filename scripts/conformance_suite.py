@@ -76,7 +76,12 @@ def install(work: Path) -> Suite:
         raise Unavailable("npm is not installed (the suite and Node 22 come from the npm registry)")
     work.mkdir(parents=True, exist_ok=True)
     command = [npm, "install", "--prefix", str(work), "--no-audit", "--no-fund", "--loglevel=error"]
-    command += ["--fetch-retries=1", NODE_PACKAGE, f"@modelcontextprotocol/conformance@{SUITE_VERSION}"]
+    command += [
+        "--fetch-retries=1",
+        "--fetch-retry-mintimeout=2000",
+        NODE_PACKAGE,
+        f"@modelcontextprotocol/conformance@{SUITE_VERSION}",
+    ]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=NPM_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -84,8 +89,10 @@ def install(work: Path) -> Suite:
             f"npm install did not finish within {NPM_TIMEOUT_S}s (is the npm registry reachable?)"
         ) from exc
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise Unavailable(f"npm could not install {NODE_PACKAGE} and the suite {SUITE_VERSION}: {last}")
+        # npm's first lines are codes and its last a log path: the line naming the failure says most.
+        errors = [line.removeprefix("npm error").strip() for line in proc.stderr.splitlines()]
+        reason = next((e for e in errors if "Error" in e or "404" in e), errors[0] if errors else "no output")
+        raise Unavailable(f"npm could not install {NODE_PACKAGE} and the suite {SUITE_VERSION}: {reason}")
     if suite := _installed(work):
         return suite
     raise Unavailable(f"npm installed, but no Node 22 and suite {SUITE_VERSION} are under {work}")
