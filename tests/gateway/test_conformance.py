@@ -70,7 +70,11 @@ def _process(args: list[str], answers_at: str, env: dict[str, str] | None = None
         yield
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a stream a client left open can hold a graceful shutdown
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +135,9 @@ def _gateway_to(fixture_url: str) -> Iterator[tuple[str, dict[str, str]]]:
 
 @pytest.fixture(scope="module")
 def gateway_run(suite: Any, settings: object, fixture_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The suite through the gateway (via the shim), once for the module: its results directory."""
+    """The suite through the gateway (via the shim), once for the module: its results directory.
+
+    (`settings` is asked for the database it migrates, which the gateway built here uses.)"""
     out = tmp_path_factory.mktemp("gateway")
     with _gateway_to(fixture_url) as (gateway_url, tenant):
         port = conftest.free_port()
