@@ -46,13 +46,17 @@ class UpstreamPatch(BaseModel):
     costs: dict[str, int] | None = Field(default=None, max_length=1000)
 
 
-async def _tenant(services: Services, tenant_id: str) -> uuid.UUID:
+async def _tenant_record(services: Services, tenant_id: str) -> tenant_service.Tenant:
     tid = parse_tenant_id(tenant_id)
     async with services.db.system() as conn:
         tenant = await tenant_service.get_tenant(conn, tid)
     if tenant.status == TenantStatus.DEPROVISIONED:
         raise Conflict("a deprovisioned tenant has no upstreams", code="tenant_deprovisioned")
-    return tid
+    return tenant
+
+
+async def _tenant(services: Services, tenant_id: str) -> uuid.UUID:
+    return (await _tenant_record(services, tenant_id)).id
 
 
 async def _check_url(services: Services, url: str) -> None:
@@ -62,7 +66,10 @@ async def _check_url(services: Services, url: str) -> None:
 
 @router.post("", status_code=201)
 async def create_upstream(tenant_id: str, body: UpstreamCreate, services: ServicesDep) -> dict[str, Any]:
-    tid = await _tenant(services, tenant_id)
+    """Register an upstream; past the plan's `max_upstreams`, 409 `upstream_quota_exceeded`."""
+    tenant = await _tenant_record(services, tenant_id)
+    tid = tenant.id
+    limits = services.plans.limits(tenant.plan, tenant.limits)
     registry.check_name(body.name)
     registry.check_transport(body.transport)
     registry.check_headers(body.headers)
@@ -78,6 +85,7 @@ async def create_upstream(tenant_id: str, body: UpstreamCreate, services: Servic
             transport=body.transport,
             headers=body.headers,
             costs=body.costs,
+            max_upstreams=limits.max_upstreams,
         )
     services.discovery.invalidate(tid)
     note_change(tid, "upstream.create", created.id, None, created.public())
