@@ -10,8 +10,7 @@ cannot drift from the rows. Its UPDATE takes the row's lock until the transactio
 writers of one tenant queue there, and each sees the total the previous one committed. The data store
 reads the total (and what its own write changed, which the trigger leaves in the transaction-local
 setting `tenantry.storage_delta`) after its write, and rolls back when the write grew the store past
-the tenant's limit, so N racing puts never end above it. A delete only updates (never inserts): a row that is not there has nothing to
-free. The trigger runs as the writer, under RLS, and touches only the writer's own tenant's row.
+the tenant's limit, so N racing puts never end above it. The trigger runs as the writer, under RLS, and touches only the writer's own tenant's row.
 
 Existing rows are counted into the table here.
 
@@ -66,14 +65,17 @@ def upgrade() -> None:
             -- What this write changed, for the writer to read back in its transaction (data_put tells an
             -- overwrite that grows the store from one that does not, exactly, whatever raced it).
             PERFORM set_config('tenantry.storage_delta', delta_bytes::text, true);
-            IF TG_OP = 'DELETE' THEN
-                UPDATE tenant_storage
-                SET bytes = bytes + delta_bytes, keys = keys + delta_keys, updated_at = now()
-                WHERE tenant_id = OLD.tenant_id;
-            ELSE
+            -- Only a new key may need the row created; an overwrite or a delete has its row already (the
+            -- insert of that key made it, or the backfill). Not one upsert for all: the candidate row of
+            -- an upsert is checked (bytes >= 0) before the conflict is found, so a shrink would fail.
+            IF TG_OP = 'INSERT' THEN
                 INSERT INTO tenant_storage AS s (tenant_id, bytes, keys) VALUES (NEW.tenant_id, delta_bytes, delta_keys)
                 ON CONFLICT (tenant_id) DO UPDATE
                 SET bytes = s.bytes + excluded.bytes, keys = s.keys + excluded.keys, updated_at = now();
+            ELSE
+                UPDATE tenant_storage
+                SET bytes = bytes + delta_bytes, keys = keys + delta_keys, updated_at = now()
+                WHERE tenant_id = OLD.tenant_id;
             END IF;
             RETURN NULL;
         END
