@@ -38,7 +38,7 @@ async def meter(request: pytest.FixtureRequest) -> AsyncIterator[Meter]:
 
 
 def limits(**values: int | None) -> Limits:
-    return Limits(window_seconds=W // 1000, **values)  # type: ignore[arg-type]
+    return Limits(window_seconds=W // 1000, **values)
 
 
 async def test_reads_count_against_their_own_window_and_are_refused_as_reads(meter: Meter) -> None:
