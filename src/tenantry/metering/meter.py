@@ -1,5 +1,9 @@
 """The per-tenant meter: quota, request rate and in-flight cap, decided and counted in one round trip.
 
+A tool call counts against the calls window (`calls_per_window`), a resource read against the reads
+window (`reads_per_window`, `admit(..., quota="reads")`): the same script over another pair of
+counter keys, so neither costs more than the other.
+
 Design
 ------
 One Lua script (`meter.lua`, package data) checks every limit that applies
