@@ -114,3 +114,33 @@ async def test_bad_limit_values_are_refused_and_change_nothing(admin: Admin, lim
     assert refused.json()["error"] == "invalid_limits"
     assert (await admin.http.get(f"/api/tenants/{tenant.id}")).json()["limits"] == good
     assert (await usage_quotas(admin, tenant.id))["storage_keys"]["limit"] == 5
+
+
+async def test_resource_reads_count_against_their_own_window_end_to_end(
+    gateway_url: str, http: httpx.AsyncClient, admin: Admin
+) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    tenant = await admin.create_tenant(plan="enterprise")
+    limits = {"reads_per_window": 2, "calls_per_window": 100}
+    assert (await admin.http.patch(f"/api/tenants/{tenant.id}", json={"limits": limits})).status_code == 200
+    async with connect(f"{gateway_url}/mcp", tenant.headers) as client:
+        await client.call_tool("data_put", {"key": "k", "value": 1})
+        await client.read_resource("tenantry://data/k")
+        await client.read_resource("tenantry://data/k")
+        with pytest.raises(MCPError) as refused:
+            await client.read_resource("tenantry://data/k")
+        assert not (await client.call_tool("data_get", {"key": "k"})).is_error  # calls have their own window
+        quotas = await usage_quotas(admin, tenant.id)
+        raised = await admin.http.patch(f"/api/tenants/{tenant.id}", json={"limits": {**limits, "reads_per_window": 3}})
+        assert raised.status_code == 200
+        await client.read_resource("tenantry://data/k")  # the raised limit applies at once
+    assert str(refused.value).startswith("read_quota_exceeded:")
+    assert refused.value.error.data is not None
+    assert refused.value.error.data["error"] == "read_quota_exceeded"
+    assert (quotas["reads_per_window"]["used"], quotas["reads_per_window"]["limit"]) == (2, 2)
+    assert (quotas["calls_per_window"]["used"], quotas["calls_per_window"]["limit"]) == (2, 100)
+    health = (await http.get("/health", params={"tenant": tenant.id}, headers=OPS)).json()["checks"]["quotas"]
+    assert health["reads_per_window"]["used"] == 3
+    assert health["reads_per_window"]["limit"] == 3
+    assert "reads_per_window" in health["at_limit"]

@@ -39,14 +39,14 @@ from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, InternalError, TenantryError, Unavailable
 from tenantry.federation.registry import SEPARATOR
 from tenantry.gateway.arguments import describe, refuse_unrepresentable, unknown
-from tenantry.gateway.catalog import TOOL_CALL, Catalog, CatalogEntry
+from tenantry.gateway.catalog import RESOURCE_READ, TOOL_CALL, Catalog, CatalogEntry
 from tenantry.gateway.outcomes import ToolOutcome, guarded, refusal
 from tenantry.governance.gate import GOVERNANCE_CODES, Gate
 from tenantry.governance.guardrails import OutputGuard, redacted
 from tenantry.governance.policy import Policy
 from tenantry.ids import time_ordered_id
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
-from tenantry.metering.meter import Decision, Meter, wall_clock_ms
+from tenantry.metering.meter import Decision, Meter, QuotaKind, wall_clock_ms
 from tenantry.metrics import Metrics
 from tenantry.observability import Tracing, current_request, note
 from tenantry.plans import PlanBook
@@ -252,8 +252,11 @@ class ToolCalls:
         event_id = time_ordered_id()
         call_id = event_id.hex
         cost = self._plans.cost(tool.name, default=tool.cost)
+        quota: QuotaKind = "reads" if method == RESOURCE_READ else "calls"  # reads have a window of their own
         with self._tracing.span("meter.admit"):
-            decision = await self._meter.admit(tenant_id, call_id, cost, limits, call_timeout_ms=self._call_timeout_ms)
+            decision = await self._meter.admit(
+                tenant_id, call_id, cost, limits, call_timeout_ms=self._call_timeout_ms, quota=quota
+            )
         self._observe_decision(principal, decision)
         if not decision.admitted:
             return ToolOutcome(error=refusal(decision, principal, tool.name, cost))
