@@ -28,6 +28,7 @@ from bench_gateway import (
     new_loop,
     prepare_database,
     print_table,
+    py_spy,
     request_headers,
     server_env,
     start_server,
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,16")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--profile", type=Path, metavar="DIR", help="also profile the gateway with py-spy into DIR")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     env = {**server_env(), "TENANTRY_UPSTREAM_ALLOW_LOOPBACK": "true"}
@@ -116,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(
                     runner.run(drive("gateway", gateway.port, through, gateway_uri, conc, args.warmup, args.duration))
                 )
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                conc = max(levels)
+                with py_spy(gateway.pid, args.profile / "gateway", args.duration):
+                    runner.run(drive("gateway", gateway.port, through, gateway_uri, conc, 0, args.duration))
+                print(f"\nprofile (c={conc}): {args.profile}/gateway.folded")
         finally:
             for server in servers:
                 stop_server(server)

@@ -61,6 +61,10 @@ def fast_count(text: str) -> float:
     return float(found.group(1))
 
 
+def rpc(method: str, params: Any, request_id: Any = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+
+
 def call(name: str, arguments: Any, request_id: Any = 1) -> dict[str, Any]:
     params = {"name": name, "arguments": arguments}
     return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
@@ -83,6 +87,11 @@ async def test_answers_match_the_sdk_transport(
         (call("fx__fail", {}), {}),
         (call("data_get", {"key": "k"}), {"MCP-Protocol-Version": "2024-11-05"}),  # the older result surface
         (call("data_get", {"key": "k"}), {"MCP-Protocol-Version": ""}),  # no header: the default version
+        (rpc("resources/read", {"uri": "tenantry://data/k"}), {}),
+        (rpc("resources/read", {"uri": "fx+blob://logo"}), {}),  # forwarded, binary
+        (rpc("resources/read", {"uri": "fx+memo://unlisted"}), {}),  # JSON-RPC error -32002
+        (rpc("prompts/get", {"name": "fx__greet", "arguments": {"name": "Ada"}}), {}),
+        (rpc("prompts/get", {"name": "fx__nope"}), {}),
     ]
     deferred = [
         ({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, {}),
@@ -93,6 +102,8 @@ async def test_answers_match_the_sdk_transport(
         (put, {"Accept": "text/html"}),
         (put, {"Content-Type": "text/plain"}),
         (put, {"MCP-Protocol-Version": "1999-01-01"}),
+        (rpc("resources/read", {}), {}),  # no uri: the SDK's own validation error
+        ({"jsonrpc": "2.0", "id": 5, "method": "prompts/get"}, {}),  # no params
     ]  # each refused before any tool runs, so sending them twice changes nothing
     before = fast_count((await admin.http.get("/metrics")).text)
     for body, extra in answered + deferred:

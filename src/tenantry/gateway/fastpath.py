@@ -1,4 +1,5 @@
-"""The hot path: a stateless JSON `tools/call` answered without the SDK's per-request machinery.
+"""The hot path: a stateless JSON `tools/call` (or `resources/read`, `prompts/get`) answered without the
+SDK's per-request machinery.
 
 In stateless mode the SDK builds, for every POST, a transport, a task group, a
 JSON-RPC dispatcher, a connection and memory streams, then tears them down:
@@ -13,12 +14,13 @@ It answers only when all of these hold, and otherwise defers:
 - POST with `Content-Type: application/json`, an `Accept` that allows JSON,
   and no `MCP-Protocol-Version` or a handshake-era one (2026-07-28 requests
   take the SDK's modern path);
-- the body is one JSON-RPC request (`jsonrpc` "2.0", an id) for `tools/call`
-  whose params pass the SDK's own per-version surface validation;
+- the body is one JSON-RPC request (`jsonrpc` "2.0", an id) for a method it
+  serves (`Route`s: `tools/call`, `resources/read`, `prompts/get`) whose
+  params pass the SDK's own per-version surface validation;
 - the Host/Origin checks pass (the SDK's own `TransportSecurityMiddleware`);
 - `TenantAuth` put a principal on the request.
 
-What it sends is what the SDK would: the same handler (`Gateway.answer_call`),
+What it sends is what the SDK would: the same handler (`Gateway.answer_call`, `Offerings.read`, ...),
 the result through the SDK's per-version result sieve, the same JSON-RPC
 envelope (`tests/gateway/test_fastpath.py` compares the two byte for byte
 after parsing), with one intended difference: an unexpected exception in the handler is
@@ -39,21 +41,21 @@ from mcp.server.transport_security import TransportSecurityMiddleware, Transport
 from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp_types import methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantry.auth.middleware import principal_from_scope
-from tenantry.gateway.relay import NO_CHANNEL
 from tenantry.metrics import Metrics
 from tenantry.tenancy import Principal
-from tenantry.tools.base import Relay
 
 log = logging.getLogger(__name__)
 
-Answer = Callable[[Principal, str, dict[str, Any] | None, Relay], Awaitable[types.CallToolResult]]
-# A refusal decided from the caller and the tool's name alone (a tenant over its request rate): answered
-# before the rest of the request is parsed or validated, the same error the pipeline would give.
+# What answers one method: its validated params, for the caller, to the result (or the MCPError refusing it).
+Answer = Callable[[Principal, Any], Awaitable[BaseModel]]
+FastRoute = tuple[type[BaseModel], Answer]  # the method's params model, and its answer
+# A refusal of a tool call decided from the caller and the tool's name alone (a tenant over its request
+# rate): answered before the rest of the request is parsed or validated, the same error the pipeline gives.
 Early = Callable[[Principal, str], Exception | None]
 
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
@@ -69,7 +71,7 @@ class ToolCallFastPath:
     def __init__(
         self,
         sdk: ASGIApp,
-        answer: Answer,
+        routes: dict[str, FastRoute],
         *,
         security: TransportSecuritySettings | None,
         max_body: int,
@@ -79,7 +81,7 @@ class ToolCallFastPath:
         self._served = metrics.fast_path_calls
         self._early = early
         self._sdk = sdk
-        self._answer = answer
+        self._routes = routes
         self._security = TransportSecurityMiddleware(security) if security is not None else None
         self._max_body = max_body
 
@@ -110,15 +112,17 @@ class ToolCallFastPath:
             return receive
         body, more = await _read(receive, length)
         replay = _replayer(body, more, receive)
-        envelope = _envelope(body)
+        envelope = _envelope(body, self._routes)
         principal = principal_from_scope(scope)
         if envelope is None or principal is None:
             return replay
         if self._security is not None and await self._security.validate_request(Request(scope), is_post=True):
             return replay
-        request_id, name, raw = envelope
-        early = self._early(principal, name) if self._early is not None else None
-        params = None if early is not None else _params(raw, version)
+        request_id, method, raw = envelope
+        name = raw.get("name") if method == "tools/call" else None
+        early = self._early(principal, name) if self._early is not None and isinstance(name, str) else None
+        route = self._routes[method]
+        params = None if early is not None else _params(method, route[0], raw, version)
         if early is None and params is None:
             return replay
         self._served.inc()
@@ -127,14 +131,14 @@ class ToolCallFastPath:
             if early is not None:
                 raise early
             assert params is not None
-            result = await self._answer(principal, params.name, params.arguments, NO_CHANNEL)
+            result = await route[1](principal, params)
             dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-            message["result"] = methods.serialize_server_result("tools/call", version, dumped)
+            message["result"] = methods.serialize_server_result(method, version, dumped)
         except Exception as exc:
             error = handler_exception_to_error_data(exc)
             if error is None:
                 # The SDK's stateless path would put str(exc) on the wire; internals stay in the log here.
-                log.exception("tools/call %r failed", name[:100])
+                log.exception("%s failed", method)
                 error = types.ErrorData(code=types.INTERNAL_ERROR, message="Internal server error")
             message["error"] = error.model_dump(by_alias=True, mode="json", exclude_none=True)
         text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
@@ -148,28 +152,30 @@ class ToolCallFastPath:
         return None
 
 
-def _envelope(body: bytes) -> tuple[str | int, str, Any] | None:
-    """(id, tool name, raw params) when `body` is one JSON-RPC `tools/call` request naming a tool; None
-    for anything else (the SDK answers it: a parse error, a batch, a notification, another method)."""
+def _envelope(body: bytes, routes: dict[str, FastRoute]) -> tuple[str | int, str, dict[str, Any]] | None:
+    """(id, method, raw params) when `body` is one JSON-RPC request for a method of `routes` with params;
+    None for anything else (the SDK answers it: a parse error, a batch, a notification, another method)."""
     try:
         message = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(message, dict) or message.get("method") != "tools/call" or message.get("jsonrpc") != "2.0":
+    method = message.get("method") if isinstance(message, dict) else None
+    if method not in routes or message.get("jsonrpc") != "2.0":
         return None
     request_id = message.get("id")
     if not isinstance(request_id, str | int) or isinstance(request_id, bool) or set(message) - _ENVELOPE:
         return None
     raw = message.get("params")
-    name = raw.get("name") if isinstance(raw, dict) else None
-    return (request_id, name, raw) if isinstance(name, str) else None
+    if not isinstance(raw, dict) or (method == "tools/call" and not isinstance(raw.get("name"), str)):
+        return None
+    return request_id, str(method), raw
 
 
-def _params(raw: Any, version: str) -> types.CallToolRequestParams | None:
+def _params(method: str, model: type[BaseModel], raw: Any, version: str) -> BaseModel | None:
     """The params when they pass the SDK's own per-version surface validation; None otherwise."""
     try:
-        methods.validate_client_request("tools/call", version, raw)
-        return types.CallToolRequestParams.model_validate(raw, by_name=False)
+        methods.validate_client_request(method, version, raw)
+        return model.model_validate(raw, by_name=False)
     except (ValidationError, KeyError, ValueError):
         return None
 

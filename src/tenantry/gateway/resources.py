@@ -115,7 +115,11 @@ class Offerings:
     async def read_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult:
-        principal = self._caller(ctx, RESOURCE_READ)
+        return await self.read(self._caller(ctx, RESOURCE_READ), params)
+
+    async def read(self, principal: Principal, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        """A read for `principal` (the SDK's handler and the fast path answer through here)."""
+        note(rpc_method=RESOURCE_READ)
         uri = str(params.uri)
         with bind_principal(principal):
             outcome = await self._calls.call(principal, RESOURCE + uri, {"uri": uri}, method=RESOURCE_READ)
@@ -180,7 +184,11 @@ class Offerings:
     async def get_prompt(
         self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
     ) -> types.GetPromptResult:
-        principal = self._caller(ctx, PROMPT_GET)
+        return await self.get(self._caller(ctx, PROMPT_GET), params)
+
+    async def get(self, principal: Principal, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        """A prompt get for `principal` (the SDK's handler and the fast path answer through here)."""
+        note(rpc_method=PROMPT_GET)
         arguments = {"arguments": dict(params.arguments or {})}
         with bind_principal(principal):
             outcome = await self._calls.call(principal, PROMPT + params.name, arguments, method=PROMPT_GET)

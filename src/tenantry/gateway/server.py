@@ -44,8 +44,8 @@ from tenantry.gateway.context import (
     jsonrpc_error,
     principal_of,
 )
-from tenantry.gateway.fastpath import ToolCallFastPath
-from tenantry.gateway.relay import AgentRelay, LogLevels, session_key
+from tenantry.gateway.fastpath import FastRoute, ToolCallFastPath
+from tenantry.gateway.relay import NO_CHANNEL, AgentRelay, LogLevels, session_key
 from tenantry.gateway.resources import Offerings
 from tenantry.gateway.sessions import Sessions
 from tenantry.gateway.subscriptions import Subscriptions
@@ -141,9 +141,14 @@ class Gateway:
         """`/mcp`: authenticated, then the fast path for plain tool calls, then the SDK for the rest."""
         mcp: Any = JsonRpcErrors(StreamableHTTPASGIApp(self.session_manager))
         if self._fast:
+            routes: dict[str, FastRoute] = {
+                "tools/call": (types.CallToolRequestParams, self._answer_fast),
+                "resources/read": (types.ReadResourceRequestParams, self.offerings.read),
+                "prompts/get": (types.GetPromptRequestParams, self.offerings.get),
+            }
             mcp = ToolCallFastPath(
                 mcp,
-                self.answer_call,
+                routes,
                 security=self._security,
                 max_body=self._max_body,
                 metrics=self._metrics,
@@ -197,6 +202,9 @@ class Gateway:
         if outcome.error is not None and outcome.error.code in REQUEST_LEVEL_REFUSALS:
             raise jsonrpc_error(outcome.error)
         return outcome.to_mcp()
+
+    async def _answer_fast(self, principal: Principal, params: types.CallToolRequestParams) -> types.CallToolResult:
+        return await self.answer_call(principal, params.name, params.arguments, NO_CHANNEL)
 
     def refuse_early(self, principal: Principal, name: str) -> MCPError | None:
         """What `answer_call` would raise for a call refused from memory alone (the tenant is over its
