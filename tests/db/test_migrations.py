@@ -70,9 +70,13 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         "kills_notify",
         "tenantry_notify_kills",
     }
+    rollups = {"usage_events_rollup", "audit_chain_heads_rollup"}
     try:
         await migrate(url)
+        assert await _triggers(name) == installed | credentials | governance | rollups
+        await migrate(url, revision="0010", downgrade=True)
         assert await _triggers(name) == installed | credentials | governance
+        assert not {"usage_rollups", "refusal_rollups"} & await _tables(name)
         await migrate(url, revision="0007", downgrade=True)
         assert await _triggers(name) == installed | credentials
         assert not {"tenant_policies", "kills"} & await _tables(name)
@@ -82,6 +86,6 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         assert await _triggers(name) == set()
         assert "upstreams" in await _tables(name)
         await migrate(url)
-        assert await _triggers(name) == installed | credentials | governance
+        assert await _triggers(name) == installed | credentials | governance | rollups
     finally:
         await recreate_database(name, create=False)
