@@ -48,8 +48,9 @@ SECTIONS: Final = {"tool": "tools", "resource": "resources", "prompt": "prompts"
 # The SQL is spelled out (no string building): a period is a UTC hour or day (`:unit`).
 _EVENTS_FROM_ROLLUPS = text(
     """
-    SELECT date_trunc(CAST(:unit AS text), bucket, 'UTC') AS period, kind, name, outcome, sum(calls) AS calls,
-           sum(units) AS units, sum(latency_sum_ms) AS latency_sum, min(latency_min_ms) AS latency_min,
+    SELECT date_trunc(CAST(:unit AS text), bucket, 'UTC') AS period, kind, name, outcome,
+           CAST(sum(calls) AS bigint) AS calls, CAST(sum(units) AS bigint) AS units,
+           sum(latency_sum_ms) AS latency_sum, min(latency_min_ms) AS latency_min,
            max(latency_max_ms) AS latency_max, tenantry_histogram_sum(latency_histogram) AS histogram
     FROM usage_rollups WHERE tenant_id = :tenant_id AND bucket >= :since AND bucket < :until
     GROUP BY 1, 2, 3, 4
@@ -57,7 +58,8 @@ _EVENTS_FROM_ROLLUPS = text(
 )
 _REFUSALS_FROM_ROLLUPS = text(
     """
-    SELECT date_trunc(CAST(:unit AS text), bucket, 'UTC') AS period, kind, name, reason, sum(refusals) AS refusals
+    SELECT date_trunc(CAST(:unit AS text), bucket, 'UTC') AS period, kind, name, reason,
+           CAST(sum(refusals) AS bigint) AS refusals
     FROM refusal_rollups WHERE tenant_id = :tenant_id AND bucket >= :since AND bucket < :until
     GROUP BY 1, 2, 3, 4
     """
@@ -68,13 +70,13 @@ _REFUSALS_FROM_ROLLUPS = text(
 # as parallel arrays of slots and counts.
 _EVENTS_FROM_EVENTS = text(
     """
-    SELECT period, kind, name, outcome, sum(calls) AS calls, sum(units) AS units, sum(latency_sum) AS latency_sum,
-           min(latency_min) AS latency_min, max(latency_max) AS latency_max, array_agg(slot) AS slots,
+    SELECT period, kind, name, outcome, CAST(sum(calls) AS bigint) AS calls, CAST(sum(units) AS bigint) AS units,
+           sum(latency_sum) AS latency_sum, min(latency_min) AS latency_min, max(latency_max) AS latency_max, array_agg(slot) AS slots,
            array_agg(calls) AS slot_counts
     FROM (SELECT date_trunc(CAST(:unit AS text), occurred_at, 'UTC') AS period, tenantry_usage_kind(tool) AS kind,
                  tenantry_usage_name(tool) AS name, outcome,
                  width_bucket(latency_ms, tenantry_latency_bounds()) AS slot, count(*) AS calls,
-                 sum(units) AS units, sum(latency_ms) AS latency_sum, min(latency_ms) AS latency_min,
+                 CAST(sum(units) AS bigint) AS units, sum(latency_ms) AS latency_sum, min(latency_ms) AS latency_min,
                  max(latency_ms) AS latency_max
           FROM usage_events WHERE tenant_id = :tenant_id AND occurred_at >= :since AND occurred_at < :until
           GROUP BY 1, 2, 3, 4, 5) e
