@@ -71,8 +71,8 @@ _REFUSALS_FROM_ROLLUPS = text(
 _EVENTS_FROM_EVENTS = text(
     """
     SELECT period, kind, name, outcome, CAST(sum(calls) AS bigint) AS calls, CAST(sum(units) AS bigint) AS units,
-           sum(latency_sum) AS latency_sum, min(latency_min) AS latency_min, max(latency_max) AS latency_max, array_agg(slot) AS slots,
-           array_agg(calls) AS slot_counts
+           sum(latency_sum) AS latency_sum, min(latency_min) AS latency_min, max(latency_max) AS latency_max,
+           array_agg(slot) AS slots, array_agg(calls) AS slot_counts
     FROM (SELECT date_trunc(CAST(:unit AS text), occurred_at, 'UTC') AS period, tenantry_usage_kind(tool) AS kind,
                  tenantry_usage_name(tool) AS name, outcome,
                  width_bucket(latency_ms, tenantry_latency_bounds()) AS slot, count(*) AS calls,
