@@ -48,22 +48,23 @@ _BOUNDS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 3
 # One histogram from a group's `slot` values (width_bucket: 0 .. len(bounds)), as a bigint array.
 _HISTOGRAM = "ARRAY[" + ", ".join(f"count(*) FILTER (WHERE slot = {k})" for k in range(len(_BOUNDS) + 1)) + "]"
 
-# Rows of `usage_events` (as `source`) grouped into roll-up rows, in key order.
+# Rows of `usage_events` (as `source`) grouped into roll-up rows.
 _ROLL_UP_EVENTS = f"""
-    SELECT tenant_id, bucket, kind, name, outcome, count(*), sum(units), sum(latency_ms),
-           min(latency_ms), max(latency_ms), {_HISTOGRAM}
+    SELECT tenant_id, bucket, kind, name, outcome, count(*) AS calls, sum(units) AS units,
+           sum(latency_ms) AS latency_sum_ms, min(latency_ms) AS latency_min_ms, max(latency_ms) AS latency_max_ms,
+           {_HISTOGRAM} AS latency_histogram
     FROM (SELECT tenant_id, date_trunc('hour', occurred_at, 'UTC') AS bucket,
                  tenantry_usage_kind(tool) AS kind, tenantry_usage_name(tool) AS name, outcome, units,
                  latency_ms, width_bucket(latency_ms, tenantry_latency_bounds()) AS slot
           FROM source) e
     GROUP BY tenant_id, bucket, kind, name, outcome
-    ORDER BY tenant_id, bucket, kind, name, outcome
 """
 
 _UPSERT_EVENTS = """
     INSERT INTO usage_rollups AS r (tenant_id, bucket, kind, name, outcome, calls, units, latency_sum_ms,
                                    latency_min_ms, latency_max_ms, latency_histogram)
     {rows}
+    ORDER BY tenant_id, bucket, kind, name, outcome
     ON CONFLICT (tenant_id, bucket, kind, name, outcome) DO UPDATE SET
         calls = r.calls + excluded.calls,
         units = r.units + excluded.units,
@@ -75,18 +76,18 @@ _UPSERT_EVENTS = """
 
 # Refused audit records (as `source`) grouped into roll-up rows.
 _ROLL_UP_REFUSALS = """
-    SELECT tenant_id, bucket, kind, name, reason, count(*)
+    SELECT tenant_id, bucket, kind, name, reason, count(*) AS refusals
     FROM (SELECT tenant_id, date_trunc('hour', at, 'UTC') AS bucket,
                  tenantry_refusal_kind(method, tool) AS kind, coalesce(tenantry_usage_name(tool), method) AS name,
                  coalesce(reason, outcome) AS reason
           FROM source WHERE decision = 'refused') a
     GROUP BY tenant_id, bucket, kind, name, reason
-    ORDER BY tenant_id, bucket, kind, name, reason
 """
 
 _UPSERT_REFUSALS = """
     INSERT INTO refusal_rollups AS r (tenant_id, bucket, kind, name, reason, refusals)
     {rows}
+    ORDER BY tenant_id, bucket, kind, name, reason
     ON CONFLICT (tenant_id, bucket, kind, name, reason) DO UPDATE SET refusals = r.refusals + excluded.refusals
 """
 
@@ -216,12 +217,25 @@ def upgrade() -> None:
         FOR EACH ROW WHEN (NEW.seq > OLD.seq) EXECUTE FUNCTION tenantry_rollup_refusals()
         """
     )
+    # The roll-ups counted afresh from the raw rows, as the caller may see them (security_invoker: under
+    # its RLS): what the roll-ups must always equal (tests), and the reference the benchmark times.
+    op.execute(
+        "CREATE VIEW usage_rollups_recount WITH (security_invoker = true) AS "
+        + _over(_ROLL_UP_EVENTS, "usage_events")
+    )
+    op.execute(
+        "CREATE VIEW refusal_rollups_recount WITH (security_invoker = true) AS "
+        + _over(_ROLL_UP_REFUSALS, "audit_records")
+    )
+    op.execute(f"GRANT SELECT ON usage_rollups_recount, refusal_rollups_recount TO {role}")
     # What was stored before this revision (the owner's policy lets the migration see every tenant).
     op.execute(_UPSERT_EVENTS.format(rows=_over(_ROLL_UP_EVENTS, "usage_events")))
     op.execute(_UPSERT_REFUSALS.format(rows=_over(_ROLL_UP_REFUSALS, "audit_records")))
 
 
 def downgrade() -> None:
+    op.execute("DROP VIEW refusal_rollups_recount")
+    op.execute("DROP VIEW usage_rollups_recount")
     op.execute("DROP TRIGGER audit_chain_heads_rollup ON audit_chain_heads")
     op.execute("DROP TRIGGER usage_events_rollup ON usage_events")
     op.execute("DROP FUNCTION tenantry_rollup_refusals()")

@@ -45,54 +45,37 @@ LATENCY_BOUNDS_MS: Final = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 250
 # Sections of the report, by the `kind` the roll-ups hold.
 SECTIONS: Final = {"tool": "tools", "resource": "resources", "prompt": "prompts", "request": "requests"}
 
-# The SQL is spelled out (no string building): a period is a UTC hour or day (`:unit`).
-_EVENTS_FROM_ROLLUPS = text(
-    """
-    SELECT date_trunc(CAST(:unit AS text), bucket, 'UTC') AS period, kind, name, outcome,
+# Each query answers several groupings at once (GROUPING SETS), so the database does the adding and this
+# module only shapes the answer: `grouping_set` tells them apart (a bit per column left out: period,
+# kind, outcome/reason). A period is a UTC hour or day (`:unit`).
+_PER_ITEM, _PER_PERIOD, _PER_ITEM_AND_PERIOD = 4, 3, 1
+_EVENTS = """
+    SELECT GROUPING(period, kind, outcome) AS grouping_set, period, kind, name, outcome,
            CAST(sum(calls) AS bigint) AS calls, CAST(sum(units) AS bigint) AS units,
+           CAST(coalesce(sum(calls) FILTER (WHERE outcome <> 'ok'), 0) AS bigint) AS errors,
            sum(latency_sum_ms) AS latency_sum, min(latency_min_ms) AS latency_min,
            max(latency_max_ms) AS latency_max, tenantry_histogram_sum(latency_histogram) AS histogram
-    FROM usage_rollups WHERE tenant_id = :tenant_id AND bucket >= :since AND bucket < :until
-    GROUP BY 1, 2, 3, 4
-    """
-)
-_REFUSALS_FROM_ROLLUPS = text(
-    """
-    SELECT date_trunc(CAST(:unit AS text), bucket, 'UTC') AS period, kind, name, reason,
+    FROM (SELECT date_trunc(CAST(:unit AS text), bucket, 'UTC') AS period, * FROM usage_rollups
+          WHERE tenant_id = :tenant_id AND bucket >= :since AND bucket < :until) r
+    GROUP BY GROUPING SETS ((kind, name, outcome), (period), (period, kind, name))
+"""
+_REFUSALS = """
+    SELECT GROUPING(period, kind, reason) AS grouping_set, period, kind, name, reason,
            CAST(sum(refusals) AS bigint) AS refusals
-    FROM refusal_rollups WHERE tenant_id = :tenant_id AND bucket >= :since AND bucket < :until
-    GROUP BY 1, 2, 3, 4
-    """
-)
-
-# The same rows counted from the raw events and audit records: what the roll-ups must always equal (tests),
-# and the reference the benchmark times them against. Never used to answer a report. The histogram comes
-# as parallel arrays of slots and counts.
-_EVENTS_FROM_EVENTS = text(
-    """
-    SELECT period, kind, name, outcome, CAST(sum(calls) AS bigint) AS calls, CAST(sum(units) AS bigint) AS units,
-           sum(latency_sum) AS latency_sum, min(latency_min) AS latency_min, max(latency_max) AS latency_max,
-           array_agg(slot) AS slots, array_agg(calls) AS slot_counts
-    FROM (SELECT date_trunc(CAST(:unit AS text), occurred_at, 'UTC') AS period, tenantry_usage_kind(tool) AS kind,
-                 tenantry_usage_name(tool) AS name, outcome,
-                 width_bucket(latency_ms, tenantry_latency_bounds()) AS slot, count(*) AS calls,
-                 CAST(sum(units) AS bigint) AS units, sum(latency_ms) AS latency_sum, min(latency_ms) AS latency_min,
-                 max(latency_ms) AS latency_max
-          FROM usage_events WHERE tenant_id = :tenant_id AND occurred_at >= :since AND occurred_at < :until
-          GROUP BY 1, 2, 3, 4, 5) e
-    GROUP BY 1, 2, 3, 4
-    """
-)
-_REFUSALS_FROM_RECORDS = text(
-    """
-    SELECT date_trunc(CAST(:unit AS text), at, 'UTC') AS period, tenantry_refusal_kind(method, tool) AS kind,
-           coalesce(tenantry_usage_name(tool), method) AS name, coalesce(reason, outcome) AS reason,
-           count(*) AS refusals
-    FROM audit_records
-    WHERE tenant_id = :tenant_id AND at >= :since AND at < :until AND decision = 'refused'
-    GROUP BY 1, 2, 3, 4
-    """
-)
+    FROM (SELECT date_trunc(CAST(:unit AS text), bucket, 'UTC') AS period, * FROM refusal_rollups
+          WHERE tenant_id = :tenant_id AND bucket >= :since AND bucket < :until) r
+    GROUP BY GROUPING SETS ((kind, name, reason), (period), (period, kind, name))
+"""
+# The same report counted from the raw events and audit records (the `*_recount` views of migration
+# 0011, under the caller's RLS): what the roll-ups must always equal (tests), and the reference the
+# benchmark times them against. Never used to answer a report.
+_QUERIES = {
+    False: (text(_EVENTS), text(_REFUSALS)),
+    True: (
+        text(_EVENTS.replace("usage_rollups", "usage_rollups_recount")),
+        text(_REFUSALS.replace("refusal_rollups", "refusal_rollups_recount")),
+    ),
+}
 
 
 def report_range(
@@ -134,7 +117,7 @@ def _periods(since: datetime, until: datetime, bucket: str) -> Iterator[datetime
 
 
 class _Tally:
-    """What a set of roll-up rows adds up to."""
+    """What some roll-up rows add up to: an item's, a period's, or everything's."""
 
     __slots__ = ("calls", "errors", "histogram", "latency_max", "latency_min", "latency_sum", "refusals", "units")
 
@@ -148,15 +131,15 @@ class _Tally:
         self.latency_max = 0.0
         self.histogram = [0] * (len(LATENCY_BOUNDS_MS) + 1)
 
-    def add_events(self, row: Any, histogram: list[int]) -> None:
+    def add_events(self, row: Any) -> None:
         self.calls += row.calls
         self.units += row.units
-        if row.outcome != "ok":
+        if row.outcome is not None and row.outcome != "ok":
             self.errors[row.outcome] += row.calls
         self.latency_sum += row.latency_sum
         self.latency_min = min(self.latency_min, row.latency_min)
         self.latency_max = max(self.latency_max, row.latency_max)
-        for slot, count in enumerate(histogram):
+        for slot, count in enumerate(row.histogram):
             self.histogram[slot] += count
 
     def latency(self) -> dict[str, Any]:
@@ -180,15 +163,6 @@ class _Tally:
                 return min(float(LATENCY_BOUNDS_MS[slot]), self.latency_max)
         return self.latency_max
 
-    def point(self, period: datetime) -> dict[str, Any]:
-        return {
-            "start": period.isoformat(),
-            "calls": self.calls,
-            "units": self.units,
-            "errors": sum(self.errors.values()),
-            "refusals": sum(self.refusals.values()),
-        }
-
     def summary(self) -> dict[str, Any]:
         return {
             "calls": self.calls,
@@ -200,6 +174,10 @@ class _Tally:
         }
 
 
+def _point(period: datetime) -> dict[str, Any]:
+    return {"start": period.isoformat(), "calls": 0, "units": 0, "errors": 0, "refusals": 0}
+
+
 async def build_report(
     conn: AsyncConnection,
     meter: Meter | None,
@@ -209,32 +187,38 @@ async def build_report(
     until: datetime,
     bucket: str = "day",
     *,
-    from_raw_events: bool = False,
+    recount: bool = False,
 ) -> dict[str, Any]:
     """The report of `tenant_id` over [since, until) (checked by `report_range`), bucketed by `bucket`.
 
-    `from_raw_events` counts the raw events and audit records instead of the roll-ups: the reference
-    tests and the benchmark compare the roll-ups with, never how a report is answered. `meter=None`
-    leaves the quota out (the reference)."""
+    `recount` counts the raw events and audit records instead of the roll-ups: the reference tests and
+    the benchmark compare the roll-ups with, never how a report is answered. `meter=None` leaves the
+    quota out."""
     params = {"tenant_id": tenant_id, "since": since, "until": until, "unit": bucket}
-    events_sql, refusals_sql = (
-        (_EVENTS_FROM_EVENTS, _REFUSALS_FROM_RECORDS)
-        if from_raw_events
-        else (_EVENTS_FROM_ROLLUPS, _REFUSALS_FROM_ROLLUPS)
-    )
+    events_sql, refusals_sql = _QUERIES[recount]
     totals = _Tally()
     items: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
-    item_points: dict[tuple[str, str], dict[datetime, _Tally]] = defaultdict(lambda: defaultdict(_Tally))
-    points: dict[datetime, _Tally] = defaultdict(_Tally)
+    periods: dict[datetime, _Tally] = defaultdict(_Tally)
+    # An item's series is sparse (periods it was used in); the report's is dense, for plots.
+    item_points: dict[tuple[str, str], dict[datetime, dict[str, Any]]] = defaultdict(dict)
     for row in await conn.execute(events_sql, params):
-        key = (row.kind, row.name)
-        histogram = row.histogram if not from_raw_events else _histogram(row.slots, row.slot_counts)
-        for tally in (totals, items[key], item_points[key][row.period], points[row.period]):
-            tally.add_events(row, histogram)
+        if row.grouping_set == _PER_ITEM:
+            items[(row.kind, row.name)].add_events(row)
+            totals.add_events(row)
+        elif row.grouping_set == _PER_PERIOD:
+            periods[row.period].add_events(row)
+            periods[row.period].errors["all"] += row.errors  # outcomes are grouped out here
+        else:
+            point = item_points[(row.kind, row.name)].setdefault(row.period, _point(row.period))
+            point.update(calls=row.calls, units=row.units, errors=row.errors)
     for row in await conn.execute(refusals_sql, params):
-        key = (row.kind, row.name)
-        for tally in (totals, items[key], item_points[key][row.period], points[row.period]):
-            tally.refusals[row.reason] += row.refusals
+        if row.grouping_set == _PER_ITEM:
+            items[(row.kind, row.name)].refusals[row.reason] += row.refusals
+            totals.refusals[row.reason] += row.refusals
+        elif row.grouping_set == _PER_PERIOD:
+            periods[row.period].refusals["all"] += row.refusals
+        else:
+            item_points[(row.kind, row.name)].setdefault(row.period, _point(row.period))["refusals"] = row.refusals
     report: dict[str, Any] = {
         "tenant_id": str(tenant_id),
         "since": since.isoformat(),
@@ -245,28 +229,27 @@ async def build_report(
     }
     for kind, section in SECTIONS.items():
         report[section] = {
-            name: {
-                **tally.summary(),
-                "series": [p.point(period) for period, p in sorted(item_points[(k, name)].items())],
-            }
+            name: {**tally.summary(), "series": [p for _, p in sorted(item_points[(k, name)].items())]}
             for (k, name), tally in sorted(items.items())
             if k == kind
         }
-    empty = _Tally()
-    report["series"] = [
-        {**points.get(period, empty).point(period), "latency_ms": points.get(period, empty).latency()}
-        for period in _periods(since, until, bucket)
-    ]
+    series = []
+    for period in _periods(since, until, bucket):
+        tally = periods.get(period) or _Tally()
+        series.append(
+            {
+                **_point(period),
+                "calls": tally.calls,
+                "units": tally.units,
+                "errors": sum(tally.errors.values()),
+                "refusals": sum(tally.refusals.values()),
+                "latency_ms": tally.latency(),
+            }
+        )
+    report["series"] = series
     if meter is not None:
         report["quota"] = await quota(meter, tenant_id, limits)
     return report
-
-
-def _histogram(slots: list[int], counts: list[int]) -> list[int]:
-    histogram = [0] * (len(LATENCY_BOUNDS_MS) + 1)
-    for slot, count in zip(slots, counts, strict=True):
-        histogram[slot] += count
-    return histogram
 
 
 async def quota(meter: Meter, tenant_id: uuid.UUID, limits: Limits) -> dict[str, Any]:
