@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -193,7 +194,10 @@ async def main() -> None:
             print(f"{label:<34} {bucket:<7} {runs:>5} {median:>10.1f} {p95:>9.1f} {body['totals']['calls']:>10,}")
         rolled, scanned = results[(False, "day")], results[(True, "day")]
         same = {k: v for k, v in rolled.items() if k != "quota"} == scanned
-        print(f"roll-up report == raw recount: {same}\n")
+        print(f"roll-up report == raw recount: {same}")
+        print(
+            f"(load average while timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; other work inflates these)\n"
+        )
 
         print(f"what the roll-ups cost the drain ({args.drain_events:,} events, 500 per statement):")
         with_trigger = await drain_cost(db, drained, args.drain_events)
