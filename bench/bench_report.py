@@ -195,9 +195,8 @@ async def main() -> None:
         rolled, scanned = results[(False, "day")], results[(True, "day")]
         same = {k: v for k, v in rolled.items() if k != "quota"} == scanned
         print(f"roll-up report == raw recount: {same}")
-        print(
-            f"(load average while timing: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; other work inflates these)\n"
-        )
+        load = f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        print(f"(load average while timing: {load}; other work on the machine inflates these)\n")
 
         print(f"what the roll-ups cost the drain ({args.drain_events:,} events, 500 per statement):")
         with_trigger = await drain_cost(db, drained, args.drain_events)
