@@ -10,7 +10,8 @@ Recreates the database `tenantry_bench_report` (PostgreSQL and Redis must be up)
    does for the drain's inserts. A neighbour tenant gets a tenth as many, so the tables are shared as
    in production; 20,000 refused audit records go in through `insert_documents`, as the drain stores them;
 2. times the report as the admin API builds it (`metering/reports.py`, quota from Redis included, and
-   the JSON encoding of the answer), `--runs` times, by day and by hour, and prints the median and p95;
+   the JSON encoding of the answer), `--runs` times, by day and by hour, and prints the median and p95
+   and the CPU per report (this process and PostgreSQL's backends: steadier on a shared machine);
    next to it, in the same run, the same report counted from the raw `usage_events` (`--raw-runs`);
 3. what the roll-ups cost the drain: `--drain-events` events stored by `insert_documents` in batches
    of 500 (as the drain does), with the roll-up trigger and with it disabled, PostgreSQL CPU per event.
@@ -109,16 +110,19 @@ async def refuse(db: Database, tenant: uuid.UUID, count: int, until: datetime) -
         await insert_documents(db, {}, {tenant: docs}, fresh=True)
 
 
-async def timed(runs: int, run: Callable[[], Awaitable[Any]]) -> tuple[float, float, Any]:
-    """(median ms, p95 ms, last result) of `runs` runs, after one to warm connections and plans."""
+async def timed(runs: int, run: Callable[[], Awaitable[Any]]) -> tuple[float, float, float, Any]:
+    """(median ms, p95 ms, CPU ms per run of this process and PostgreSQL, last result) of `runs` runs,
+    after one to warm connections and plans. CPU is the steadier figure on a shared machine."""
     result = await run()
     times: list[float] = []
+    cpu0, pg0 = time.process_time(), sum(bg._postgres_cpu().values())
     for _ in range(runs):
         t0 = time.perf_counter()
         result = await run()
         times.append((time.perf_counter() - t0) * 1000)
+    cpu = (time.process_time() - cpu0 + sum(bg._postgres_cpu().values()) - pg0) / runs * 1000
     times.sort()
-    return statistics.median(times), times[max(0, round(len(times) * 0.95) - 1)], result
+    return statistics.median(times), times[max(0, round(len(times) * 0.95) - 1)], cpu, result
 
 
 async def drain_cost(db: Database, tenant: uuid.UUID, count: int) -> float:
@@ -185,13 +189,14 @@ async def main() -> None:
             return run
 
         print(f"7-day report of one tenant ({since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} UTC):")
-        print(f"{'source':<34} {'bucket':<7} {'runs':>5} {'median ms':>10} {'p95 ms':>9} {'events':>10}")
+        print(f"{'source':<34} {'bucket':<7} {'runs':>5} {'median ms':>10} {'p95 ms':>9} {'CPU ms':>7} {'events':>10}")
         results: dict[tuple[bool, str], dict[str, Any]] = {}
         for raw, bucket, runs in ((False, "day", args.runs), (False, "hour", args.runs), (True, "day", args.raw_runs)):
-            median, p95, body = await timed(runs, report(bucket, raw))
+            median, p95, cpu, body = await timed(runs, report(bucket, raw))
             results[(raw, bucket)] = body
             label = "raw usage_events scan (reference)" if raw else "roll-ups (what the API answers)"
-            print(f"{label:<34} {bucket:<7} {runs:>5} {median:>10.1f} {p95:>9.1f} {body['totals']['calls']:>10,}")
+            calls = body["totals"]["calls"]
+            print(f"{label:<34} {bucket:<7} {runs:>5} {median:>10.1f} {p95:>9.1f} {cpu:>7.1f} {calls:>10,}")
         rolled, scanned = results[(False, "day")], results[(True, "day")]
         same = {k: v for k, v in rolled.items() if k != "quota"} == scanned
         print(f"roll-up report == raw recount: {same}")
