@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+import uuid
 
 import asyncpg
 
@@ -87,5 +89,46 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         assert "upstreams" in await _tables(name)
         await migrate(url)
         assert await _triggers(name) == installed | credentials | governance | rollups
+    finally:
+        await recreate_database(name, create=False)
+
+
+async def test_the_roll_ups_revision_counts_the_events_and_refusals_stored_before_it(services_up: None) -> None:
+    name = f"tenantry_migrations_rollups_{os.getpid()}"
+    await recreate_database(name)
+    url = f"{SERVER}/{name}"
+    try:
+        await migrate(url, revision="0010")
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        try:
+            tenant = await conn.fetchval("INSERT INTO tenants (name, plan) VALUES ('old', 'free') RETURNING id")
+            await conn.execute(
+                """
+                INSERT INTO usage_events (tenant_id, event_id, tool, units, outcome, latency_ms, occurred_at)
+                SELECT $1, gen_random_uuid(), (ARRAY['data_get', 'resource:fx+a://b', 'prompt:fx__p'])[1 + i % 3],
+                       1, CASE WHEN i % 7 = 0 THEN 'upstream_error' ELSE 'ok' END, i % 90, now() - i * interval '1 min'
+                FROM generate_series(1, 300) AS i
+                """,
+                tenant,
+            )
+            await conn.execute(
+                "SELECT tenantry_record_audit(ARRAY[$1::uuid], ARRAY[1], ARRAY[$2::json])",
+                tenant,
+                f'{{"id": "{uuid.uuid4()}", "at": {int(time.time() * 1e6)}, "tr": "direct", "m": "tools/call",'
+                ' "tool": "data_get", "d": "refused", "r": "quota_exceeded", "o": "quota_exceeded"}',
+            )
+        finally:
+            await conn.close()
+        await migrate(url)
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        try:
+            rolled = await conn.fetch("SELECT * FROM usage_rollups ORDER BY bucket, kind, name, outcome")
+            recount = await conn.fetch("SELECT * FROM usage_rollups_recount ORDER BY bucket, kind, name, outcome")
+            refusals = await conn.fetch("SELECT kind, name, reason, refusals FROM refusal_rollups")
+        finally:
+            await conn.close()
+        assert sum(r["calls"] for r in rolled) == 300
+        assert [dict(r) for r in rolled] == [dict(r) for r in recount]
+        assert [tuple(r) for r in refusals] == [("tool", "data_get", "quota_exceeded", 1)]
     finally:
         await recreate_database(name, create=False)
