@@ -13,8 +13,9 @@ Recreates the database `tenantry_bench_report` (PostgreSQL and Redis must be up)
    the JSON encoding of the answer), `--runs` times, by day and by hour, and prints the median and p95
    and the CPU per report (this process and PostgreSQL's backends: steadier on a shared machine);
    next to it, in the same run, the same report counted from the raw `usage_events` (`--raw-runs`);
-3. what the roll-ups cost the drain: `--drain-events` events stored by `insert_documents` in batches
-   of 500 (as the drain does), with the roll-up trigger and with it disabled, PostgreSQL CPU per event.
+3. what the roll-ups cost the drain: `--drain-events` calls' entries (usage event and audit record; one
+   call in ten refused) stored by `insert_documents` in batches of 500 (as the drain does), with the
+   roll-up triggers and with them disabled, three times each alternately; PostgreSQL CPU per call.
 """
 
 from __future__ import annotations
@@ -126,18 +127,44 @@ async def timed(runs: int, run: Callable[[], Awaitable[Any]]) -> tuple[float, fl
 
 
 async def drain_cost(db: Database, tenant: uuid.UUID, count: int) -> float:
-    """PostgreSQL CPU µs per event of `count` events stored by `insert_documents`, 500 per statement."""
+    """PostgreSQL CPU µs per call of `count` calls' usage events and audit records (one refused call in
+    ten: a record and no event) stored by `insert_documents`, 500 entries per statement, as the drain does."""
     now_ms = time.time_ns() // 1_000_000
     cpu = 0.0
     for first in range(0, count, 500):
-        docs = [
-            UsageEvent(uuid.uuid4(), tenant, NAMES[n % len(NAMES)], 1, "ok", 1.5 + n % 40, now_ms + n).document()
-            for n in range(first, min(first + 500, count))
-        ]
+        events: list[str] = []
+        records: list[str] = []
+        for n in range(first, min(first + 500, count)):
+            name = NAMES[n % len(NAMES)]
+            refused = n % 10 == 0
+            event = UsageEvent(uuid.uuid4(), tenant, name, 1, "ok", 1.5 + n % 40, now_ms + n)
+            if not refused:
+                events.append(event.document())
+            records.append(
+                AuditRecord(
+                    tenant,
+                    "streamable_http",
+                    "tools/call",
+                    "refused" if refused else "admitted",
+                    "quota_exceeded" if refused else "ok",
+                    reason="quota_exceeded" if refused else None,
+                    tool=name,
+                    event_id=None if refused else event.event_id,
+                    id=event.event_id,
+                    at_us=(now_ms + n) * 1000,
+                ).document()
+            )
         c0 = sum(bg._postgres_cpu().values())
-        await insert_documents(db, {tenant: docs})
+        await insert_documents(db, {tenant: events}, {tenant: records}, fresh=True)
         cpu += sum(bg._postgres_cpu().values()) - c0
     return cpu / count * 1e6
+
+
+async def set_triggers(db: Database, enabled: bool) -> None:
+    verb = "ENABLE" if enabled else "DISABLE"
+    async with db.system() as conn:
+        await conn.exec_driver_sql(f"ALTER TABLE usage_events {verb} TRIGGER usage_events_rollup")
+        await conn.exec_driver_sql(f"ALTER TABLE audit_chain_heads {verb} TRIGGER audit_chain_heads_rollup")
 
 
 async def main() -> None:
@@ -203,16 +230,16 @@ async def main() -> None:
         load = f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         print(f"(load average while timing: {load}; other work on the machine inflates these)\n")
 
-        print(f"what the roll-ups cost the drain ({args.drain_events:,} events, 500 per statement):")
-        with_trigger = await drain_cost(db, drained, args.drain_events)
-        async with db.system() as conn:
-            await conn.exec_driver_sql("ALTER TABLE usage_events DISABLE TRIGGER usage_events_rollup")
-        try:
-            without = await drain_cost(db, drained, args.drain_events)
-        finally:
-            async with db.system() as conn:
-                await conn.exec_driver_sql("ALTER TABLE usage_events ENABLE TRIGGER usage_events_rollup")
-        print(f"  PostgreSQL CPU per event: {with_trigger:.1f} µs with roll-ups, {without:.1f} µs without")
+        print(f"what the roll-ups cost the drain ({args.drain_events:,} calls' entries, 500 per statement):")
+        await drain_cost(db, drained, 2000)  # warm
+        costs: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(3):  # alternated, so drift on the machine hits both alike
+            for enabled in (True, False):
+                await set_triggers(db, enabled)
+                costs[enabled].append(await drain_cost(db, drained, args.drain_events))
+        await set_triggers(db, True)
+        on, off = statistics.median(costs[True]), statistics.median(costs[False])
+        print(f"  PostgreSQL CPU per call (event + audit record): {on:.1f} µs with roll-ups, {off:.1f} µs without")
     finally:
         await redis.aclose()
         await db.dispose()
