@@ -137,7 +137,7 @@ def upgrade() -> None:
         $$
         """
     )
-    # Element-wise sum of two histograms (either may be NULL: the aggregate's first state).
+    # Element-wise sum of two histograms (a roll-up row's and a batch's).
     op.execute(
         """
         CREATE FUNCTION tenantry_histogram_add(a bigint[], b bigint[]) RETURNS bigint[]
@@ -147,7 +147,6 @@ def upgrade() -> None:
         $$
         """
     )
-    op.execute("CREATE AGGREGATE tenantry_histogram_sum(bigint[]) (SFUNC = tenantry_histogram_add, STYPE = bigint[])")
     op.execute(
         """
         CREATE TABLE usage_rollups (
@@ -220,8 +219,7 @@ def upgrade() -> None:
     # The roll-ups counted afresh from the raw rows, as the caller may see them (security_invoker: under
     # its RLS): what the roll-ups must always equal (tests), and the reference the benchmark times.
     op.execute(
-        "CREATE VIEW usage_rollups_recount WITH (security_invoker = true) AS "
-        + _over(_ROLL_UP_EVENTS, "usage_events")
+        "CREATE VIEW usage_rollups_recount WITH (security_invoker = true) AS " + _over(_ROLL_UP_EVENTS, "usage_events")
     )
     op.execute(
         "CREATE VIEW refusal_rollups_recount WITH (security_invoker = true) AS "
@@ -244,7 +242,6 @@ def downgrade() -> None:
         for statement in drop_tenant_table_policies(table):
             op.execute(statement)
         op.execute(f"DROP TABLE {table}")
-    op.execute("DROP AGGREGATE tenantry_histogram_sum(bigint[])")
     op.execute("DROP FUNCTION tenantry_histogram_add(bigint[], bigint[])")
     op.execute("DROP FUNCTION tenantry_refusal_kind(text, text)")
     op.execute("DROP FUNCTION tenantry_usage_name(text)")
