@@ -164,7 +164,7 @@ async def set_triggers(db: Database, enabled: bool) -> None:
     verb = "ENABLE" if enabled else "DISABLE"
     async with db.system() as conn:
         await conn.exec_driver_sql(f"ALTER TABLE usage_events {verb} TRIGGER usage_events_rollup")
-        await conn.exec_driver_sql(f"ALTER TABLE audit_chain_heads {verb} TRIGGER audit_chain_heads_rollup")
+        await conn.exec_driver_sql(f"ALTER TABLE audit_records {verb} TRIGGER audit_records_rollup")
 
 
 async def main() -> None:

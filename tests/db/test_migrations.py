@@ -72,7 +72,7 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         "kills_notify",
         "tenantry_notify_kills",
     }
-    rollups = {"usage_events_rollup", "audit_chain_heads_rollup"}
+    rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}
     try:
         await migrate(url)
         assert await _triggers(name) == installed | credentials | governance | rollups
@@ -125,10 +125,28 @@ async def test_the_roll_ups_revision_counts_the_events_and_refusals_stored_befor
             rolled = await conn.fetch("SELECT * FROM usage_rollups ORDER BY bucket, kind, name, outcome")
             recount = await conn.fetch("SELECT * FROM usage_rollups_recount ORDER BY bucket, kind, name, outcome")
             refusals = await conn.fetch("SELECT kind, name, reason, refusals FROM refusal_rollups")
+            assert sum(r["calls"] for r in rolled) == 300
+            assert [dict(r) for r in rolled] == [dict(r) for r in recount]
+            assert [tuple(r) for r in refusals] == [("tool", "data_get", "quota_exceeded", 1)]
+            # A refusal stamped past the partitions made so far lands in the default partition; making its
+            # month's partition moves it there (deleted, re-inserted): it is still counted once.
+            later = int((time.time() + 150 * 86_400) * 1e6)
+            await conn.execute(
+                "SELECT tenantry_record_audit(ARRAY[$1::uuid], ARRAY[1], ARRAY[$2::json])",
+                tenant,
+                f'{{"id": "{uuid.uuid4()}", "at": {later}, "tr": "direct", "m": "tools/list",'
+                ' "d": "refused", "r": "rate_limited", "o": "rate_limited"}',
+            )
+            assert await conn.fetchval("SELECT count(*) FROM audit_records_default") == 1
+            moved = await conn.fetchval("SELECT tenantry_audit_partitions(6, 0)")
+            assert any("1 records moved in" in line for line in moved)
+            refusals = await conn.fetch("SELECT kind, name, reason, refusals FROM refusal_rollups ORDER BY kind")
+            recounted = await conn.fetch(
+                "SELECT kind, name, reason, refusals FROM refusal_rollups_recount ORDER BY kind"
+            )
         finally:
             await conn.close()
-        assert sum(r["calls"] for r in rolled) == 300
-        assert [dict(r) for r in rolled] == [dict(r) for r in recount]
-        assert [tuple(r) for r in refusals] == [("tool", "data_get", "quota_exceeded", 1)]
+        expected = [("request", "tools/list", "rate_limited", 1), ("tool", "data_get", "quota_exceeded", 1)]
+        assert [tuple(r) for r in refusals] == [tuple(r) for r in recounted] == expected
     finally:
         await recreate_database(name, create=False)
