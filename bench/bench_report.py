@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -38,6 +37,7 @@ sys.path.insert(0, str(BENCH))
 
 from redis.asyncio import Redis  # noqa: E402
 from sqlalchemy import text  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
 
 import bench_gateway as bg  # noqa: E402
 from tenantry import tenants as tenant_service  # noqa: E402
@@ -210,7 +210,7 @@ async def main() -> None:
                     body = await build_report(
                         conn, None if raw else meter, tenant, limits, since, until, bucket, recount=raw
                     )
-                json.dumps(body)  # what the API then does with it
+                JSONResponse(body)  # what the API then does with it
                 return body
 
             return run

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
@@ -37,18 +38,27 @@ unknown tenant is 404 `tenant_not_found`.
 """
 
 
-@router.get("/tenants/{tenant_id}/report", dependencies=[AdminDep], description=_DESCRIPTION)
+@router.get(
+    "/tenants/{tenant_id}/report",
+    dependencies=[AdminDep],
+    description=_DESCRIPTION,
+    response_class=JSONResponse,
+    responses={200: {"description": "The report", "content": {"application/json": {"schema": {"type": "object"}}}}},
+)
 async def tenant_report(
     tenant_id: str,
     services: ServicesDep,
     since: Annotated[datetime | None, Query(description="ISO 8601; default 7 days before `until`")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601, exclusive; default now")] = None,
     bucket: Annotated[Literal["hour", "day"], Query(description="the series' step (UTC)")] = "day",
-) -> dict[str, Any]:
+) -> JSONResponse:
     """A tenant's usage report over [since, until)."""
     tid = parse_tenant_id(tenant_id)
     start, end = report_range(since, until, bucket)
     async with services.db.system() as conn:
         tenant = await tenant_service.get_tenant(conn, tid)
         limits = services.plans.limits(tenant.plan, tenant.limits)
-        return await build_report(conn, services.meter, tid, limits, start, end, bucket)
+        report = await build_report(conn, services.meter, tid, limits, start, end, bucket)
+    # The report is plain JSON already: FastAPI's encoder would walk its thousands of hourly points
+    # again (67 ms of a 7-day hourly report at 1M events, half the time of the rest).
+    return JSONResponse(report)
