@@ -190,8 +190,20 @@ class _Tally:
         }
 
 
-def _point(period: datetime) -> dict[str, Any]:
-    return {"start": period.isoformat(), "calls": 0, "units": 0, "errors": 0, "refusals": 0}
+class _Points(dict[datetime, dict[str, Any]]):
+    """An item's points by period, made on first use; a period's text is made once for every item (an
+    hourly 7-day report has thousands of points over 169 periods)."""
+
+    def __init__(self, starts: dict[datetime, str]) -> None:
+        super().__init__()
+        self._starts = starts
+
+    def __missing__(self, period: datetime) -> dict[str, Any]:
+        start = self._starts.get(period)
+        if start is None:
+            start = self._starts[period] = period.isoformat()
+        point = self[period] = {"start": start, "calls": 0, "units": 0, "errors": 0, "refusals": 0}
+        return point
 
 
 async def build_report(
@@ -216,7 +228,8 @@ async def build_report(
     items: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
     periods: dict[datetime, _Tally] = defaultdict(_Tally)
     # An item's series is sparse (periods it was used in); the report's is dense, for plots.
-    item_points: dict[tuple[str, str], dict[datetime, dict[str, Any]]] = defaultdict(dict)
+    starts: dict[datetime, str] = {}
+    item_points: dict[tuple[str, str], _Points] = defaultdict(lambda: _Points(starts))
     for row in await conn.execute(events_sql, params):
         if row.grouping_set == _PER_ITEM:
             items[(row.kind, row.name)].add_events(row)
@@ -225,7 +238,7 @@ async def build_report(
             periods[row.period].add_events(row)
             periods[row.period].errors["all"] += row.errors  # outcomes are grouped out here
     for row in await conn.execute(series_sql, params):
-        point = item_points[(row.kind, row.name)].setdefault(row.period, _point(row.period))
+        point = item_points[(row.kind, row.name)][row.period]
         point.update(calls=row.calls, units=row.units, errors=row.errors)
     for row in await conn.execute(refusals_sql, params):
         if row.grouping_set == _PER_ITEM:
@@ -234,7 +247,7 @@ async def build_report(
         elif row.grouping_set == _PER_PERIOD:
             periods[row.period].refusals["all"] += row.refusals
         else:
-            item_points[(row.kind, row.name)].setdefault(row.period, _point(row.period))["refusals"] = row.refusals
+            item_points[(row.kind, row.name)][row.period]["refusals"] = row.refusals
     report: dict[str, Any] = {
         "tenant_id": str(tenant_id),
         "since": since.isoformat(),
@@ -254,7 +267,7 @@ async def build_report(
         tally = periods.get(period) or _Tally()
         series.append(
             {
-                **_point(period),
+                "start": period.isoformat(),
                 "calls": tally.calls,
                 "units": tally.units,
                 "errors": sum(tally.errors.values()),
