@@ -66,7 +66,35 @@ async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolR
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)], structured_content=result)
 
 
-server: Server[Any] = Server("bare", version="0.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
+# One resource, for bench_resources.py: the same value, read as a resource.
+RESOURCE_URI = "bench://value"
+RESOURCE_TEXT = json.dumps(VALUE, separators=(",", ":"))
+
+
+async def list_resources(
+    ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+) -> types.ListResourcesResult:
+    resource = types.Resource(uri=RESOURCE_URI, name="value", mime_type="application/json")
+    return types.ListResourcesResult(resources=[resource])
+
+
+async def read_resource(
+    ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+) -> types.ReadResourceResult:
+    if str(params.uri) != RESOURCE_URI:
+        raise MCPError(-32002, f"no resource {str(params.uri)[:100]}")
+    contents = types.TextResourceContents(uri=RESOURCE_URI, mime_type="application/json", text=RESOURCE_TEXT)
+    return types.ReadResourceResult(contents=[contents])
+
+
+server: Server[Any] = Server(
+    "bare",
+    version="0.0.0",
+    on_list_tools=list_tools,
+    on_call_tool=call_tool,
+    on_list_resources=list_resources,
+    on_read_resource=read_resource,
+)
 # As the gateway does: the OpenTelemetry middleware is a no-op without an exporter.
 server.middleware = []
 manager = StreamableHTTPSessionManager(app=server, stateless=True, json_response=True)

@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,8 +467,10 @@ async def timed_call(
     result: RunResult,
     window_from: float,
     window_until: float,
+    check: Callable[[int, bytes, int], str | None] | None = None,
 ) -> None:
-    """One request: send, check the answer, and record it if it completed inside the window."""
+    """One request: send, check the answer (with `check`, default `check_response`), and record it if it
+    completed inside the window."""
     t0 = time.perf_counter()
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT):
@@ -477,7 +479,7 @@ async def timed_call(
         problem: str | None = f"{type(exc).__name__}: {exc}"
         await conn.close()
     else:
-        problem = check_response(status, payload, request_id)
+        problem = (check or check_response)(status, payload, request_id)
     t1 = time.perf_counter()
     # A request counts in the window it completes in.
     if not window_from <= t1 <= window_until:

@@ -6,7 +6,8 @@
 Uses its own Redis database (default 15), flushed before and after. Redis must be up.
 
 Part 1 times the hot commands one call at a time (sequential, so one round trip each) across
-many tenants: `Meter.admit` (EVALSHA of the Lua script), `check_rate`, `release`, and the
+many tenants: `Meter.admit` (EVALSHA of the Lua script; a tool call against the calls window, and a
+resource read against the reads window, `quota="reads"`), `check_rate`, `release`, and the
 ledger's `record` (XADD, or XADD + ZREM in one round trip), next to a bare PING for the
 round-trip floor. Each runs twice, on redis-py and on the lean client (`tenantry.metering.resp`),
 interleaved, and the `cpu` column is this process's CPU per call, i.e. the client's cost; the
@@ -39,6 +40,8 @@ from tenantry.plans import Limits
 
 QUOTA = Limits(calls_per_window=10_000, window_seconds=3600, requests_per_minute=600)
 QUOTA_CAP = Limits(calls_per_window=10_000, window_seconds=3600, requests_per_minute=600, max_concurrent=10)
+# A plan with both windows: a call and a resource read each cost one EVALSHA of the same script.
+READS = Limits(calls_per_window=10_000, reads_per_window=10_000, window_seconds=3600, requests_per_minute=600)
 UNMETERED = Limits(calls_per_window=None)
 STREAM = "bench-meter:{ledger}"
 
@@ -111,6 +114,9 @@ def operations(
     async def admit(i: int) -> object:
         return await meter.admit(tenants[i % n], calls[i], 1, QUOTA)
 
+    async def admit_read(i: int) -> object:
+        return await meter.admit(tenants[i % n], calls[i], 1, READS, quota="reads")
+
     async def admit_cap(i: int) -> object:
         return await meter.admit(tenants[i % n], calls[i], 1, QUOTA_CAP)
 
@@ -136,6 +142,7 @@ def operations(
     return {
         "PING (round-trip floor)": ping,
         "admit: quota + rate": admit,
+        "admit: a read, reads window + rate": admit_read,
         "admit: quota + rate + in-flight cap": admit_cap,
         "  ... + release (2 round trips)": admit_release,
         "check_rate": rate,

@@ -9,7 +9,7 @@ Recreates the database `tenantry_bench_report` (PostgreSQL and Redis must be up)
    statements of 100,000 rows: the roll-up trigger (migration 0011) keeps the roll-ups exactly as it
    does for the drain's inserts. A neighbour tenant gets a tenth as many, so the tables are shared as
    in production; 20,000 refused audit records go in through `insert_documents`, as the drain stores them;
-2. times the report as the admin API builds it (`metering/reports.py`, quota from Redis included, and
+2. times the report as the admin API builds it (`metering/reports.py`, every quota included, and
    the JSON encoding of the answer), `--runs` times, by day and by hour, and prints the median and p95
    and the CPU per report (this process and PostgreSQL's backends: steadier on a shared machine);
    next to it, in the same run, the same report counted from the raw `usage_events` (`--raw-runs`);
@@ -225,7 +225,7 @@ async def main() -> None:
             calls = body["totals"]["calls"]
             print(f"{label:<34} {bucket:<7} {runs:>5} {median:>10.1f} {p95:>9.1f} {cpu:>7.1f} {calls:>10,}")
         rolled, scanned = results[(False, "day")], results[(True, "day")]
-        same = {k: v for k, v in rolled.items() if k != "quota"} == scanned
+        same = {k: v for k, v in rolled.items() if k != "quotas"} == scanned
         print(f"roll-up report == raw recount: {same}")
         load = f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         print(f"(load average while timing: {load}; other work on the machine inflates these)\n")

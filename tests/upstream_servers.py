@@ -7,7 +7,8 @@ every request it gets, answers by credential (`Bearer alpha` sees every tool,
 a description (a rug pull), or to hang. On a stateful session, `interactive`
 reports progress, logs, and asks the client to sample and to elicit during
 the call; `shift` changes `echo`'s description and announces it with
-`notifications/tools/list_changed` on the session's standalone stream.
+`notifications/tools/list_changed` on the session's standalone stream. Its resources, template,
+prompts and completion are in `upstream_offerings.py` (`FixtureUpstream.offered`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from tests.conftest import serve_asgi
+from tests.upstream_offerings import Offered
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 WAV = base64.b64encode(b"RIFFfake").decode()
@@ -45,7 +47,10 @@ class FixtureUpstream:
         self.calls = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._release: asyncio.Event | None = None
-        self.server: Server[Any] = Server("fixture", on_list_tools=self._list, on_call_tool=self._call)
+        self.offered = Offered()
+        self.server: Server[Any] = Server(
+            "fixture", on_list_tools=self._list, on_call_tool=self._call, **self.offered.handlers()
+        )
 
     def _allowed(self, ctx: ServerRequestContext[Any, Any]) -> set[str]:
         request = ctx.request

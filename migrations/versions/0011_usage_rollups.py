@@ -29,7 +29,7 @@ ledger functions bind it), so the roll-ups obey the same isolation as the events
 refusals are rolled up here.
 
 Revision ID: 0011
-Revises: 0010
+Revises: 0012
 Create Date: 2026-12-03
 """
 
@@ -40,7 +40,7 @@ from alembic import op
 from tenantry.db.rls import drop_tenant_table_policies, migration_app_role, tenant_table_policies
 
 revision = "0011"
-down_revision = "0010"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

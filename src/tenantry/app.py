@@ -41,7 +41,7 @@ from tenantry.federation.discovery import Discovery
 from tenantry.federation.pool import UpstreamPool
 from tenantry.federation.ssrf import check_url
 from tenantry.gateway.calls import ToolCalls
-from tenantry.gateway.catalog import Catalog, builtin_tools
+from tenantry.gateway.catalog import Catalog
 from tenantry.gateway.server import Gateway
 from tenantry.governance.gate import Gate
 from tenantry.governance.kills import KillSwitch
@@ -119,7 +119,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     tenant_lifecycle.watch(db, listener, resolver.forget, meter.forget, policies.forget, issuers.forget)
     secrets = SecretBox(settings.secret_keys)
     discovery = Discovery(settings, db, UpstreamPool(settings, secrets, tracing=tracing))
-    catalog = Catalog(builtin_tools(settings), discovery)
+    catalog = Catalog.built(settings, discovery, read_cost=settings.resource_read_cost)
     calls = ToolCalls(
         settings,
         db,
@@ -159,6 +159,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         drain_client=drain_client,
         audit=audit,
         audit_maintenance=AuditMaintenance(db, settings.audit_retention_months),
+        catalog=catalog,
     )
 
 

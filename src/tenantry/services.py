@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -16,6 +17,7 @@ from tenantry.db.listener import ChangeListener
 from tenantry.federation.changes import UpstreamChanges
 from tenantry.federation.discovery import Discovery
 from tenantry.gateway.calls import ToolCalls
+from tenantry.gateway.catalog import Catalog
 from tenantry.gateway.server import Gateway
 from tenantry.governance.kills import KillSwitch
 from tenantry.governance.store import Policies
@@ -26,7 +28,7 @@ from tenantry.metering.meter import Meter
 from tenantry.metering.resp import RespClient
 from tenantry.metrics import Metrics
 from tenantry.observability import Tracing
-from tenantry.plans import PlanBook
+from tenantry.plans import Limits, PlanBook
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 
@@ -57,6 +59,11 @@ class Services:
     drain_client: RedisCommands | None = None  # the drainer's own connection
     audit: AuditTrail | None = None
     audit_maintenance: AuditMaintenance | None = None  # the trail's partitions and retention
+    catalog: Catalog | None = None  # the tools each tenant sees (counted for its `max_tools` quota)
+
+    async def tool_counts(self, tenant_id: uuid.UUID, limits: Limits) -> tuple[int, int] | None:
+        """The catalog's (exposed, offered) tool count of the tenant, for its `max_tools` quota."""
+        return None if self.catalog is None else await self.catalog.tool_counts(tenant_id, limits)
 
     async def aclose_redis(self) -> None:
         """Close every Redis client."""

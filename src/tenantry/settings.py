@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     default_plan: str = "free"
     # Quota units a call of a tool costs, by tool name (default 1), e.g. {"usage_summary": 2}.
     tool_costs: dict[str, int] = Field(default_factory=dict)
+    # Quota units a resource read and a prompt get cost (an upstream's `costs` may name its own:
+    # `resource:<its uri>`, `prompt:<its prompt>`). Reads count against `reads_per_window`.
+    resource_read_cost: int = Field(default=1, ge=0, le=1_000_000)
+    prompt_get_cost: int = Field(default=1, ge=0, le=1_000_000)
     # Off only for benchmarks that measure what metering costs: no quota, no ledger.
     metering_enabled: bool = True
     # Every Redis key Tenantry writes starts with this (one Redis can serve several deployments).

@@ -72,13 +72,17 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         "kills_notify",
         "tenantry_notify_kills",
     }
-    rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}
+    storage = {"tenant_data_count_storage"}  # 0012: keeps tenant_storage exact (its function is not a notify)
+    rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}  # 0011
     try:
         await migrate(url)
-        assert await _triggers(name) == installed | credentials | governance | rollups
+        assert await _triggers(name) == installed | credentials | governance | storage | rollups
+        await migrate(url, revision="0012", downgrade=True)
+        assert await _triggers(name) == installed | credentials | governance | storage
+        assert not {"usage_rollups", "refusal_rollups"} & await _tables(name)
         await migrate(url, revision="0010", downgrade=True)
         assert await _triggers(name) == installed | credentials | governance
-        assert not {"usage_rollups", "refusal_rollups"} & await _tables(name)
+        assert "tenant_storage" not in await _tables(name)
         await migrate(url, revision="0007", downgrade=True)
         assert await _triggers(name) == installed | credentials
         assert not {"tenant_policies", "kills"} & await _tables(name)
@@ -88,7 +92,33 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         assert await _triggers(name) == set()
         assert "upstreams" in await _tables(name)
         await migrate(url)
-        assert await _triggers(name) == installed | credentials | governance | rollups
+        assert await _triggers(name) == installed | credentials | governance | storage | rollups
+    finally:
+        await recreate_database(name, create=False)
+
+
+async def test_the_storage_revision_counts_what_tenants_already_store(services_up: None) -> None:
+    name = f"tenantry_migrations_storage_{os.getpid()}"
+    await recreate_database(name)
+    url = f"{SERVER}/{name}"
+    try:
+        await migrate(url, revision="0010")
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        try:
+            tenants = [await conn.fetchval("INSERT INTO tenants (name) VALUES ($1) RETURNING id", n) for n in "ab"]
+            rows = [(tenants[0], "k1", '"é"', 4), (tenants[0], "ключ", "[1,2]", 5), (tenants[1], "x", "{}", 2)]
+            await conn.executemany(
+                "INSERT INTO tenant_data (tenant_id, key, value, size_bytes) VALUES ($1, $2, $3::jsonb, $4)", rows
+            )
+            await migrate(url)
+            counted = {
+                r["tenant_id"]: (r["bytes"], r["keys"])
+                for r in await conn.fetch("SELECT tenant_id, bytes, keys FROM tenant_storage")
+            }
+        finally:
+            await conn.close()
+        # Key bytes in UTF-8 ("ключ" is 8) plus each value's size_bytes.
+        assert counted == {tenants[0]: (2 + 4 + 8 + 5, 2), tenants[1]: (1 + 2, 1)}
     finally:
         await recreate_database(name, create=False)
 
@@ -98,7 +128,7 @@ async def test_the_roll_ups_revision_counts_the_events_and_refusals_stored_befor
     await recreate_database(name)
     url = f"{SERVER}/{name}"
     try:
-        await migrate(url, revision="0010")
+        await migrate(url, revision="0012")
         conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
         try:
             tenant = await conn.fetchval("INSERT INTO tenants (name, plan) VALUES ('old', 'free') RETURNING id")

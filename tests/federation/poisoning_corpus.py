@@ -273,4 +273,15 @@ CLEAN: list[dict[str, Any]] = [
     tool(
         "explain_error", "Explains an error message from the build logs and suggests a fix.", message="The error text."
     ),
+    {  # a JSON Schema 2020-12 schema names its dialect and refers to its own definitions by URI
+        "name": "save_address",
+        "description": "Saves a postal address for the current customer.",
+        "inputSchema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://example.com/schemas/address",
+            "type": "object",
+            "$defs": {"street": {"type": "string", "description": "Street and number."}},
+            "properties": {"street": {"$ref": "#/$defs/street"}},
+        },
+    },
 ]

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tenantry.gateway.server import LIMIT_EXCEEDED
+from tenantry.gateway.context import LIMIT_EXCEEDED
 from tenantry.settings import Settings
 from tests.conftest import OPS, Admin, TenantHandle, serve
 from tests.federation.test_upstreams import add_upstream

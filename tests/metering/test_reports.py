@@ -83,8 +83,10 @@ async def test_a_report_after_real_calls_shows_calls_errors_refusals_latency_and
         assert latency["p95"] in (*LATENCY_BOUNDS_MS, latency["max"])
     assert report["totals"]["errors"] == {"key_not_found": 1}
     assert report["resources"] == report["prompts"] == {}
-    assert report["quota"]["calls"]["limit"] == 6
-    assert 0 < report["quota"]["calls"]["used"] <= 6  # a sliding window: less only if it rolled over meanwhile
+    calls_quota = report["quotas"]["calls_per_window"]
+    assert calls_quota["limit"] == 6
+    assert 0 < calls_quota["used"] <= 6  # a sliding window: less only if it rolled over meanwhile
+    assert report["quotas"]["storage_keys"]["used"] == 3  # every kind, as the usage API shows them
     # The series plots the same calls, one point per UTC day.
     assert sum(p["calls"] for p in report["series"]) == report["totals"]["calls"]
     assert sum(p["refusals"] for p in report["series"]) == 1
@@ -104,7 +106,8 @@ async def test_a_report_after_real_calls_shows_calls_errors_refusals_latency_and
         bad = await client.call_tool("usage_summary", {"report": True, "bucket": "week"})
     assert not own.is_error, own.content
     assert own.structured_content["tools"] == report["tools"]
-    assert own.structured_content["quota"]["calls"]["limit"] == 100
+    assert own.structured_content["quotas"]["calls_per_window"]["limit"] == 100
+    assert own.structured_content["quotas"]["max_tools"]["used"] is not None  # the gateway counts its tools
     assert bad.is_error
     assert bad.structured_content["error"] == "invalid_arguments"
 

@@ -138,13 +138,16 @@ async def tenant_usage(
     since: Annotated[datetime | None, Query(description="ISO 8601; default 24 h before `until`")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601; default now")] = None,
 ) -> dict[str, Any]:
-    """Calls and units per tool in [since, until), and the tenant's quota window now."""
+    """Calls and units per tool in [since, until), the tenant's quota window now, and every kind of quota
+    as used/limit (`quotas`)."""
     tid = _tenant_id(tenant_id)
     start, end = time_range(since, until)
     async with services.db.system() as conn:
         tenant = await tenant_service.get_tenant(conn, tid)
-        limits = services.plans.limits(tenant.plan, tenant.limits)
-        return await summarize(conn, services.meter, tid, limits, start, end)
+    limits = services.plans.limits(tenant.plan, tenant.limits)
+    tools = await services.tool_counts(tid, limits)
+    async with services.db.system() as conn:
+        return await summarize(conn, services.meter, tid, limits, start, end, tool_counts=tools)
 
 
 @router.post("/tenants/{tenant_id}/keys", status_code=201, dependencies=[AdminDep])

@@ -19,5 +19,5 @@ Subject = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\
 Role = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 Roles = Annotated[list[Role], Field(max_length=32)]
 # A tool name pattern (a glob over full tool names: built-ins and `<upstream>__<tool>`).
-ToolPattern = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_*?.:-]+$")]
+ToolPattern = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_*?.:+/%=&~@#,;!$-]+$")]
 ToolScope = Annotated[list[ToolPattern], Field(max_length=200)]

@@ -9,7 +9,10 @@ exists nor make the gateway contact its upstreams) and `/metrics`.
 Each check answers on its own, within a timeout, and is named in the body;
 any failing check makes the answer 503 (`upstream_changes`, the listener
 for upstream changes, is reported but never fails: while it is down the
-discovery TTL still bounds staleness). The RLS canary runs as the
+discovery TTL still bounds staleness; `quotas`, every kind of quota as
+used/limit, fails only when the counts cannot be read: a tenant at its
+limit is refused as its plan says, which is the gateway working, so it is
+listed in `at_limit`, not degraded). The RLS canary runs as the
 application role, the way tool calls do, and proves both halves of
 isolation: the bound tenant sees exactly its own rows, and nothing of
 anyone else's (nor anything at all when no tenant is bound).
@@ -36,6 +39,7 @@ from tenantry.api.deps import OpsDep, ServicesDep, is_ops, require_ops
 from tenantry.api.openapi import errors
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
 from tenantry.metering.drain import dead_letter_key, oldest_undrained_age_ms
+from tenantry.metering.quotas import at_limit, quota_usage
 from tenantry.plans import Limits
 from tenantry.services import Services
 from tenantry.tenancy import parse_tenant_id
@@ -170,6 +174,16 @@ async def _quota(s: Services, tenant_id: uuid.UUID, limits: Limits) -> Check:
     return {"status": "ok", **(await s.meter.usage(tenant_id, limits))}
 
 
+async def _quotas(s: Services, tenant_id: uuid.UUID, limits: Limits) -> Check:
+    """Every kind of quota as used/limit, and which are at their limit. A tenant at (or past) a limit is
+    being refused as its plan says, which is the gateway working: ok. It fails only when the counts
+    cannot be read (the meter's Redis, the database), which the `redis`/`database` checks explain."""
+    tools = await s.tool_counts(tenant_id, limits)
+    async with s.db.system() as conn:
+        found = await quota_usage(conn, s.meter, tenant_id, limits, tools=tools)
+    return {"status": "ok", "at_limit": at_limit(found), **found}
+
+
 async def _upstreams(s: Services, tenant_id: uuid.UUID) -> dict[str, Check]:
     """One check per upstream of the tenant, discovered live (bounded by the upstream timeouts)."""
     try:
@@ -205,8 +219,12 @@ async def health(
         _run(lambda: _ledger(services)),
     ]
     if tenant_id is not None:
-        names += ["rls_canary", "quota"]
-        jobs += [_run(lambda: _rls_canary(services, tenant_id)), _run(lambda: _quota(services, tenant_id, limits))]
+        names += ["rls_canary", "quota", "quotas"]
+        jobs += [
+            _run(lambda: _rls_canary(services, tenant_id)),
+            _run(lambda: _quota(services, tenant_id, limits)),
+            _run(lambda: _quotas(services, tenant_id, limits)),
+        ]
     if billing_configured(services.settings):
         for name, check in billing_checks(services.db, services.settings).items():
             names.append(name)

@@ -46,13 +46,17 @@ class UpstreamPatch(BaseModel):
     costs: dict[str, int] | None = Field(default=None, max_length=1000)
 
 
-async def _tenant(services: Services, tenant_id: str) -> uuid.UUID:
+async def _tenant_record(services: Services, tenant_id: str) -> tenant_service.Tenant:
     tid = parse_tenant_id(tenant_id)
     async with services.db.system() as conn:
         tenant = await tenant_service.get_tenant(conn, tid)
     if tenant.status == TenantStatus.DEPROVISIONED:
         raise Conflict("a deprovisioned tenant has no upstreams", code="tenant_deprovisioned")
-    return tid
+    return tenant
+
+
+async def _tenant(services: Services, tenant_id: str) -> uuid.UUID:
+    return (await _tenant_record(services, tenant_id)).id
 
 
 async def _check_url(services: Services, url: str) -> None:
@@ -62,7 +66,10 @@ async def _check_url(services: Services, url: str) -> None:
 
 @router.post("", status_code=201)
 async def create_upstream(tenant_id: str, body: UpstreamCreate, services: ServicesDep) -> dict[str, Any]:
-    tid = await _tenant(services, tenant_id)
+    """Register an upstream; past the plan's `max_upstreams`, 409 `upstream_quota_exceeded`."""
+    tenant = await _tenant_record(services, tenant_id)
+    tid = tenant.id
+    limits = services.plans.limits(tenant.plan, tenant.limits)
     registry.check_name(body.name)
     registry.check_transport(body.transport)
     registry.check_headers(body.headers)
@@ -78,6 +85,7 @@ async def create_upstream(tenant_id: str, body: UpstreamCreate, services: Servic
             transport=body.transport,
             headers=body.headers,
             costs=body.costs,
+            max_upstreams=limits.max_upstreams,
         )
     services.discovery.invalidate(tid)
     note_change(tid, "upstream.create", created.id, None, created.public())
@@ -154,6 +162,8 @@ async def refresh_upstream(tenant_id: str, upstream_id: uuid.UUID, services: Ser
 
 @router.get("/{upstream_id}/tools")
 async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
+    """Every definition the upstream offers, pinned vs current, by pin key: a tool by its name, a prompt as
+    `prompt:<name>`, a resource as `resource:<uri>`, a template as `template:<uri template>`."""
     tid = await _tenant(services, tenant_id)
     tools = await services.discovery.review(tid, upstream_id)
     async with services.db.tenant(tid) as conn:
@@ -161,8 +171,9 @@ async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: Service
     return {"tools": tools, "drift_log": drift}
 
 
-@router.post("/{upstream_id}/tools/{tool}/approve")
+@router.post("/{upstream_id}/tools/{tool:path}/approve")
 async def approve_tool(tenant_id: str, upstream_id: uuid.UUID, tool: str, services: ServicesDep) -> dict[str, Any]:
+    """Approve the current definition under pin key `tool` (see the review; a key may hold `/`)."""
     tid = await _tenant(services, tenant_id)
     approved = await services.discovery.approve(tid, upstream_id, tool)
     note_change(tid, "tool.approve", f"{upstream_id}/{tool[:200]}", None, approved)

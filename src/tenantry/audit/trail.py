@@ -130,9 +130,10 @@ class AuditTrail:
         event_id: uuid.UUID | None,
         arguments: Any,
         kept: Any = None,
+        method: str = "tools/call",
     ) -> str:
-        """A tool call's record as its document, built directly (every call makes one): an admitted call's
-        record is identified by its usage event's id."""
+        """A tool call's record (or a resource read's, a prompt get's: `method`) as its document, built
+        directly (every call makes one): an admitted call's record is identified by its usage event's id."""
         request = current_request()
         event = None if event_id is None else str(event_id)
         doc: dict[str, Any] = {
@@ -140,7 +141,7 @@ class AuditTrail:
             "at": now_us(),
             "rid": request.request_id if request is not None else "",
             "tr": (request.transport if request is not None else None) or "direct",
-            "m": "tools/call",
+            "m": method,
             "d": ADMITTED if admitted else REFUSED,
             "o": outcome,
             "lat": elapsed_us(started),

@@ -25,8 +25,8 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     since, until = report_range(parse_time(args.since, "--since"), parse_time(args.until, "--until"), args.bucket)
 
     async def work(db: Database) -> dict[str, Any]:
-        # The quota window lives in Redis; a short timeout, so an unreachable Redis costs the report
-        # only its `used` figure (`reports.quota`), not a hang.
+        # The meter's windows live in Redis; a short timeout, so an unreachable Redis costs the report
+        # only its quotas (`reports.quotas`), not a hang. No catalog here: `max_tools` shows no `used`.
         redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         try:
             meter = Meter(redis, key_prefix=settings.redis_key_prefix, timeout_s=2.0)
@@ -59,17 +59,21 @@ def _human(report: dict[str, Any]) -> str:
             )
     if len(lines) == 2:
         lines.append("  (no usage in this range)")
-    calls = report.get("quota", {}).get("calls", {})
-    limit = "unlimited" if calls.get("limit") is None else calls["limit"]
-    used = "unknown" if calls.get("used") is None and calls.get("limit") is not None else calls.get("used", 0)
-    lines.append(f"quota (calls, this window): {used} of {limit}")
+    if report.get("quotas") is None:
+        lines.append(f"quotas: unknown ({report.get('quotas_error')})")
+    else:
+        shown = [
+            f"{kind} {'-' if q['used'] is None else q['used']}/{'unlimited' if q['limit'] is None else q['limit']}"
+            for kind, q in report["quotas"].items()
+        ]
+        lines.append("quotas (used/limit now): " + ", ".join(shown))
     return "\n".join(lines)
 
 
 def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command(
         "report",
-        "A tenant's report: calls, units, errors, refusals and latency per tool, resource and prompt; quota now.",
+        "A tenant's report: calls, units, errors, refusals and latency per tool, resource and prompt; quotas now.",
         cmd_report,
     )
     p.add_argument("--tenant", required=True, help="tenant id")

@@ -20,6 +20,7 @@ from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
 from tenantry.federation import registry
 from tenantry.federation.ssrf import check_url
+from tenantry.plans import PlanBook
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 from tenantry.tenancy import parse_tenant_id
@@ -66,7 +67,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
             args.url, allow_private=settings.upstream_allow_private, allow_loopback=settings.upstream_allow_loopback
         )
         async with db.system() as conn:
-            await tenant_service.get_tenant(conn, tenant_id)
+            tenant = await tenant_service.get_tenant(conn, tenant_id)
+        limits = PlanBook(settings).limits(tenant.plan, tenant.limits)
         async with db.tenant(tenant_id) as conn:
             created = await registry.create_upstream(
                 conn,
@@ -77,6 +79,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
                 transport=args.transport,
                 headers=headers,
                 costs=costs,
+                max_upstreams=limits.max_upstreams,
             )
             after = {**created.public(), "headers": headers}  # only that credentials were set is recorded
             await record_change(conn, tenant_id, "upstream.create", created.id, None, after)

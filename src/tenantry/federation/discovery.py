@@ -1,12 +1,14 @@
-"""Each tenant's upstream tools: discovered live, cached with a TTL, pinned against rug pulls.
+"""Each tenant's upstream offerings: discovered live, cached with a TTL, pinned against rug pulls.
 
 A tenant's view is built from its upstream rows (read under RLS) and each
-upstream's `tools/list`, concurrently; an upstream that fails contributes no
-tools and a failed status, never an exception. Every tool definition is
-pinned (sha256 of name, description, input schema) the first time it is
-seen; a later definition with another digest is withheld from `tools/list`,
-refused on call with `tool_definition_changed`, and logged once in
-`upstream_tool_drift` until an admin approves it. A tenant with no upstreams
+upstream's `tools/list` and, when it offers them, its prompts, resources and
+resource templates, concurrently; an upstream that fails contributes nothing
+and a failed status, never an exception. Every definition (a tool's name,
+description, input schema; what a model reads of a prompt or a resource, see
+`offerings.py`) is pinned (sha256) the first time it is seen; a later
+definition with another digest is withheld from listings, refused on use
+with `<kind>_definition_changed`, and logged once in `upstream_tool_drift`
+until an admin approves it. A tenant with no upstreams
 is cached too, so the built-in path makes no round trip within the TTL.
 
 The TTL bounds staleness; it is not how changes are normally seen. Whoever
@@ -22,94 +24,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import mcp_types as types
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
-from tenantry.errors import Forbidden, NotFound
+from tenantry.errors import NotFound
 from tenantry.federation import registry
 from tenantry.federation.failures import UpstreamError, describe_failure
+from tenantry.federation.offerings import (
+    COST_META,
+    PIN_PROMPT,
+    PIN_RESOURCE,
+    PIN_TEMPLATE,
+    PROMPT,
+    URI_SEPARATOR,
+    Template,
+    TenantView,
+    UpstreamPrompt,
+    UpstreamStatus,
+    UpstreamTool,
+    pin_kind,
+    prompt_name,
+    template_pattern,
+)
 from tenantry.federation.pool import UpstreamPool
 from tenantry.federation.registry import SEPARATOR, Upstream, definition_digest
-from tenantry.federation.screening import Finding, screen
+from tenantry.federation.screening import screen
 from tenantry.settings import Settings
-from tenantry.tools.base import ToolContext
 
 log = logging.getLogger(__name__)
-
-COST_META = "io.tenantry/cost"
-
-
-class PassThrough(BaseModel):
-    """Upstream arguments are validated by the upstream, against the schema it published."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTool:
-    """A catalog entry that forwards to its upstream; withheld when its definition drifted."""
-
-    name: str
-    tool: str
-    upstream: Upstream
-    definition: types.Tool
-    cost: int
-    pool: UpstreamPool
-    withheld: bool = False
-    flagged: bool = False  # withheld because the screener flagged it (else: its definition drifted)
-    arguments: type[BaseModel] = PassThrough
-
-    def precheck(self, args: BaseModel) -> None:
-        """Nothing: the upstream checks its own arguments against the schema it published."""
-
-    async def execute(self, ctx: ToolContext, args: BaseModel) -> types.CallToolResult:
-        if self.withheld:
-            extra = {"upstream": self.upstream.name, "tool": self.tool}
-            if self.flagged:
-                detail = f"the definition of {self.name!r} looks poisoned; an admin must review it"
-                raise Forbidden(detail, code="tool_definition_flagged", extra=extra)
-            detail = f"the definition of {self.name!r} changed since it was approved; an admin must review it"
-            raise Forbidden(detail, code="tool_definition_changed", extra=extra)
-        return await self.pool.call_tool(self.upstream, self.tool, args.model_dump(), ctx.relay)
-
-
-@dataclass
-class UpstreamStatus:
-    upstream: Upstream
-    reachable: bool = False
-    credentials_accepted: bool | None = None
-    detail: str | None = None
-    # The upstream's own definitions as last seen, by its own tool name (for review).
-    current: dict[str, dict[str, Any]] = field(default_factory=dict)
-    drifted: list[str] = field(default_factory=list)
-    # Definitions the screener flagged and no admin approved: withheld, with what was found.
-    flagged: dict[str, list[Finding]] = field(default_factory=dict)
-
-    def check(self) -> dict[str, Any]:
-        ok = self.reachable and not self.drifted and not self.flagged
-        return {
-            "status": "ok" if ok else "fail",
-            "upstream_id": str(self.upstream.id),
-            "reachable": self.reachable,
-            "credentials_accepted": self.credentials_accepted,
-            "tool_count": len(self.current) - len(set(self.drifted) | set(self.flagged)),
-            "drift": sorted(self.drifted),
-            "flagged": sorted(self.flagged),
-            **({"detail": self.detail} if self.detail else {}),
-        }
-
-
-@dataclass
-class TenantView:
-    expires_at: float
-    tools: dict[str, UpstreamTool] = field(default_factory=dict)
-    definitions: list[types.Tool] = field(default_factory=list)
-    statuses: dict[uuid.UUID, UpstreamStatus] = field(default_factory=dict)
 
 
 def _dump(tool: types.Tool) -> dict[str, Any]:
@@ -120,6 +65,7 @@ def _dump(tool: types.Tool) -> dict[str, Any]:
 class Discovery:
     def __init__(self, settings: Settings, db: Database, pool: UpstreamPool) -> None:
         self._ttl = settings.upstream_discovery_ttl_seconds
+        self._prompt_cost = settings.prompt_get_cost
         self._db = db
         self.pool = pool
         self._views: dict[uuid.UUID, TenantView] = {}
@@ -130,7 +76,7 @@ class Discovery:
         # Bumped by every invalidation (per tenant, and for all): a build that saw a bump is not cached.
         self._generations: dict[uuid.UUID, int] = {}
         self._epoch = 0
-        pool.on_tools_changed = self.invalidate
+        pool.listeners.append(self._announced)
 
     @property
     def ttl_seconds(self) -> float:
@@ -145,6 +91,10 @@ class Discovery:
         self._views.pop(tenant_id, None)
         if upstream_id is not None:
             self._statuses.pop((tenant_id, upstream_id), None)
+
+    def _announced(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID, method: str, params: dict[str, Any]) -> None:
+        if method.endswith("/list_changed"):
+            self.invalidate(tenant_id, upstream_id)
 
     def invalidate_tenant(self, tenant_id: uuid.UUID) -> None:
         """Forget the tenant's view and every one of its upstreams' discovered tools."""
@@ -231,37 +181,59 @@ class Discovery:
         statuses = await asyncio.gather(*(discover(row) for row in rows))
         for status in statuses:
             view.statuses[status.upstream.id] = status
-            for entry in self._entries(status):
-                view.tools[entry.name] = entry
-                if not entry.withheld:
-                    view.definitions.append(entry.definition)
+            view.upstreams[status.upstream.name] = status.upstream
+            self._fill(view, status)
         return view
 
-    def _entries(self, status: UpstreamStatus) -> list[UpstreamTool]:
+    def _fill(self, view: TenantView, status: UpstreamStatus) -> None:
+        """Put what `status` offers into `view`, namespaced; withheld entries are known but not listed."""
         upstream = status.upstream
-        entries = []
-        for tool_name, definition in status.current.items():
-            name = f"{upstream.name}{SEPARATOR}{tool_name}"
-            cost = int(upstream.costs.get(tool_name, 1))
-            namespaced = {**definition, "name": name, "_meta": {**definition.get("_meta", {}), COST_META: cost}}
-            entries.append(
-                UpstreamTool(
-                    name=name,
-                    tool=tool_name,
-                    upstream=upstream,
-                    definition=types.Tool.model_validate(namespaced),
-                    cost=cost,
-                    pool=self.pool,
-                    withheld=tool_name in status.drifted or tool_name in status.flagged,
-                    flagged=tool_name in status.flagged,
+        for key, definition in status.current.items():
+            kind, held, flagged = pin_kind(key), key in status.drifted or key in status.flagged, key in status.flagged
+            raw = status.raw.get(key, definition)
+            if kind == "tool":
+                name = f"{upstream.name}{SEPARATOR}{key}"
+                cost = int(upstream.costs.get(key, 1))
+                meta = {**definition.get("_meta", {}), COST_META: cost}
+                tool = UpstreamTool(
+                    name, key, upstream, types.Tool.model_validate({**definition, "name": name, "_meta": meta}),
+                    cost, self.pool, held, flagged,
+                )  # fmt: skip
+                view.tools[name] = tool
+                if not held:
+                    view.definitions.append(tool.definition)
+            elif kind == "prompt":
+                own = key.removeprefix(PIN_PROMPT)
+                name = prompt_name(upstream.name, own)
+                cost = int(upstream.costs.get(key, self._prompt_cost))
+                prompt = types.Prompt.model_validate({**raw, "name": name})
+                view.prompts[name] = UpstreamPrompt(
+                    PROMPT + name, own, upstream, prompt, cost, self.pool, held, flagged
                 )
-            )
-        return entries
+                if not held:
+                    view.prompt_definitions.append(prompt)
+            elif kind == "resource":
+                uri = f"{upstream.name}{URI_SEPARATOR}{key.removeprefix(PIN_RESOURCE)}"
+                resource = types.Resource.model_validate({**raw, "uri": uri})
+                view.resources[uri] = (resource, held, flagged)
+                if not held:
+                    view.resource_definitions.append(resource)
+            else:
+                own = key.removeprefix(PIN_TEMPLATE)
+                template = types.ResourceTemplate.model_validate(
+                    {**raw, "uriTemplate": f"{upstream.name}{URI_SEPARATOR}{own}"}
+                )
+                view.templates.setdefault(upstream.name, []).append(
+                    Template(template, own, template_pattern(own), held, flagged)
+                )
+                if not held:
+                    view.template_definitions.append(template)
 
     async def _discover(self, upstream: Upstream) -> UpstreamStatus:
         status = UpstreamStatus(upstream)
         try:
             tools = await self.pool.list_tools(upstream)
+            offered = await self._offered(upstream)
         except UpstreamError as exc:
             status.detail = f"{exc.code}: {exc.detail}"
             refused = exc.extra.get("credentials_refused")
@@ -271,7 +243,10 @@ class Discovery:
             return status
         status.reachable = status.credentials_accepted = True
         status.current = {tool.name: _dump(tool) for tool in tools if SEPARATOR not in tool.name}
-        siblings = frozenset(status.current)
+        for key, raw in offered.items():
+            status.raw[key] = raw
+            status.current[key] = pinned_form(key, raw)
+        siblings = frozenset(key for key in status.current if pin_kind(key) == "tool")
         async with self._db.tenant(upstream.tenant_id) as conn:
             pins = await registry.pins_for(conn, upstream.id)
             for tool_name, definition in status.current.items():
@@ -281,7 +256,7 @@ class Discovery:
                     # Screened at every discovery: withheld until an admin approves this very definition.
                     status.flagged[tool_name] = findings
                     log.warning(
-                        "tool %r of upstream %s (tenant %s) looks poisoned (%s); withheld until approved",
+                        "%r of upstream %s (tenant %s) looks poisoned (%s); withheld until approved",
                         tool_name,
                         upstream.name,
                         upstream.tenant_id,
@@ -294,12 +269,46 @@ class Discovery:
                     status.drifted.append(tool_name)
                     if await registry.record_drift(conn, upstream.tenant_id, upstream.id, pin, definition):
                         log.warning(
-                            "tool %r of upstream %s (tenant %s) changed its definition; withheld until approved",
+                            "%r of upstream %s (tenant %s) changed its definition; withheld until approved",
                             tool_name,
                             upstream.name,
                             upstream.tenant_id,
                         )
         return status
+
+    async def _offered(self, upstream: Upstream) -> dict[str, dict[str, Any]]:
+        """The upstream's prompts, resources and templates (as it sent them) by pin key, for what its
+        handshake says it offers. A kind that fails to list is left out (and logged), not the upstream."""
+        capabilities = await self.pool.capabilities(upstream)
+        kinds = []
+        if isinstance(capabilities.get("prompts"), dict):
+            kinds.append(("prompts/list", "prompts", "name", PIN_PROMPT))
+        if isinstance(capabilities.get("resources"), dict):
+            kinds.append(("resources/list", "resources", "uri", PIN_RESOURCE))
+            kinds.append(("resources/templates/list", "resourceTemplates", "uriTemplate", PIN_TEMPLATE))
+        offered: dict[str, dict[str, Any]] = {}
+        for method, items, key, prefix in kinds:
+            try:
+                for item in await self._pages(upstream, method, items):
+                    if isinstance(item, dict) and isinstance(item.get(key), str) and item[key]:
+                        offered[prefix + item[key]] = item
+            except UpstreamError as exc:
+                log.warning("%s of upstream %s (tenant %s) failed: %s", method, upstream.name, upstream.tenant_id, exc)
+        return offered
+
+    async def _pages(self, upstream: Upstream, method: str, items: str) -> list[Any]:
+        """Every page of a listing (at most 50 pages and 1,000 items: an upstream cannot keep the gateway
+        paging, or fill its memory)."""
+        found: list[Any] = []
+        cursor: str | None = None
+        for _ in range(50):
+            result = await self.pool.request(upstream, method, {"cursor": cursor} if cursor else {})
+            page = result.get(items)
+            found.extend(page if isinstance(page, list) else [])
+            cursor = result.get("nextCursor")
+            if not isinstance(cursor, str) or not cursor or len(found) >= _MAX_OFFERED:
+                break
+        return found[:_MAX_OFFERED]
 
     async def review(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID) -> list[dict[str, Any]]:
         """Each tool: pinned vs current definition and its status (approved, changed, removed)."""
@@ -338,3 +347,19 @@ class Discovery:
             pin = await registry.pin_tool(conn, tenant_id, upstream_id, definition, reviewed=True)
         self.invalidate(tenant_id, upstream_id)
         return {"tool": tool, "status": "approved", "sha256": pin.sha256}
+
+
+_MAX_OFFERED = 1000
+
+
+def pinned_form(key: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """What a model reads of a prompt, resource or template, shaped like a tool definition so that one
+    digest and one screener serve every kind: its pin key as the name, its title and description, and
+    the rest it reads (a prompt's arguments, a resource's name and media type) as the input schema."""
+    if key.startswith(PIN_PROMPT):
+        read: dict[str, Any] = {"arguments": raw.get("arguments") or []}
+    else:
+        read = {k: raw[k] for k in ("name", "mimeType") if isinstance(raw.get(k), str)}
+    form = {"name": key, "inputSchema": read}
+    form.update({k: raw[k] for k in ("title", "description") if isinstance(raw.get(k), str)})
+    return form

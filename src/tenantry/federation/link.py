@@ -26,7 +26,9 @@ What one `HttpLink` (one upstream session of one tenant) does:
   (sampling, elicitation, roots), whose answers it posts back. Without a
   relay, server requests are answered with an error and notifications dropped.
 - **The standalone stream** (GET), when the upstream offers one, delivers
-  `notifications/tools/list_changed` to `on_notification`; it reconnects
+  what concerns the link rather than one call (`NOTICES`: list changes of
+  tools, prompts and resources, and updates of subscribed resources) to
+  `on_notification`, from whichever stream they come on; it reconnects
   with backoff, and stops when the upstream says it has none (405).
 """
 
@@ -63,6 +65,16 @@ CLIENT_INFO: Final = {"name": "tenantry-gateway", "version": "0.1.0"}
 # What the gateway can relay to the agent behind a call; the relay refuses a request its agent cannot take.
 CLIENT_CAPABILITIES: Final[dict[str, dict[str, Any]]] = {"sampling": {}, "elicitation": {}, "roots": {}}
 
+
+# What an upstream announces about itself (not about one call): handed to `on_notification`.
+NOTICES: Final = frozenset(
+    {
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/resources/list_changed",
+        "notifications/resources/updated",
+    }
+)
 
 _SESSION_ID: Final = re.compile(r"[\x21-\x7e]{1,256}")
 # A tools/call is not retried on a fresh connection (the upstream may have run it), so it only
@@ -107,6 +119,8 @@ class HttpLink:
         self._ids = 0
         self._session: Session = (None, PROTOCOL_VERSION)
         self.server_info: dict[str, Any] = {}
+        # What the upstream said it offers (`prompts`, `resources`, ...) in its initialize result.
+        self.capabilities: dict[str, Any] = {}
         self._standalone: asyncio.Task[None] | None = None
         self._answers: set[asyncio.Task[None]] = set()
         self._handshake = asyncio.Lock()
@@ -143,6 +157,8 @@ class HttpLink:
         session = (session_id, version)
         await self._post_message({"jsonrpc": "2.0", "method": "notifications/initialized"}, session)
         self.server_info = result.get("serverInfo") or {}
+        capabilities = result.get("capabilities")
+        self.capabilities = capabilities if isinstance(capabilities, dict) else {}
         self._session = session
 
     async def aclose(self) -> None:
@@ -257,7 +273,7 @@ class HttpLink:
             self._release(response.conn, response)
 
     async def _notified(self, message: dict[str, Any], relay: Relay | None) -> None:
-        if message.get("method") == "notifications/tools/list_changed":
+        if message.get("method") in NOTICES:
             self._on_notification(message)
         elif relay is not None:
             params = message.get("params")

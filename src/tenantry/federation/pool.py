@@ -3,10 +3,7 @@
 One pool entry per (tenant_id, upstream_id): never shared between tenants,
 even when two tenants name the same URL, because each carries its own
 credential. An entry holds one upstream session, built once and reused by
-every call (no handshake per call): for streamable HTTP the gateway's own
-lean client (`wire.HttpLink`: raw JSON-RPC on keep-alive connections, which
-relays what the upstream sends during a call to the calling agent); for
-legacy SSE the SDK's `Client`, which relays progress only. A background task
+every call (no handshake per call; `session.py` says what one is). A background task
 owns each session (the SDK's transports are anyio task groups that must be
 exited by the task that entered them). The pool is an LRU bounded in size
 with an idle TTL; a breaker per key fails fast after repeated failures.
@@ -25,7 +22,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 import mcp_types as types
@@ -37,6 +34,7 @@ from tenantry.federation.failures import Breaker, UpstreamError, describe_failur
 from tenantry.federation.http1 import Http1Client
 from tenantry.federation.link import HttpLink
 from tenantry.federation.registry import Upstream
+from tenantry.federation.session import SDK_NOTICES, HttpSession, Link, SdkSession
 from tenantry.federation.ssrf import check_url
 from tenantry.observability import Tracing
 from tenantry.secrets import SecretBox
@@ -47,70 +45,9 @@ log = logging.getLogger(__name__)
 
 Key = tuple[uuid.UUID, uuid.UUID]
 Clock = Callable[[], float]
+# What an upstream announced (link.NOTICES): (tenant, upstream, method, params).
+Notice = Callable[[uuid.UUID, uuid.UUID, str, dict[str, Any]], None]
 T = TypeVar("T")
-
-
-class Link(Protocol):
-    """One open session to an upstream."""
-
-    async def list_tools(self) -> list[types.Tool]: ...
-
-    async def call_tool(self, tool: str, arguments: dict[str, Any], relay: Relay | None) -> types.CallToolResult: ...
-
-
-async def _all_pages(page: Callable[[str | None], Awaitable[types.ListToolsResult]]) -> list[types.Tool]:
-    """Every page of `tools/list` (at most 50: an upstream cannot keep the gateway paging forever)."""
-    tools: list[types.Tool] = []
-    cursor: str | None = None
-    for _ in range(50):
-        result = await page(cursor)
-        tools.extend(result.tools)
-        cursor = result.next_cursor
-        if not cursor:
-            break
-    return tools
-
-
-class _HttpSession:
-    """MCP over the lean streamable-HTTP client."""
-
-    def __init__(self, link: HttpLink) -> None:
-        self.link = link
-
-    async def list_tools(self) -> list[types.Tool]:
-        async def page(cursor: str | None) -> types.ListToolsResult:
-            result = await self.link.request("tools/list", {"cursor": cursor} if cursor else None)
-            return types.ListToolsResult.model_validate(result)
-
-        return await _all_pages(page)
-
-    async def call_tool(self, tool: str, arguments: dict[str, Any], relay: Relay | None) -> types.CallToolResult:
-        params: dict[str, Any] = {"name": tool, "arguments": arguments}
-        token = relay.progress_token if relay is not None else None
-        if token is not None:
-            params["_meta"] = {"progressToken": token}
-        return types.CallToolResult.model_validate(await self.link.request("tools/call", params, relay))
-
-
-class _SdkSession:
-    """MCP over the SDK's client (legacy SSE): progress is relayed, server requests are not."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    async def list_tools(self) -> list[types.Tool]:
-        return await _all_pages(lambda cursor: self.client.list_tools(cursor=cursor, cache_mode="bypass"))
-
-    async def call_tool(self, tool: str, arguments: dict[str, Any], relay: Relay | None) -> types.CallToolResult:
-        token = relay.progress_token if relay is not None else None
-        if relay is None or token is None:
-            return await self.client.call_tool(tool, arguments)
-
-        async def progress(progress: float, total: float | None, message: str | None) -> None:
-            params = {"progressToken": token, "progress": progress, "total": total, "message": message}
-            await relay.notify("notifications/progress", {k: v for k, v in params.items() if v is not None})
-
-        return await self.client.call_tool(tool, arguments, progress_callback=progress)
 
 
 @dataclass
@@ -137,7 +74,10 @@ class UpstreamPool:
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._breakers: dict[Key, Breaker] = {}
         self._swept_at = clock()
-        self.on_tools_changed: Callable[[uuid.UUID, uuid.UUID], None] = lambda tenant_id, upstream_id: None
+        # Who hears what upstreams announce (discovery: list changes; the gateway: resource updates).
+        self.listeners: list[Notice] = []
+        # Resources the gateway subscribed to per session, so a new session subscribes to them again.
+        self._subscribed: dict[Key, set[str]] = {}
 
     def breaker(self, key: Key) -> Breaker:
         found = self._breakers.get(key)
@@ -165,6 +105,41 @@ class UpstreamPool:
 
         with self._tracing.span("upstream tools/call", **{"tenantry.upstream": upstream.name, "tenantry.tool": tool}):
             return await self._run(upstream, work)
+
+    async def request(self, upstream: Upstream, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Any other request to the upstream, on the tenant's pooled session (see `Link.request`)."""
+
+        async def work(client: Link) -> dict[str, Any]:
+            return await client.request(method, params)
+
+        with self._tracing.span(f"upstream {method}", **{"tenantry.upstream": upstream.name}):
+            return await self._run(upstream, work)
+
+    async def capabilities(self, upstream: Upstream) -> dict[str, Any]:
+        """What the upstream offers, from the handshake of the tenant's session (opened if need be)."""
+
+        async def work(client: Link) -> dict[str, Any]:
+            return client.capabilities
+
+        return await self._run(upstream, work)
+
+    async def subscribe(self, upstream: Upstream, uri: str, *, on: bool = True) -> None:
+        """Subscribe to (or, `on=False`, unsubscribe from) the upstream resource `uri` for this tenant;
+        remembered, so a session the pool opens later subscribes again."""
+        key = (upstream.tenant_id, upstream.id)
+        uris = self._subscribed.setdefault(key, set())
+        if on:
+            uris.add(uri)
+        else:
+            uris.discard(uri)
+        await self.request(upstream, "resources/subscribe" if on else "resources/unsubscribe", {"uri": uri})
+
+    def _announce(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID, method: str, params: Any) -> None:
+        for listener in self.listeners:
+            try:
+                listener(tenant_id, upstream_id, method, params if isinstance(params, dict) else {})
+            except Exception:  # one listener's bug must not break the link's reading
+                log.exception("a listener of %s from upstream %s failed", method, upstream_id)
 
     async def _run(self, upstream: Upstream, work: Callable[[Link], Awaitable[T]]) -> T:
         key = (upstream.tenant_id, upstream.id)
@@ -262,8 +237,9 @@ class UpstreamPool:
             entry.last_status = response.status_code
 
         async def notice(message: Any) -> None:
-            if isinstance(message, types.ToolListChangedNotification):
-                self.on_tools_changed(tenant_id, upstream.id)
+            if isinstance(message, SDK_NOTICES):
+                params = message.params.model_dump(by_alias=True, mode="json") if message.params else {}
+                self._announce(tenant_id, upstream.id, message.method, params)
 
         try:
             # Checked again at connect time: the name may resolve elsewhere than at registration.
@@ -286,7 +262,7 @@ class UpstreamPool:
                     client = await stack.enter_async_context(
                         Client(transport, mode="legacy", cache=None, message_handler=notice)
                     )
-                    entry.client = _SdkSession(client)
+                    entry.client = SdkSession(client)
                 else:
                     http = Http1Client(
                         upstream.url,
@@ -298,12 +274,13 @@ class UpstreamPool:
                     )
                     link = HttpLink(
                         http,
-                        on_notification=lambda message: self.on_tools_changed(tenant_id, upstream.id),
+                        on_notification=lambda m: self._announce(tenant_id, upstream.id, m["method"], m.get("params")),
                         trace_headers=self._tracing.trace_headers,
                     )
                     stack.push_async_callback(link.aclose)
                     await link.start()
-                    entry.client = _HttpSession(link)
+                    entry.client = HttpSession(link)
+                await self._resubscribe(entry.client, (tenant_id, upstream.id))
                 entry.ready.set()
                 await entry.closing.wait()
         except asyncio.CancelledError:
@@ -313,6 +290,13 @@ class UpstreamPool:
         finally:
             entry.client = None if entry.closing.is_set() or entry.error else entry.client
             entry.ready.set()
+
+    async def _resubscribe(self, client: Link, key: Key) -> None:
+        for uri in sorted(self._subscribed.get(key, ())):
+            try:
+                await client.request("resources/subscribe", {"uri": uri})
+            except Exception as exc:  # the session is still good for everything else
+                log.warning("resubscribing to a resource of upstream %s failed: %s", key[1], type(exc).__name__)
 
     async def _evict(self, now: float, keep: Key) -> None:
         idle = self._settings.upstream_idle_ttl_seconds
@@ -341,6 +325,7 @@ class UpstreamPool:
     async def close_tenant_upstream(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID) -> None:
         await self.close((tenant_id, upstream_id))
         self._breakers.pop((tenant_id, upstream_id), None)
+        self._subscribed.pop((tenant_id, upstream_id), None)
 
     async def close_tenant(self, tenant_id: uuid.UUID) -> None:
         """Close every session of the tenant (suspended or offboarded: its credentials must not linger)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -123,7 +123,11 @@ async def create_upstream(
     transport: str,
     headers: dict[str, str],
     costs: dict[str, int],
+    max_upstreams: int | None = None,
 ) -> Upstream:
+    """Register an upstream; past `max_upstreams` (the tenant's plan), 409 `upstream_quota_exceeded`."""
+    if max_upstreams is not None:
+        await _check_room(conn, tenant_id, max_upstreams)
     values = {
         "tenant_id": tenant_id,
         "id": uuid.uuid4(),
@@ -140,6 +144,25 @@ async def create_upstream(
     except IntegrityError as exc:
         raise Conflict(f"this tenant already has an upstream named {name!r}", code="upstream_exists") from exc
     return Upstream(*row)
+
+
+# Creates of one tenant's upstreams queue here until the creator's transaction ends, so each counts
+# what the ones before it committed: N concurrent creates against a limit of L make at most L. An
+# advisory lock, because the application role may not lock the tenant's row (it can only read it).
+_LOCK_UPSTREAMS = text(
+    "SELECT pg_advisory_xact_lock(hashtext('tenantry.upstreams'), hashtext(CAST(:tenant_id AS text)))"
+)
+
+
+async def _check_room(conn: AsyncConnection, tenant_id: uuid.UUID, limit: int) -> None:
+    await conn.execute(_LOCK_UPSTREAMS, {"tenant_id": str(tenant_id)})
+    used = int((await conn.execute(select(func.count()).select_from(upstreams))).scalar_one())
+    if used >= limit:
+        raise Conflict(
+            f"this tenant has {used} upstream(s) and its plan allows {limit}; remove one first",
+            code="upstream_quota_exceeded",
+            extra={"quota": "max_upstreams", "used": used, "limit": limit},
+        )
 
 
 async def list_upstreams(conn: AsyncConnection) -> list[Upstream]:

@@ -82,6 +82,11 @@ class Finding:
         return {"kind": self.kind, "where": self.where, "detail": self.detail}
 
 
+# JSON Schema's own keywords whose values are URIs (`"$schema": "https://json-schema.org/..."`), not prose
+# a model reads: a link planted in them would do nothing, and every 2020-12 schema names one.
+_SCHEMA_REFERENCES = frozenset({"$schema", "$id", "$ref"})
+
+
 def _texts(definition: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(path, text) of every string a model reads in a definition."""
     yield "name", str(definition.get("name", ""))
@@ -98,7 +103,7 @@ def _texts(definition: dict[str, Any]) -> Iterator[tuple[str, str]]:
                 stack.append((f"{path}.{key}", value))
         elif isinstance(node, list):
             stack.extend((f"{path}[{i}]", value) for i, value in enumerate(node))
-        elif isinstance(node, str):
+        elif isinstance(node, str) and path.rsplit(".", 1)[-1] not in _SCHEMA_REFERENCES:
             yield path, node
 
 

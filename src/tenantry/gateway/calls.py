@@ -1,7 +1,10 @@
 """One tool call, the same for every path: catalog -> validate -> meter -> execute -> ledger.
 
 Both the MCP handler and the REST bridge call `ToolCalls.call`, so a rule
-added here holds on every path. The order matters:
+added here holds on every path. A resource read and a prompt get are run
+here too, as calls named `resource:<uri>` and `prompt:<name>` (`method` says
+which), so policy, kill switches, metering, guardrails and audit hold for
+them alike. The order matters:
 
 - an unknown tool or invalid arguments is refused before the meter, so bad
   input consumes no quota and leaves no usage event;
@@ -22,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import mcp_types as types
 from pydantic import ValidationError
@@ -33,16 +36,17 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry.audit.trail import AuditTrail
 from tenantry.db.engine import Database
-from tenantry.errors import BadRequest, InternalError, NotFound, TenantryError, Unavailable
+from tenantry.errors import BadRequest, InternalError, TenantryError, Unavailable
 from tenantry.federation.registry import SEPARATOR
-from tenantry.gateway.catalog import Catalog, CatalogEntry
+from tenantry.gateway.arguments import describe, refuse_unrepresentable, unknown
+from tenantry.gateway.catalog import RESOURCE_READ, TOOL_CALL, Catalog, CatalogEntry
 from tenantry.gateway.outcomes import ToolOutcome, guarded, refusal
 from tenantry.governance.gate import GOVERNANCE_CODES, Gate
 from tenantry.governance.guardrails import OutputGuard, redacted
 from tenantry.governance.policy import Policy
 from tenantry.ids import time_ordered_id
 from tenantry.metering.ledger import Ledger, LedgerUnavailable, UsageEvent
-from tenantry.metering.meter import Decision, Meter, wall_clock_ms
+from tenantry.metering.meter import Decision, Meter, QuotaKind, wall_clock_ms
 from tenantry.metrics import Metrics
 from tenantry.observability import Tracing, current_request, note
 from tenantry.plans import PlanBook
@@ -51,50 +55,17 @@ from tenantry.tenancy import Principal, in_scope
 from tenantry.tools.base import Relay, ToolContext
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-_MAX_DEPTH = 64
 # Refusals decided before the meter was asked: these requests count against the rate separately.
 # What a subject probing for tools gets: an unknown tool counts like a hidden one (they look the same).
-_PROBES = frozenset({"tool_forbidden", "unknown_tool", "argument_forbidden"})
+_PROBES = frozenset({"tool_forbidden", "unknown_tool", "resource_not_found", "prompt_not_found", "argument_forbidden"})
 _BEFORE_THE_METER = frozenset(
-    {"unknown_tool", "invalid_arguments", "value_too_large", "argument_forbidden", "argument_invalid"}
-)
-
-
-def refuse_unrepresentable(value: Any, *, nul_allowed: bool, depth: int = 0) -> None:
-    """Refuse (400 `invalid_arguments`) what no tool can be given: numbers JSON cannot carry (NaN,
-    infinities, which a lenient JSON parser lets through), strings that are not Unicode text (lone
-    surrogates), nesting deeper than 64, and, unless `nul_allowed` (upstream tools, which get JSON),
-    NUL characters, which PostgreSQL cannot store. The message says where, never what."""
-    if depth > _MAX_DEPTH:
-        raise BadRequest(f"arguments nest deeper than {_MAX_DEPTH} levels", code="invalid_arguments")
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadRequest("a string holds a lone surrogate, which is not text", code="invalid_arguments") from None
-        if not nul_allowed and "\x00" in value:
-            raise BadRequest("a string holds a NUL character, which cannot be stored", code="invalid_arguments")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise BadRequest("a number is NaN or infinite, which JSON cannot carry", code="invalid_arguments")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            refuse_unrepresentable(key, nul_allowed=nul_allowed, depth=depth + 1)
-            refuse_unrepresentable(item, nul_allowed=nul_allowed, depth=depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            refuse_unrepresentable(item, nul_allowed=nul_allowed, depth=depth + 1)
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(part) for part in error["loc"]) or "arguments"
-        # A pattern's own text is no help (and can hold control characters): say what it asks for.
-        message = "must be printable text" if error["type"] == "string_pattern_mismatch" else error["msg"]
-        problems.append(f"{where}: {message}")
-    return "; ".join(problems)
+    {
+        "unknown_tool", "resource_not_found", "prompt_not_found", "invalid_arguments", "value_too_large",
+        "argument_forbidden", "argument_invalid",
+    }
+)  # fmt: skip
 
 
 class ToolCalls:
@@ -124,17 +95,29 @@ class ToolCalls:
         self._audit = audit if audit is not None and audit.enabled else None
         self._metering = settings.metering_enabled
         self._call_timeout_ms = int(settings.call_timeout_seconds * 1000)
+        # Told of every call that ended ok, with its validated arguments (resource subscriptions
+        # hear of data-store writes so).
+        self.observers: list[Callable[[Principal, str, Any], None]] = []
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
 
     async def list_tools(self, principal: Principal) -> list[types.Tool]:
         """The tools `principal` may call: the catalog, less what its credential's own tool scope and the
         tenant's policy hide from it."""
         tools = await self._catalog.list_tools(principal)
+        return await self.visible(principal, tools, lambda tool: tool.name)
+
+    async def visible(self, principal: Principal, items: list[T], name: Callable[[T], str]) -> list[T]:
+        """`items` less what `principal`'s credential scope and the tenant's policy hide from it, each
+        item known by its pipeline name (`name(item)`: a tool's name, `resource:<uri>`, `prompt:<name>`)."""
         if principal.tools is not None:
-            tools = [tool for tool in tools if in_scope(principal, tool.name)]
+            items = [item for item in items if in_scope(principal, name(item))]
         policy = await self._gate.policy(principal) if self._gate is not None else None
         if policy is None:
-            return tools
-        return [tool for tool in tools if policy.may_call(principal, tool.name)]
+            return items
+        return [item for item in items if policy.may_call(principal, name(item))]
 
     def refused_at_once(self, principal: Principal, name: str) -> TenantryError | None:
         """A call refused from memory alone, whatever its arguments: its tenant is over its request rate
@@ -163,10 +146,16 @@ class ToolCalls:
         return refusal(decision, principal, None, 0) if decision.reason == "rate_limited" else None
 
     async def call(
-        self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None = None
+        self,
+        principal: Principal,
+        name: str,
+        arguments: dict[str, Any] | None,
+        relay: Relay | None = None,
+        *,
+        method: str = TOOL_CALL,
     ) -> ToolOutcome:
         try:
-            return await self._call(principal, name, arguments, relay)
+            return await self._call(principal, name, arguments, relay, method)
         except asyncio.CancelledError:
             # The client went away (its request was cancelled) before the call ended: the call's record
             # says so, as the call's own (the outermost middleware leaves tool calls to this pipeline).
@@ -174,26 +163,26 @@ class ToolCalls:
             if self._audit is not None and (request is None or not request.audited):
                 document = self._audit.call(
                     principal, name[:200], "cancelled", admitted=True, started=time.perf_counter(),
-                    event_id=None, arguments=arguments,
+                    event_id=None, arguments=arguments, method=method,
                 )  # fmt: skip
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._audit.write_document(principal.tenant_id, document, request))
             raise
 
     async def _call(
-        self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None
+        self, principal: Principal, name: str, arguments: dict[str, Any] | None, relay: Relay | None, method: str
     ) -> ToolOutcome:
         started = time.perf_counter()
         asked = arguments
         record = current_request()
         attributes = {"tenantry.tenant_id": principal.tenant_id, "tenantry.tool": name[:100]}
         parent = record.trace if record is not None else None
-        with self._tracing.span("tools/call", parent=parent, **attributes) as span:
+        with self._tracing.span(method, parent=parent, **attributes) as span:
             gate = self._gate
             stopped = gate.stopped(principal, name) if gate is not None else None
             if stopped is None:
                 stopped = self.refused_at_once(principal, name)
-            tool = await self._catalog.lookup(principal, name) if stopped is None else None
+            tool = await self._catalog.find(principal, method, name) if stopped is None else None
             policy = await gate.policy(principal) if gate is not None and stopped is None else None
             hidden = tool is not None and (
                 not in_scope(principal, name) or (policy is not None and not policy.may_call(principal, name))
@@ -203,12 +192,11 @@ class ToolCalls:
                 label = self._catalog.label(name)
             elif tool is None or hidden:
                 # A tool the policy hides is refused exactly as an unknown one: no existence oracle.
-                unknown = NotFound(f"no tool named {name[:100]!r}", code="unknown_tool")
-                outcome = ToolOutcome(error=unknown, recorded_as="tool_forbidden" if hidden else None)
+                outcome = ToolOutcome(error=unknown(method, name), recorded_as="tool_forbidden" if hidden else None)
                 label = "_unknown"
             else:
                 upstream = SEPARATOR in name
-                label = "_upstream" if upstream else name  # metric labels stay a bounded set
+                label = self._catalog.label(name)  # metric labels stay a bounded set
                 try:
                     # Everything the caller got wrong is refused here, before the meter: it costs nothing.
                     refuse_unrepresentable(arguments or {}, nul_allowed=upstream)
@@ -217,11 +205,14 @@ class ToolCalls:
                     args = tool.arguments.model_validate(arguments or {})
                     tool.precheck(args)
                 except ValidationError as exc:
-                    outcome = ToolOutcome(error=BadRequest(_describe(exc), code="invalid_arguments"))
+                    outcome = ToolOutcome(error=BadRequest(describe(exc), code="invalid_arguments"))
                 except TenantryError as exc:
                     outcome = ToolOutcome(error=exc)
                 else:
-                    outcome = await self._metered(principal, tool, args, started, relay, policy, asked)
+                    outcome = await self._metered(principal, tool, args, started, relay, policy, asked, method)
+                    if self.observers and outcome.status == "ok":
+                        for observe in self.observers:
+                            observe(principal, name, args)
             if outcome.event_id is None and outcome.error is not None and outcome.error.code in _BEFORE_THE_METER:
                 # Refused before the meter: still a request, and it counts against the rate.
                 over = await self._count_request(principal)
@@ -233,7 +224,7 @@ class ToolCalls:
                     outcome = ToolOutcome(error=escalated)
             status = outcome.status
             if self._audit is not None and outcome.event_id is None:  # no usage event carried its record
-                document = self._audit_document(principal, name, asked, outcome, started, policy)
+                document = self._audit_document(principal, name, asked, outcome, started, policy, method)
                 await self._audit.write_document(principal.tenant_id, document)
             if status in GOVERNANCE_CODES:
                 self._metrics.governance_refusals.labels(status).inc()
@@ -252,6 +243,7 @@ class ToolCalls:
         relay: Relay | None,
         policy: Policy | None,
         asked: dict[str, Any] | None,
+        method: str,
     ) -> ToolOutcome:
         # A withheld upstream tool (its definition drifted) is refused by its own execute(): not metered.
         if not self._metering or getattr(tool, "withheld", False):
@@ -260,8 +252,11 @@ class ToolCalls:
         event_id = time_ordered_id()
         call_id = event_id.hex
         cost = self._plans.cost(tool.name, default=tool.cost)
+        quota: QuotaKind = "reads" if method == RESOURCE_READ else "calls"  # reads have a window of their own
         with self._tracing.span("meter.admit"):
-            decision = await self._meter.admit(tenant_id, call_id, cost, limits, call_timeout_ms=self._call_timeout_ms)
+            decision = await self._meter.admit(
+                tenant_id, call_id, cost, limits, call_timeout_ms=self._call_timeout_ms, quota=quota
+            )
         self._observe_decision(principal, decision)
         if not decision.admitted:
             return ToolOutcome(error=refusal(decision, principal, tool.name, cost))
@@ -281,7 +276,7 @@ class ToolCalls:
         audit = None
         if self._audit is not None:  # the call's audit record rides in its usage event's entry
             ended = replace(outcome, event_id=event_id)
-            audit = self._audit_document(principal, tool.name, asked, ended, started, policy)
+            audit = self._audit_document(principal, tool.name, asked, ended, started, policy, method)
         try:
             release = (self._meter.inflight_key(tenant_id), call_id) if holds_slot else None
             with self._tracing.span("ledger.record"):
@@ -307,6 +302,7 @@ class ToolCalls:
         outcome: ToolOutcome,
         started: float,
         policy: Policy | None,
+        method: str,
     ) -> str:
         """The call's audit record: who, which tool, a digest of the arguments asked for (and, when the
         tenant opted in, the arguments with personal data redacted), what was decided and how it ended."""
@@ -321,6 +317,7 @@ class ToolCalls:
             event_id=outcome.event_id,
             arguments=asked,
             kept=redacted(asked) if keeps else None,
+            method=method,
         )
 
     async def _run(
@@ -358,8 +355,12 @@ class ToolCalls:
             return None
         return OutputGuard(mode, kinds, lambda found: self._metrics.observe_pii(principal.tenant_id, found))
 
+    def context(self, principal: Principal, relay: Relay | None = None) -> ToolContext:
+        """What a built-in runs with, for `principal` (and reads of the data store outside a call)."""
+        return ToolContext(principal=principal, db=self._db, settings=self._settings, meter=self._meter, relay=relay)
+
     async def _execute(self, principal: Principal, tool: CatalogEntry, args: Any, relay: Relay | None) -> ToolOutcome:
-        ctx = ToolContext(principal=principal, db=self._db, settings=self._settings, meter=self._meter, relay=relay)
+        ctx = self.context(principal, relay)
         try:
             value = await tool.execute(ctx, args)
         except TenantryError as exc:

@@ -75,10 +75,16 @@ def refusal(decision: Decision, principal: Principal, tool: str | None, cost: in
     match decision.reason:
         case "quota_exceeded" | "cost_exceeds_limit":
             detail = (
-                f"tool {tool!r} costs {cost} unit(s); plan {principal.plan!r} allows {limits.calls_per_window}"
+                f"tool {tool!r} costs {cost} unit(s); plan {principal.plan!r} allows {decision.limit}"
                 f" per {limits.window_seconds}s and {max(decision.remaining or 0, 0)} remain; retry {wait}"
             )
             return LimitExceeded(detail, code=decision.reason, extra=extra)
+        case "read_quota_exceeded":
+            detail = (
+                f"reading {tool!r} costs {cost} unit(s); plan {principal.plan!r} allows {limits.reads_per_window}"
+                f" read units per {limits.window_seconds}s and {max(decision.remaining or 0, 0)} remain; retry {wait}"
+            )
+            return LimitExceeded(detail, code="read_quota_exceeded", extra=extra)
         case "rate_limited":
             detail = f"plan {principal.plan!r} allows {limits.requests_per_minute} requests per minute; retry {wait}"
             return LimitExceeded(detail, code="rate_limited", extra=extra)

@@ -9,17 +9,20 @@ the ASGI endpoints for streamable HTTP (`/mcp`) and legacy SSE (`/sse`,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import time
 import warnings
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.models import InitializationOptions
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
@@ -34,11 +37,18 @@ from tenantry.audit.records import SYSTEM_TENANT
 from tenantry.audit.trail import AuditTrail
 from tenantry.auth.middleware import TenantAuth, principal_from_scope
 from tenantry.auth.resolver import CredentialResolver
-from tenantry.errors import TenantryError
 from tenantry.gateway.calls import ToolCalls
+from tenantry.gateway.context import (
+    REQUEST_LEVEL_REFUSALS,
+    UNAUTHENTICATED,
+    jsonrpc_error,
+    principal_of,
+)
 from tenantry.gateway.fastpath import ToolCallFastPath
-from tenantry.gateway.relay import AgentRelay, LogLevels
+from tenantry.gateway.relay import AgentRelay, LogLevels, session_key
+from tenantry.gateway.resources import Offerings
 from tenantry.gateway.sessions import Sessions
+from tenantry.gateway.subscriptions import Subscriptions
 from tenantry.metrics import Metrics
 from tenantry.observability import adopt_request, current_request, note
 from tenantry.settings import Settings
@@ -46,27 +56,6 @@ from tenantry.tenancy import Principal, bind_principal
 from tenantry.tools.base import Relay
 
 log = logging.getLogger(__name__)
-
-UNAUTHENTICATED = -32001
-# Too many requests (request rate, in-flight cap): refused as a JSON-RPC error, like HTTP 429,
-# since they say nothing about the tool. Quota refusals are tool results (`quota_exceeded`).
-LIMIT_EXCEEDED = -32029
-REQUEST_LEVEL_REFUSALS = frozenset({"rate_limited", "concurrency_limited"})
-
-
-def _jsonrpc_error(exc: TenantryError) -> MCPError:
-    code = LIMIT_EXCEEDED if exc.code in REQUEST_LEVEL_REFUSALS else types.INTERNAL_ERROR
-    return MCPError(code, f"{exc.code}: {exc.detail}", data=exc.body())
-
-
-def _principal(ctx: ServerRequestContext[Any, Any]) -> Principal:
-    request = ctx.request
-    if isinstance(request, Request):
-        adopt_request(request.scope)  # this message's request record, not the one that opened the session
-    principal = principal_from_scope(request.scope) if isinstance(request, Request) else None
-    if principal is None:
-        raise MCPError(UNAUTHENTICATED, "unauthenticated: this message carried no tenant credential")
-    return principal
 
 
 class Gateway:
@@ -83,13 +72,19 @@ class Gateway:
         with warnings.catch_warnings():
             # logging/setLevel is deprecated from 2026-07-28 on, but clients on handshake versions still send it.
             warnings.simplefilter("ignore", MCPDeprecationWarning)
-            self.server: Server[Any] = Server(
+            self.subscriptions = Subscriptions(calls.catalog.pool)
+            calls.observers.append(self.subscriptions.written)
+            self.offerings = Offerings(calls, calls.catalog, self.subscriptions, stateful=settings.mcp_stateful)
+            self.server: Server[Any] = _Server(
                 "tenantry",
                 version="0.1.0",
-                instructions="Your tenant's tools. Every call is scoped to the tenant of your credential.",
+                instructions=(
+                    "Your tenant's tools, prompts and resources. Everything is scoped to the tenant of your credential."
+                ),
                 on_list_tools=self._list_tools,
                 on_call_tool=self._call_tool,
                 on_set_logging_level=self._set_logging_level,
+                **self.offerings.handlers(),
             )
         # The OpenTelemetry middleware is a no-op without an exporter; skip it on the hot path.
         self.server.middleware = [AuditedMessages(audit)] if audit is not None and audit.enabled else []
@@ -109,6 +104,7 @@ class Gateway:
             session_idle_timeout=settings.mcp_session_idle_seconds,
         )
         self.session_manager.on_end.append(self._log_levels.forget)
+        self.session_manager.on_end.append(self.subscriptions.forget)
         self._fast = settings.mcp_fast_path and not settings.mcp_stateful and settings.mcp_json_response
         self._stateful = settings.mcp_stateful
         self._security = security
@@ -128,9 +124,14 @@ class Gateway:
         if await self.session_manager.end(session_id):
             log.info("session %s ended by a kill", session_id[:64])
 
-    def run(self) -> AbstractAsyncContextManager[None]:
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
         """Enter in the app's lifespan: the session manager's task group lives this long."""
-        return self.session_manager.run()
+        async with self.session_manager.run():
+            try:
+                yield
+            finally:
+                await self.subscriptions.aclose()
 
     def _guard(self, app: Any) -> TenantAuth:
         return TenantAuth(app, self._resolver, self._metrics)
@@ -169,8 +170,9 @@ class Gateway:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         note(rpc_method="tools/list")
+        self.subscriptions.seen(principal.tenant_id, session_key(ctx, stateful=self._stateful), ctx.session)
         # Not counted against the request rate: the SDK lists tools after calls to refresh their output
         # schemas, and a listing refused there would make a call that ran and was billed look failed.
         # A listing is served from memory (the catalog), so it costs too little to need a limit.
@@ -179,7 +181,7 @@ class Gateway:
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        principal = _principal(ctx)
+        principal = principal_of(ctx)
         relay = AgentRelay(ctx, self._log_levels.allowed(ctx, principal.tenant_id))
         return await self.answer_call(principal, params.name, params.arguments, relay)
 
@@ -193,7 +195,7 @@ class Gateway:
         if outcome.error is not None and outcome.error.code == "unknown_tool":
             raise MCPError(types.INVALID_PARAMS, f"unknown tool: {name[:100]}")
         if outcome.error is not None and outcome.error.code in REQUEST_LEVEL_REFUSALS:
-            raise _jsonrpc_error(outcome.error)
+            raise jsonrpc_error(outcome.error)
         return outcome.to_mcp()
 
     def refuse_early(self, principal: Principal, name: str) -> MCPError | None:
@@ -205,13 +207,13 @@ class Gateway:
             return None
         note(rpc_method="tools/call")
         self._calls.observe_refusal(principal, name, error, started)
-        return _jsonrpc_error(error)
+        return jsonrpc_error(error)
 
     async def _set_logging_level(
         self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
         """The agent's log level for what upstreams log during its calls (per session; filtered here)."""
-        self._log_levels.set(ctx, _principal(ctx).tenant_id, params.level)
+        self._log_levels.set(ctx, principal_of(ctx).tenant_id, params.level)
         return types.EmptyResult()
 
 
@@ -221,6 +223,22 @@ _JSONRPC_CODES: Final = {
     types.INVALID_REQUEST: "invalid_request",
     UNAUTHENTICATED: "unauthenticated",
 }
+
+
+class _Server(Server[Any]):
+    """The SDK's server, announcing list changes on handshake protocol versions: the gateway relays
+    its upstreams' (and its sessions hear them, see `subscriptions.py`)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        changes = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
+        return super().create_initialization_options(
+            notification_options or changes, experimental_capabilities, extensions
+        )
 
 
 class AuditedMessages:

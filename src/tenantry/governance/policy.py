@@ -50,7 +50,7 @@ _MAX_MEMO: Final = 20_000
 _TEMPLATE: Final = re.compile(r"\$\{([^}]*)\}")
 _CLAIM: Final = re.compile(r"^claims\.[A-Za-z0-9_.:-]{1,64}$")
 
-Pattern = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_*?.:-]+$")]
+Pattern = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_*?.:+/%=&~@#,;!$-]+$")]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 

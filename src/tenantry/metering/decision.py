@@ -6,11 +6,22 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final, TypedDict
+from typing import Final, Literal, TypedDict
 
 REASONS: Final = frozenset(
-    {"quota_exceeded", "rate_limited", "concurrency_limited", "cost_exceeds_limit", "meter_unavailable", "abandoned"}
+    {
+        "quota_exceeded",
+        "read_quota_exceeded",
+        "rate_limited",
+        "concurrency_limited",
+        "cost_exceeds_limit",
+        "meter_unavailable",
+        "abandoned",
+    }
 )
+# Which window a metered request counts against: tool calls (`calls_per_window`) or resource reads
+# (`reads_per_window`). Both share the request rate and the in-flight cap.
+QuotaKind = Literal["calls", "reads"]
 
 
 def wall_clock_ms() -> int:
@@ -34,6 +45,36 @@ class Usage(TypedDict):
     window_seconds: int
     resets_in_ms: int  # until the window holds nothing of what is counted now (used would be 0)
     window_ends_in_ms: int  # until the current fixed window rolls over
+
+
+def window_usage(limit: int | None, window_ms: int, now: int, cur: int, prev: int) -> Usage:
+    """A sliding window as the next admission would see it, from its two fixed-window counts."""
+    elapsed = now % window_ms
+    if limit is None:
+        return Usage(
+            limit=None,
+            used=None,
+            remaining=None,
+            window_seconds=window_ms // 1000,
+            resets_in_ms=0,
+            window_ends_in_ms=window_ms - elapsed,
+        )
+    scaled = prev * (window_ms - elapsed) + cur * window_ms  # estimate * window, exact
+    used = -(-scaled // window_ms)  # rounded up, so used + remaining == limit and remaining is what admit allows
+    if cur:
+        resets_in = (window_ms - elapsed) + window_ms  # this window's count decays through the next one
+    elif prev:
+        resets_in = window_ms - elapsed
+    else:
+        resets_in = 0
+    return Usage(
+        limit=limit,
+        used=used,
+        remaining=max(0, limit - used),
+        window_seconds=window_ms // 1000,
+        resets_in_ms=resets_in,
+        window_ends_in_ms=window_ms - elapsed,
+    )
 
 
 class OverRate:

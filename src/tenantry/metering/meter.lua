@@ -1,6 +1,7 @@
 -- Tenantry per-tenant meter: decide and count in one atomic step.
 --
 -- KEYS[1] quota counter, current window      KEYS[2] quota counter, previous window
+--         (the calls window or the reads window: the caller picks the keys and ARGV[4]; the script is the same)
 -- KEYS[3] rate counter, current minute       KEYS[4] rate counter, previous minute
 -- KEYS[5] in-flight sorted set (member = call id, score = deadline ms)
 -- KEYS[6] the call's abandonment mark (abandon.lua), in the tenant's hash slot

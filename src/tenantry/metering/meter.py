@@ -1,5 +1,9 @@
 """The per-tenant meter: quota, request rate and in-flight cap, decided and counted in one round trip.
 
+A tool call counts against the calls window (`calls_per_window`), a resource read against the reads
+window (`reads_per_window`, `admit(..., quota="reads")`): the same script over another pair of
+counter keys, so neither costs more than the other.
+
 Design
 ------
 One Lua script (`meter.lua`, package data) checks every limit that applies
@@ -52,16 +56,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenantry.errors import Unavailable
 from tenantry.metering.breaker import RedisBreaker
 from tenantry.metering.commands import RedisCommands, as_commands
-from tenantry.metering.decision import REASONS, Decision, OverRate, Usage, wall_clock_ms
+from tenantry.metering.decision import REASONS, Decision, OverRate, QuotaKind, Usage, wall_clock_ms, window_usage
 from tenantry.metering.resp import LuaScript
 from tenantry.plans import Limits
 
-__all__ = ["REASONS", "Decision", "Meter", "Usage", "wall_clock_ms"]
+__all__ = ["REASONS", "Decision", "Meter", "QuotaKind", "Usage", "wall_clock_ms"]
 
 METER_LUA: Final[str] = files("tenantry.metering").joinpath("meter.lua").read_text(encoding="utf-8")
 ABANDON_LUA: Final[str] = files("tenantry.metering").joinpath("abandon.lua").read_text(encoding="utf-8")
 
 RATE_WINDOW_MS: Final = 60_000
+WINDOWS: Final = ("calls", "reads", "requests")  # what `Meter.windows` reads: the two quotas and the rate
 
 # Abandoned admissions waiting to be undone, at most (the oldest are dropped: their in-flight entries
 # still expire at their deadlines).
@@ -136,12 +141,13 @@ class Meter:
     def _base(self, tenant_id: uuid.UUID) -> str:
         return f"{self._prefix}:{{{tenant_id}}}"
 
-    def quota_keys(self, tenant_id: uuid.UUID, window_ms: int, now_ms: int) -> tuple[str, str]:
-        """(current, previous) quota counter keys at `now_ms`; the window length is in the name,
-        so changing a plan's window never mixes counts of different windows."""
+    def quota_keys(self, tenant_id: uuid.UUID, window_ms: int, now_ms: int, quota: str = "calls") -> tuple[str, str]:
+        """(current, previous) quota counter keys at `now_ms` of the calls or the reads window; the window
+        length is in the name, so changing a plan's window never mixes counts of different windows."""
         index = now_ms // window_ms
         base = self._base(tenant_id)
-        return f"{base}:q:{window_ms}:{index}", f"{base}:q:{window_ms}:{index - 1}"
+        window = "rd" if quota == "reads" else "q"
+        return f"{base}:{window}:{window_ms}:{index}", f"{base}:{window}:{window_ms}:{index - 1}"
 
     def rate_keys(self, tenant_id: uuid.UUID, now_ms: int) -> tuple[str, str]:
         index = now_ms // RATE_WINDOW_MS
@@ -200,31 +206,37 @@ class Meter:
         *,
         now_ms: int | None = None,
         call_timeout_ms: int = 120_000,
+        quota: QuotaKind = "calls",
     ) -> Decision:
-        """Decide whether a tool call of `cost` quota units may run, and if so count it (one round trip)."""
+        """Decide whether a tool call (`quota="calls"`) or a resource read (`"reads"`) of `cost` quota units
+        may run, and if so count it (one round trip). The two count against their own windows
+        (`calls_per_window`, `reads_per_window`; a read over its window is `read_quota_exceeded`) and share
+        the request rate and the in-flight cap."""
         if cost < 0:
             raise ValueError("cost must be >= 0")
         if call_timeout_ms <= 0:
             raise ValueError("call_timeout_ms must be positive")
-        quota = limits.calls_per_window
         if limits.unmetered:
             return Decision(admitted=True, reason=None, retry_after_ms=0, limit=None, remaining=None)
-        if quota is not None and cost > quota:
+        reads = quota == "reads"
+        window_limit = limits.reads_per_window if reads else limits.calls_per_window
+        if window_limit is not None and cost > window_limit:
             # Never admissible: no round trip needed.
-            return Decision(False, "cost_exceeds_limit", -1, quota, None)
+            return Decision(False, "cost_exceeds_limit", -1, window_limit, None)
         now = self._clock() if now_ms is None else now_ms
         return await self._run(
             tenant_id,
             call_id,
             now,
             cost=cost,
-            quota=quota,
+            quota=window_limit,
             window_ms=limits.window_ms,
             rate=limits.requests_per_minute,
             concurrent=limits.max_concurrent,
             call_timeout_ms=call_timeout_ms,
             limits=limits,
             report_rate=False,
+            reads=reads,
         )
 
     async def check_rate(self, tenant_id: uuid.UUID, limits: Limits, *, now_ms: int | None = None) -> Decision:
@@ -264,13 +276,15 @@ class Meter:
         call_timeout_ms: int,
         limits: Limits,
         report_rate: bool,
+        reads: bool = False,
     ) -> Decision:
         # The names quota_keys(), rate_keys() and inflight_key() give, from one formatting of the tenant id.
         base = self._base(tenant_id)
         q_index, r_index = now // window_ms, now // RATE_WINDOW_MS
+        window = "rd" if reads else "q"  # reads count in counters of their own; the script is the same
         keys = [
-            f"{base}:q:{window_ms}:{q_index}",
-            f"{base}:q:{window_ms}:{q_index - 1}",
+            f"{base}:{window}:{window_ms}:{q_index}",
+            f"{base}:{window}:{window_ms}:{q_index - 1}",
             f"{base}:r:{r_index}",
             f"{base}:r:{r_index - 1}",
             f"{base}:inflight",
@@ -310,6 +324,8 @@ class Meter:
         admitted, reason, retry, q_remaining, r_remaining, r_retry = reply
         remaining = r_remaining if report_rate else q_remaining
         reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)
+        if reads and reason_text == "quota_exceeded":  # the script names the window it checked "quota"
+            reason_text = "read_quota_exceeded"
         retry, r_retry = int(retry), int(r_retry)
         if r_retry > 0:  # on the meter's clock, like every window
             self._over_rate.hold(tenant_id, now + r_retry)
@@ -346,43 +362,37 @@ class Meter:
 
     # -- read-only ---------------------------------------------------------------------------
 
-    async def usage(self, tenant_id: uuid.UUID, limits: Limits, *, now_ms: int | None = None) -> Usage:
-        """The quota window as the next `admit` would see it; counts nothing.
+    async def usage(
+        self, tenant_id: uuid.UUID, limits: Limits, *, now_ms: int | None = None, quota: QuotaKind = "calls"
+    ) -> Usage:
+        """The calls (or reads) window as the next `admit` would see it (see `windows`)."""
+        return (await self.windows(tenant_id, limits, now_ms=now_ms, kinds=(quota,)))[quota]
 
-        Raises `tenantry.errors.Unavailable` (code `meter_unavailable`) when Redis is unreachable.
-        """
+    async def windows(
+        self, tenant_id: uuid.UUID, limits: Limits, *, now_ms: int | None = None, kinds: tuple[str, ...] = WINDOWS
+    ) -> dict[str, Usage]:
+        """The meter's windows of the tenant as the next admission would see them: `calls`, `reads`, and
+        `requests` (the per-minute rate), in one round trip (none when none of them is limited); counts
+        nothing. Raises `Unavailable` (`meter_unavailable`) when Redis is unreachable."""
         now = self._clock() if now_ms is None else now_ms
         w = limits.window_ms
-        elapsed = now % w
-        quota = limits.calls_per_window
-        if quota is None:
-            return Usage(
-                limit=None,
-                used=None,
-                remaining=None,
-                window_seconds=limits.window_seconds,
-                resets_in_ms=0,
-                window_ends_in_ms=w - elapsed,
-            )
-        try:
-            raw = await self._commands.execute("MGET", *self.quota_keys(tenant_id, w, now))
-        except _REDIS_DOWN as exc:
-            self.failures += 1
-            raise Unavailable("the usage meter is unavailable", code="meter_unavailable") from exc
-        cur, prev = (int(v) if v is not None else 0 for v in raw)
-        scaled = prev * (w - elapsed) + cur * w  # estimate * w, exact
-        used = -(-scaled // w)  # rounded up, so used + remaining == limit and remaining is what admit allows
-        if cur:
-            resets_in = (w - elapsed) + w  # this window's count decays through the next one
-        elif prev:
-            resets_in = w - elapsed
-        else:
-            resets_in = 0
-        return Usage(
-            limit=quota,
-            used=used,
-            remaining=max(0, quota - used),
-            window_seconds=limits.window_seconds,
-            resets_in_ms=resets_in,
-            window_ends_in_ms=w - elapsed,
-        )
+        spans = {
+            "calls": (limits.calls_per_window, w),
+            "reads": (limits.reads_per_window, w),
+            "requests": (limits.requests_per_minute, RATE_WINDOW_MS),
+        }
+        asked = [name for name in kinds if spans[name][0] is not None]
+        counts: dict[str, tuple[int, int]] = {}
+        if asked:
+            keys = [
+                self.rate_keys(tenant_id, now) if n == "requests" else self.quota_keys(tenant_id, w, now, n)
+                for n in asked
+            ]
+            try:
+                raw = await self._commands.execute("MGET", *(key for pair in keys for key in pair))
+            except _REDIS_DOWN as exc:
+                self.failures += 1
+                raise Unavailable("the usage meter is unavailable", code="meter_unavailable") from exc
+            values = [int(v) if v is not None else 0 for v in raw]
+            counts = {name: (values[2 * i], values[2 * i + 1]) for i, name in enumerate(asked)}
+        return {name: window_usage(*spans[name], now, *counts.get(name, (0, 0))) for name in kinds}

@@ -24,13 +24,14 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.errors import BadRequest, Unavailable
 from tenantry.metering.meter import Meter
+from tenantry.metering.quotas import quota_usage
 from tenantry.plans import Limits
 
 Bucket = Literal["hour", "day"]
@@ -215,13 +216,14 @@ async def build_report(
     until: datetime,
     bucket: str = "day",
     *,
+    tool_counts: tuple[int, int] | None = None,
     recount: bool = False,
 ) -> dict[str, Any]:
     """The report of `tenant_id` over [since, until) (checked by `report_range`), bucketed by `bucket`.
 
     `recount` counts the raw events and audit records instead of the roll-ups: the reference tests and
     the benchmark compare the roll-ups with, never how a report is answered. `meter=None` leaves the
-    quota out."""
+    quotas out; `tool_counts` is the catalog's (exposed, offered) tool count for `quotas.max_tools`."""
     params = {"tenant_id": tenant_id, "since": since, "until": until, "unit": bucket}
     events_sql, series_sql, refusals_sql = _QUERIES[recount]
     totals = _Tally()
@@ -277,16 +279,16 @@ async def build_report(
         )
     report["series"] = series
     if meter is not None:
-        report["quota"] = await quota(meter, tenant_id, limits)
+        report.update(await quotas(conn, meter, tenant_id, limits, tool_counts))
     return report
 
 
-async def quota(meter: Meter, tenant_id: uuid.UUID, limits: Limits) -> dict[str, Any]:
-    """Quota utilisation per kind, now. A report is history: an unreachable meter leaves `used` unknown
-    (with the error's code) rather than failing the report."""
+async def quotas(
+    conn: AsyncConnection, meter: Meter, tenant_id: uuid.UUID, limits: Limits, tool_counts: tuple[int, int] | None
+) -> dict[str, Any]:
+    """Every kind of quota as used/limit now, as the usage API shows it (`quotas.py`). A report is
+    history: an unreachable meter leaves the quotas out, with the error's code, rather than failing it."""
     try:
-        usage = await meter.usage(tenant_id, limits)
+        return {"quotas": await quota_usage(conn, meter, tenant_id, limits, tools=tool_counts)}
     except Unavailable as exc:
-        return {"calls": {"used": None, "limit": limits.calls_per_window, "error": exc.code}}
-    calls = {"used": usage["used"], "limit": usage["limit"], "window_seconds": usage["window_seconds"]}
-    return {"calls": cast(dict[str, Any], calls)}
+        return {"quotas": None, "quotas_error": exc.code}

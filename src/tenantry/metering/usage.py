@@ -1,4 +1,5 @@
-"""What a tenant has used: calls and units per tool over a time range, and its quota window now.
+"""What a tenant has used: calls and units per tool over a time range, its quota window now, and
+every kind of quota as used/limit (`quotas`, see `metering/quotas.py`).
 
 One query serves the admin (`GET /api/tenants/{id}/usage`, on the owner's
 pool) and the tenant itself (the `usage_summary` tool, under RLS); both name
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.errors import BadRequest
 from tenantry.metering.meter import Meter
+from tenantry.metering.quotas import quota_usage
 from tenantry.plans import Limits
 
 MAX_RANGE = timedelta(days=366)
@@ -64,7 +66,10 @@ async def summarize(
     limits: Limits,
     since: datetime,
     until: datetime,
+    *,
+    tool_counts: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
+    """The usage report; `tool_counts` is the catalog's (exposed, offered) tool count for `quotas.max_tools`."""
     rows = (await conn.execute(_BY_TOOL, {"tenant_id": tenant_id, "since": since, "until": until})).all()
     tools = {
         row.tool: {
@@ -86,4 +91,5 @@ async def summarize(
         },
         "tools": tools,
         "quota": dict(await meter.usage(tenant_id, limits)),
+        "quotas": await quota_usage(conn, meter, tenant_id, limits, tools=tool_counts),
     }

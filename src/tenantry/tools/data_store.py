@@ -3,6 +3,18 @@
 Every statement runs in `db.tenant(...)`, so the database, not these
 queries, decides which rows exist; the queries carry no tenant filter of
 their own beyond the `tenant_id` they write.
+
+What a tenant stores is counted by a trigger (migration 0012) in its
+`tenant_storage` row: per key, the key's UTF-8 bytes plus `size_bytes`, the
+bytes of the canonical JSON written here (compact, UTF-8, not
+ASCII-escaped; what `data_put` and `data_list` report). A put reads the
+totals back in its own transaction, after its write: the trigger's update
+holds the row's lock until commit, so concurrent puts of one tenant see one
+another's totals in turn, and a put that grew the store past the plan's
+`storage_bytes` or `storage_keys` (or the deployment's
+TENANTRY_DATA_MAX_KEYS_PER_TENANT) rolls back: `storage_quota_exceeded` /
+`store_full`, nothing written. A store already over a lowered limit may
+still shrink: overwrites that do not grow it and deletes pass.
 """
 
 from __future__ import annotations
@@ -62,12 +74,17 @@ def _models(key_limit: int) -> tuple[type[Arguments], type[Arguments], type[Argu
 _PUT = text(
     """
     INSERT INTO tenant_data (tenant_id, key, value, size_bytes)
-    SELECT :tenant_id, :key, CAST(:value AS jsonb), :size
-    WHERE EXISTS (SELECT 1 FROM tenant_data WHERE key = :key)
-       OR (SELECT count(*) FROM tenant_data) < :max_keys
+    VALUES (:tenant_id, :key, CAST(:value AS jsonb), :size)
     ON CONFLICT (tenant_id, key) DO UPDATE
         SET value = excluded.value, size_bytes = excluded.size_bytes, updated_at = now()
     RETURNING (xmax = 0) AS created, updated_at
+    """
+)
+# The totals after this transaction's write (its own trigger's update), and the bytes that write added.
+_STORED = text(
+    """
+    SELECT bytes, keys, coalesce(nullif(current_setting('tenantry.storage_delta', true), ''), '0')::bigint AS delta
+    FROM tenant_storage
     """
 )
 _GET = text("SELECT value, size_bytes, updated_at FROM tenant_data WHERE key = :key")
@@ -98,29 +115,38 @@ async def data_put(ctx: ToolContext, args: Any) -> dict[str, Any]:
     encoded = _encoded(args.value)
     size = len(encoded.encode())
     async with ctx.db.tenant(ctx.tenant_id) as conn:
-        row = (
-            await conn.execute(
-                _PUT,
-                {
-                    "tenant_id": ctx.tenant_id,
-                    "key": args.key,
-                    "value": encoded,
-                    "size": size,
-                    "max_keys": ctx.settings.data_max_keys_per_tenant,
-                },
-            )
-        ).one_or_none()
-    if row is None:
-        raise Conflict(
-            f"the data store holds its limit of {ctx.settings.data_max_keys_per_tenant} keys; delete some first",
-            code="store_full",
-        )
+        params = {"tenant_id": ctx.tenant_id, "key": args.key, "value": encoded, "size": size}
+        row = (await conn.execute(_PUT, params)).one()
+        stored = (await conn.execute(_STORED)).one()
+        # Raising here rolls the write back: a refused put changes nothing.
+        _check_room(ctx, created=bool(row.created), total_bytes=stored.bytes, keys=stored.keys, added=stored.delta)
     return {
         "key": args.key,
         "created": bool(row.created),
         "size_bytes": size,
         "updated_at": row.updated_at.isoformat(),
     }
+
+
+def _check_room(ctx: ToolContext, *, created: bool, total_bytes: int, keys: int, added: int) -> None:
+    """Refuse a write that grew the store past a limit; `total_bytes` and `keys` include it."""
+    limits = ctx.principal.limits
+    if created and limits.storage_keys is not None and keys > limits.storage_keys:
+        _over_quota("storage_keys", keys - 1, limits.storage_keys, "keys")
+    if added > 0 and limits.storage_bytes is not None and total_bytes > limits.storage_bytes:
+        _over_quota("storage_bytes", total_bytes - added, limits.storage_bytes, "bytes")
+    hard_cap = ctx.settings.data_max_keys_per_tenant
+    if created and keys > hard_cap:
+        raise Conflict(f"the data store holds its limit of {hard_cap} keys; delete some first", code="store_full")
+
+
+def _over_quota(quota: str, used: int, limit: int, unit: str) -> None:
+    detail = f"the data store holds {used} {unit} and this plan allows {limit}; this put would exceed it"
+    raise Conflict(
+        f"{detail}: delete or shrink values first",
+        code="storage_quota_exceeded",
+        extra={"quota": quota, "used": used, "limit": limit},
+    )
 
 
 async def data_get(ctx: ToolContext, args: Any) -> dict[str, Any]:
