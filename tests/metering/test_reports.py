@@ -55,6 +55,7 @@ async def test_a_report_after_real_calls_shows_calls_errors_refusals_latency_and
     tenant = await limited_tenant(admin, calls_per_window=6)
     async with connect(f"{gateway_url}/mcp", tenant.headers) as client:
         puts = [await client.call_tool("data_put", {"key": f"k{i}", "value": i}) for i in range(3)]
+        await client.read_resource("tenantry://data/k1")  # a read: metered as `resource:<uri>`, on its own quota
         missing = await client.call_tool("data_get", {"key": "absent"})
         gets = 0
         while not (got := await client.call_tool("data_get", {"key": "k0"})).is_error:
@@ -66,7 +67,7 @@ async def test_a_report_after_real_calls_shows_calls_errors_refusals_latency_and
 
     async def drained() -> dict[str, Any] | None:
         report = await report_of(http, tenant)
-        done = report["totals"]["calls"] == 4 + gets and report["totals"]["refusals"]
+        done = report["totals"]["calls"] == 5 + gets and report["totals"]["refusals"]
         return report if done else None
 
     report = await conftest.eventually(drained, within=10, what="the calls in the report")
@@ -82,7 +83,9 @@ async def test_a_report_after_real_calls_shows_calls_errors_refusals_latency_and
         assert latency["min"] <= latency["p95"] <= latency["max"]
         assert latency["p95"] in (*LATENCY_BOUNDS_MS, latency["max"])
     assert report["totals"]["errors"] == {"key_not_found": 1}
-    assert report["resources"] == report["prompts"] == {}
+    read = report["resources"]["tenantry://data/k1"]
+    assert (read["calls"], read["ok"], read["errors"], read["latency_ms"]["count"]) == (1, 1, {}, 1)
+    assert report["prompts"] == {}
     calls_quota = report["quotas"]["calls_per_window"]
     assert calls_quota["limit"] == 6
     assert 0 < calls_quota["used"] <= 6  # a sliding window: less only if it rolled over meanwhile
