@@ -73,7 +73,7 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         "tenantry_notify_kills",
     }
     storage = {"tenant_data_count_storage"}  # 0012: keeps tenant_storage exact (its function is not a notify)
-    rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}  # 0011
+    rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}  # 0013
     try:
         await migrate(url)
         assert await _triggers(name) == installed | credentials | governance | storage | rollups

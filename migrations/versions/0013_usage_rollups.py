@@ -28,7 +28,7 @@ The triggers run as their caller (the application role, under RLS with the batch
 ledger functions bind it), so the roll-ups obey the same isolation as the events. Existing events and
 refusals are rolled up here.
 
-Revision ID: 0011
+Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-03
 """
@@ -39,7 +39,7 @@ from alembic import op
 
 from tenantry.db.rls import drop_tenant_table_policies, migration_app_role, tenant_table_policies
 
-revision = "0011"
+revision = "0013"
 down_revision = "0012"
 branch_labels = None
 depends_on = None
