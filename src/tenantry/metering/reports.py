@@ -24,7 +24,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,7 +34,6 @@ from tenantry.metering.meter import Meter
 from tenantry.metering.quotas import quota_usage
 from tenantry.plans import Limits
 
-Bucket = Literal["hour", "day"]
 BUCKETS: Final = ("hour", "day")
 DEFAULT_RANGE: Final = timedelta(days=7)
 MAX_RANGE: Final = timedelta(days=400)
