@@ -41,6 +41,7 @@ COMMANDS = [
     ["kill", "create"],
     ["kill", "list"],
     ["kill", "lift"],
+    ["report"],
 ]
 
 
@@ -93,6 +94,8 @@ def test_tenant_and_key_commands_speak_json(settings: Settings) -> None:
         ["tenant", "set", "00000000-0000-0000-0000-000000000000", "--status", "active"],
         ["tenant", "set", "00000000-0000-0000-0000-000000000000", "--limits", "{not json"],
         ["tenant", "set", "00000000-0000-0000-0000-000000000000", "--limits", '{"calls_per_window": -5}'],
+        ["report", "--tenant", "00000000-0000-0000-0000-000000000000"],
+        ["report", "--tenant", "not-a-uuid"],
     ],
 )
 def test_bad_input_exits_2_with_a_clear_error_and_changes_nothing(settings: Settings, args: list[str]) -> None:

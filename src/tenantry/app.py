@@ -24,6 +24,7 @@ from tenantry import __version__
 from tenantry import tenants as tenant_lifecycle
 from tenantry.api import admin, governance, health, stripe_webhooks, tenant, upstreams
 from tenantry.api import audit as audit_api
+from tenantry.api import reports as reports_api
 from tenantry.api.edge import TenantryApp, edge_middleware
 from tenantry.api.openapi import document
 from tenantry.audit.maintenance import AuditMaintenance
@@ -260,6 +261,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.include_router(upstreams.router)
     app.include_router(governance.router)
     app.include_router(audit_api.router)
+    app.include_router(reports_api.router)
     app.include_router(health.router)
     app.include_router(stripe_webhooks.router)
     # The MCP endpoints first: they take most requests, and routing tries routes in order.

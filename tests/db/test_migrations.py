@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+import uuid
 
 import asyncpg
 
@@ -71,9 +73,13 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         "tenantry_notify_kills",
     }
     storage = {"tenant_data_count_storage"}  # 0012: keeps tenant_storage exact (its function is not a notify)
+    rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}  # 0013
     try:
         await migrate(url)
+        assert await _triggers(name) == installed | credentials | governance | storage | rollups
+        await migrate(url, revision="0012", downgrade=True)
         assert await _triggers(name) == installed | credentials | governance | storage
+        assert not {"usage_rollups", "refusal_rollups"} & await _tables(name)
         await migrate(url, revision="0010", downgrade=True)
         assert await _triggers(name) == installed | credentials | governance
         assert "tenant_storage" not in await _tables(name)
@@ -86,7 +92,7 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         assert await _triggers(name) == set()
         assert "upstreams" in await _tables(name)
         await migrate(url)
-        assert await _triggers(name) == installed | credentials | governance | storage
+        assert await _triggers(name) == installed | credentials | governance | storage | rollups
     finally:
         await recreate_database(name, create=False)
 
@@ -113,5 +119,64 @@ async def test_the_storage_revision_counts_what_tenants_already_store(services_u
             await conn.close()
         # Key bytes in UTF-8 ("ключ" is 8) plus each value's size_bytes.
         assert counted == {tenants[0]: (2 + 4 + 8 + 5, 2), tenants[1]: (1 + 2, 1)}
+    finally:
+        await recreate_database(name, create=False)
+
+
+async def test_the_roll_ups_revision_counts_the_events_and_refusals_stored_before_it(services_up: None) -> None:
+    name = f"tenantry_migrations_rollups_{os.getpid()}"
+    await recreate_database(name)
+    url = f"{SERVER}/{name}"
+    try:
+        await migrate(url, revision="0012")
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        try:
+            tenant = await conn.fetchval("INSERT INTO tenants (name, plan) VALUES ('old', 'free') RETURNING id")
+            await conn.execute(
+                """
+                INSERT INTO usage_events (tenant_id, event_id, tool, units, outcome, latency_ms, occurred_at)
+                SELECT $1, gen_random_uuid(), (ARRAY['data_get', 'resource:fx+a://b', 'prompt:fx__p'])[1 + i % 3],
+                       1, CASE WHEN i % 7 = 0 THEN 'upstream_error' ELSE 'ok' END, i % 90, now() - i * interval '1 min'
+                FROM generate_series(1, 300) AS i
+                """,
+                tenant,
+            )
+            await conn.execute(
+                "SELECT tenantry_record_audit(ARRAY[$1::uuid], ARRAY[1], ARRAY[$2::json])",
+                tenant,
+                f'{{"id": "{uuid.uuid4()}", "at": {int(time.time() * 1e6)}, "tr": "direct", "m": "tools/call",'
+                ' "tool": "data_get", "d": "refused", "r": "quota_exceeded", "o": "quota_exceeded"}',
+            )
+        finally:
+            await conn.close()
+        await migrate(url)
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        try:
+            rolled = await conn.fetch("SELECT * FROM usage_rollups ORDER BY bucket, kind, name, outcome")
+            recount = await conn.fetch("SELECT * FROM usage_rollups_recount ORDER BY bucket, kind, name, outcome")
+            refusals = await conn.fetch("SELECT kind, name, reason, refusals FROM refusal_rollups")
+            assert sum(r["calls"] for r in rolled) == 300
+            assert [dict(r) for r in rolled] == [dict(r) for r in recount]
+            assert [tuple(r) for r in refusals] == [("tool", "data_get", "quota_exceeded", 1)]
+            # A refusal stamped past the partitions made so far lands in the default partition; making its
+            # month's partition moves it there (deleted, re-inserted): it is still counted once.
+            later = int((time.time() + 150 * 86_400) * 1e6)
+            await conn.execute(
+                "SELECT tenantry_record_audit(ARRAY[$1::uuid], ARRAY[1], ARRAY[$2::json])",
+                tenant,
+                f'{{"id": "{uuid.uuid4()}", "at": {later}, "tr": "direct", "m": "tools/list",'
+                ' "d": "refused", "r": "rate_limited", "o": "rate_limited"}',
+            )
+            assert await conn.fetchval("SELECT count(*) FROM audit_records_default") == 1
+            moved = await conn.fetchval("SELECT tenantry_audit_partitions(6, 0)")
+            assert any("1 records moved in" in line for line in moved)
+            refusals = await conn.fetch("SELECT kind, name, reason, refusals FROM refusal_rollups ORDER BY kind")
+            recounted = await conn.fetch(
+                "SELECT kind, name, reason, refusals FROM refusal_rollups_recount ORDER BY kind"
+            )
+        finally:
+            await conn.close()
+        expected = [("request", "tools/list", "rate_limited", 1), ("tool", "data_get", "quota_exceeded", 1)]
+        assert [tuple(r) for r in refusals] == [tuple(r) for r in recounted] == expected
     finally:
         await recreate_database(name, create=False)

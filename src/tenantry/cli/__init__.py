@@ -6,6 +6,7 @@
     calls.py    call, probe (an MCP client)
     governance.py  policy ..., kill ...
     audit.py    audit list|export|verify|digest
+    reports.py  report
 
 Upstream and billing commands live with their packages (`federation/cli.py`, `billing/cli.py`).
 """
@@ -23,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry.cli import audit as audit_cli
 from tenantry.cli import governance as governance_cli
+from tenantry.cli import reports as reports_cli
 from tenantry.cli.calls import cmd_call, cmd_probe
 from tenantry.cli.common import EXIT_AUTH, EXIT_CODES, EXIT_UNAVAILABLE, EXIT_USAGE
 from tenantry.cli.serve import _demo_tenant, cmd_dev, cmd_migrate, cmd_serve
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     upstream_cli.add_commands(sub, command)
     governance_cli.add_commands(sub, command)
     audit_cli.add_commands(sub, command)
+    reports_cli.add_commands(sub, command)
     return parser
 
 

@@ -186,9 +186,12 @@ async def insert_documents(
         return 0
     params: dict[str, Any] = {}
     if batch:
-        params["tenants"] = list(batch)
-        params["counts"] = [len(docs) for docs in batch.values()]
-        params["events"] = [doc for docs in batch.values() for doc in docs]
+        # In tenant order too: each tenant's insert updates its roll-up rows (migration 0013), and two
+        # drains that locked them in different orders could deadlock.
+        usage = sorted(batch)
+        params["tenants"] = usage
+        params["counts"] = [len(batch[t]) for t in usage]
+        params["events"] = [doc for t in usage for doc in batch[t]]
     if audit:
         tenants = sorted(audit)
         params["a_tenants"] = tenants
