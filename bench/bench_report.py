@@ -6,7 +6,7 @@ Recreates the database `tenantry_bench_report` (PostgreSQL and Redis must be up)
 
 1. inserts `--events` usage events for one tenant spread over the last 7 days (30 tools, resources
    and prompts; 3% errors; exponential latencies with a slow tail), with `generate_series` in
-   statements of 100,000 rows: the roll-up trigger (migration 0013) keeps the roll-ups exactly as it
+   statements of 100,000 rows: the roll-up trigger (migration 0012) keeps the roll-ups exactly as it
    does for the drain's inserts. A neighbour tenant gets a tenth as many, so the tables are shared as
    in production; 20,000 refused audit records go in through `insert_documents`, as the drain stores them;
 2. times the report as the admin API builds it (`metering/reports.py`, every quota included, and

@@ -72,12 +72,12 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         "kills_notify",
         "tenantry_notify_kills",
     }
-    storage = {"tenant_data_count_storage"}  # 0012: keeps tenant_storage exact (its function is not a notify)
-    rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}  # 0013
+    storage = {"tenant_data_count_storage"}  # 0011: keeps tenant_storage exact (its function is not a notify)
+    rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}  # 0012
     try:
         await migrate(url)
         assert await _triggers(name) == installed | credentials | governance | storage | rollups
-        await migrate(url, revision="0012", downgrade=True)
+        await migrate(url, revision="0011", downgrade=True)
         assert await _triggers(name) == installed | credentials | governance | storage
         assert not {"usage_rollups", "refusal_rollups"} & await _tables(name)
         await migrate(url, revision="0010", downgrade=True)
@@ -128,7 +128,7 @@ async def test_the_roll_ups_revision_counts_the_events_and_refusals_stored_befor
     await recreate_database(name)
     url = f"{SERVER}/{name}"
     try:
-        await migrate(url, revision="0012")
+        await migrate(url, revision="0011")
         conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
         try:
             tenant = await conn.fetchval("INSERT INTO tenants (name, plan) VALUES ('old', 'free') RETURNING id")

@@ -186,7 +186,7 @@ async def insert_documents(
         return 0
     params: dict[str, Any] = {}
     if batch:
-        # In tenant order too: each tenant's insert updates its roll-up rows (migration 0013), and two
+        # In tenant order too: each tenant's insert updates its roll-up rows (migration 0012), and two
         # drains that locked them in different orders could deadlock.
         usage = sorted(batch)
         params["tenants"] = usage

@@ -3,7 +3,7 @@
 Each kind is read where it is enforced: the meter's windows (calls, reads,
 requests per minute) from Redis in one round trip; stored bytes and keys
 from the tenant's `tenant_storage` row (kept exact by a trigger, migration
-0012); upstreams by counting the tenant's rows; tools from the catalog
+0011); upstreams by counting the tenant's rows; tools from the catalog
 (`gateway/catalog.py`), which the caller passes in, since the catalog lives
 above this floor. `limit` is None where the plan sets no limit; `used` is
 None where nothing counts it: a meter window with no limit is not counted,

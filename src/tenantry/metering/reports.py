@@ -1,7 +1,7 @@
 """A tenant's report: per tool, resource and prompt, what was called, what failed, what was refused and how fast.
 
 It reads the hourly roll-ups the database keeps as events are drained (`usage_rollups` and
-`refusal_rollups`, migration 0013), never the raw events: a 7-day report over a million events reads
+`refusal_rollups`, migration 0012), never the raw events: a 7-day report over a million events reads
 one row per hour, item and outcome (~22,000 in bench/bench_report.py) instead of a million. One
 function serves the admin (`GET /api/tenants/{id}/report`, the CLI, on the owner's pool) and the
 tenant itself (`usage_summary` with `report`, under RLS); both name the tenant explicitly, so the two
@@ -40,7 +40,7 @@ MAX_RANGE: Final = timedelta(days=400)
 # Hourly points over more than a month make a plot nobody can read and an answer of megabytes.
 MAX_HOURLY_RANGE: Final = timedelta(days=31)
 # Upper bounds (ms, exclusive) of the latency histogram's buckets; one more bucket holds the rest.
-# Frozen in migration 0013 (`tenantry_latency_bounds()`), which the roll-ups were counted with.
+# Frozen in migration 0012 (`tenantry_latency_bounds()`), which the roll-ups were counted with.
 LATENCY_BOUNDS_MS: Final = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
 # Sections of the report, by the `kind` the roll-ups hold.
@@ -82,7 +82,7 @@ _REFUSALS = """
     GROUP BY GROUPING SETS ((kind, name, reason), (period), (period, kind, name))
 """
 # The same report counted from the raw events and audit records (the `*_recount` views of migration
-# 0013, under the caller's RLS): what the roll-ups must always equal (tests), and the reference the
+# 0012, under the caller's RLS): what the roll-ups must always equal (tests), and the reference the
 # benchmark times them against. Never used to answer a report.
 _QUERIES = {
     False: (text(_EVENTS), text(_EVENT_SERIES), text(_REFUSALS)),

@@ -4,7 +4,7 @@ Every statement runs in `db.tenant(...)`, so the database, not these
 queries, decides which rows exist; the queries carry no tenant filter of
 their own beyond the `tenant_id` they write.
 
-What a tenant stores is counted by a trigger (migration 0012) in its
+What a tenant stores is counted by a trigger (migration 0011) in its
 `tenant_storage` row: per key, the key's UTF-8 bytes plus `size_bytes`, the
 bytes of the canonical JSON written here (compact, UTF-8, not
 ASCII-escaped; what `data_put` and `data_list` report). A put reads the

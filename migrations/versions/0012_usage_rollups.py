@@ -28,8 +28,8 @@ The triggers run as their caller (the application role, under RLS with the batch
 ledger functions bind it), so the roll-ups obey the same isolation as the events. Existing events and
 refusals are rolled up here.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-03
 """
 
@@ -39,8 +39,8 @@ from alembic import op
 
 from tenantry.db.rls import drop_tenant_table_policies, migration_app_role, tenant_table_policies
 
-revision = "0013"
-down_revision = "0012"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

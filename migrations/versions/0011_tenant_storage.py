@@ -10,11 +10,12 @@ cannot drift from the rows. Its UPDATE takes the row's lock until the transactio
 writers of one tenant queue there, and each sees the total the previous one committed. The data store
 reads the total (and what its own write changed, which the trigger leaves in the transaction-local
 setting `tenantry.storage_delta`) after its write, and rolls back when the write grew the store past
-the tenant's limit, so N racing puts never end above it. The trigger runs as the writer, under RLS, and touches only the writer's own tenant's row.
+the tenant's limit, so N racing puts never end above it. The trigger runs as the writer, under RLS,
+and touches only the writer's own tenant's row.
 
 Existing rows are counted into the table here.
 
-Revision ID: 0012
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-03
 """
@@ -25,7 +26,7 @@ from alembic import op
 
 from tenantry.db.rls import drop_tenant_table_policies, migration_app_role, tenant_table_policies
 
-revision = "0012"
+revision = "0011"
 down_revision = "0010"
 branch_labels = None
 depends_on = None
