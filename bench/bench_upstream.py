@@ -1,13 +1,16 @@
-"""tools/call to an upstream MCP server through the gateway, next to the same call made to it directly.
+"""tools/call (or resources/read) to an upstream MCP server through the gateway, next to the same request
+made to it directly.
 
-    .venv/bin/python bench/bench_upstream.py [--concurrency 1,32] [--duration 5] [--warmup 1]
+    .venv/bin/python bench/bench_upstream.py [--read] [--concurrency 1,32] [--duration 5] [--warmup 1]
 
 In one run: recreates and migrates `tenantry_bench`, makes a tenant and key, starts
 `bench/bare_server.py` (the upstream) and the gateway as uvicorn subprocesses (one worker each),
 registers the bare server as the tenant's upstream `bare`, then drives `data_get` on the bare
 server and `bare__data_get` through the gateway with the same raw keep-alive HTTP/1.1 client,
-checking every answer. Prints req/s and p50/p99 for both, the added p50 latency (target < 2 ms)
-and the throughput ratio at each concurrency. Setup, servers and client are bench_gateway's.
+checking every answer; with `--read`, reads the resource `bench://value` there and `bare+bench://value`
+through the gateway (authorised, metered, guarded, audited and in the ledger before the answer, like a
+call). Prints req/s and p50/p99 for both, the added p50 latency (target < 2 ms) and the throughput ratio
+at each concurrency. Setup, servers and client are bench_gateway's.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bare_server import RESOURCE_TEXT, RESOURCE_URI
 from bench_gateway import (
     BENCH,
     KEY,
     RawHttpConnection,
     RunResult,
     call_body,
+    check_response,
     new_loop,
     prepare_database,
     print_table,
@@ -40,11 +45,36 @@ from bench_gateway import (
 )
 
 
+def read_body(uri: str) -> bytes:
+    message = {"jsonrpc": "2.0", "id": 0, "method": "resources/read", "params": {"uri": uri}}
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def check_read(status: int, payload: bytes, request_id: int) -> str | None:
+    """None if this is the resource's contents for `request_id` (under either name), else what is wrong."""
+    if status != 200:
+        return f"HTTP {status}: {payload[:200]!r}"
+    try:
+        message = json.loads(payload)
+        contents = message["result"]["contents"]
+    except (ValueError, KeyError, TypeError):
+        return f"not a read result: {payload[:200]!r}"
+    if message.get("id") != request_id:
+        return f"answer for id {message.get('id')!r}, expected {request_id}"
+    if len(contents) != 1 or contents[0].get("text") != RESOURCE_TEXT:
+        return f"unexpected contents: {json.dumps(contents)[:200]}"
+    return None
+
+
 async def drive(
-    name: str, port: int, headers: dict[str, str], tool: str, conc: int, warmup: float, duration: float
+    name: str, port: int, headers: dict[str, str], target: str, conc: int, warmup: float, duration: float
 ) -> RunResult:
+    """`target`: a tool to call with the benchmark's key, or a resource URI to read (`scheme://...`)."""
     result = RunResult(name, conc, duration)
-    prefix, _, suffix = call_body("legacy", 0, tool, {"key": KEY}).partition(b'"id":0')
+    read = "://" in target
+    body = read_body(target) if read else call_body("legacy", 0, target, {"key": KEY})
+    check = check_read if read else check_response
+    prefix, _, suffix = body.partition(b'"id":0')
     perf = time.perf_counter
     start = perf() + warmup
     end = start + duration
@@ -55,7 +85,8 @@ async def drive(
         try:
             while perf() < end:
                 request_id += 1
-                await timed_call(conn, b'%s"id":%d%s' % (prefix, request_id, suffix), request_id, result, start, end)
+                body = b'%s"id":%d%s' % (prefix, request_id, suffix)
+                await timed_call(conn, body, request_id, result, start, end, check=check)
         finally:
             await conn.close()
 
@@ -80,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,32")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--read", action="store_true", help="read a resource instead of calling a tool")
     p.add_argument("--profile", type=Path, metavar="DIR", help="also profile the gateway with py-spy into DIR")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -100,24 +132,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             direct_headers = request_headers("legacy", None, None)
             gateway_headers = request_headers("legacy", tenant_id, api_key)
+            direct, through = (RESOURCE_URI, f"bare+{RESOURCE_URI}") if args.read else ("data_get", "bare__data_get")
             results: list[RunResult] = []
             for conc in levels:
-                results.append(
-                    runner.run(drive("direct", bare.port, direct_headers, "data_get", conc, args.warmup, args.duration))
-                )
-                results.append(
-                    runner.run(
-                        drive(
-                            "gateway", gateway.port, gateway_headers, "bare__data_get", conc, args.warmup, args.duration
-                        )
-                    )
-                )
+                for name, port, headers, target in (
+                    ("direct", bare.port, direct_headers, direct),
+                    ("gateway", gateway.port, gateway_headers, through),
+                ):
+                    results.append(runner.run(drive(name, port, headers, target, conc, args.warmup, args.duration)))
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 conc = max(levels)
                 with py_spy(gateway.pid, args.profile / "gateway", args.duration):
-                    tool = "bare__data_get"
-                    runner.run(drive("gateway", gateway.port, gateway_headers, tool, conc, 0, args.duration))
+                    runner.run(drive("gateway", gateway.port, gateway_headers, through, conc, 0, args.duration))
                 print(f"\nprofile (c={conc}): {args.profile}/gateway.folded")
         finally:
             for server in servers:
