@@ -73,12 +73,13 @@ async def test_two_tenants_on_one_upstream_each_see_only_their_own_resources_and
     assert "fx+memo://secret" not in {str(r.uri) for r in secret.resources}
 
 
+@pytest.mark.parametrize("transport", ["http", "sse"])
 async def test_reads_and_prompt_gets_are_forwarded_renamed_metered_and_billed_like_calls(
-    gateway_url: str, admin: Admin, tenant_a: TenantHandle, fixture_upstream: Any, db: Database
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle, fixture_upstream: Any, db: Database, transport: str
 ) -> None:
     upstream, url = fixture_upstream
     await add_upstream(admin, tenant_a, url, "alpha", costs={"prompt:greet": 3})
-    async with connect(f"{gateway_url}/mcp", tenant_a.headers) as client:
+    async with connect(endpoint(gateway_url, transport), tenant_a.headers, transport) as client:
         memo = await client.read_resource("fx+memo://one")
         note = await client.read_resource("fx+memo://notes/abc")  # fits the published template
         logo = await client.read_resource("fx+blob://logo")
@@ -258,3 +259,27 @@ async def test_bad_resource_and_prompt_requests_get_clear_errors(
     assert (await rpc("resources/list", {"cursor": "garbage"}))["error"]["code"] == types.INVALID_PARAMS
     subscribed = await rpc("resources/subscribe", {"uri": "tenantry://data/k"})
     assert "need a session" in subscribed["error"]["message"]  # stateless: nowhere to deliver updates
+
+
+async def test_the_resource_listing_pages_through_the_data_store_then_the_upstreams(
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle, fixture_upstream: Any
+) -> None:
+    _, url = fixture_upstream
+    await add_upstream(admin, tenant_a, url, "alpha")
+    unlimited = {"requests_per_minute": None, "calls_per_window": None}
+    assert (await admin.http.patch(f"/api/tenants/{tenant_a.id}", json={"limits": unlimited})).status_code == 200
+    keys = [f"k/{i:03d}" for i in range(130)]
+    seen: list[str] = []
+    async with connect(f"{gateway_url}/mcp", tenant_a.headers) as client:
+        for key in keys:
+            await client.call_tool("data_put", {"key": key, "value": key})
+        first = await client.list_resources()
+        assert len(first.resources) == 100
+        assert first.next_cursor is not None
+        cursor: str | None = first.next_cursor
+        seen += [str(r.uri) for r in first.resources]
+        while cursor is not None:
+            page = await client.list_resources(cursor=cursor)
+            seen += [str(r.uri) for r in page.resources]
+            cursor = page.next_cursor
+    assert seen == [f"tenantry://data/{key}" for key in keys] + ["fx+memo://one", "fx+memo://secret", "fx+blob://logo"]
