@@ -132,22 +132,30 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_asgi(app: Any, port: int | None = None) -> Iterator[tuple[str, uvicorn.Server]]:
-    """Serve any ASGI app with uvicorn on a loopback port in a thread; yield its base URL and server."""
-    port = port or free_port()
+def serve_asgi(app: Any, port: int | None = None, **options: Any) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Serve any ASGI app with uvicorn on a loopback port in a thread; yield its base URL and server.
+    `options` go to `uvicorn.Config` (`ssl_certfile=...`: served over HTTPS)."""
     # A bounded graceful shutdown: a client holding a stream open (an upstream link's standalone
     # GET, say) must not keep the server, and the test, waiting for the join timeout.
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port or free_port(), **{**SERVER_OPTIONS, **options})
+    with serve_config(config) as served:
+        yield served
+
+
+# How tests run uvicorn: quiet, with the app's lifespan, and a bounded graceful shutdown.
+SERVER_OPTIONS: dict[str, Any] = {
+    "log_level": "warning",
+    "lifespan": "on",
+    "access_log": False,
+    "timeout_graceful_shutdown": 2,
+}
+
+
+@contextmanager
+def serve_config(config: uvicorn.Config) -> Iterator[tuple[str, uvicorn.Server]]:
+    """Run uvicorn with `config` in a thread; yield its base URL (https when it terminates TLS) and server."""
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"asgi-{port}", daemon=True)
+    thread = threading.Thread(target=server.run, name=f"asgi-{config.port}", daemon=True)
     thread.start()
     try:
         for _ in range(500):
@@ -158,7 +166,7 @@ def serve_asgi(app: Any, port: int | None = None) -> Iterator[tuple[str, uvicorn
             threading.Event().wait(0.01)
         else:
             raise RuntimeError("server did not start within 5 s")
-        yield f"http://127.0.0.1:{port}", server
+        yield f"{'https' if config.is_ssl else 'http'}://{config.host}:{config.port}", server
     finally:
         server.should_exit = True
         thread.join(timeout=10)

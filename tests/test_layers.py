@@ -26,6 +26,7 @@ FLOORS: dict[str, int] = {
     "client": 0,
     "ids": 0,
     "plans": 1,
+    "tls": 1,
     "settings": 2,
     "tenancy": 2,
     # storage and the per-call services

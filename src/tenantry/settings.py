@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from tenantry.plans import DEFAULT_PLAN_LIMITS, Limits
+from tenantry.tls import DEFAULT_GROUPS, parse_groups
 
 # Values that are fine on a laptop and fatal anywhere else.
 DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
@@ -164,6 +165,15 @@ class Settings(BaseSettings):
     upstream_breaker_failures: int = Field(default=5, ge=1, le=1000)
     upstream_breaker_cooldown_seconds: float = Field(default=30.0, ge=0, le=3600)
 
+    # --- TLS and post-quantum key exchange (README "TLS and post-quantum key exchange") ---
+    # `tenantry serve` terminates TLS itself when a certificate is set (PEM; the key may be in the same
+    # file). Without one it serves plain HTTP, for a proxy in front to terminate TLS.
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    # Key-exchange groups, most preferred first (OpenSSL's "A:B:C" syntax), for inbound connections and
+    # for connections to upstreams; groups the linked OpenSSL lacks are left out (ML-KEM needs 3.5+).
+    tls_groups: str = DEFAULT_GROUPS
+
     @property
     def plans(self) -> list[str]:
         return list(self.plan_limits)
@@ -175,6 +185,14 @@ class Settings(BaseSettings):
         bad = {tool: cost for tool, cost in self.tool_costs.items() if cost < 0}
         if bad:
             raise ValueError(f"TENANTRY_TOOL_COSTS must be >= 0: {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if self.tls_keyfile and not self.tls_certfile:
+            raise ValueError("TENANTRY_TLS_KEYFILE is set without TENANTRY_TLS_CERTFILE")
+        if not parse_groups(self.tls_groups):
+            raise ValueError("TENANTRY_TLS_GROUPS names no group")
         return self
 
     @model_validator(mode="after")
@@ -205,7 +223,8 @@ class Settings(BaseSettings):
 
     @property
     def self_base_url(self) -> str:
-        return (self.gateway_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls_certfile else "http"
+        return (self.gateway_base_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def owner_database_url(self) -> str:

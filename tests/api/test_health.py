@@ -13,7 +13,7 @@ from tenantry.client import connect
 from tests.conftest import ADMIN_KEY, OPS, Admin, TenantHandle, serve
 from tests.federation.test_upstreams import add_upstream
 
-CHECKS = {"database", "redis", "app_role", "ledger", "upstream_changes", "audit"}
+CHECKS = {"database", "redis", "app_role", "ledger", "upstream_changes", "audit", "tls"}
 
 
 async def test_health_is_ok_and_names_each_check(http: httpx.AsyncClient) -> None:

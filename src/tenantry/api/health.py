@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from tenantry import __version__
+from tenantry import __version__, tls
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import OpsDep, ServicesDep, is_ops, require_ops
 from tenantry.api.openapi import errors
@@ -236,6 +236,8 @@ async def health(
         checks[name] = result
     checks["upstream_changes"] = services.changes.check()
     checks["audit"] = _audit(services)
+    # Informational: whether this replica terminates TLS and prefers post-quantum key exchange.
+    checks["tls"] = tls.status(services.settings.tls_groups, serving_tls=services.settings.tls_certfile is not None)
     if tenant_id is not None:
         checks.update(await _upstreams(services, tenant_id))
     healthy = all(c["status"] == "ok" for c in checks.values())

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--log-level", choices=["debug", "info", "warning", "error"], help="default: TENANTRY_LOG_LEVEL (info)"
         )
+        p.add_argument("--tls-certfile", help="PEM certificate (chain) to serve HTTPS with (TENANTRY_TLS_CERTFILE)")
+        p.add_argument("--tls-keyfile", help="PEM private key, when not in the certificate file (TENANTRY_TLS_KEYFILE)")
+        p.add_argument(
+            "--tls-groups", help="key-exchange groups, preferred first: X25519MLKEM768:X25519 (TENANTRY_TLS_GROUPS)"
+        )
         if name == "dev":
             p.add_argument("--state-dir", default=".tenantry", help="where embedded services keep their data")
 

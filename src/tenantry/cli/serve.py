@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tenantry import tenants as tenant_service
 from tenantry.auth import api_keys
@@ -16,27 +18,63 @@ from tenantry.db.migrate import ensure_database, migrate
 from tenantry.errors import Unavailable
 from tenantry.observability import configure_logging
 from tenantry.settings import Settings
+from tenantry.tls import server_context
+
+if TYPE_CHECKING:
+    import uvicorn
 
 DEMO_TENANT_NAME = "demo"
 
 # --- serve / migrate / dev -------------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+def with_tls_flags(args: argparse.Namespace, settings: Settings) -> Settings:
+    """The settings with the command line's TLS flags (which win over TENANTRY_TLS_*) in them."""
+    update = {
+        name: value
+        for name in ("tls_certfile", "tls_keyfile", "tls_groups")
+        if (value := getattr(args, name, None)) is not None
+    }
+    return Settings.model_validate({**settings.model_dump(), **update}) if update else settings
+
+
+def server_config(
+    settings: Settings, app: Callable[[], Any], *, host: str, port: int, **options: Any
+) -> uvicorn.Config:
+    """uvicorn's configuration for the gateway: TLS terminated here when a certificate is set, with the
+    context `tenantry.tls` builds (the key-exchange groups uvicorn's own cannot set). The certificate
+    and key are loaded first, so a wrong file is a clear error before the app is built or anything listens."""
     import uvicorn
 
+    tls_options: dict[str, Any] = {}
+    if settings.tls_certfile:
+        context = server_context(settings.tls_certfile, settings.tls_keyfile, settings.tls_groups)
+        tls_options = {
+            "ssl_certfile": settings.tls_certfile,
+            "ssl_keyfile": settings.tls_keyfile,
+            "ssl_context_factory": lambda _config, _default: context,
+        }
+    return uvicorn.Config(app(), host=host, port=port, **tls_options, **options)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from tenantry.app import create_app
 
+    settings = with_tls_flags(args, settings)
     level = args.log_level or settings.log_level
     configure_logging(json_lines=settings.json_logs, level=level)
-    uvicorn.run(
-        create_app(settings),
+    config = server_config(
+        settings,
+        lambda: create_app(settings),
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_config=None,  # our handler and format (configure_logging), one line per request from the app
         log_level=level,
         access_log=False,
     )
+    import uvicorn
+
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -108,8 +146,9 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         saved.touch(mode=0o600)
         saved.chmod(0o600)  # also when an older file was there
         saved.write_text(json.dumps({"tenant_id": str(tenant.id), "key_id": str(key_id), "secret": secret}))
+    settings = with_tls_flags(args, settings)
     host, port = args.host or settings.host, args.port or settings.port
-    base = f"http://{host}:{port}"
+    base = f"{'https' if settings.tls_certfile else 'http'}://{host}:{port}"
     print(
         f"""
 Tenantry is starting on {base}

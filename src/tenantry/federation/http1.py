@@ -14,11 +14,12 @@ import asyncio
 import json
 import re
 import socket
-import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit
+
+from tenantry.tls import DEFAULT_GROUPS, client_context
 
 _MAX_HEAD: Final = 64 * 1024
 _DIGITS: Final = re.compile(rb"[0-9]{1,18}")
@@ -188,11 +189,12 @@ class Http1Client:
         connect_timeout: float,
         max_response_bytes: int,
         max_idle: int = 16,
+        tls_groups: str = DEFAULT_GROUPS,
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or ""
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._tls = client_context(tls_groups) if parts.scheme == "https" else None
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._addresses = list(addresses) or [self.host]
         host_header = parts.netloc.rsplit("@", 1)[-1]

@@ -39,6 +39,7 @@ from tenantry.federation.ssrf import check_url
 from tenantry.observability import Tracing
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
+from tenantry.tls import client_context
 from tenantry.tools.base import Relay
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,10 @@ class UpstreamPool:
 
                     def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> httpx2.AsyncClient:
                         hooks = {"response": [record]}
-                        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks=hooks)
+                        tls = client_context(s.tls_groups)
+                        return httpx2.AsyncClient(
+                            headers=headers, timeout=timeout, auth=auth, event_hooks=hooks, verify=tls
+                        )
 
                     transport = sse_client(
                         upstream.url,
@@ -271,6 +275,7 @@ class UpstreamPool:
                         connect_timeout=s.upstream_connect_timeout_seconds,
                         max_response_bytes=s.upstream_max_response_bytes,
                         max_idle=s.upstream_max_idle_connections,
+                        tls_groups=s.tls_groups,
                     )
                     link = HttpLink(
                         http,
