@@ -1,5 +1,8 @@
 # Tenantry gateway image: a slim Python runtime, the package installed, run as a non-root user.
-FROM python:3.11-slim AS build
+# Debian 13 "trixie": its OpenSSL is 3.5, which Python's ssl links, so `tenantry serve` with
+# TENANTRY_TLS_CERTFILE offers the hybrid post-quantum key exchange X25519MLKEM768 (README "TLS and
+# post-quantum key exchange"); the bookworm-based `python:3.11-slim` has OpenSSL 3.0, without it.
+FROM python:3.11-slim-trixie AS build
 WORKDIR /src
 COPY pyproject.toml README.md alembic.ini ./
 # src/tenantry/migrations links to migrations/: both are needed to build the package.
@@ -8,7 +11,7 @@ COPY src ./src
 # No extras: the development services (embedded PostgreSQL / Redis) are not in the image.
 RUN pip install --no-cache-dir --prefix=/install .
 
-FROM python:3.11-slim
+FROM python:3.11-slim-trixie
 RUN groupadd --system tenantry && useradd --system --gid tenantry --home-dir /app --shell /usr/sbin/nologin tenantry
 COPY --from=build /install /usr/local
 WORKDIR /app
@@ -18,5 +21,5 @@ ENV TENANTRY_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status == 200 else 1)"
+    CMD python -c "import os,ssl,sys,urllib.request as u; s='https' if os.environ.get('TENANTRY_TLS_CERTFILE') else 'http'; sys.exit(0 if u.urlopen(s+'://127.0.0.1:8000/health', timeout=2, context=ssl._create_unverified_context()).status == 200 else 1)"
 CMD ["tenantry", "serve"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import os
 import ssl
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from tenantry.cli.common import EXIT_USAGE
 from tenantry.cli.serve import server_config
 from tenantry.settings import Settings
 from tests import conftest
-from tests.conftest import ADMIN_KEY, OPS, Admin, free_port, serve, serve_config
+from tests.conftest import ADMIN_KEY, JWT_SECRET, OPS, OPS_KEY, Admin, eventually, free_port, serve, serve_config
 from tests.federation.test_upstreams import add_upstream
 from tests.upstream_servers import FixtureUpstream
 
@@ -122,6 +124,50 @@ async def test_the_gateway_serves_health_and_tool_calls_over_https(
     async with httpx.AsyncClient(base_url=https_gateway, timeout=10) as stranger:
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await stranger.get("/health")
+
+
+async def test_tenantry_serve_terminates_tls_as_a_process(settings: Settings, certificate: tuple[Path, Path]) -> None:
+    """`tenantry serve` as an operator runs it, with the TLS settings in its environment."""
+    cert, key = certificate
+    port = free_port()
+    env = {
+        **os.environ,
+        "TENANTRY_ENVIRONMENT": "test",
+        "TENANTRY_DATABASE_URL": settings.database_url,
+        "TENANTRY_REDIS_URL": settings.redis_url,
+        "TENANTRY_REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "TENANTRY_ADMIN_API_KEY": ADMIN_KEY,
+        "TENANTRY_OPS_API_KEY": OPS_KEY,
+        "TENANTRY_JWT_SECRET": JWT_SECRET,
+        "TENANTRY_TLS_CERTFILE": str(cert),
+        "TENANTRY_TLS_KEYFILE": str(key),
+        "TENANTRY_LOG_LEVEL": "warning",
+    }
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "tenantry.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient(verify=trusting(cert), timeout=5) as client:
+
+            async def healthy() -> dict[str, Any] | None:
+                assert process.returncode is None, "tenantry serve exited"
+                try:
+                    r = await client.get(f"https://127.0.0.1:{port}/health", headers=OPS)
+                except httpx.TransportError:
+                    return None
+                found: dict[str, Any] = r.json()["checks"]["tls"]
+                return found
+
+            check = await eventually(healthy, within=30, what="tenantry serve answering over https")
+        assert check["serving_tls"] is True
+        assert check["post_quantum_available"] is PQ_EXPECTED
+    finally:
+        process.terminate()
+        _, err = await process.communicate()
+    assert b"Traceback" not in err
 
 
 async def test_plain_gateway_reports_it_does_not_serve_tls(http: httpx.AsyncClient) -> None:

@@ -116,9 +116,23 @@ def apply_groups(context: ssl.SSLContext, groups: str | Sequence[str]) -> list[s
     usable = supported_groups(wanted)
     lib = _openssl()
     pointer = None if lib is None else _ctx_pointer(lib, context)
-    if not usable or pointer is None or not _set_list(lib, pointer, usable):
+    if not usable or pointer is None:
         return []
-    return usable
+    if any(_set_list(lib, pointer, form) for form in _openssl_forms(usable)):
+        return usable
+    return []
+
+
+def _openssl_forms(groups: list[str]) -> list[list[str]]:
+    """How to say `groups` to this OpenSSL, best first. From 3.5 a list may say which groups a client
+    sends key shares for (`*`) and rank groups in tuples (`/`): the hybrid group alone in the first
+    tuple, so a server picks it whenever the client has it, and shares for it and the next group, so
+    a client reaches a server without ML-KEM in one round trip (OpenSSL 3.5's own default does the
+    same). Older versions take the plain list."""
+    forms = [groups]
+    if ssl.OPENSSL_VERSION_INFO >= (3, 5) and len(groups) > 1 and groups[0] == PQ_GROUP:
+        forms.insert(0, [f"*{groups[0]}/*{groups[1]}", *groups[2:]])
+    return forms
 
 
 def client_context(groups: str | Sequence[str] = DEFAULT_GROUPS) -> ssl.SSLContext:
