@@ -1,6 +1,8 @@
 """examples/agent: a LlamaIndex agent on the gateway. Run with a scripted tool-calling model (no
 network), it calls the tools the model picks through the gateway, billed to its own tenant only, and
-binds whatever `tools/list` returns, so a tool an upstream adds appears without code changes."""
+binds whatever `tools/list` returns, so a tool an upstream adds appears without code changes. Its
+real-model path (an OpenAI-compatible endpoint from the environment) runs against a scripted endpoint
+on loopback, which sees the tenant's tools and schemas as a real model would."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from tenantry.db.engine import Database
 from tests.conftest import ROOT, Admin, TenantHandle
 from tests.federation.test_upstreams import add_upstream
 from tests.gateway.test_resources import recorded, usage
+from tests.openai_compatible_server import ScriptedChatEndpoint, serve_chat_endpoint
 
 # LlamaIndex's workflow engine collects its steps with `inspect.getmembers` on a pydantic model, which
 # touches every attribute pydantic deprecated: the library's warnings, not ours (the suite makes warnings
@@ -91,3 +94,36 @@ async def test_the_readme_command_runs_the_scripted_agent_and_a_wrong_key_is_ref
     assert refused.returncode != 0
     assert "401" in refused.stderr.decode()
     assert len(await usage(db, tenant_a)) == 2
+
+
+async def test_with_an_openai_compatible_endpoint_from_the_environment_the_model_sees_the_tenants_tools(
+    gateway_url: str, db: Database, tenant_a: TenantHandle, tenant_b: TenantHandle
+) -> None:
+    plan = [("data_put", {"key": "colour", "value": "teal"}), ("data_get", {"key": "colour"})]
+    endpoint = ScriptedChatEndpoint(plan, answer="Your favourite colour, teal, is stored.")
+    with serve_chat_endpoint(endpoint) as base_url:
+        env = {
+            **os.environ,
+            "TENANTRY_URL": f"{gateway_url}/mcp",
+            "TENANTRY_TENANT_ID": tenant_a.id,
+            "TENANTRY_API_KEY": tenant_a.key,
+            "OPENAI_BASE_URL": base_url,
+            "OPENAI_API_KEY": "sk-scripted",
+            "AGENT_MODEL": "scripted-model",
+        }
+        script = str(ROOT / "examples" / "agent" / "agent.py")
+        done = await anyio.run_process([sys.executable, script, "--json", "Remember teal"], env=env, check=False)
+
+    assert done.returncode == 0, done.stderr.decode()
+    printed = json.loads(done.stdout)
+    assert [(u["name"], u["is_error"]) for u in printed["used"]] == [("data_put", False), ("data_get", False)]
+    assert printed["answer"] == "Your favourite colour, teal, is stored."
+    first = endpoint.requests[0]
+    assert first["model"] == "scripted-model"
+    assert set(endpoint.keys) == {"Bearer sk-scripted"}
+    offered = {t["function"]["name"]: t["function"] for t in first["tools"]}
+    assert "key" in offered["data_put"]["parameters"]["properties"]
+    assert "private data store" in offered["data_put"]["description"]
+    assert any(m["role"] == "user" and "Remember teal" in str(m["content"]) for m in first["messages"])
+    assert [tool for tool, _u, _o in await recorded(db, tenant_a, 2)] == ["data_put", "data_get"]
+    assert await usage(db, tenant_b) == []
