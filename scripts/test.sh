@@ -10,6 +10,7 @@ if ! command -v npm >/dev/null; then
 fi
 npm ci --prefix tests/ts_client --no-audit --no-fund --loglevel=error
 .venv/bin/python -m tenantry.dev up
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests bench examples
 .venv/bin/mypy
+.venv/bin/mypy --strict examples/agent/agent.py
 .venv/bin/pytest "$@"
