@@ -147,9 +147,10 @@ async def create_upstream(
         "credentials": box.seal(headers),
         "header_names": sorted(headers),
         "costs": costs,
-        "document": document,
         "operations": operations or {},
     }
+    if document is not None:  # else SQL NULL: None would be stored as the JSON value null
+        values["document"] = document
     try:
         async with conn.begin_nested():
             row = (await conn.execute(insert(upstreams).values(**values).returning(*_COLUMNS))).one()
