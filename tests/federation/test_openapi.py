@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.openapi.utils import get_openapi
 from mcp.shared.exceptions import MCPError
@@ -337,3 +338,24 @@ async def test_the_cli_registers_a_rest_api_with_filters(
     refused = run(settings, *args[:-2], "--url", "http://169.254.169.254/openapi.json", "--json")
     assert refused.returncode != 0
     assert "upstream_url_forbidden" in refused.stdout + refused.stderr
+
+
+async def test_a_new_uploaded_document_is_checked_like_the_first_and_its_changes_are_pinned(
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle, shop: tuple[Shop, str]
+) -> None:
+    _, url = shop
+    async with httpx.AsyncClient() as http:
+        document = (await http.get(f"{url}/openapi.json")).json()
+    created = await add_api(admin, tenant_a, url, url=url, document=yaml.safe_dump(document))  # YAML text
+    base = f"/api/tenants/{tenant_a.id}/upstreams/{created['id']}"
+    assert "shop__get_item" in await tools_of(gateway_url, tenant_a)
+    bad = await admin.http.patch(base, json={"document": {"swagger": "2.0", "paths": {}}})
+    assert bad.status_code == 400
+    assert bad.json()["error"] == "invalid_openapi_document"
+    assert (await admin.http.patch(base, json={"transport": "sse"})).json()["error"] == "invalid_transport"
+    assert (await admin.http.get(base)).json()["updated_at"] == created["updated_at"]
+    document["paths"]["/items/{item_id}"]["get"]["description"] = "Look one item up, and its price."
+    assert (await admin.http.patch(base, json={"document": document})).status_code == 200
+    refreshed = (await admin.http.post(f"{base}/refresh")).json()
+    assert refreshed["drift"] == ["get_item"]
+    assert "shop__get_item" not in await tools_of(gateway_url, tenant_a)

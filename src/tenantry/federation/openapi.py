@@ -62,7 +62,8 @@ async def fetch_document(url: str, headers: dict[str, str], settings: Settings) 
         http.close()
     if response.status != 200:
         raise HttpStatusError(response.status, body)
-    return parse_document(body)
+    # Megabytes of JSON or YAML take a while to parse: not on the event loop every call shares.
+    return await asyncio.to_thread(parse_document, body)
 
 
 async def prepare(
@@ -91,7 +92,7 @@ async def prepare(
                 code="openapi_document_unreachable",
             ) from exc
     else:
-        doc = parse_document(document) if isinstance(document, str) else document
+        doc = await asyncio.to_thread(parse_document, document) if isinstance(document, str) else document
         if len(json.dumps(doc)) > settings.openapi_max_document_bytes:
             raise invalid(f"it is larger than {settings.openapi_max_document_bytes} bytes")
         stored = doc

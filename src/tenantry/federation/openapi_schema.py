@@ -34,7 +34,8 @@ from tenantry.errors import BadRequest
 
 METHODS: Final = ("get", "put", "post", "delete", "patch")
 MAX_NAME: Final = 64
-_MAX_DEPTH: Final = 12
+_MAX_DEPTH: Final = 12  # nested $refs
+_MAX_LEVELS: Final = 64  # nested JSON of a schema, $refs inlined (far below Python's recursion limit)
 _MAX_NODES: Final = 5000  # schema nodes per tool, after $refs are inlined
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]+")
 _UNDERSCORES: Final = re.compile(r"_{2,}")
@@ -72,12 +73,30 @@ def parse_document(raw: bytes | str) -> dict[str, Any]:
         found = json.loads(raw)
     except (ValueError, RecursionError):
         try:
+            _check_yaml(raw)
             found = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, RecursionError) as exc:
             raise invalid("neither JSON nor YAML") from exc
     if not isinstance(found, dict):
         raise invalid("the document is not an object")
     return found
+
+
+def _check_yaml(raw: bytes | str) -> None:
+    """Refuse, before building anything, YAML that would cost far more than its size: an alias
+    repeats a node without copying it, and expanded (to JSON, to store it) a few nested ones make
+    gigabytes of a kilobyte ("billion laughs"); deep nesting makes PyYAML slow and recursive. The
+    events are read lazily, so a refusal stops at the offending one."""
+    depth = 0
+    for event in yaml.parse(raw):
+        if isinstance(event, yaml.AliasEvent):
+            raise invalid("YAML aliases (*name) are not accepted")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > _MAX_LEVELS:
+                raise invalid(f"it nests deeper than {_MAX_LEVELS} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def check_document(doc: dict[str, Any]) -> dict[str, Any]:
@@ -154,12 +173,13 @@ class _Resolver:
             node = node[part]
         return node
 
-    def schema(self, node: Any, stack: tuple[str, ...] = ()) -> Any:
+    def schema(self, node: Any, stack: tuple[str, ...] = (), level: int = 0) -> Any:
         self.budget -= 1
-        if self.budget < 0 or len(stack) > _MAX_DEPTH:
+        if self.budget < 0 or len(stack) > _MAX_DEPTH or level > _MAX_LEVELS:
             return {}
+        level += 1
         if isinstance(node, list):
-            return [self.schema(item, stack) for item in node]
+            return [self.schema(item, stack, level) for item in node]
         if not isinstance(node, dict):
             return node
         ref = node.get("$ref")
@@ -167,10 +187,10 @@ class _Resolver:
             found = self.target(ref)
             if ref in stack or not isinstance(found, dict):
                 return {k: v for k, v in node.items() if k in ("description", "title")}
-            resolved = self.schema(found, (*stack, ref))
-            siblings = {k: self.schema(v, stack) for k, v in node.items() if k != "$ref" and k not in _DROPPED}
+            resolved = self.schema(found, (*stack, ref), level)
+            siblings = {k: self.schema(v, stack, level) for k, v in node.items() if k != "$ref" and k not in _DROPPED}
             return {**resolved, **siblings} if isinstance(resolved, dict) else resolved
-        out = {k: self.schema(v, stack) for k, v in node.items() if k not in _DROPPED}
+        out = {k: self.schema(v, stack, level) for k, v in node.items() if k not in _DROPPED}
         if node.get("nullable") is True and isinstance(out.get("type"), str):
             out["type"] = [out["type"], "null"]  # OpenAPI 3.0's nullable, as JSON Schema says it
         return out
