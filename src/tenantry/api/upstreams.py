@@ -149,7 +149,8 @@ async def update_upstream(
         )
     _check_kind(current.transport, body.document, body.operations)
     document, operations = None, None
-    if current.transport == "openapi":
+    changes_tools = any(v is not None for v in (body.document, body.url, body.operations, body.headers))
+    if current.transport == "openapi" and changes_tools:
         # The new whole (document, URL, filters, credentials) must still make tools, as at creation.
         uploaded = body.document if body.document is not None else current.document
         document, operations = await openapi.prepare(
