@@ -110,10 +110,40 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
 
 
+# The same value as a REST API described by its own OpenAPI document (`bench_upstream.py --openapi`).
+REST_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "bare REST", "version": "1"},
+    "servers": [{"url": "/rest"}],
+    "paths": {
+        "/data/{key}": {
+            "get": {
+                "operationId": "data_get",
+                "summary": "Read a stored JSON value",
+                "parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the value"}},
+            }
+        }
+    },
+}
+
+
+async def rest_document(request: Request) -> JSONResponse:
+    return JSONResponse(REST_DOCUMENT)
+
+
+async def rest_data_get(request: Request) -> JSONResponse:
+    if request.path_params["key"] != RESULT["key"]:
+        return JSONResponse({"detail": "no such key"}, status_code=404)
+    return JSONResponse(RESULT)
+
+
 app = Starlette(
     routes=[
         Route("/mcp", endpoint=StreamableHTTPASGIApp(manager), methods=["GET", "POST", "DELETE"]),
         Route("/health", endpoint=health, methods=["GET"]),
+        Route("/rest/openapi.json", endpoint=rest_document, methods=["GET"]),
+        Route("/rest/data/{key:path}", endpoint=rest_data_get, methods=["GET"]),
     ],
     lifespan=lifespan,
 )

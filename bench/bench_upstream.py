@@ -10,7 +10,10 @@ server and `bare__data_get` through the gateway with the same raw keep-alive HTT
 checking every answer; with `--read`, reads the resource `bench://value` there and `bare+bench://value`
 through the gateway (authorised, metered, guarded, audited and in the ledger before the answer, like a
 call). Prints req/s and p50/p99 for both, the added p50 latency (target < 2 ms) and the throughput ratio
-at each concurrency. Setup, servers and client are bench_gateway's.
+at each concurrency. With `--openapi`, the gateway side calls `rest__data_get` instead: the same value
+from the bare server's REST route, registered as an upstream of kind `openapi` (its document fetched from
+`/rest/openapi.json`), so the added p50 is that of a REST API behind the gateway. Setup, servers and
+client are bench_gateway's.
 """
 
 from __future__ import annotations
@@ -94,8 +97,8 @@ async def drive(
     return result
 
 
-def register_upstream(gateway_port: int, admin_key: str, tenant_id: str, upstream_url: str) -> None:
-    body = json.dumps({"name": "bare", "url": upstream_url}).encode()
+def register_upstream(gateway_port: int, admin_key: str, tenant_id: str, upstream: dict[str, str]) -> None:
+    body = json.dumps(upstream).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{gateway_port}/api/tenants/{tenant_id}/upstreams",
         data=body,
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--read", action="store_true", help="read a resource instead of calling a tool")
+    p.add_argument("--openapi", action="store_true", help="through the gateway, call the REST API upstream `rest`")
     p.add_argument("--profile", type=Path, metavar="DIR", help="also profile the gateway with py-spy into DIR")
     args = p.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -127,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(gateway)
             for server in servers:
                 wait_healthy(server)
-            register_upstream(
-                gateway.port, env["TENANTRY_ADMIN_API_KEY"], tenant_id, f"http://127.0.0.1:{bare.port}/mcp"
-            )
+            origin = f"http://127.0.0.1:{bare.port}"
+            admin_key = env["TENANTRY_ADMIN_API_KEY"]
+            register_upstream(gateway.port, admin_key, tenant_id, {"name": "bare", "url": f"{origin}/mcp"})
+            rest = {"name": "rest", "transport": "openapi", "url": f"{origin}/rest/openapi.json"}
+            register_upstream(gateway.port, admin_key, tenant_id, rest)
             direct_headers = request_headers("legacy", None, None)
             gateway_headers = request_headers("legacy", tenant_id, api_key)
             direct, through = (RESOURCE_URI, f"bare+{RESOURCE_URI}") if args.read else ("data_get", "bare__data_get")
+            if args.openapi:
+                through = "rest__data_get"
             results: list[RunResult] = []
             for conc in levels:
                 for name, port, headers, target in (

@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     # for connections to upstreams; groups the linked OpenSSL lacks are left out (ML-KEM needs 3.5+).
     tls_groups: str = DEFAULT_GROUPS
 
+    # REST APIs as MCP tools (upstreams of kind `openapi`, #19): the OpenAPI document's size and
+    # operation count, and how much of an error response's body a tool error quotes.
+    openapi_max_document_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    openapi_max_operations: int = Field(default=500, ge=1, le=10_000)
+    openapi_error_body_chars: int = Field(default=500, ge=0, le=10_000)
+
     @property
     def plans(self) -> list[str]:
         return list(self.plan_limits)

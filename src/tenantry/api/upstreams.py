@@ -18,8 +18,8 @@ from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.openapi import errors
 from tenantry.audit.changes import note_change
-from tenantry.errors import Conflict
-from tenantry.federation import registry
+from tenantry.errors import BadRequest, Conflict
+from tenantry.federation import openapi, registry
 from tenantry.federation.ssrf import check_url
 from tenantry.services import Services
 from tenantry.tenancy import TenantStatus, parse_tenant_id
@@ -36,6 +36,10 @@ class UpstreamCreate(BaseModel):
     transport: str = Field(default="streamable_http", max_length=40)
     headers: dict[str, str] = Field(default_factory=dict, max_length=20)
     costs: dict[str, int] = Field(default_factory=dict, max_length=1000)
+    # Kind `openapi` only: the OpenAPI document (an object, or JSON/YAML text; omitted: fetched from
+    # `url`), and which operations become tools.
+    document: dict[str, Any] | str | None = None
+    operations: dict[str, Any] | None = None
 
 
 class UpstreamPatch(BaseModel):
@@ -44,6 +48,15 @@ class UpstreamPatch(BaseModel):
     transport: str | None = Field(default=None, max_length=40)
     headers: dict[str, str] | None = Field(default=None, max_length=20)
     costs: dict[str, int] | None = Field(default=None, max_length=1000)
+    document: dict[str, Any] | str | None = None
+    operations: dict[str, Any] | None = None
+
+
+def _check_kind(transport: str, document: object, operations: object) -> None:
+    if transport != "openapi" and (document is not None or operations is not None):
+        raise BadRequest(
+            "document and operations belong to upstreams of transport 'openapi'", code="invalid_upstream_kind"
+        )
 
 
 async def _tenant_record(services: Services, tenant_id: str) -> tenant_service.Tenant:
@@ -74,7 +87,14 @@ async def create_upstream(tenant_id: str, body: UpstreamCreate, services: Servic
     registry.check_transport(body.transport)
     registry.check_headers(body.headers)
     registry.check_costs(body.costs)
-    await _check_url(services, body.url)
+    _check_kind(body.transport, body.document, body.operations)
+    document, operations = None, None
+    if body.transport == "openapi":
+        document, operations = await openapi.prepare(
+            services.settings, url=body.url, headers=body.headers, document=body.document, filters=body.operations
+        )
+    else:
+        await _check_url(services, body.url)
     async with services.db.tenant(tid) as conn:
         created = await registry.create_upstream(
             conn,
@@ -86,6 +106,8 @@ async def create_upstream(tenant_id: str, body: UpstreamCreate, services: Servic
             headers=body.headers,
             costs=body.costs,
             max_upstreams=limits.max_upstreams,
+            document=document,
+            operations=operations,
         )
     services.discovery.invalidate(tid)
     note_change(tid, "upstream.create", created.id, None, created.public())
@@ -119,7 +141,26 @@ async def update_upstream(
         registry.check_headers(body.headers)
     if body.costs is not None:
         registry.check_costs(body.costs)
-    if body.url is not None:
+    async with services.db.tenant(tid) as conn:
+        current = await registry.get_upstream(conn, upstream_id)
+    if (body.transport or current.transport) != current.transport and "openapi" in (body.transport, current.transport):
+        raise BadRequest(
+            "an upstream cannot change to or from transport 'openapi'; add a new one", code="invalid_transport"
+        )
+    _check_kind(current.transport, body.document, body.operations)
+    document, operations = None, None
+    changes_tools = any(v is not None for v in (body.document, body.url, body.operations, body.headers))
+    if current.transport == "openapi" and changes_tools:
+        # The new whole (document, URL, filters, credentials) must still make tools, as at creation.
+        uploaded = body.document if body.document is not None else current.document
+        document, operations = await openapi.prepare(
+            services.settings,
+            url=body.url or current.url,
+            headers=body.headers if body.headers is not None else services.secrets.open(current.credentials),
+            document=uploaded,
+            filters=body.operations if body.operations is not None else current.operations,
+        )
+    elif body.url is not None:
         await _check_url(services, body.url)
     async with services.db.tenant(tid) as conn:
         before = (await registry.get_upstream(conn, upstream_id)).public()
@@ -131,6 +172,8 @@ async def update_upstream(
             transport=body.transport,
             headers=body.headers,
             costs=body.costs,
+            document=document if body.document is not None else None,
+            operations=operations if body.operations is not None else None,
         )
     await services.discovery.pool.close_tenant_upstream(tid, upstream_id)
     services.discovery.invalidate(tid, upstream_id)

@@ -168,6 +168,9 @@ upstreams = Table(
     Column("costs", JSONB, nullable=False, server_default="{}"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Kind `openapi` (0013): an uploaded document (NULL: fetched from `url`) and the operation filters.
+    Column("document", JSONB, nullable=True),
+    Column("operations", JSONB, nullable=False, server_default="{}"),
 )
 
 upstream_tool_pins = Table(

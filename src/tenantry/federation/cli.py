@@ -18,7 +18,7 @@ from tenantry import tenants as tenant_service
 from tenantry.audit.changes import record_change
 from tenantry.db.engine import Database
 from tenantry.errors import TenantryError
-from tenantry.federation import registry
+from tenantry.federation import openapi, registry
 from tenantry.federation.ssrf import check_url
 from tenantry.plans import PlanBook
 from tenantry.secrets import SecretBox
@@ -61,11 +61,31 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     except (ValueError, AttributeError) as exc:
         raise TenantryError("--costs must be a JSON object of tool -> integer", code="invalid_costs") from exc
     registry.check_costs(costs)
+    filters = {k: v for k, v in (("include", args.include), ("exclude", args.exclude)) if v}
+    if args.transport != "openapi" and (args.document or filters):
+        raise TenantryError(
+            "--document, --include and --exclude are for --transport openapi", code="invalid_upstream_kind"
+        )
+    uploaded = None
+    if args.document:
+        try:
+            with open(args.document, encoding="utf-8") as file:
+                uploaded = file.read(settings.openapi_max_document_bytes + 1)
+        except OSError as exc:
+            raise TenantryError(
+                f"cannot read {args.document!r}: {exc.strerror}", code="invalid_openapi_document"
+            ) from exc
 
     async def work(db: Database) -> dict[str, Any]:
-        await check_url(
-            args.url, allow_private=settings.upstream_allow_private, allow_loopback=settings.upstream_allow_loopback
-        )
+        document, operations = None, None
+        if args.transport == "openapi":
+            document, operations = await openapi.prepare(
+                settings, url=args.url, headers=headers, document=uploaded, filters=filters
+            )
+        else:
+            await check_url(
+                args.url, allow_private=settings.upstream_allow_private, allow_loopback=settings.upstream_allow_loopback
+            )
         async with db.system() as conn:
             tenant = await tenant_service.get_tenant(conn, tenant_id)
         limits = PlanBook(settings).limits(tenant.plan, tenant.limits)
@@ -80,6 +100,8 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
                 headers=headers,
                 costs=costs,
                 max_upstreams=limits.max_upstreams,
+                document=document,
+                operations=operations,
             )
             after = {**created.public(), "headers": headers}  # only that credentials were set is recorded
             await record_change(conn, tenant_id, "upstream.create", created.id, None, after)
@@ -144,8 +166,29 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> N
     p = command("add", "Register an upstream MCP server for a tenant.", cmd_add, group)
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("--name", required=True, help="a slug; its tools appear as NAME__tool")
-    p.add_argument("--url", required=True, help="the upstream's MCP endpoint")
-    p.add_argument("--transport", default="streamable_http", help="streamable_http (default) or sse")
+    p.add_argument(
+        "--url",
+        required=True,
+        help="the upstream's MCP endpoint; for openapi, its document's URL (or, with --document, the API's base URL)",
+    )
+    p.add_argument(
+        "--transport", default="streamable_http", help="streamable_http (default), sse, or openapi (a REST API)"
+    )
+    p.add_argument(
+        "--document", help="openapi: an OpenAPI 3 document file (JSON or YAML) to store instead of fetching --url"
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        help="openapi: offer only operations matching (glob on the name, or tag:GLOB; repeatable)",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        help="openapi: leave out operations matching (glob on the name, or tag:GLOB; repeatable)",
+    )
     p.add_argument("--header", action="append", default=[], help="'Name: value' to inject (repeatable; encrypted)")
     p.add_argument("--costs", default="{}", help="units per tool as JSON, e.g. '{\"search\": 3}' (default 1)")
     p = command("list", "List a tenant's upstreams (header names only, never values).", cmd_list, group)

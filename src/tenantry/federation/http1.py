@@ -216,13 +216,15 @@ class Http1Client:
         fresh: bool = False,
         retry: bool = True,
         max_idle_s: float | None = None,
+        target: str | None = None,
     ) -> tuple[Response, Connection]:
         """Send one request (`extra`: more header lines, CRLF-terminated) and read its head.
 
         `retry`: the request is safe to send twice, so a reused connection the upstream had
         closed is retried once on a fresh one. `max_idle_s`: reuse only connections idle for
-        less than this. `fresh`: a new connection (a long-lived stream), not from the idle list."""
-        lines = [f"{verb} {self._target} HTTP/1.1\r\n", self._fixed, f"Accept: {accept}\r\n", extra]
+        less than this. `fresh`: a new connection (a long-lived stream), not from the idle list.
+        `target`: another path (and query) on the same origin than the URL's, already percent-encoded."""
+        lines = [f"{verb} {target or self._target} HTTP/1.1\r\n", self._fixed, f"Accept: {accept}\r\n", extra]
         if body is not None:
             lines.append(f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")
         head = ("".join(lines) + "\r\n").encode("latin-1")

@@ -33,6 +33,7 @@ from mcp.shared.exceptions import MCPError
 from tenantry.federation.failures import Breaker, UpstreamError, describe_failure
 from tenantry.federation.http1 import Http1Client
 from tenantry.federation.link import HttpLink
+from tenantry.federation.openapi import OpenApiSession
 from tenantry.federation.registry import Upstream
 from tenantry.federation.session import SDK_NOTICES, HttpSession, Link, SdkSession
 from tenantry.federation.ssrf import check_url
@@ -248,7 +249,12 @@ class UpstreamPool:
                 upstream.url, allow_private=s.upstream_allow_private, allow_loopback=s.upstream_allow_loopback
             )
             async with contextlib.AsyncExitStack() as stack:
-                if upstream.transport == "sse":
+                if upstream.transport == "openapi":
+                    rest = OpenApiSession(upstream, headers, s)
+                    stack.push_async_callback(rest.aclose)
+                    await rest.start()
+                    entry.client = rest
+                elif upstream.transport == "sse":
 
                     def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> httpx2.AsyncClient:
                         hooks = {"response": [record]}

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,8 @@ from tenantry.db.models import upstream_tool_drift, upstream_tool_pins, upstream
 from tenantry.errors import BadRequest, Conflict, NotFound
 from tenantry.secrets import SecretBox
 
-TRANSPORTS = ("streamable_http", "sse")
+# `openapi`: not MCP at all but a REST API described by an OpenAPI document (`federation/openapi.py`).
+TRANSPORTS = ("streamable_http", "sse", "openapi")
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
 # Headers the gateway owns on the upstream connection; a tenant cannot set them.
@@ -45,8 +46,14 @@ class Upstream:
     costs: dict[str, int]
     created_at: datetime
     updated_at: datetime
+    # Kind `openapi` only: the uploaded document (None: fetched from `url`) and the operation filters.
+    document: dict[str, Any] | None = field(default=None, repr=False)
+    operations: dict[str, Any] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
+        kind: dict[str, Any] = {}
+        if self.transport == "openapi":
+            kind = {"document": "uploaded" if self.document is not None else "url", "operations": self.operations}
         return {
             "id": str(self.id),
             "tenant_id": str(self.tenant_id),
@@ -57,6 +64,7 @@ class Upstream:
             "costs": self.costs,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            **kind,
         }
 
 
@@ -124,6 +132,8 @@ async def create_upstream(
     headers: dict[str, str],
     costs: dict[str, int],
     max_upstreams: int | None = None,
+    document: dict[str, Any] | None = None,
+    operations: dict[str, Any] | None = None,
 ) -> Upstream:
     """Register an upstream; past `max_upstreams` (the tenant's plan), 409 `upstream_quota_exceeded`."""
     if max_upstreams is not None:
@@ -137,7 +147,10 @@ async def create_upstream(
         "credentials": box.seal(headers),
         "header_names": sorted(headers),
         "costs": costs,
+        "operations": operations or {},
     }
+    if document is not None:  # else SQL NULL: None would be stored as the JSON value null
+        values["document"] = document
     try:
         async with conn.begin_nested():
             row = (await conn.execute(insert(upstreams).values(**values).returning(*_COLUMNS))).one()
@@ -186,6 +199,8 @@ async def update_upstream(
     transport: str | None = None,
     headers: dict[str, str] | None = None,
     costs: dict[str, int] | None = None,
+    document: dict[str, Any] | None = None,
+    operations: dict[str, Any] | None = None,
 ) -> Upstream:
     await get_upstream(conn, upstream_id)
     values: dict[str, Any] = {"updated_at": func.now()}
@@ -198,6 +213,10 @@ async def update_upstream(
         values["header_names"] = sorted(headers)
     if costs is not None:
         values["costs"] = costs
+    if document is not None:
+        values["document"] = document
+    if operations is not None:
+        values["operations"] = operations
     query = update(upstreams).where(upstreams.c.id == upstream_id).values(**values).returning(*_COLUMNS)
     return Upstream(*(await conn.execute(query)).one())
 
