@@ -22,7 +22,7 @@ from starlette.routing import Match
 
 from tenantry import __version__
 from tenantry import tenants as tenant_lifecycle
-from tenantry.api import admin, governance, health, stripe_webhooks, tenant, upstreams
+from tenantry.api import admin, console, governance, health, stripe_webhooks, tenant, upstreams
 from tenantry.api import audit as audit_api
 from tenantry.api import reports as reports_api
 from tenantry.api.edge import TenantryApp, edge_middleware
@@ -264,6 +264,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.include_router(reports_api.router)
     app.include_router(health.router)
     app.include_router(stripe_webhooks.router)
+    console.install(app)
     # The MCP endpoints first: they take most requests, and routing tries routes in order.
     app.router.routes[:0] = services.gateway.routes()
     app.serve_mcp_directly(services.gateway.mcp_endpoint)
