@@ -64,9 +64,7 @@ async def test_without_a_session_every_console_route_redirects_to_sign_in(gatewa
     assert "default-src 'none'" in form.headers["content-security-policy"]
 
 
-async def test_a_bad_sign_in_gets_an_error_page_no_cookie_and_an_audit_record(
-    gateway_url: str, admin: Admin
-) -> None:
+async def test_a_bad_sign_in_gets_an_error_page_no_cookie_and_an_audit_record(gateway_url: str, admin: Admin) -> None:
     async with httpx.AsyncClient(base_url=gateway_url) as http:
         r = await http.post("/console/sign-in", data={"credential": "not-the-admin-key"})
         forged = await http.post("/console/sign-in", data={"credential": "a.b.c"})
@@ -163,9 +161,7 @@ async def test_console_changes_are_the_rest_changes_and_leave_the_same_audit_rec
         made = await http.post("/console/tenants", data={"name": name, "plan": "pro", "csrf": csrf})
         assert made.status_code == 303
         tenant_id = made.headers["location"].split("/")[3].split("?")[0]
-        bad = await http.post(
-            f"/console/tenants/{tenant_id}/update", data={"plan": "nope", "limits": "", "csrf": csrf}
-        )
+        bad = await http.post(f"/console/tenants/{tenant_id}/update", data={"plan": "nope", "limits": "", "csrf": csrf})
         assert bad.status_code == 400
         assert "unknown plan" in bad.text
         badjson = await http.post(f"/console/tenants/{tenant_id}/update", data={"limits": "{", "csrf": csrf})
@@ -215,3 +211,40 @@ async def test_every_tenant_page_renders_for_a_new_tenant(gateway_url: str, tena
     assert r.status_code == 200, r.text
     assert "<h1>" in r.text
     assert missing.status_code == 404
+
+
+async def test_kill_switch_policy_and_upstream_forms_act_through_the_rest_functions(
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle
+) -> None:
+    base = f"/console/tenants/{tenant_a.id}"
+    async with httpx.AsyncClient(base_url=gateway_url) as http:
+        csrf = await sign_in(http)
+        killed = await http.post(f"{base}/kills", data={"scope": "tenant", "reason": "incident 7", "csrf": csrf})
+        assert killed.status_code == 303
+        live = (await admin.http.get("/api/kills", params={"tenant_id": tenant_a.id})).json()["kills"]
+        assert [(k["scope"], k["reason"]) for k in live] == [("tenant", "incident 7")]
+        page = await http.get(base)
+        assert "incident 7" in page.text
+        lifted = await http.post(f"{base}/kills/{live[0]['id']}/lift", data={"csrf": csrf})
+        assert lifted.status_code == 303
+        assert (await admin.http.get("/api/kills", params={"tenant_id": tenant_a.id})).json()["kills"] == []
+
+        no_target = await http.post(f"{base}/kills", data={"scope": "tool", "csrf": csrf})
+        assert no_target.status_code == 400
+        assert "names its target" in no_target.text
+
+        document = '{"default": "allow", "rules": [{"effect": "deny", "tools": ["data_*"]}]}'
+        bad_policy = await http.post(f"{base}/policy", data={"document": "[1, 2", "csrf": csrf})
+        assert bad_policy.status_code == 400
+        saved = await http.post(f"{base}/policy", data={"document": document, "expected_version": "0", "csrf": csrf})
+        assert saved.status_code == 303, saved.text
+        assert (await admin.http.get(f"/api/tenants/{tenant_a.id}/policy")).json()["version"] == 1
+        assert "data_*" in (await http.get(f"{base}/policy")).text
+        stale = await http.post(f"{base}/policy", data={"document": document, "expected_version": "0", "csrf": csrf})
+        assert stale.status_code == 409
+
+        private = await http.post(
+            f"{base}/upstreams", data={"name": "fx", "url": "http://169.254.169.254/mcp", "csrf": csrf}
+        )
+        assert private.status_code == 400
+    assert (await admin.http.get(f"/api/tenants/{tenant_a.id}/upstreams")).json()["upstreams"] == []

@@ -95,6 +95,7 @@ pre { background: #f2f4f7; padding: .5rem; overflow: auto; font-size: 12px; max-
 svg.plot { width: 100%; height: auto; background: #fff; }
 svg.plot text { font: 10px system-ui, sans-serif; fill: var(--muted); }
 .meter { width: 14rem; }
+figure { margin: 0; } figcaption { font-weight: 600; margin-bottom: .2rem; }
 """
 
 
@@ -127,11 +128,15 @@ def field(
     return f'<label>{esc(label)}<input type="{kind}" name="{esc(name)}" value="{esc(value)}"{attrs}></label>'
 
 
-def choice(name: str, label: str, options: Iterable[str], selected: str | None = None, *, blank: str = "") -> str:
+def choice(
+    name: str, label: str, options: Iterable[str] | Mapping[str, str], selected: str | None = None, *, blank: str = ""
+) -> str:
+    """A select; `options` are values, or value -> what the admin reads."""
+    pairs = options.items() if isinstance(options, Mapping) else ((option, option) for option in options)
     opts = [f'<option value="">{esc(blank)}</option>'] if blank else []
-    for option in options:
-        chosen = " selected" if option == selected else ""
-        opts.append(f'<option value="{esc(option)}"{chosen}>{esc(option)}</option>')
+    for value, text in pairs:
+        chosen = " selected" if value == selected else ""
+        opts.append(f'<option value="{esc(value)}"{chosen}>{esc(text)}</option>')
     return f'<label>{esc(label)}<select name="{esc(name)}">{"".join(opts)}</select></label>'
 
 

@@ -83,7 +83,7 @@ def counts_chart(title: str, counts: Mapping[str, int], *, measure: str = "refus
             f'<text x="{label_w + width + 4:.1f}" y="{y + 14}">{count}</text>'
         )
     if not rows:
-        rows.append(f'<text x="6" y="16">no {esc(measure)}</text>')
+        return f'<p class="muted" data-measure="{esc(measure)}" data-total="0">No {esc(measure)} in this range.</p>'
     return (
         f'<svg class="plot" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{esc(title)}: {total}" '
         f'data-measure="{esc(measure)}" data-total="{total}"><title>{esc(title)}: {total}</title>{"".join(rows)}</svg>'

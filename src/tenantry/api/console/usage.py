@@ -23,12 +23,14 @@ from tenantry.tenancy import parse_tenant_id
 
 router = APIRouter(prefix="/console/tenants/{tenant_id}", include_in_schema=False)
 
-# The ranges offered, in hours (the report's hourly series allows up to 31 days).
+# The ranges offered, in hours. Up to 7 days a bar is an hour; over 30 days, 720 bars to a plot of
+# 500 pixels could not be told apart (and would make a page of megabytes), so a bar is a UTC day.
 RANGES: Final = {"24": "last 24 hours", "72": "last 3 days", "168": "last 7 days", "720": "last 30 days"}
-_MOST_PLOTTED = 12  # tools plotted one by one; the rest are in the table
+_HOURLY_UP_TO = 168
+_MOST_PLOTTED = 8  # tools plotted one by one, most called first; every one is in the table
 
 
-def _plots(report: dict[str, Any]) -> str:
+def _plots(report: dict[str, Any], unit: str) -> str:
     items = [
         (section, name, item) for section in ("tools", "resources", "prompts") for name, item in report[section].items()
     ]
@@ -39,7 +41,9 @@ def _plots(report: dict[str, Any]) -> str:
         by_start = {point["start"]: point for point in item["series"]}
         for measure in ("calls", "units"):
             points = [(start, int(by_start.get(start, {}).get(measure, 0))) for start in starts]
-            out.append(f"<figure>{series_chart(name, measure, points, unit='hour')}</figure>")
+            total = sum(count for _, count in points)
+            caption = f"<figcaption>{esc(name)}: {measure} per {unit} ({total})</figcaption>"
+            out.append(f"<figure>{caption}{series_chart(name, measure, points, unit=unit)}</figure>")
     return f'<div class="plots">{"".join(out)}</div>' if out else '<p class="muted">No calls in this range.</p>'
 
 
@@ -55,7 +59,8 @@ async def usage_page(
     if hours not in RANGES:
         hours = "24"
     until = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    report = await report_of(services, tid, until - timedelta(hours=int(hours)), until, "hour")
+    unit = "hour" if int(hours) <= _HOURLY_UP_TO else "day"
+    report = await report_of(services, tid, until - timedelta(hours=int(hours)), until, unit)
     refusals: Counter[str] = Counter(report["totals"]["refusals"])
     totals = report["totals"]
     picker = (
@@ -82,7 +87,7 @@ async def usage_page(
         + f"<section>{picker}<p>{esc(report['since'][:16])} to {esc(report['until'][:16])} UTC: "
         f'<b id="total-calls">{totals["calls"]}</b> calls, <b>{totals["units"]}</b> units, '
         f"{sum(refusals.values())} refused.</p></section>"
-        f"<section><h2>Calls and units per hour, per tool</h2>{_plots(report)}</section>"
+        f"<section><h2>Calls and units per {unit}, per tool</h2>{_plots(report, unit)}</section>"
         f"<section><h2>Refusals by reason</h2>{counts_chart('refusals by reason', refusals)}</section>"
         f"<section><h2>Quota window now</h2>{table(['Quota', 'Used now'], quota_rows, empty='Meter unreachable.')}"
         f"</section><section><h2>Per tool</h2>{table(['Tool', 'Calls', 'Units', 'OK', 'Refused', 'p95 ms'], rows)}"
