@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -207,8 +207,10 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code, headers=headers)
 
 
-def _tenantry_error(request: Request, exc: Exception) -> JSONResponse:
+def _tenantry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TenantryError)
+    if request.url.path.startswith("/console/"):  # a browser's page: an HTML error, not JSON
+        return console.error_page(exc)
     return exc.to_response()
 
 

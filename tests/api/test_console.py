@@ -211,6 +211,10 @@ async def test_every_tenant_page_renders_for_a_new_tenant(gateway_url: str, tena
     assert r.status_code == 200, r.text
     assert "<h1>" in r.text
     assert missing.status_code == 404
+    assert "tenant_not_found" in missing.text
+    assert missing.headers["content-type"].startswith("text/html")
+    # Of the policies the browser enforces (all of them), the console's own allows no script at all.
+    assert any("script-src" not in policy for policy in r.headers.get_list("content-security-policy"))
 
 
 async def test_kill_switch_policy_and_upstream_forms_act_through_the_rest_functions(

@@ -10,7 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
 from tenantry.api.console import governance, sessions, signin, tenants, upstreams, usage
-from tenantry.api.console.html import page
+from tenantry.api.console.html import esc, page
+from tenantry.errors import TenantryError
 
 
 def _sign_in_needed(request: Request, exc: Exception) -> Response:
@@ -23,6 +24,12 @@ def _csrf_refused(request: Request, exc: Exception) -> Response:
         "(no valid CSRF token). Nothing was changed.</div>"
     )
     return page("Refused", body, None, status_code=403)
+
+
+def error_page(exc: TenantryError) -> Response:
+    """A console page's error (an unknown tenant, a malformed id) as a page, with the API's status."""
+    body = f'<div class="error" role="alert">{esc(exc.detail)} ({esc(exc.code)})</div>'
+    return page("Not found" if exc.http_status == 404 else "Refused", body, None, status_code=exc.http_status)
 
 
 def install(app: FastAPI) -> None:

@@ -17,6 +17,9 @@ from fastapi.responses import HTMLResponse
 from tenantry.api.console.sessions import Session
 
 STYLESHEET_PATH: Final = "/console/static/console.css"
+CONSOLE_CSP: Final = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 CSS: Final = """
 :root { --ink: #1d2330; --muted: #667085; --line: #d0d5dd; --accent: #2457c5; --bad: #b42318; --ok: #067647; }
@@ -180,5 +183,7 @@ def page(title: str, body: str, session: Session | None, *, status_code: int = 2
         f'<header><a class="brand" href="/console/tenants">Tenantry</a>{nav}</header>'
         f"<main><h1>{esc(title)}</h1>{body}</main></body></html>"
     )
-    # A page names tenants, keys and usage: no cache may keep it.
-    return HTMLResponse(doc, status_code=status_code, headers={"Cache-Control": "no-store"})
+    # A page names tenants, keys and usage: no cache may keep it. Its own policy on top of the observer's
+    # HTML one (a browser enforces both): no script at all, styles from this origin, forms to it.
+    headers = {"Cache-Control": "no-store", "Content-Security-Policy": CONSOLE_CSP}
+    return HTMLResponse(doc, status_code=status_code, headers=headers)
