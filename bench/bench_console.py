@@ -75,6 +75,7 @@ async def main() -> None:
         "tenants list": "/console/tenants",
         "tenant page": base,
         "usage, 24 hours": f"{base}/usage?hours=24",
+        "usage, 3 days": f"{base}/usage?hours=72",
         "usage, 7 days": f"{base}/usage?hours=168",
         "usage, 30 days": f"{base}/usage?hours=720",
         "health": f"{base}/health",
