@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -22,7 +22,7 @@ from starlette.routing import Match
 
 from tenantry import __version__
 from tenantry import tenants as tenant_lifecycle
-from tenantry.api import admin, governance, health, stripe_webhooks, tenant, upstreams
+from tenantry.api import admin, console, governance, health, stripe_webhooks, tenant, upstreams
 from tenantry.api import audit as audit_api
 from tenantry.api import reports as reports_api
 from tenantry.api.edge import TenantryApp, edge_middleware
@@ -207,8 +207,10 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code, headers=headers)
 
 
-def _tenantry_error(request: Request, exc: Exception) -> JSONResponse:
+def _tenantry_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TenantryError)
+    if request.url.path.startswith("/console/"):  # a browser's page: an HTML error, not JSON
+        return console.error_page(exc)
     return exc.to_response()
 
 
@@ -264,6 +266,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.include_router(reports_api.router)
     app.include_router(health.router)
     app.include_router(stripe_webhooks.router)
+    console.install(app)
     # The MCP endpoints first: they take most requests, and routing tries routes in order.
     app.router.routes[:0] = services.gateway.routes()
     app.serve_mcp_directly(services.gateway.mcp_endpoint)

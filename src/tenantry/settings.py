@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
 
+    # --- admin console (README "Admin console", src/tenantry/api/console/) ---
+    # How long a console sign-in lasts (the session is in Redis; signing out ends it at once).
+    console_session_ttl_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 86_400)
+    # Failed console sign-ins a client address may make per minute before it is refused (429).
+    console_sign_in_attempts: int = Field(default=10, ge=1, le=10_000)
+
     # --- observability (README "Operating Tenantry") ---
     # One log line per request (and the app's own lines): "json" for machines, "text" for people;
     # default: text in development, json elsewhere.

@@ -203,9 +203,22 @@ async def health(
     ops = is_ops(request, services)
     if tenant is not None and not ops:
         require_ops(request, services)  # the 401 that says what was wrong
+    tenant_id = parse_tenant_id(tenant) if tenant is not None else None
+    healthy, body, checks = await run_checks(services, tenant_id)
+    if not ops:  # what a load balancer needs, and nothing a stranger could learn from
+        public = {
+            "status": "ok" if healthy else "degraded",
+            "checks": {n: {"status": c["status"]} for n, c in checks.items()},
+        }
+        return JSONResponse(public, status_code=200 if healthy else 503)
+    body = {"status": "ok" if healthy else "degraded", **body, "process": await _process(services), "checks": checks}
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+async def run_checks(services: Services, tenant_id: uuid.UUID | None) -> tuple[bool, dict[str, Any], dict[str, Check]]:
+    """(healthy, what names the tenant, every check): what `/health` answers (and the console shows)."""
     checks: dict[str, Check] = {}
     body: dict[str, Any] = {}
-    tenant_id = parse_tenant_id(tenant) if tenant is not None else None
     if tenant_id is not None:
         async with services.db.system() as conn:
             found = await tenant_service.get_tenant(conn, tenant_id)
@@ -241,14 +254,7 @@ async def health(
     if tenant_id is not None:
         checks.update(await _upstreams(services, tenant_id))
     healthy = all(c["status"] == "ok" for c in checks.values())
-    if not ops:  # what a load balancer needs, and nothing a stranger could learn from
-        public = {
-            "status": "ok" if healthy else "degraded",
-            "checks": {n: {"status": c["status"]} for n, c in checks.items()},
-        }
-        return JSONResponse(public, status_code=200 if healthy else 503)
-    body = {"status": "ok" if healthy else "degraded", **body, "process": await _process(services), "checks": checks}
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return healthy, body, checks
 
 
 _STARTED = time.time()

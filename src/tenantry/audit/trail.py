@@ -56,6 +56,7 @@ _TRANSPORTS = (
     ("/messages/", "sse"),
     ("/api/", "rest"),
     ("/webhooks/", "rest"),  # Stripe's: a plan change it brings is recorded like an admin's
+    ("/console", "console"),  # the admin console: sign-ins (failed ones too), pages read, changes made
 )
 
 
