@@ -3,6 +3,7 @@ and that a change made from the console is the REST API's change, audited the sa
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any
@@ -252,3 +253,28 @@ async def test_kill_switch_policy_and_upstream_forms_act_through_the_rest_functi
         )
         assert private.status_code == 400
     assert (await admin.http.get(f"/api/tenants/{tenant_a.id}/upstreams")).json()["upstreams"] == []
+
+
+async def test_the_upstream_form_registers_a_rest_api_from_an_uploaded_openapi_document(
+    gateway_url: str, admin: Admin, tenant_a: TenantHandle
+) -> None:
+    base = f"/console/tenants/{tenant_a.id}"
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "Shop", "version": "1"},
+        "paths": {"/items": {"get": {"operationId": "list_items", "summary": "List the items.", "tags": ["items"]}}},
+    }
+    form = {"name": "shop", "url": "http://127.0.0.1:9/", "transport": "openapi", "csrf": ""}
+    async with httpx.AsyncClient(base_url=gateway_url) as http:
+        form["csrf"] = await sign_in(http)
+        assert "openapi" in (await http.get(base)).text  # offered next to the MCP transports
+        bad = await http.post(f"{base}/upstreams", data={**form, "document": "openapi: [unclosed"})
+        assert bad.status_code == 400
+        assert (await admin.http.get(f"/api/tenants/{tenant_a.id}/upstreams")).json()["upstreams"] == []
+        made = await http.post(
+            f"{base}/upstreams",
+            data={**form, "document": json.dumps(document), "operations": '{"include": ["tag:items"]}'},
+        )
+        assert made.status_code == 303, made.text
+    (upstream,) = (await admin.http.get(f"/api/tenants/{tenant_a.id}/upstreams")).json()["upstreams"]
+    assert (upstream["name"], upstream["transport"]) == ("shop", "openapi")

@@ -18,6 +18,7 @@ from tenantry.api.console.plots import meter
 from tenantry.api.console.sessions import ChangeDep, SessionDep
 from tenantry.api.deps import ServicesDep
 from tenantry.errors import TenantryError
+from tenantry.federation.registry import TRANSPORTS
 from tenantry.metering.reports import quotas
 from tenantry.tenancy import parse_tenant_id
 
@@ -181,9 +182,12 @@ def _tenant_body(
         f"{base}/upstreams",
         field("name", "Name", required=True)
         + field("url", "URL", required=True, size=40)
-        + choice("transport", "Transport", ["streamable_http", "sse"], "streamable_http")
+        + choice("transport", "Transport", TRANSPORTS, "streamable_http")
         + field("headers", "Headers (JSON, sealed)")
-        + field("costs", "Costs (JSON)"),
+        + field("costs", "Costs (JSON)")
+        + field("operations", 'openapi: operations (JSON, e.g. {"include": ["tag:items"]})', size=40)
+        + "<label>openapi: the document (JSON or YAML; blank: fetched from the URL, else the URL is the"
+        + ' API\'s base URL)<textarea name="document" rows="4"></textarea></label>',
         button="Add upstream",
     )
     kill_rows = [

@@ -34,6 +34,8 @@ async def add_upstream(tenant_id: str, change: ChangeDep, services: ServicesDep)
             transport=change.get("transport") or "streamable_http",
             headers=json_field(change.get("headers"), "headers", default={}),
             costs=json_field(change.get("costs"), "costs", default={}),
+            document=change.get("document", "").strip() or None,
+            operations=json_field(change.get("operations", ""), "operations", default=None),
         )
         created = await upstreams_api.create_upstream(tenant_id, body, services)
     except (TenantryError, ValidationError) as exc:
