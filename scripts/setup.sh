@@ -11,21 +11,30 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install --quiet -e ".[test]"
-  # The console's browser test drives Debian's Chromium with Playwright (never Playwright's own
-  # download, whose host may be unreachable). Installed when missing and apt can; otherwise that
-  # test is skipped and says why.
-  if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  # Programs some tests drive, from Debian's packages (never a tool's own download, whose host may be
+  # unreachable): `command path` pairs, installed when the command is missing and apt can. A test whose
+  # program is still missing is skipped and says why.
+  #   chromium: the console's browser test (Playwright drives it)
+  wanted=(
+    "/usr/bin/chromium chromium"
+  )
+  missing=()
+  for pair in "${wanted[@]}"; do
+    set -- $pair
+    [ -x "$1" ] || missing+=("$2")
+  done
+  if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
     sudo=""
     if [ "$(id -u)" != 0 ]; then
       if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo="unusable"; fi
     fi
     if [ "$sudo" != unusable ]; then
-      echo "installing Chromium (apt) for the console's browser test" >&2
-      $sudo apt-get install -y -qq chromium >/dev/null 2>&1 \
-        || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq chromium >/dev/null 2>&1; } \
-        || echo "warning: could not install chromium; the console's browser test will be skipped" >&2
+      echo "installing ${missing[*]} (apt) for the tests" >&2
+      $sudo apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+        || { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; } \
+        || echo "warning: could not install ${missing[*]}; the tests that need them will be skipped" >&2
     else
-      echo "note: no root or passwordless sudo: chromium not installed; the browser test will be skipped" >&2
+      echo "note: no root or passwordless sudo: ${missing[*]} not installed; the tests that need them will be skipped" >&2
     fi
   fi
 else
