@@ -177,8 +177,10 @@ async def _refuse_unsafe_app_role(services: Services) -> None:
         raise RuntimeError(f"database role {services.db.app_role!r} bypasses row-level security; refusing to start")
 
 
-def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    if request.url.path.startswith("/console/"):  # a browser's page: an HTML error, not JSON
+        return console.invalid_request_page(exc)
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return JSONResponse({"error": "invalid_json", "detail": "the request body is not valid JSON"}, 400)
@@ -190,7 +192,7 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "invalid_request", "detail": problems}, 400)
 
 
-def _http_error(request: Request, exc: Exception) -> JSONResponse:
+def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     headers = dict(exc.headers or {})
@@ -204,6 +206,8 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
         ]
         if allowed:
             headers["Allow"] = ", ".join(allowed)
+    if request.url.path.startswith("/console/"):  # a browser's page: an HTML error, not JSON
+        return console.http_error_page(exc.status_code, exc.detail, headers)
     return JSONResponse({"error": code, "detail": exc.detail}, exc.status_code, headers=headers)
 
 

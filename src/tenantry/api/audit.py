@@ -26,7 +26,8 @@ router = APIRouter(prefix="/api/tenants/{tenant_id}/audit", dependencies=[AdminD
 _Text = Annotated[str | None, Query(min_length=1, max_length=300, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
-async def _trail_of(services: Services, tenant_id: str) -> uuid.UUID:
+async def trail_of(services: Services, tenant_id: str) -> uuid.UUID:
+    """The id of a trail there is to read (400 for a malformed id, 404 for none): the console's check too."""
     tid = parse_tenant_id(tenant_id)
     if not await store.known(services.db, tid):
         raise NotFound(f"no tenant {tid} and no audit trail of one", code="tenant_not_found")
@@ -58,7 +59,7 @@ async def audit_page(
     cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the page before")] = None,
 ) -> dict[str, Any]:
     """Records newest first; `next_cursor` (null on the last page) gets the next page."""
-    tid = await _trail_of(services, tenant_id)
+    tid = await trail_of(services, tenant_id)
     found, next_cursor = await store.page(services.db, tid, where, limit=limit, cursor=cursor)
     return {"tenant_id": str(tid), "records": found, "next_cursor": next_cursor}
 
@@ -71,7 +72,7 @@ async def audit_export(
     format: Annotated[Literal["jsonl", "csv"], Query()] = "jsonl",
 ) -> StreamingResponse:
     """Every matching record, oldest first, streamed as JSON Lines or CSV."""
-    tid = await _trail_of(services, tenant_id)
+    tid = await trail_of(services, tenant_id)
     media = "application/x-ndjson" if format == "jsonl" else "text/csv; charset=utf-8"
     name = f"audit-{tid}.{format}"
     return StreamingResponse(
@@ -84,5 +85,5 @@ async def audit_export(
 @router.get("/verify")
 async def audit_verify(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
     """Walk the tenant's hash chain; `broken` names the first broken link (null: intact)."""
-    tid = await _trail_of(services, tenant_id)
+    tid = await trail_of(services, tenant_id)
     return (await store.verify(services.db, tid)).public()

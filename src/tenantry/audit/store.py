@@ -25,7 +25,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from sqlalchemy import text
@@ -37,6 +37,8 @@ from tenantry.errors import BadRequest
 PAGE_MAX: Final = 1000
 _EXPORT_PAGE: Final = 1000
 _ZERO: Final = bytes(32)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 COLUMNS: Final = (
     "at",
@@ -106,6 +108,12 @@ def encode_cursor(at_us: int, seq: int) -> str:
     return base64.urlsafe_b64encode(f"{at_us}.{seq}".encode()).decode().rstrip("=")
 
 
+def cursor_of(record: dict[str, Any]) -> str:
+    """The cursor of a record as `page` answers it: pages older or newer than it start there."""
+    at = datetime.fromisoformat(record["at"])
+    return encode_cursor((at - _EPOCH) // _MICROSECOND, int(record["seq"]))
+
+
 def decode_cursor(cursor: str) -> tuple[int, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
@@ -143,22 +151,33 @@ def _public(row: Any) -> dict[str, Any]:
 
 
 async def page(
-    db: Database, tenant_id: uuid.UUID, where: AuditFilter, *, limit: int = 100, cursor: str | None = None
+    db: Database,
+    tenant_id: uuid.UUID,
+    where: AuditFilter,
+    *,
+    limit: int = 100,
+    cursor: str | None = None,
+    newer: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Up to `limit` records, newest first, after `cursor`; and the cursor of the next page (None: last)."""
+    """Up to `limit` records, newest first, older than `cursor`; and the cursor of the next page (None: last).
+
+    `newer`: the `limit` records just newer than `cursor` instead (still shown newest first), and the cursor
+    of the page newer still (None: none newer) — a console's "newer" link, on the same key."""
     if not 1 <= limit <= PAGE_MAX:
         raise BadRequest(f"limit must be 1 to {PAGE_MAX}", code="invalid_request")
     clauses, params = where.where()
     if cursor is not None:
         at_us, seq = decode_cursor(cursor)
-        clauses += " AND (at, seq) < (to_timestamp(:c_at / 1000000.0::double precision), :c_seq)"
+        clauses += f" AND (at, seq) {'>' if newer else '<'} (to_timestamp(:c_at / 1000000.0::double precision), :c_seq)"
         params |= {"c_at": at_us, "c_seq": seq}
-    sql = text(f"{_SELECT}{clauses} ORDER BY at DESC, seq DESC LIMIT :limit")
+    order = "at, seq" if newer else "at DESC, seq DESC"
+    sql = text(f"{_SELECT}{clauses} ORDER BY {order} LIMIT :limit")
     async with db.tenant(tenant_id) as conn:
         rows = (await conn.execute(sql, {"tenant": tenant_id, "limit": limit + 1, **params})).all()
     more = len(rows) > limit
-    rows = rows[:limit]
-    return [_public(r) for r in rows], encode_cursor(rows[-1].at_us, rows[-1].seq) if more else None
+    rows = list(reversed(rows[:limit])) if newer else rows[:limit]
+    edge = (rows[0] if newer else rows[-1]) if rows else None
+    return [_public(r) for r in rows], encode_cursor(edge.at_us, edge.seq) if more and edge is not None else None
 
 
 async def records(db: Database, tenant_id: uuid.UUID, where: AuditFilter) -> AsyncIterator[dict[str, Any]]:

@@ -213,7 +213,9 @@ def _tenant_body(
         messages(request.query_params)
         + tabs(tid)
         + f"<section><p>Status {status(tenant.status)} · plan <b>{esc(tenant.plan)}</b> · id <code>{esc(tid)}</code>"
-        f" {toggle if tenant.status in ('active', 'suspended') else ''}</p>{settings_form}</section>"
+        f" {toggle if tenant.status in ('active', 'suspended') else ''}"
+        f" {link(f'{base}/offboard', 'Offboard…') if tenant.status != 'deprovisioned' else ''}</p>"
+        f"{settings_form}</section>"
         f"<section><h2>Quota window now</h2>{quota_html}</section>"
         f"<section><h2>Keys</h2>{table(_KEY_COLUMNS, _key_rows(session, tid, keys))}"
         f"{key_form}</section>"
