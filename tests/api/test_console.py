@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tenantry.api.console import governance, signin, tenants, upstreams, usage
+from tenantry.api.console import audit, dry_run, governance, offboarding, signin, tenants, upstreams, usage
 from tests import conftest
 from tests.audit.test_trail import trail
 from tests.conftest import ADMIN_KEY, Admin, TenantHandle, serve
@@ -34,7 +34,7 @@ async def sign_in(http: httpx.AsyncClient, credential: str = ADMIN_KEY) -> str:
 def console_routes() -> list[tuple[str, str]]:
     """(method, path) of every console route with its parameters filled in."""
     out = []
-    for module in (signin, tenants, upstreams, usage, governance):
+    for module in (signin, tenants, upstreams, usage, governance, audit, dry_run, offboarding):
         for route in module.router.routes:
             path = getattr(route, "path", "")
             for method in getattr(route, "methods", ()):
@@ -203,7 +203,7 @@ async def test_console_changes_are_the_rest_changes_and_leave_the_same_audit_rec
     assert refused, "the refused plan change is in the trail too"
 
 
-@pytest.mark.parametrize("page", ["", "/usage", "/health", "/policy", "/audit"])
+@pytest.mark.parametrize("page", ["", "/usage", "/health", "/policy", "/audit", "/policy/dry-run", "/offboard"])
 async def test_every_tenant_page_renders_for_a_new_tenant(gateway_url: str, tenant_a: TenantHandle, page: str) -> None:
     async with httpx.AsyncClient(base_url=gateway_url) as http:
         await sign_in(http)
