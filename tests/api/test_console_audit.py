@@ -10,12 +10,14 @@ from datetime import UTC, datetime, timedelta
 from html import unescape
 
 import httpx
+from redis.asyncio import Redis
 from sqlalchemy import text
 
 from tenantry.db.engine import Database
+from tenantry.settings import Settings
 from tests.api.test_console import sign_in
 from tests.audit.test_chain import append, record
-from tests.conftest import Admin
+from tests.conftest import Admin, eventually
 
 _SEQ = re.compile(r"<tr><td>[^<]*</td><td>(\d+)</td>")
 _LINK = re.compile(r'<a href="([^"]+)" rel="(prev|next)">')
@@ -105,6 +107,17 @@ async def test_the_export_is_the_rest_export_of_the_same_filter(gateway_url: str
     assert (r.status_code, r.headers["location"]) == (303, "/console/sign-in")
 
 
+async def verdict(http: httpx.AsyncClient, page: str) -> str:
+    """The verdict's page once the walk is done (it reloads itself while the walk runs)."""
+
+    async def done() -> str | None:
+        r = await http.get(page)
+        assert r.status_code == 200, r.text
+        return None if "refresh" in r.headers else r.text
+
+    return await eventually(done, what="the chain's verdict")
+
+
 async def test_verifying_the_chain_shows_intact_then_the_first_broken_link_after_tampering(
     gateway_url: str, db: Database
 ) -> None:
@@ -113,10 +126,12 @@ async def test_verifying_the_chain_shows_intact_then_the_first_broken_link_after
     async with httpx.AsyncClient(base_url=gateway_url) as http:
         csrf = await sign_in(http)
         assert f'action="{verify}"' in (await http.get(f"/console/tenants/{tenant}/audit")).text
-        intact = await http.post(verify, data={"csrf": csrf})
-        assert intact.status_code == 200, intact.text
-        assert "Intact" in intact.text
-        checked = re.search(r"(\d+) record\(s\) checked", intact.text)
+        assert "No verification in the last hour" in (await http.get(verify)).text
+        started = await http.post(verify, data={"csrf": csrf})
+        assert (started.status_code, started.headers["location"]) == (303, verify)
+        intact = await verdict(http, verify)
+        assert "Intact" in intact
+        checked = re.search(r"(\d+) record\(s\) checked", intact)
         assert checked is not None
         assert int(checked.group(1)) >= 12  # and the console's own reads of the trail since
         # The owner (the application role cannot) turns refused record 6 into an admitted one.
@@ -124,17 +139,43 @@ async def test_verifying_the_chain_shows_intact_then_the_first_broken_link_after
             await conn.execute(
                 text("UPDATE audit_records SET decision = 'admitted' WHERE tenant_id = :t AND seq = 6"), {"t": tenant}
             )
-        broken = await http.post(verify, data={"csrf": csrf})
-        assert broken.status_code == 200
-        assert "Broken" in broken.text
-        assert "at seq 6" in broken.text
-        assert "the record was edited" in broken.text
-        assert "5 record(s) before it are intact" in broken.text
+        assert (await http.post(verify, data={"csrf": csrf})).status_code == 303
+
+        async def broken_shown() -> str | None:
+            shown = await verdict(http, verify)
+            return shown if "Broken" in shown else None
+
+        broken = await eventually(broken_shown, what="the broken verdict")
+        assert "at seq 6" in broken
+        assert "the record was edited" in broken
+        assert "5 record(s) before it are intact" in broken
         forged = await http.post(verify, data={})
         assert forged.status_code == 403
         unknown = await http.post(f"/console/tenants/{uuid.uuid4()}/audit/verify", data={"csrf": csrf})
         assert unknown.status_code == 404
         assert unknown.headers["content-type"].startswith("text/html")
+
+
+async def test_a_walk_under_way_is_shown_running_and_a_second_click_starts_no_other(
+    gateway_url: str, db: Database, settings: Settings
+) -> None:
+    tenant = await a_trail(db, 3)
+    verify = f"/console/tenants/{tenant}/audit/verify"
+    running = f"{settings.redis_key_prefix}:console:verify:{tenant}:running"
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await redis.set(running, "2026-12-03T09:00:00+00:00", ex=60)  # as a walk on another replica leaves it
+        async with httpx.AsyncClient(base_url=gateway_url) as http:
+            csrf = await sign_in(http)
+            assert (await http.post(verify, data={"csrf": csrf})).status_code == 303
+            shown = await http.get(verify)
+            assert shown.headers["refresh"] == "2"
+            assert "Verifying the chain (since 2026-12-03T09:00:00+00:00 UTC)" in shown.text
+            assert await redis.get(f"{settings.redis_key_prefix}:console:verify:{tenant}:verdict") is None
+            await redis.delete(running)  # that walk ended without a verdict (its process died)
+            assert "No verification in the last hour" in (await http.get(verify)).text
+    finally:
+        await redis.aclose()
 
 
 async def test_bad_paging_and_filter_input_is_an_error_page(gateway_url: str, admin: Admin, db: Database) -> None:

@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from tenantry.api.console import (
     audit,
+    chain,
     dry_run,
     governance,
     offboarding,
@@ -74,7 +75,7 @@ def http_error_page(status_code: int, detail: object, headers: dict[str, str]) -
 
 
 def install(app: FastAPI) -> None:
-    for module in (signin, tenants, upstreams, usage, governance, audit, dry_run, offboarding):
+    for module in (signin, tenants, upstreams, usage, governance, audit, chain, dry_run, offboarding):
         app.include_router(module.router)
     app.add_exception_handler(sessions.SignInNeeded, _sign_in_needed)
     app.add_exception_handler(sessions.CsrfRefused, _csrf_refused)

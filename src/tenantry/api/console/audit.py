@@ -1,10 +1,11 @@
 """A tenant's audit trail in the console: filtered pages of 100 records with "newer" and "older" links,
-the filtered trail exported (JSON Lines or CSV, streamed), and its hash chain verified.
+and the filtered trail exported (JSON Lines or CSV, streamed); its hash chain is verified from here too
+(`chain.py`).
 
 Everything reads through the REST API's own functions (`api/audit.py`, `audit/store.py`): the same
 filter, the same keyset pages on (at, seq) — so the thousandth page costs what the first does —, the
-same export stream and the same verification. Filters ride along in every link, so paging, exporting
-and verifying act on what the admin is looking at.
+same export stream. Filters ride along in every link, so paging and exporting act on what the admin
+is looking at.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from tenantry.api import audit as audit_api
 from tenantry.api.console.html import choice, esc, field, form, link, messages, page, pretty, status, table
-from tenantry.api.console.sessions import ChangeDep, SessionDep
+from tenantry.api.console.sessions import SessionDep
 from tenantry.api.console.tenants import tabs
 from tenantry.api.deps import ServicesDep
 from tenantry.audit import store
@@ -154,7 +155,7 @@ async def audit_trail_page(
         + table(_COLUMNS, _rows(found), empty="No records match.")
         + f'<nav class="paging">{" · ".join(paging)}</nav></section>'
         f"<section><h2>Tamper check</h2><p>Walks the tenant's hash chain from its first kept record to its head"
-        f" and names the first broken link.</p>{verify}</section>"
+        f" and names the first broken link ({link(f'{base}/verify', 'the last verdict')}).</p>{verify}</section>"
     )
     return page("Audit trail", body, session)
 
@@ -171,29 +172,3 @@ async def export_trail(
     response = await audit_api.audit_export(tenant_id, services, _where(shown), format)
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-@router.post("/verify")
-async def verify_chain(tenant_id: str, change: ChangeDep, services: ServicesDep) -> Response:
-    """The REST verification (`GET /api/tenants/{id}/audit/verify`); its verdict as a page."""
-    verdict = await audit_api.audit_verify(tenant_id, services)
-    base = f"/console/tenants/{verdict['tenant_id']}/audit"
-    broken = verdict["broken"]
-    if broken is None:
-        said = (
-            f'<p id="verdict">{status("ok")} <b>Intact</b>: {esc(verdict["checked"])} record(s) checked, '
-            f"seq {esc(verdict['first_seq'])} to {esc(verdict['head_seq'])}.</p>"
-        )
-    else:
-        said = (
-            f'<p id="verdict">{status("fail")} <b>Broken</b> at seq {esc(broken["seq"])}: '
-            f"{esc(broken['problem'])}.</p><p>{esc(verdict['checked'])} record(s) before it are intact"
-            f" (from seq {esc(verdict['first_seq'])}); record id <code>{esc(broken['id'] or '-')}</code>,"
-            f" at {esc(broken['at'] or '-')}.</p>"
-        )
-    body = (
-        f"<section>{said}<p class='muted'>Head hash <code>{esc(verdict['head_hash'])}</code> at seq "
-        f"{esc(verdict['head_seq'])}: kept elsewhere, it also proves the trail was not rewritten wholesale.</p>"
-        f"<p>{link(base, 'Back to the trail')}</p></section>"
-    )
-    return page("Audit chain", body, change.session)
