@@ -24,6 +24,7 @@ from tenantry.api.console.tenants import tabs
 from tenantry.api.deps import ServicesDep
 from tenantry.audit import store
 from tenantry.errors import BadRequest
+from tenantry.services import Services
 
 router = APIRouter(prefix="/console/tenants/{tenant_id}/audit", include_in_schema=False)
 
@@ -96,7 +97,7 @@ def _rows(found: list[dict[str, Any]]) -> list[list[str]]:
 
 
 async def _records(
-    services: ServicesDep, tid: uuid.UUID, where: store.AuditFilter, older: str, newer: str
+    services: Services, tid: uuid.UUID, where: store.AuditFilter, older: str, newer: str
 ) -> tuple[list[dict[str, Any]], str | None, str | None]:
     """(records newest first, cursor of the newer page, cursor of the older page); None: no such page."""
     if older and newer:
