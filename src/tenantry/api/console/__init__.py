@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-from tenantry.api.console import governance, sessions, signin, tenants, upstreams, usage
+from tenantry.api.console import governance, keys, sessions, signin, tenants, upstreams, usage
 from tenantry.api.console.html import esc, page
 from tenantry.errors import TenantryError
 
@@ -33,7 +33,7 @@ def error_page(exc: TenantryError) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    for module in (signin, tenants, upstreams, usage, governance):
+    for module in (signin, tenants, keys, upstreams, usage, governance):
         app.include_router(module.router)
     app.add_exception_handler(sessions.SignInNeeded, _sign_in_needed)
     app.add_exception_handler(sessions.CsrfRefused, _csrf_refused)
