@@ -255,3 +255,21 @@ async def test_an_openapi_upstreams_filters_are_edited_from_the_console(
     tools = await listed(gateway_url, tenant_a)
     assert "shop__list_orders" in tools
     assert "shop__list_items" not in tools
+
+
+async def test_the_7_day_usage_page_plots_a_call_in_hourly_bars(gateway_url: str, admin: Admin) -> None:
+    tenant = await admin.create_tenant()
+    assert (await call(gateway_url, tenant, "data_put", {"key": "k", "value": 1})).status_code == 200
+    async with httpx.AsyncClient(base_url=gateway_url) as http:
+        await sign_in(http)
+
+        async def plotted() -> str | None:
+            r = await http.get(f"/console/tenants/{tenant.id}/usage", params={"hours": "168"})
+            assert r.status_code == 200
+            return r.text if 'data-name="data_put" data-measure="calls" data-total="1"' in r.text else None
+
+        page = await eventually(plotted, within=10, what="the call in the 7-day plot")
+    assert "Calls and units per hour, per tool" in page
+    assert 'id="total-calls">1<' in page
+    assert page.count("data_put: calls per hour (1)") == 1
+    assert "last 7 days (hourly)" in page

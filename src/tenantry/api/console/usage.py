@@ -88,7 +88,7 @@ async def usage_page(
 
         async def plotted() -> _Points:
             async with services.db.system() as conn:
-                return await hourly_series(conn, tid, start, end)
+                return await hourly_series(conn, tid, start, end, most=_MOST_PLOTTED)
 
         # The two read the same roll-ups on two connections: the database answers both at once.
         report, points = await asyncio.gather(
