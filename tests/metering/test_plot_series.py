@@ -29,14 +29,17 @@ async def test_the_plot_series_equals_the_full_reports_hourly_series_of_the_most
     async with db.system() as conn:  # as the console reads it: on the owner's pool, naming the tenant
         plotted = await hourly_series(conn, tid, since, until, most=100)
         top_two = await hourly_series(conn, tid, since, until, most=2)
-    expected = {
-        f"{section}:{name}": {p["start"]: {"calls": p["calls"], "units": p["units"]} for p in item["series"]}
-        for section in ("tools", "resources", "prompts")
-        for name, item in report[section].items()
-    }
+    hours = hours_of(since, until)
+    assert hours == [p["start"] for p in report["series"]]
+    expected = {}
+    for section in ("tools", "resources", "prompts"):
+        for name, item in report[section].items():
+            by_start = {p["start"]: p for p in item["series"]}
+            expected[f"{section}:{name}"] = {
+                measure: [by_start[h][measure] if h in by_start else 0 for h in hours] for measure in ("calls", "units")
+            }
     assert plotted == expected
     assert len(expected) == 6  # every item of the events, and none of tenant b's alone
-    ranked = sorted(expected, key=lambda key: -sum(p["calls"] for p in expected[key].values()))
+    ranked = sorted(expected, key=lambda key: -sum(expected[key]["calls"]))
     assert set(top_two) == set(ranked[:2])
     assert all(top_two[key] == expected[key] for key in top_two)
-    assert hours_of(since, until) == [p["start"] for p in report["series"]]

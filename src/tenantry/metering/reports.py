@@ -310,26 +310,29 @@ _PLOT_SERIES = text(
     ), most AS (
         SELECT kind, name FROM hourly GROUP BY kind, name ORDER BY sum(calls) DESC, name, kind LIMIT :most
     )
-    SELECT bucket AS period, kind, name, calls, units FROM hourly JOIN most USING (kind, name)
+    -- One row per item, its hours as offsets from :since: a few rows to Python, not thousands.
+    SELECT kind, name, array_agg(CAST(extract(epoch FROM bucket - :since) / 3600 AS integer)) AS hours,
+           array_agg(calls) AS calls, array_agg(units) AS units
+    FROM hourly JOIN most USING (kind, name) GROUP BY kind, name
     """
 )
 
 
 async def hourly_series(
     conn: AsyncConnection, tenant_id: uuid.UUID, since: datetime, until: datetime, *, most: int = 8
-) -> dict[str, dict[str, dict[str, int]]]:
-    """Calls and units per UTC hour of [since, until) (checked by `report_range`) of the `most` most called
-    tools, resources and prompts, by `<section>:<name>` (`tools:data_get`) then hour start (ISO), only
-    the hours with calls."""
-    out: dict[str, dict[str, dict[str, int]]] = defaultdict(dict)
-    starts: dict[datetime, str] = {}
+) -> dict[str, dict[str, list[int]]]:
+    """Calls and units per UTC hour of [since, until) (whole hours, checked by `report_range`) of the `most`
+    most called tools, resources and prompts, by `<section>:<name>` (`tools:data_get`): `{"calls": [...],
+    "units": [...]}`, one count per hour of `hours_of(since, until)`."""
+    size = len(hours_of(since, until))
+    out: dict[str, dict[str, list[int]]] = {}
     params = {"tenant_id": tenant_id, "since": since, "until": until, "most": most}
-    for row in await conn.execute(_PLOT_SERIES, params):
-        start = starts.get(row.period)
-        if start is None:
-            start = starts[row.period] = row.period.astimezone(UTC).isoformat()
-        out[f"{SECTIONS[row.kind]}:{row.name}"][start] = {"calls": row.calls, "units": row.units}
-    return dict(out)
+    for kind, name, hours, calls, units in await conn.execute(_PLOT_SERIES, params):
+        dense = out[f"{SECTIONS[kind]}:{name}"] = {"calls": [0] * size, "units": [0] * size}
+        for hour, called, used in zip(hours, calls, units, strict=True):
+            dense["calls"][hour] = called
+            dense["units"][hour] = used
+    return out
 
 
 def hours_of(since: datetime, until: datetime) -> list[str]:

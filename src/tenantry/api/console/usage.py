@@ -38,20 +38,24 @@ RANGES: Final = {
 _HOURLY_UP_TO = 168
 _MOST_PLOTTED = 8  # tools plotted one by one, most called first; every one is in the table
 
-# (section, name) -> period start -> {"calls", "units"}
-_Points = dict[str, dict[str, dict[str, int]]]
+# `<section>:<name>` -> measure -> one count per period plotted
+_Points = dict[str, dict[str, list[int]]]
 
 
-def _daily_points(report: dict[str, Any]) -> _Points:
-    return {
-        f"{section}:{name}": {point["start"]: point for point in item["series"]}
-        for section in ("tools", "resources", "prompts")
-        for name, item in report[section].items()
-    }
+def _daily_points(report: dict[str, Any], starts: list[str]) -> _Points:
+    points: _Points = {}
+    for section in ("tools", "resources", "prompts"):
+        for name, item in report[section].items():
+            by_start = {point["start"]: point for point in item["series"]}
+            points[f"{section}:{name}"] = {
+                measure: [int(by_start.get(start, {}).get(measure, 0)) for start in starts]
+                for measure in ("calls", "units")
+            }
+    return points
 
 
 def _plots(report: dict[str, Any], points: _Points, starts: list[str], unit: str) -> str:
-    """Bars of the most called items (the order of the report's totals), one plot per item and measure."""
+    """Bars of the most called items (by the report's totals), one plot per item and measure."""
     items = [
         (name, item["calls"], f"{section}:{name}")
         for section in ("tools", "resources", "prompts")
@@ -59,13 +63,13 @@ def _plots(report: dict[str, Any], points: _Points, starts: list[str], unit: str
     ]
     items.sort(key=lambda entry: (-entry[1], entry[0]))
     out = []
+    none = [0] * len(starts)
     for name, _, key in items[:_MOST_PLOTTED]:
-        by_start = points.get(key, {})
         for measure in ("calls", "units"):
-            bars = [(start, int(by_start.get(start, {}).get(measure, 0))) for start in starts]
-            total = sum(count for _, count in bars)
-            caption = f"<figcaption>{esc(name)}: {measure} per {unit} ({total})</figcaption>"
-            out.append(f"<figure>{caption}{series_chart(name, measure, bars, unit=unit)}</figure>")
+            counts = points.get(key, {}).get(measure, none)
+            caption = f"<figcaption>{esc(name)}: {measure} per {unit} ({sum(counts)})</figcaption>"
+            chart = series_chart(name, measure, list(zip(starts, counts, strict=True)), unit=unit)
+            out.append(f"<figure>{caption}{chart}</figure>")
     return f'<div class="plots">{"".join(out)}</div>' if out else '<p class="muted">No calls in this range.</p>'
 
 
@@ -97,7 +101,8 @@ async def usage_page(
         starts = hours_of(start, end)
     else:
         report = await report_of(services, tid, since, until, "day")
-        points, starts = _daily_points(report), [point["start"] for point in report["series"]]
+        starts = [point["start"] for point in report["series"]]
+        points = _daily_points(report, starts)
     refusals: Counter[str] = Counter(report["totals"]["refusals"])
     totals = report["totals"]
     picker = (
