@@ -15,10 +15,12 @@ import httpx
 import pytest
 
 from tenantry.app import create_app
+from tenantry.settings import Settings
 from tests import conftest
 from tests.api.test_console import sign_in
 from tests.audit.test_trail import trail
 from tests.conftest import Admin, TenantHandle, eventually, serve_asgi
+from tests.test_cli import run as cli
 from tests.upstream_servers import FixtureUpstream, serve_upstream
 
 
@@ -139,6 +141,28 @@ async def test_a_key_narrowed_through_one_replica_is_refused_by_another_within_a
         return (await call(replica, tenant, "data_put", {"key": "k", "value": 2})).status_code != 200
 
     await eventually(refused, within=1.5, what="the narrowed scope on the other replica")
+
+
+async def test_a_key_narrowed_with_the_cli_is_refused_by_a_running_gateway_within_a_second(
+    replica: str, admin: Admin, settings: Settings
+) -> None:
+    tenant = await admin.create_tenant()
+    assert (await call(replica, tenant, "data_put", {"key": "k", "value": 1})).status_code == 200
+    bad = cli(settings, "key", "set", "--tenant", tenant.id, tenant.key_id, "--tool", "no spaces")
+    assert bad.returncode != 0
+    assert "not a tool name" in bad.stderr
+    done = cli(settings, "key", "set", "--tenant", tenant.id, tenant.key_id, "--tool", "data_get", "--role", "ops")
+    assert done.returncode == 0, done.stderr
+    assert "may call data_get" in done.stdout
+
+    async def refused() -> bool:
+        return (await call(replica, tenant, "data_put", {"key": "k", "value": 2})).status_code != 200
+
+    await eventually(refused, within=1.5, what="the scope set with the CLI")
+    key = (await keys_of(admin, tenant))[tenant.key_id]
+    assert (key["roles"], key["tools"]) == (["ops"], ["data_get"])
+    opened = cli(settings, "key", "set", "--tenant", tenant.id, tenant.key_id, "--any-tool", "--json")
+    assert json.loads(opened.stdout)["key"]["tools"] is None
 
 
 async def test_an_upstream_is_edited_disabled_and_deleted_from_the_console_with_credentials_never_shown(
