@@ -30,6 +30,7 @@ COMMANDS = [
     ["key", "create"],
     ["key", "list"],
     ["key", "revoke"],
+    ["key", "set"],
     ["call"],
     ["probe"],
     ["policy"],

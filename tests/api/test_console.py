@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tenantry.api.console import audit, chain, dry_run, governance, offboarding, signin, tenants, upstreams, usage
+from tenantry.api.console import PAGES
 from tests import conftest
 from tests.audit.test_trail import trail
 from tests.conftest import ADMIN_KEY, Admin, TenantHandle, serve
@@ -34,7 +34,7 @@ async def sign_in(http: httpx.AsyncClient, credential: str = ADMIN_KEY) -> str:
 def console_routes() -> list[tuple[str, str]]:
     """(method, path) of every console route with its parameters filled in."""
     out = []
-    for module in (signin, tenants, upstreams, usage, governance, audit, chain, dry_run, offboarding):
+    for module in PAGES:
         for route in module.router.routes:
             path = getattr(route, "path", "")
             for method in getattr(route, "methods", ()):

@@ -49,6 +49,13 @@ class KeyCreate(Strict):
     tools: ToolScope | None = Field(None, description="The only tools the key may call (globs); omit: any.")
 
 
+class KeyPatch(Strict):
+    roles: Roles | None = Field(None, description="The key's roles from now on (omit: unchanged).")
+    tools: ToolScope | None = Field(
+        None, description="The only tools the key may call from now on (globs); null: any; omit: unchanged."
+    )
+
+
 def _tenant_id(value: str) -> uuid.UUID:
     return parse_tenant_id(value)
 
@@ -172,6 +179,20 @@ async def list_keys(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
         await tenant_service.get_tenant(conn, tid)
         keys = await api_keys.list_keys(conn, tid)
     return {"keys": [k.public() for k in keys]}
+
+
+@router.patch("/tenants/{tenant_id}/keys/{key_id}", dependencies=[AdminDep])
+async def update_key(tenant_id: str, key_id: uuid.UUID, body: KeyPatch, services: ServicesDep) -> dict[str, Any]:
+    """Change a key's roles or tool scope; every replica applies it to the key's next call. A revoked
+    key: 409 `key_revoked`."""
+    tid = _tenant_id(tenant_id)
+    async with services.db.system() as conn:
+        await tenant_service.get_tenant(conn, tid)
+        before = next((k.public() for k in await api_keys.list_keys(conn, tid) if k.id == key_id), None)
+        tools = body.tools if "tools" in body.model_fields_set else api_keys.UNCHANGED
+        info = await api_keys.update_key(conn, tid, key_id, roles=body.roles, tools=tools)
+    note_change(tid, "key.update", key_id, before, info.public())
+    return info.public()
 
 
 @router.delete("/tenants/{tenant_id}/keys/{key_id}", dependencies=[AdminDep])

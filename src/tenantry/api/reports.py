@@ -20,16 +20,24 @@ router = APIRouter(prefix="/api", responses=errors(400, 401, 404))
 
 
 async def report_of(
-    services: Services, tid: uuid.UUID, since: datetime | None, until: datetime | None, bucket: str
+    services: Services,
+    tid: uuid.UUID,
+    since: datetime | None,
+    until: datetime | None,
+    bucket: str,
+    *,
+    item_series: bool = True,
 ) -> dict[str, Any]:
-    """The report this endpoint answers (and the console plots): range checked, the tenant's limits."""
+    """The report this endpoint answers (and the console shows): range checked, the tenant's limits."""
     start, end = report_range(since, until, bucket)
     async with services.db.system() as conn:
         tenant = await tenant_service.get_tenant(conn, tid)
         limits = services.plans.limits(tenant.plan, tenant.limits)
     tools = await services.tool_counts(tid, limits)
     async with services.db.system() as conn:
-        return await build_report(conn, services.meter, tid, limits, start, end, bucket, tool_counts=tools)
+        return await build_report(
+            conn, services.meter, tid, limits, start, end, bucket, tool_counts=tools, item_series=item_series
+        )
 
 
 _DESCRIPTION = f"""

@@ -50,6 +50,8 @@ class UpstreamPatch(BaseModel):
     costs: dict[str, int] | None = Field(default=None, max_length=1000)
     document: dict[str, Any] | str | None = None
     operations: dict[str, Any] | None = None
+    # False: the upstream stays registered (credentials, pins) but offers nothing until enabled again.
+    enabled: bool | None = None
 
 
 def _check_kind(transport: str, document: object, operations: object) -> None:
@@ -174,6 +176,7 @@ async def update_upstream(
             costs=body.costs,
             document=document if body.document is not None else None,
             operations=operations if body.operations is not None else None,
+            enabled=body.enabled,
         )
     await services.discovery.pool.close_tenant_upstream(tid, upstream_id)
     services.discovery.invalidate(tid, upstream_id)

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.db.engine import note_tenant_changed
 from tenantry.db.models import api_keys
-from tenantry.errors import NotFound
+from tenantry.errors import Conflict, NotFound
 
 KEY_PREFIX = "tnt_"
 
@@ -112,6 +112,39 @@ async def list_keys(conn: AsyncConnection, tenant_id: uuid.UUID) -> list[ApiKeyI
         select(*_COLUMNS).where(api_keys.c.tenant_id == tenant_id).order_by(api_keys.c.created_at)
     )
     return [ApiKeyInfo(*row) for row in rows]
+
+
+# `update_key(tools=UNCHANGED)`: the scope stays (None would mean: any tool).
+UNCHANGED: list[str] = []
+
+
+async def update_key(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    key_id: uuid.UUID,
+    *,
+    roles: Sequence[str] | None = None,
+    tools: Sequence[str] | None = UNCHANGED,
+) -> ApiKeyInfo:
+    """Change a live key's `roles` (None: unchanged) and `tools` (None: any tool; omitted: unchanged).
+    Every replica forgets what it cached for the tenant at commit (here, and migration 0017's trigger
+    elsewhere), so the next call with the key is judged by what it carries now."""
+    values: dict[str, object] = {}
+    if roles is not None:
+        values["roles"] = sorted(set(roles))
+    if tools is not UNCHANGED:
+        values["tools"] = None if tools is None else list(dict.fromkeys(tools))
+    where = (api_keys.c.tenant_id == tenant_id, api_keys.c.id == key_id)
+    current = (await conn.execute(select(*_COLUMNS).where(*where).with_for_update())).one_or_none()
+    if current is None:
+        raise NotFound(f"no key {key_id} for tenant {tenant_id}", code="key_not_found")
+    if current.revoked_at is not None:
+        raise Conflict("a revoked key cannot be changed; create a new one", code="key_revoked")
+    if not values:
+        return ApiKeyInfo(*current)
+    row = (await conn.execute(update(api_keys).where(*where).values(**values).returning(*_COLUMNS))).one()
+    note_tenant_changed(conn, tenant_id)
+    return ApiKeyInfo(*row)
 
 
 async def revoke_key(conn: AsyncConnection, tenant_id: uuid.UUID, key_id: uuid.UUID) -> ApiKeyInfo:

@@ -32,6 +32,7 @@ from tenantry.cli.tenants import (
     cmd_key_create,
     cmd_key_list,
     cmd_key_revoke,
+    cmd_key_set,
     cmd_tenant_create,
     cmd_tenant_list,
     cmd_tenant_set,
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=["active", "suspended"], help="suspend the tenant, or make it active again")
     p.add_argument("--limits", help="""overrides of the plan's limits as JSON, e.g. '{"calls_per_window": 5000}'""")
 
-    key = sub.add_parser("key", help="Create, list and revoke tenant API keys.").add_subparsers(
+    key = sub.add_parser("key", help="Create, list, change and revoke tenant API keys.").add_subparsers(
         dest="key_command", required=True
     )
     p = command("create", "Create an API key for a tenant (the secret is printed once).", cmd_key_create, key)
@@ -109,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("revoke", "Revoke an API key.", cmd_key_revoke, key)
     p.add_argument("--tenant", required=True, help="tenant id")
     p.add_argument("key_id", help="the key's id (from `tenantry key list`)")
+    p = command(
+        "set", "Change a key's roles or the tools it may call (its next call, on every replica).", cmd_key_set, key
+    )
+    p.add_argument("--tenant", required=True, help="tenant id")
+    p.add_argument("key_id", help="the key's id (from `tenantry key list`)")
+    p.add_argument("--role", action="append", help="a role the key holds from now on (repeatable; omit: unchanged)")
+    p.add_argument("--no-roles", action="store_true", help="the key holds no role from now on")
+    p.add_argument(
+        "--tool", action="append", help="a tool (glob) the key may call from now on (repeatable; omit: unchanged)"
+    )
+    p.add_argument("--any-tool", action="store_true", help="the key may call any tool from now on")
 
     p = command("call", "Call a tool through the gateway as an MCP client (no TOOL: list the tools).", cmd_call)
     p.add_argument("tool", nargs="?", help="tool name; omit to list tools")

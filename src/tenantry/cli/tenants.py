@@ -147,3 +147,22 @@ def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
     key = asyncio.run(with_db(settings, work))
     emit(args, {"key": key}, f"key {key['id']} revoked at {key['revoked_at']}")
     return 0
+
+
+def cmd_key_set(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id, key_id = parse_tenant_id(args.tenant), uuid.UUID(args.key_id)
+    roles = [] if args.no_roles else (_roles(args.role) if args.role is not None else None)
+    tools = None if args.any_tool else (_tools(args.tool) if args.tool is not None else api_keys.UNCHANGED)
+
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.system() as conn:
+            await tenant_service.get_tenant(conn, tenant_id)
+            before = next((k.public() for k in await api_keys.list_keys(conn, tenant_id) if k.id == key_id), None)
+            changed = (await api_keys.update_key(conn, tenant_id, key_id, roles=roles, tools=tools)).public()
+            await record_change(conn, tenant_id, "key.update", key_id, before, changed)
+            return changed
+
+    key = asyncio.run(with_db(settings, work))
+    scope = ", ".join(key["tools"]) if key["tools"] else "any tool"
+    emit(args, {"key": key}, f"key {key['id']}: roles {', '.join(key['roles']) or 'none'}; may call {scope}")
+    return 0

@@ -171,6 +171,8 @@ upstreams = Table(
     # Kind `openapi` (0013): an uploaded document (NULL: fetched from `url`) and the operation filters.
     Column("document", JSONB, nullable=True),
     Column("operations", JSONB, nullable=False, server_default="{}"),
+    # 0017: a disabled upstream keeps its row, credentials and pins but offers nothing.
+    Column("enabled", Boolean, nullable=False, server_default="true"),
 )
 
 upstream_tool_pins = Table(

@@ -170,6 +170,8 @@ class Discovery:
             return view
 
         async def discover(row: Upstream) -> UpstreamStatus:
+            if not row.enabled:  # switched off by an admin: not asked, offers nothing, known for its status
+                return UpstreamStatus(row, detail="disabled")
             cached = self._statuses.get((tenant_id, row.id))
             if not fresh and cached is not None and now < cached[0] and cached[1].upstream == row:
                 return cached[1]
@@ -181,8 +183,9 @@ class Discovery:
         statuses = await asyncio.gather(*(discover(row) for row in rows))
         for status in statuses:
             view.statuses[status.upstream.id] = status
-            view.upstreams[status.upstream.name] = status.upstream
-            self._fill(view, status)
+            if status.upstream.enabled:
+                view.upstreams[status.upstream.name] = status.upstream
+                self._fill(view, status)
         return view
 
     def _fill(self, view: TenantView, status: UpstreamStatus) -> None:

@@ -224,7 +224,8 @@ class UpstreamStatus:
     flagged: dict[str, list[Finding]] = field(default_factory=dict)
 
     def check(self) -> dict[str, Any]:
-        ok = self.reachable and not self.drifted and not self.flagged
+        # A disabled upstream is off on purpose: nothing of it is served, so nothing of it is failing.
+        ok = (self.reachable or not self.upstream.enabled) and not self.drifted and not self.flagged
         held = set(self.drifted) | set(self.flagged)
         counts = {"tool_count": 0, "prompt_count": 0, "resource_count": 0, "template_count": 0}
         for key in self.current:
@@ -233,6 +234,7 @@ class UpstreamStatus:
         return {
             "status": "ok" if ok else "fail",
             "upstream_id": str(self.upstream.id),
+            "enabled": self.upstream.enabled,
             "reachable": self.reachable,
             "credentials_accepted": self.credentials_accepted,
             **counts,

@@ -49,6 +49,7 @@ class Upstream:
     # Kind `openapi` only: the uploaded document (None: fetched from `url`) and the operation filters.
     document: dict[str, Any] | None = field(default=None, repr=False)
     operations: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True  # False: kept, but nothing discovered, listed or called
 
     def public(self) -> dict[str, Any]:
         kind: dict[str, Any] = {}
@@ -60,6 +61,7 @@ class Upstream:
             "name": self.name,
             "url": self.url,
             "transport": self.transport,
+            "enabled": self.enabled,
             "header_names": self.header_names,
             "costs": self.costs,
             "created_at": self.created_at.isoformat(),
@@ -201,6 +203,7 @@ async def update_upstream(
     costs: dict[str, int] | None = None,
     document: dict[str, Any] | None = None,
     operations: dict[str, Any] | None = None,
+    enabled: bool | None = None,
 ) -> Upstream:
     await get_upstream(conn, upstream_id)
     values: dict[str, Any] = {"updated_at": func.now()}
@@ -217,6 +220,8 @@ async def update_upstream(
         values["document"] = document
     if operations is not None:
         values["operations"] = operations
+    if enabled is not None:
+        values["enabled"] = enabled
     query = update(upstreams).where(upstreams.c.id == upstream_id).values(**values).returning(*_COLUMNS)
     return Upstream(*(await conn.execute(query)).one())
 

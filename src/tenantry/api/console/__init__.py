@@ -17,6 +17,7 @@ from tenantry.api.console import (
     chain,
     dry_run,
     governance,
+    keys,
     offboarding,
     sessions,
     signin,
@@ -26,6 +27,9 @@ from tenantry.api.console import (
 )
 from tenantry.api.console.html import esc, page
 from tenantry.errors import TenantryError
+
+# Every module that serves console routes (each has `router`).
+PAGES = (signin, tenants, keys, upstreams, usage, governance, audit, chain, dry_run, offboarding)
 
 
 def _sign_in_needed(request: Request, exc: Exception) -> Response:
@@ -75,7 +79,7 @@ def http_error_page(status_code: int, detail: object, headers: dict[str, str]) -
 
 
 def install(app: FastAPI) -> None:
-    for module in (signin, tenants, upstreams, usage, governance, audit, chain, dry_run, offboarding):
+    for module in PAGES:
         app.include_router(module.router)
     app.add_exception_handler(sessions.SignInNeeded, _sign_in_needed)
     app.add_exception_handler(sessions.CsrfRefused, _csrf_refused)

@@ -8,6 +8,7 @@ in `data-total`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -17,6 +18,10 @@ WIDTH: Final = 520
 HEIGHT: Final = 150
 _LEFT, _BOTTOM, _TOP = 40, 20, 8
 _COLOURS: Final = {"calls": "#2457c5", "units": "#7a5af8", "refusals": "#b42318"}
+
+
+# The same period starts label the bars of every chart of a page (and of the next page).
+_label = functools.lru_cache(maxsize=4096)(esc)
 
 
 def _nice_max(value: int) -> int:
@@ -36,16 +41,16 @@ def series_chart(name: str, measure: str, points: Sequence[tuple[str, int]], *, 
     plot_w, plot_h = WIDTH - _LEFT - 4, HEIGHT - _BOTTOM - _TOP
     slot = plot_w / max(len(points), 1)
     colour = _COLOURS.get(measure, "#2457c5")
+    # A 7-day hourly page draws thousands of bars: what every bar shares is made once.
+    one, many, width, floor = esc(measure.removesuffix("s")), esc(measure), f"{max(slot - 1, 1):.1f}", _TOP + plot_h
     bars = []
     for index, (start, count) in enumerate(points):
         if not count:
             continue
         height = max(plot_h * count / top, 1.0)
-        x = _LEFT + index * slot
-        word = measure if count != 1 else measure.removesuffix("s")
         bars.append(
-            f'<rect x="{x:.1f}" y="{_TOP + plot_h - height:.1f}" width="{max(slot - 1, 1):.1f}" '
-            f'height="{height:.1f}" fill="{colour}"><title>{esc(start)}: {count} {esc(word)}</title></rect>'
+            f'<rect x="{_LEFT + index * slot:.1f}" y="{floor - height:.1f}" width="{width}" height="{height:.1f}" '
+            f'fill="{colour}"><title>{_label(start)}: {count} {one if count == 1 else many}</title></rect>'
         )
     first = points[0][0][:16].replace("T", " ") if points else ""
     last = points[-1][0][:16].replace("T", " ") if points else ""

@@ -104,7 +104,7 @@ def _key_rows(session: Any, tid: uuid.UUID, keys: list[dict[str, Any]]) -> list[
             )
         rows.append(
             [
-                esc(key["name"]),
+                link(f"/console/tenants/{tid}/keys/{key['id']}", key["name"]),
                 esc(key["prefix"]),
                 esc(key["subject"]),
                 esc(", ".join(key["roles"])),
