@@ -35,6 +35,7 @@ class PgBouncer:
     port: int
     passwords: dict[str, str]  # role -> the password PgBouncer asks of it (its userlist)
     log: Path
+    pid: int
 
     def url(self, direct_url: str, role: str) -> str:
         """`direct_url` (a SQLAlchemy URL) as `role` through this PgBouncer."""
@@ -100,7 +101,7 @@ logfile = {home / "pgbouncer.log"}
                 waiting.wait(0.01)
             else:
                 raise RuntimeError("pgbouncer did not listen within 5 s")
-            yield PgBouncer(port, passwords, home / "pgbouncer.log")
+            yield PgBouncer(port, passwords, home / "pgbouncer.log", process.pid)
         finally:
             process.terminate()
             try:
