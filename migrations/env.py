@@ -6,7 +6,8 @@
   password afterwards (never written into a revision).
 - `alembic upgrade head`, `alembic history`, `alembic downgrade -1` ... from
   a checkout (`alembic.ini` beside this folder): the database is
-  `TENANTRY_DATABASE_URL` (as for `tenantry migrate`) or `-x url=...`, the
+  `TENANTRY_DATABASE_DIRECT_URL` or else `TENANTRY_DATABASE_URL` (as for
+  `tenantry migrate`: never through a transaction pooler) or `-x url=...`, the
   application role `TENANTRY_DB_APP_ROLE`; `--sql` prints the SQL instead.
 """
 
@@ -45,7 +46,7 @@ if handed_in is not None:
 else:
     settings = Settings()
     config.attributes.setdefault("app_role", settings.db_app_role)
-    url = context.get_x_argument(as_dictionary=True).get("url") or settings.owner_database_url
+    url = context.get_x_argument(as_dictionary=True).get("url") or settings.direct_database_url
     if context.is_offline_mode():
         context.configure(url=url, target_metadata=None, literal_binds=True, transaction_per_migration=True)
         with context.begin_transaction():

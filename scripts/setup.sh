@@ -15,8 +15,10 @@ if [ "${1:-}" = "--test" ]; then
   # unreachable): `command path` pairs, installed when the command is missing and apt can. A test whose
   # program is still missing is skipped and says why.
   #   chromium: the console's browser test (Playwright drives it)
+  #   pgbouncer: the gateway and the isolation tests through PgBouncer in transaction pooling mode
   wanted=(
     "/usr/bin/chromium chromium"
+    "/usr/sbin/pgbouncer pgbouncer"
   )
   missing=()
   for pair in "${wanted[@]}"; do

@@ -52,3 +52,18 @@ def test_logs_are_text_for_development_and_json_elsewhere_unless_chosen() -> Non
     assert make(environment="test").json_logs
     assert make(environment="test", log_format="text").json_logs is False
     assert make(log_format="json").json_logs
+
+
+def test_behind_a_transaction_pooler_listen_and_migrations_need_a_direct_url() -> None:
+    pooled = "postgresql+asyncpg://owner@pgbouncer:6432/tenantry"
+    with pytest.raises(ValidationError, match="TENANTRY_DATABASE_DIRECT_URL"):
+        make(database_url=pooled, db_transaction_pooler=True)
+    settings = make(
+        database_url=pooled,
+        database_password="pw",
+        db_transaction_pooler=True,
+        database_direct_url="postgresql+asyncpg://owner@db:5432/tenantry",
+    )
+    direct = make_url(settings.direct_database_url)
+    assert (direct.host, direct.port, direct.password) == ("db", 5432, "pw")
+    assert make(database_url=pooled).direct_database_url == pooled  # no pooler: one URL for everything

@@ -112,7 +112,7 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     drainer = LedgerDrainer(
         drain_client, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
     )
-    listener = ChangeListener(settings.owner_database_url)
+    listener = ChangeListener(settings.direct_database_url)  # LISTEN needs a session: never pooled
     policies = Policies(db)
     kill_switch = KillSwitch(db, listener)
     gate = Gate(policies, kill_switch, TriggerWatch(db, kill_switch))

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     # Measured: at 16 concurrent calls a pool of 10 cost the gateway 30-40% of its throughput.
     db_pool_size: int = Field(default=20, ge=1, le=200)
     db_max_overflow: int = Field(default=10, ge=0, le=200)
+    # --- PgBouncer (README "PgBouncer") ---
+    # `database_url` reaches PostgreSQL through a transaction-pooling PgBouncer: a server connection is
+    # ours only until each transaction ends, so no prepared statement may outlive one (statements are
+    # sent unnamed and parsed with each execution; the statement caches are off).
+    db_transaction_pooler: bool = False
+    # The owner's URL straight to PostgreSQL, for what needs a session of its own: the change listener's
+    # LISTEN and migrations. Required with `db_transaction_pooler`; otherwise `database_url` is used.
+    # Same role and password as `database_url` (`database_password` applies to it too).
+    database_direct_url: str | None = None
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     # The meter's and the ledger's per-call commands over Tenantry's own lean RESP client (False:
@@ -200,6 +209,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_pooler(self) -> Settings:
+        if self.db_transaction_pooler and not self.database_direct_url:
+            raise ValueError(
+                "TENANTRY_DB_TRANSACTION_POOLER needs TENANTRY_DATABASE_DIRECT_URL: the change listener's"
+                " LISTEN and migrations cannot work through a transaction pooler"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_tls(self) -> Settings:
         if self.tls_keyfile and not self.tls_certfile:
             raise ValueError("TENANTRY_TLS_KEYFILE is set without TENANTRY_TLS_CERTFILE")
@@ -242,6 +260,15 @@ class Settings(BaseSettings):
     def owner_database_url(self) -> str:
         """`database_url`, with `database_password` in it when that is set."""
         url = make_url(self.database_url)
+        if self.database_password is not None:
+            url = url.set(password=self.database_password)
+        return url.render_as_string(hide_password=False)
+
+    @property
+    def direct_database_url(self) -> str:
+        """`database_direct_url` (or `database_url`), with `database_password` in it when that is set:
+        the URL of what must not go through a transaction pooler (LISTEN, migrations)."""
+        url = make_url(self.database_direct_url or self.database_url)
         if self.database_password is not None:
             url = url.set(password=self.database_password)
         return url.render_as_string(hide_password=False)

@@ -79,9 +79,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings, downgrade_to: str | None) -> None:
-    await ensure_database(settings.owner_database_url)
+    # Straight to PostgreSQL, never through a transaction pooler: DDL, the `postgres` database and
+    # role changes are no work for one.
+    await ensure_database(settings.direct_database_url)
     await migrate(
-        settings.owner_database_url,
+        settings.direct_database_url,
         app_role=settings.db_app_role,
         app_password=settings.db_app_password,
         revision=downgrade_to or "head",

@@ -8,6 +8,19 @@
 - `system()`: a transaction on the owner's pool, for work that is cross-tenant
   by nature (admin, credential lookup, billing).
 
+Behind a transaction-pooling PgBouncer (`db_transaction_pooler`), a server
+connection is ours only until a transaction ends, and the next transaction
+of the same client connection may run on another one. So no statement is
+prepared by name: asyncpg's named statements would be missing on the next
+server (or, named uniquely as SQLAlchemy's PgBouncer recipe suggests, pile up
+on the server they were made on, about one per transaction: measured, README
+"PgBouncer"). Statements are sent unnamed and parsed again with each
+execution, which also serves the drain's one-statement autocommit writes,
+where the prepare and the execution are two round trips PgBouncer may route
+to two servers. Everything session-scoped stays off the pooled connections:
+tenant bindings, `SET LOCAL` and advisory locks are transaction-level, and
+LISTEN and migrations use `direct_database_url`.
+
 Both commit when the block exits normally and roll back when it raises:
 callers never commit. A system transaction that changed what a tenant's
 credentials resolve to (`note_tenant_changed`, called by `tenants.py` and
@@ -47,18 +60,32 @@ def note_tenant_changed(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
     _changed.setdefault(conn, set()).add(tenant_id)
 
 
+def _unnamed() -> str:
+    return ""
+
+
+def connect_args(settings: Settings) -> dict[str, Any]:
+    """The asyncpg connection arguments: none directly to PostgreSQL; behind a transaction pooler, no
+    statement cache (asyncpg's or SQLAlchemy's) and unnamed statements."""
+    if not settings.db_transaction_pooler:
+        return {}
+    return {"statement_cache_size": 0, "prepared_statement_cache_size": 0, "prepared_statement_name_func": _unnamed}
+
+
 class Database:
     def __init__(self, settings: Settings, *, tracing: Tracing | None = None) -> None:
         self.app_role = settings.db_app_role
         self._tracing = tracing or Tracing()
+        args = connect_args(settings)
         self.app_engine: AsyncEngine = create_async_engine(
             settings.app_database_url,
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_recycle=1800,
+            connect_args=args,
         )
         self.system_engine: AsyncEngine = create_async_engine(
-            settings.owner_database_url, pool_size=4, max_overflow=4, pool_recycle=1800
+            settings.owner_database_url, pool_size=4, max_overflow=4, pool_recycle=1800, connect_args=args
         )
         # New application connections since start: a count that keeps rising under steady load
         # means the pool is too small (overflow connections are opened and closed per checkout).

@@ -10,8 +10,9 @@ replica's caches within about a second.
 
 The listener is an optimisation of freshness, never a condition of
 correctness: while it is down, each cache's own TTL still bounds staleness.
-It connects on the owner's URL (LISTEN is not tenant-scoped, and the app
-role's pool must not lose a connection to it), retries a lost connection at
+It connects on the owner's direct URL (LISTEN is not tenant-scoped, the app
+role's pool must not lose a connection to it, and a transaction pooler would
+hand its server connection to others and their notifications to nobody), retries a lost connection at
 once and then with capped, jittered backoff, and runs a keep-alive query
 every few seconds to notice a connection that died silently. A subscriber
 that raises is logged; the others still hear of the change.
