@@ -21,6 +21,7 @@ from tenantry.gateway.catalog import Catalog
 from tenantry.gateway.server import Gateway
 from tenantry.governance.kills import KillSwitch
 from tenantry.governance.store import Policies
+from tenantry.metering.cluster import ClusterClient
 from tenantry.metering.commands import RedisCommands
 from tenantry.metering.drain import LedgerDrainer
 from tenantry.metering.ledger import Ledger
@@ -68,6 +69,6 @@ class Services:
     async def aclose_redis(self) -> None:
         """Close every Redis client."""
         for client in (self.hot, self.drain_client):
-            if isinstance(client, RespClient):
+            if isinstance(client, RespClient | ClusterClient):
                 await client.aclose()
         await self.redis.aclose()

@@ -34,9 +34,10 @@ The in-flight cap is a sorted set of call ids scored by their deadline
 (`now + call_timeout_ms`); expired entries are dropped before each check, so
 a crashed process cannot leak slots beyond its calls' deadlines.
 
-When Redis is unreachable the tenant's plan decides (`Limits.fail_open`):
-admit unmetered (`bypassed=True`) or refuse (`meter_unavailable`). `admit`
-never raises for that; `failures` counts such events for a metric.
+When Redis is unreachable (or, on a Redis Cluster, the tenant's slot is
+mid-migration: `SlotMoving`, that tenant only) the tenant's plan decides
+(`Limits.fail_open`): admit unmetered (`bypassed=True`) or refuse
+(`meter_unavailable`). `admit` never raises for that; `failures` counts them.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from tenantry.metering.breaker import RedisBreaker
 from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.decision import REASONS, Decision, OverRate, QuotaKind, Usage, wall_clock_ms, window_usage
 from tenantry.metering.resp import LuaScript
+from tenantry.metering.slots import SlotMoving
 from tenantry.plans import Limits
 
 __all__ = ["REASONS", "Decision", "Meter", "QuotaKind", "Usage", "wall_clock_ms"]
@@ -67,16 +69,13 @@ ABANDON_LUA: Final[str] = files("tenantry.metering").joinpath("abandon.lua").rea
 
 RATE_WINDOW_MS: Final = 60_000
 WINDOWS: Final = ("calls", "reads", "requests")  # what `Meter.windows` reads: the two quotas and the rate
-
-# Abandoned admissions waiting to be undone, at most (the oldest are dropped: their in-flight entries
-# still expire at their deadlines).
+# Abandoned admissions waiting to be undone, at most (the oldest dropped: their entries expire anyway).
 _MAX_ABANDONED: Final = 100_000
 # Rate-limited tenants remembered at once, at most (the oldest are forgotten: they ask Redis again).
 _MAX_RATE_LIMITED: Final = 10_000
 
 # What "Redis is unreachable" looks like from redis-py (builtin TimeoutError is an OSError).
 _REDIS_DOWN: Final = (RedisConnectionError, RedisTimeoutError, OSError)
-
 _NO_LIMIT: Final = -1
 
 # The retry hint of `concurrency_limited`. The script knows only when the oldest call in flight must have
@@ -314,6 +313,9 @@ class Meter:
             await self._settle()
         try:
             reply = await self._commands.evalsha(self._lua, keys, args)
+        except SlotMoving:  # the script did not run; the breaker stays shut: only this tenant's slot is moving
+            self.failures += 1
+            return self._without_redis(limits, limit)
         except _REDIS_DOWN:
             self._unanswered()
             if call_id:  # the script may still run when Redis resumes: make sure it admits nothing then

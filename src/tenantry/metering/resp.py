@@ -18,8 +18,8 @@ does only what those commands need:
 - EVALSHA with one SCRIPT LOAD and retry when the server answers NOSCRIPT;
 - AUTH (password or username + password) and SELECT from a redis://, rediss:// or unix:// URL.
 
-The meter, the ledger and the drain reach it through `commands.RedisCommands`; health checks and tests
-use redis-py.
+The meter, the ledger and the drain reach it through `commands.RedisCommands` (on a Redis Cluster, one
+client per master, `cluster.py`); health checks and tests use redis-py.
 """
 
 from __future__ import annotations
@@ -288,6 +288,7 @@ class RespClient:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self._host, self._port, self._path = host, port, path
+        self._login = (username, password, db)
         self._ssl = ssl_context
         self._timeout = timeout
         self._handshake: list[Command] = []
@@ -336,6 +337,26 @@ class RespClient:
             timeout=timeout,
         )
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port this client connects to."""
+        if self._path is not None:
+            raise UnsupportedURL("a unix socket is not a Redis Cluster node")
+        return self._host, self._port
+
+    def at(self, host: str, port: int) -> RespClient:
+        """A client of another node of the same deployment (a Redis Cluster's): same credentials and TLS."""
+        username, password, db = self._login
+        return RespClient(
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            db=db,
+            ssl_context=self._ssl,
+            timeout=self._timeout,
+        )
+
     # -- commands ------------------------------------------------------------------------------
 
     async def execute(self, *args: Arg) -> Any:
@@ -354,6 +375,11 @@ class RespClient:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    async def execute_replies(self, commands: Sequence[Command]) -> list[Any]:
+        """As `execute_many`, but error replies are returned in place, not raised (a cluster client
+        follows each command's redirection on its own)."""
+        return await self._send(b"".join(encode_command(c) for c in commands), len(commands))
 
     async def evalsha(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run `script` by its SHA; on NOSCRIPT (a restarted or flushed Redis) load it and retry, once,
