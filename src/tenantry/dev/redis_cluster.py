@@ -93,9 +93,12 @@ def start_local_cluster(masters: int = 3, *, timeout: float = 30.0) -> LocalClus
         nodes = [f"{HOST}:{port}" for port in cluster.ports]
         run_command([cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"], timeout=timeout)
         deadline = time.monotonic() + timeout
-        for port in cluster.ports:
-            if not poll(lambda p=port: "cluster_state:ok" in cluster.redis_cli(p, "CLUSTER", "INFO"), deadline):
-                raise DevServiceError(f"the Redis Cluster node at {HOST}:{port} did not reach cluster_state:ok")
+
+        def ready() -> bool:
+            return all("cluster_state:ok" in cluster.redis_cli(port, "CLUSTER", "INFO") for port in cluster.ports)
+
+        if not poll(ready, deadline):
+            raise DevServiceError(f"the Redis Cluster at {nodes} did not reach cluster_state:ok within {timeout:.0f} s")
     except BaseException:
         with contextlib.suppress(Exception):
             cluster.stop()
