@@ -1,6 +1,6 @@
 """The whole gateway on a Redis Cluster (`TENANTRY_REDIS_CLUSTER`), as tenants and ops see it: quotas
-hold, every admitted call is billed once, /health reads the sharded ledger, and nothing lands on the
-single Redis the rest of the suite uses."""
+hold, every admitted call is billed once, /health reads the sharded ledger, the console keeps its sessions
+there, and nothing lands on the single Redis the rest of the suite uses."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tenantry.db.engine import Database
 from tenantry.dev.redis_cluster import LocalCluster
 from tenantry.settings import Settings
 from tests import conftest
+from tests.api.test_console import sign_in
 from tests.conftest import ADMIN_KEY, OPS, Admin, serve
 from tests.metering.test_gateway_metering import bridge, ledger_count_is
 
@@ -43,6 +44,10 @@ async def test_quotas_and_billing_hold_on_a_redis_cluster(
             for tenant in tenants:
                 await ledger_count_is(db, tenant, 4)
             health = await http.get(f"/health?tenant={tenants[0].id}", headers=OPS)
+            # The console's session lives on whichever master its key's slot names.
+            assert await sign_in(http)
+            bad = await http.post("/console/sign-in", data={"credential": "wrong"})
+            assert bad.status_code == 401
             await admin.http.aclose()
     assert health.status_code == 200, health.text
     checks = health.json()["checks"]

@@ -38,7 +38,6 @@ from tenantry import tenants as tenant_service
 from tenantry.api.deps import OpsDep, ServicesDep, is_ops, require_ops
 from tenantry.api.openapi import errors
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
-from tenantry.metering.commands import RedisPyCommands
 from tenantry.metering.drain import backlog
 from tenantry.metering.quotas import at_limit, quota_usage
 from tenantry.plans import Limits
@@ -108,7 +107,7 @@ async def _ledger(s: Services) -> Check:
     if s.meter.down:
         return {"status": "fail", "detail": "Redis, which holds the stream, did not answer a moment ago"}
     async with asyncio.timeout(s.settings.meter_timeout_seconds):
-        lag_ms, dead = await backlog(s.hot or RedisPyCommands(s.redis), s.ledger.streams)
+        lag_ms, dead = await backlog(s.commands, s.ledger.streams)
     limit_ms = int(s.settings.ledger_max_lag_seconds * 1000)
     ok = lag_ms <= limit_ms
     check: Check = {
