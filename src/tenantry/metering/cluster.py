@@ -136,9 +136,15 @@ class ClusterClient:
 
     async def _route(self, key: Arg | None) -> RespClient:
         if not self._mapped:
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
-            await asyncio.shield(self._refreshing)
+            await self._first_map()
+        return self._lookup(key)
+
+    async def _first_map(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
+        await asyncio.shield(self._refreshing)
+
+    def _lookup(self, key: Arg | None) -> RespClient:
         if key is None:
             return self._seed
         node = self._slots[key_slot(key)]
@@ -194,21 +200,31 @@ class ClusterClient:
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Several commands, one write per node and every node at once; replies in order, the first
         error raised once all are in."""
-        first = await self._route(command_key(commands[0]))
-        nodes = [first] + [await self._route(command_key(c)) for c in commands[1:]]
+        if not self._mapped:
+            await self._first_map()
+        nodes = [self._lookup(command_key(c)) for c in commands]
+        first = nodes[0]
         if all(node is first for node in nodes):
             replies = await self._replies(first, commands)
         else:
             groups: dict[RespClient, list[int]] = {}
             for i, node in enumerate(nodes):
                 groups.setdefault(node, []).append(i)
-            answers = await asyncio.gather(
-                *(self._replies(node, [commands[i] for i in idx]) for node, idx in groups.items())
-            )
+            # Every node's write is queued before any reply is awaited: one round trip, no task per node.
+            sent = [(idx, node.submit([commands[i] for i in idx])) for node, idx in groups.items()]
             replies = [None] * len(commands)
-            for idx, answer in zip(groups.values(), answers, strict=True):
-                for i, reply in zip(idx, answer, strict=True):
+            lost: Exception | None = None
+            for idx, answer in sent:
+                try:
+                    got = await answer
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    self._refresh_soon()
+                    lost = lost or exc
+                    continue
+                for i, reply in zip(idx, got, strict=True):
                     replies[i] = reply
+            if lost is not None:
+                raise lost
         for i, reply in enumerate(replies):
             if isinstance(reply, ResponseError) and (_redirect(reply) or _unavailable(reply)):
                 try:

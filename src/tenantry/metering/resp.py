@@ -30,7 +30,7 @@ import contextlib
 import hashlib
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -380,6 +380,15 @@ class RespClient:
         """As `execute_many`, but error replies are returned in place, not raised (a cluster client
         follows each command's redirection on its own)."""
         return await self._send(b"".join(encode_command(c) for c in commands), len(commands))
+
+    def submit(self, commands: Sequence[Command]) -> Awaitable[list[Any]]:
+        """As `execute_replies`, but queued at once when connected (a future, no coroutine to schedule): a
+        cluster client sends one write to each of several nodes in the same loop iteration."""
+        payload = b"".join(encode_command(c) for c in commands)
+        conn = self._conn
+        if conn is not None and conn.failure is None:
+            return conn.send(payload, len(commands))
+        return self._send(payload, len(commands))
 
     async def evalsha(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run `script` by its SHA; on NOSCRIPT (a restarted or flushed Redis) load it and retry, once,
