@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from tenantry.db.engine import Database
-from tenantry.dev.redis_cluster import LocalCluster
+from tenantry.dev.redis_cluster import LocalCluster, start_local_cluster
 from tenantry.metering.cluster import ClusterClient
 from tenantry.metering.commands import RedisCommands
 from tenantry.metering.drain import GROUP, LedgerDrainer, backlog
@@ -343,3 +343,26 @@ async def test_a_stream_left_by_a_gateway_before_shards_is_drained(
         stored = set(rows.scalars())
     assert stored == {old.event_id, new.event_id}
     await redis.delete(*streams)
+
+
+async def test_a_dead_master_leaves_only_its_tenants_to_the_outage_policy() -> None:
+    own = start_local_cluster(3)  # a cluster of this test's own: one of its masters is killed
+    client = ClusterClient.from_url(own.url, timeout=2.0)
+    try:
+        meter = Meter(client, key_prefix="rc-dead")
+        limits = Limits(calls_per_window=100)  # fails closed when its keys cannot be reached
+        tenants = [uuid.uuid4() for _ in range(30)]
+        assert all([(await meter.admit(t, "c0", 1, limits)).admitted for t in tenants])
+        dead = own.ports[1]
+        lost = {t for t in tenants if master_of(own, meter.inflight_key(t)) == dead}
+        own.processes[1].kill()
+        own.processes[1].wait(timeout=10)
+        decisions = {t: await meter.admit(t, "c1", 1, limits) for t in tenants}
+        assert lost
+        assert lost != set(tenants)
+        assert all(decisions[t].reason == "meter_unavailable" for t in lost)
+        assert all(decisions[t].admitted and not decisions[t].bypassed for t in set(tenants) - lost)
+        assert not meter.down  # the others are still metered: the meter did not stop asking Redis
+    finally:
+        await client.aclose()
+        own.stop()

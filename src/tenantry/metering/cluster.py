@@ -18,9 +18,11 @@ decision is still one EVALSHA in one round trip, to one node.
   unavailable", which the plan's outage policy and the PostgreSQL fallback already handle.
 - `TRYAGAIN`: a script or multi-key command whose slot is mid-migration, its keys split between two
   masters (the meter's script always names keys that do not exist yet, so it gets this for as long
-  as its tenant's slot moves). Retried a few times, 10 ms apart, then raised as `SlotMoving`, a
+  as its tenant's slot moves). Retried a few times, 10 ms apart, then raised as `SlotUnavailable`, a
   `ConnectionError` the meter takes as "this tenant's keys are unavailable": the plan's outage
   policy decides that tenant's calls, and the meter does not stop asking Redis for everyone else.
+  A master that refuses connections (down, before a replica takes over) is `SlotUnavailable` too:
+  nothing was sent. A master that hangs is a timeout, as on a single Redis (the meter's breaker).
 
 Every script and multi-key command of Tenantry touches keys of one slot (a tenant's keys carry
 `{<tenant uuid>}`, each ledger stream a tag of its own; tests/metering/test_cluster.py checks it), so
@@ -33,14 +35,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tenantry.metering.resp import Arg, Command, LuaScript, RespClient
-from tenantry.metering.slots import SLOTS, SlotMoving, command_key, key_slot
+from tenantry.metering.resp import Arg, CannotConnect, Command, LuaScript, RespClient
+from tenantry.metering.slots import SLOTS, SlotUnavailable, command_key, key_slot
 
 __all__ = ["ClusterClient"]
 
@@ -65,7 +67,7 @@ def _redirect(exc: Exception) -> tuple[str, int, Address] | None:
 
 def _gave_up(last: ResponseError | None, command: Command) -> RedisConnectionError:
     if last is not None and str(last).startswith("TRYAGAIN"):
-        return SlotMoving(f"{command[0]!s}: its slot is being migrated between masters ({last})")
+        return SlotUnavailable(f"{command[0]!s}: its slot is being migrated between masters ({last})")
     return RedisConnectionError(f"the Redis Cluster redirected {command[0]!s} more than {_MAX_REDIRECTS} times")
 
 
@@ -172,9 +174,8 @@ class ClusterClient:
             except ResponseError as exc:
                 last = exc
                 node, asking = await self._follow(exc, node, asking)
-            except (RedisConnectionError, RedisTimeoutError):
-                self._refresh_soon()
-                raise
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._raise_lost(exc)
         raise _gave_up(last, command)
 
     async def _follow(self, exc: ResponseError, node: RespClient, asking: bool) -> tuple[RespClient, bool]:
@@ -218,8 +219,7 @@ class ClusterClient:
                 try:
                     got = await answer
                 except (RedisConnectionError, RedisTimeoutError) as exc:
-                    self._refresh_soon()
-                    lost = lost or exc
+                    lost = lost or self._lost(exc)
                     continue
                 for i, reply in zip(idx, got, strict=True):
                     replies[i] = reply
@@ -239,9 +239,22 @@ class ClusterClient:
     async def _replies(self, node: RespClient, commands: Sequence[Command]) -> list[Any]:
         try:
             return await node.execute_replies(commands)
-        except (RedisConnectionError, RedisTimeoutError):
-            self._refresh_soon()
-            raise
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self._raise_lost(exc)
+
+    def _raise_lost(self, exc: Exception) -> NoReturn:
+        lost = self._lost(exc)
+        if lost is exc:
+            raise exc
+        raise lost from exc
+
+    def _lost(self, exc: Exception) -> Exception:
+        """What to raise for a node that did not answer: its slots may have a new master soon (a map
+        re-read is started); one that refused the connection got nothing, which concerns its slots only."""
+        self._refresh_soon()
+        if isinstance(exc, CannotConnect):
+            return SlotUnavailable(f"a master of the Redis Cluster is unreachable: {exc}")
+        return exc
 
     async def evalsha(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run `script` on the master of its keys' slot (loading it there when that node lacks it)."""
@@ -255,9 +268,8 @@ class ClusterClient:
                 node, asking = await self._follow(exc, node, False)
                 if asking:  # one command after ASKING: the script's text, not its SHA
                     return await self._run(("EVAL", script.text, len(keys), *keys, *args), node, asking=True)
-            except (RedisConnectionError, RedisTimeoutError):
-                self._refresh_soon()
-                raise
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self._raise_lost(exc)
         raise _gave_up(last, ("EVALSHA",))
 
     async def aclose(self) -> None:

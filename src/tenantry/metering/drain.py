@@ -41,8 +41,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -50,16 +48,12 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
 from tenantry.metering.commands import RedisCommands, as_commands
-from tenantry.metering.ledger import REDIS_ERRORS, UsageEvent, insert_documents, stream_key, unstorable
+from tenantry.metering.entries import Dead, Docs, Entry, field_pairs, group_entries, parse_entry, stream_entries
+from tenantry.metering.ledger import REDIS_ERRORS, insert_documents, stream_key, unstorable
 
 log = logging.getLogger(__name__)
 
 GROUP = "ledger"
-
-# An entry as read: its stream (shard), its id, its fields.
-Entry = tuple[str, bytes, dict[bytes, bytes]]
-# An entry that can never be stored, and why.
-Dead = tuple[str, bytes, dict[bytes, bytes], str]
 
 
 def dead_letter_key(stream: str) -> str:
@@ -131,7 +125,7 @@ class LedgerDrainer:
             ids.setdefault(stream, []).append(entry_id)
         # An entry deleted after it was read comes back without fields: only acknowledged.
         live = [entry for entry in entries if entry[2]]
-        batch, audit, odd = _group(live)
+        batch, audit, odd = group_entries(live)
         moved = 0
         if batch or audit:
             try:
@@ -161,10 +155,10 @@ class LedgerDrainer:
         entries in their own transaction, and a tenant's whose were refused, one entry at a time.
         Returns how many usage events were stored, and the entries that can never be (with the reason)."""
         dead: list[Dead] = []
-        by_tenant: dict[uuid.UUID, list[tuple[str, bytes, dict[bytes, bytes], _Docs]]] = defaultdict(list)
+        by_tenant: dict[uuid.UUID, list[tuple[str, bytes, dict[bytes, bytes], Docs]]] = defaultdict(list)
         for stream, entry_id, fields in entries:
             try:
-                tenant, docs = _parse(fields)
+                tenant, docs = parse_entry(fields)
             except ValueError as exc:
                 dead.append((stream, entry_id, fields, str(exc)))
                 continue
@@ -182,7 +176,7 @@ class LedgerDrainer:
                     continue
                 # An audit record that can never be stored must not take the call's usage event with it:
                 # the event is stored (billed) and the entry kept aside for its record.
-                usage_only = _Docs(docs.usage, None)
+                usage_only = Docs(docs.usage, None)
                 if (
                     docs.audit is not None
                     and docs.usage is not None
@@ -196,7 +190,7 @@ class LedgerDrainer:
                 dead.append((stream, entry_id, fields, f"refused by PostgreSQL: {alone}"))
         return stored, dead
 
-    async def _refusal(self, tenant: uuid.UUID, entries: list[_Docs]) -> str | None:
+    async def _refusal(self, tenant: uuid.UUID, entries: list[Docs]) -> str | None:
         """Store one tenant's `entries` in one transaction; None when stored, PostgreSQL's reason when it never will."""
         usage = [d.usage for d in entries if d.usage is not None]
         audit = [d.audit for d in entries if d.audit is not None]
@@ -236,7 +230,7 @@ class LedgerDrainer:
                 ]
             )
             entries = [
-                (stream, entry_id, _pairs(fields))
+                (stream, entry_id, field_pairs(fields))
                 for stream, claimed in zip(self.streams, claims, strict=True)
                 for entry_id, fields in claimed[1]
                 if fields is not None
@@ -252,9 +246,9 @@ class LedgerDrainer:
             if block:
                 command += ["BLOCK", self._block_ms]
             starts = [start] * len(self.streams)
-            return _entries(await self._commands.execute(*command, "STREAMS", *self.streams, *starts))
+            return stream_entries(await self._commands.execute(*command, "STREAMS", *self.streams, *starts))
         replies = await self._commands.execute_many([(*command, "STREAMS", stream, start) for stream in self.streams])
-        entries = [entry for reply in replies for entry in _entries(reply)]
+        entries = [entry for reply in replies for entry in stream_entries(reply)]
         if not entries and block:
             await self._pause(self._poll_s)
         return entries
@@ -330,90 +324,3 @@ async def backlog(commands: RedisCommands, streams: Sequence[str], now_ms: int |
     oldest = [int(bytes(first[0][0]).split(b"-")[0]) for first in replies[0::2] if first]
     lag = max(0, now_ms - min(oldest)) if oldest else 0
     return lag, sum(int(n) for n in replies[1::2])
-
-
-@dataclass(frozen=True, slots=True)
-class _Docs:
-    usage: str | None  # the usage event's document
-    audit: str | None  # the audit record's document
-
-
-def _parse(fields: dict[bytes, bytes]) -> tuple[uuid.UUID, _Docs]:
-    """An entry's tenant and documents, any format (the eight-field usage events of gateways before 0006
-    too); ValueError when it is neither a usage event nor an audit record."""
-    if b"a" not in fields:
-        event = UsageEvent.from_fields(fields)
-        return event.tenant_id, _Docs(event.document(), None)
-    try:
-        tenant = uuid.UUID(fields[b"t"].decode())
-        audit = fields[b"a"].decode()
-    except (KeyError, ValueError) as exc:  # UnicodeDecodeError too
-        raise ValueError(f"not an audit record: {exc!r}") from exc
-    usage = UsageEvent.from_fields({k: v for k, v in fields.items() if k != b"a"}) if b"v" in fields else None
-    if usage is not None and usage.tenant_id != tenant:
-        raise ValueError("the usage event and the audit record name different tenants")
-    return tenant, _Docs(None if usage is None else usage.document(), audit)
-
-
-def _group(entries: list[Entry]) -> tuple[dict[uuid.UUID, list[str]], dict[uuid.UUID, list[str]], list[Entry]]:
-    """The fast path: entries as the gateway writes them (`t`, and `v` and/or `a`) grouped by tenant,
-    their usage and audit documents passed on unparsed; and the rest (older-format or malformed
-    entries, for the slow path)."""
-    batch: dict[uuid.UUID, list[str]] = {}
-    audit: dict[uuid.UUID, list[str]] = {}
-    tenants: dict[bytes, uuid.UUID | None] = {}
-    odd: list[Entry] = []
-    for entry in entries:
-        fields = entry[2]
-        raw_tenant, doc, record = fields.get(b"t"), fields.get(b"v"), fields.get(b"a")
-        if raw_tenant is None or len(fields) != 1 + (doc is not None) + (record is not None) or len(fields) == 1:
-            odd.append(entry)
-            continue
-        if raw_tenant in tenants:
-            tenant = tenants[raw_tenant]
-        else:
-            try:
-                tenant = uuid.UUID(raw_tenant.decode())
-            except (ValueError, UnicodeDecodeError):
-                tenant = None
-            tenants[raw_tenant] = tenant
-        try:
-            text_doc = None if doc is None else doc.decode()
-            text_record = None if record is None else record.decode()
-        except UnicodeDecodeError:
-            tenant = None
-        if tenant is None:
-            odd.append(entry)
-            continue
-        if text_doc is not None:
-            _add(batch, tenant, text_doc)
-        if text_record is not None:
-            _add(audit, tenant, text_record)
-    return batch, audit, odd
-
-
-def _add(grouped: dict[uuid.UUID, list[str]], tenant: uuid.UUID, doc: str) -> None:
-    docs = grouped.get(tenant)  # no setdefault: it would build a list per entry
-    if docs is None:
-        grouped[tenant] = [doc]
-    else:
-        docs.append(doc)
-
-
-def _entries(reply: Any) -> list[Entry]:
-    """The entries of an XREADGROUP reply, with their stream: RESP2 answers [[stream, entries], ...],
-    RESP3 (redis-py 8's default protocol) {stream: entries}."""
-    streams = reply.items() if isinstance(reply, dict) else reply or []
-    return [
-        (stream.decode() if isinstance(stream, bytes) else str(stream), entry_id, _pairs(fields))
-        for stream, items in streams
-        for entry_id, fields in items
-    ]
-
-
-def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
-    """A stream entry's fields as RESP2 sends them (name, value, name, value...)."""
-    if not flat:
-        return {}
-    items = iter(flat)
-    return dict(zip(items, items, strict=True))

@@ -35,7 +35,7 @@ The in-flight cap is a sorted set of call ids scored by their deadline
 a crashed process cannot leak slots beyond its calls' deadlines.
 
 When Redis is unreachable (or, on a Redis Cluster, the tenant's slot is
-mid-migration: `SlotMoving`, that tenant only) the tenant's plan decides
+mid-migration or its master down: `SlotUnavailable`, those tenants only) the tenant's plan decides
 (`Limits.fail_open`): admit unmetered (`bypassed=True`) or refuse
 (`meter_unavailable`). `admit` never raises for that; `failures` counts them.
 """
@@ -59,7 +59,7 @@ from tenantry.metering.breaker import RedisBreaker
 from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.decision import REASONS, Decision, OverRate, QuotaKind, Usage, wall_clock_ms, window_usage
 from tenantry.metering.resp import LuaScript
-from tenantry.metering.slots import SlotMoving
+from tenantry.metering.slots import SlotUnavailable
 from tenantry.plans import Limits
 
 __all__ = ["REASONS", "Decision", "Meter", "QuotaKind", "Usage", "wall_clock_ms"]
@@ -313,7 +313,7 @@ class Meter:
             await self._settle()
         try:
             reply = await self._commands.evalsha(self._lua, keys, args)
-        except SlotMoving:  # the script did not run; the breaker stays shut: only this tenant's slot is moving
+        except SlotUnavailable:  # the script did not run; the breaker stays shut: only this tenant's slot is out
             self.failures += 1
             return self._without_redis(limits, limit)
         except _REDIS_DOWN:

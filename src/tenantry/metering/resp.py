@@ -44,7 +44,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["LuaScript", "RespClient", "UnsupportedURL", "encode_command"]
+__all__ = ["CannotConnect", "LuaScript", "RespClient", "UnsupportedURL", "encode_command"]
 
 Arg = str | bytes | int | float
 Command = Sequence[Arg]
@@ -62,6 +62,10 @@ _ERRORS: Final[dict[str, type[ResponseError] | type[RedisConnectionError]]] = {
 
 class UnsupportedURL(ValueError):
     """The URL names a transport this client does not speak; use redis-py for it."""
+
+
+class CannotConnect(RedisConnectionError):
+    """No connection could be opened (refused, unreachable): the command was never sent."""
 
 
 class _Incomplete(Exception):
@@ -454,7 +458,7 @@ class RespClient:
         except TimeoutError:
             raise RedisTimeoutError(f"connecting to Redis took longer than {self._timeout}s") from None
         except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            raise CannotConnect(f"cannot connect to Redis: {exc}") from exc
         if not self._handshake:
             return conn
         try:

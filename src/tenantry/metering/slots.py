@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tenantry.metering.resp import Arg, Command
 
-__all__ = ["SLOTS", "SlotMoving", "command_key", "hash_tag", "key_slot"]
+__all__ = ["SLOTS", "SlotUnavailable", "command_key", "hash_tag", "key_slot"]
 
 SLOTS: Final = 16_384
 
@@ -27,10 +27,11 @@ _STREAM_READS: Final = frozenset({"XREAD", "XREADGROUP"})
 _SUBCOMMANDED: Final = frozenset({"XGROUP", "XINFO", "OBJECT"})  # the key follows a subcommand
 
 
-class SlotMoving(RedisConnectionError):
-    """The command's slot is being migrated between masters and its keys are split between them
-    (`TRYAGAIN`): it did not run. Only the keys of that slot (one tenant's, one ledger shard's) are
-    affected, for as long as the migration takes; Redis as a whole is not down."""
+class SlotUnavailable(RedisConnectionError):
+    """The command's slot cannot be served now, and the command did not run: the slot is being migrated
+    and its keys are split between two masters (`TRYAGAIN`), or its master refuses connections (it is
+    down: until a replica takes over). Only the keys of the slots of that master or migration (some
+    tenants', some ledger shards') are affected; Redis as a whole is not down."""
 
 
 def _bytes(value: Arg) -> bytes:
