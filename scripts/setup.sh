@@ -15,8 +15,11 @@ if [ "${1:-}" = "--test" ]; then
   # unreachable): `command path` pairs, installed when the command is missing and apt can. A test whose
   # program is still missing is skipped and says why.
   #   chromium: the console's browser test (Playwright drives it)
+  #   redis-server, redis-cli: the local three-master Redis Cluster of tests/metering/test_cluster.py
   wanted=(
     "/usr/bin/chromium chromium"
+    "/usr/bin/redis-server redis-server"
+    "/usr/bin/redis-cli redis-tools"
   )
   missing=()
   for pair in "${wanted[@]}"; do
