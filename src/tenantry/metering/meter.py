@@ -8,8 +8,7 @@ Design
 ------
 One Lua script (`meter.lua`, package data) checks every limit that applies
 to the call and, only if all of them pass, counts the call against all of
-them, atomically; a refused call consumes nothing. It runs by EVALSHA and is
-reloaded (SCRIPT LOAD) when Redis answers NOSCRIPT.
+them, atomically; a refused call consumes nothing. It runs by EVALSHA.
 
 Every command goes through one `RedisCommands` (`commands.py`): the app gives
 the meter the lean RESP client of `resp.py` (redis-py spent ~200-250 µs of
@@ -18,11 +17,8 @@ runs on every metered tool call; the lean client spends ~50-70 µs,
 bench/bench_meter.py), or redis-py behind the same interface. Both raise
 redis-py's classes, so the outage handling below is one code path.
 
-Quota and request rate are sliding-window counters: two fixed-window
-counters (current and previous window) weighted by the overlap,
-
-    estimate = previous * (window - elapsed) / window + current
-
+Quota and request rate are sliding-window counters: two fixed-window counters
+weighted by the overlap, `previous * (window - elapsed) / window + current`,
 so memory per (tenant, limit) is two small integer keys whatever the limit.
 Window-index key names are computed here from `now_ms` and every key is
 passed in KEYS; all of a tenant's keys carry the hash tag `{<tenant uuid>}`
@@ -168,29 +164,33 @@ class Meter:
         self._breaker.unanswered()
 
     def release_later(self, key: str, call_id: str) -> None:
-        """Free this in-flight entry when Redis answers again (its call ended while Redis did not)."""
-        self.unreleased.append((key, call_id))
+        self.unreleased.append((key, call_id))  # its call ended while Redis did not answer: free it later
 
     async def _settle(self) -> None:
-        """Undo, in order, the admissions this process gave up waiting for (abandon.lua), and free the
-        entries of calls that ended meanwhile, while Redis answers."""
+        """Undo the admissions given up on (abandon.lua), free the entries of calls that ended meanwhile, while
+        Redis answers. Concurrent callers share the work: each takes its item off first (it goes back if
+        its idempotent command may not have run)."""
         while self.unreleased:
-            key, call_id = self.unreleased[0]
+            key, call_id = self.unreleased.popleft()
             try:
                 await self._commands.execute("ZREM", key, call_id)
-            except _REDIS_DOWN:
+            except BaseException as exc:
+                self.unreleased.appendleft((key, call_id))
+                if not isinstance(exc, _REDIS_DOWN):
+                    raise
                 self._unanswered()
                 return
-            self.unreleased.popleft()
         while self.abandoned:
-            item = self.abandoned[0]
+            item = self.abandoned.popleft()
             try:
                 keys = [item.quota_key, item.inflight_key, item.mark_key]
                 outcome = await self._commands.evalsha(self._abandon_lua, keys, [item.call_id, item.cost, item.mark_ms])
-            except _REDIS_DOWN:
+            except BaseException as exc:
+                self.abandoned.appendleft(item)
+                if not isinstance(exc, _REDIS_DOWN):
+                    raise
                 self._unanswered()
                 return
-            self.abandoned.popleft()
             if outcome == 1:
                 self.undone += 1
 
