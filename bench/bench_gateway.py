@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_gateway.py [--concurrency 1,16] [--duration 5] [--warmup 1]
                                             [--protocol legacy|modern] [--client raw|httpx]
                                             [--rounds N] [--variants all|a,b] [--only bare|gateway]
-                                            [--profile DIR]
+                                            [--profile DIR] [--redis-cluster] [--database NAME]
 
 What it does, in one run:
 1. recreates the database `tenantry_bench`, migrates it, creates a tenant and an API key;
@@ -27,6 +27,12 @@ path); `modern` sends `2026-07-28` with the per-request `_meta` envelope and the
 `Mcp-Name` headers that path requires. Both servers are always driven the same way.
 `--client httpx` swaps the raw asyncio-streams client for httpx (10-20x the client CPU per call;
 kept to show why the default is raw).
+
+`--redis-cluster` also starts a local three-master Redis Cluster (redis-server from the distribution,
+free ports, a temporary directory, stopped at the end) and drives `gateway-rc`: the same gateway with
+`TENANTRY_REDIS_CLUSTER` pointing at it, in the same run as `gateway` on the single Redis, so the two
+compare under the same load on the machine. `--database` names the bench database (default
+tenantry_bench; it is dropped and recreated).
 
 `--profile DIR` adds one more run per server at the highest concurrency with py-spy attached,
 writing DIR/{bare,gateway}.folded (collapsed stacks; needs `pip install py-spy`; the figures of that
@@ -52,7 +58,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -68,6 +74,9 @@ STARTUP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 10.0
 
 sys.path.insert(0, str(BENCH))
+
+if TYPE_CHECKING:
+    from tenantry.dev.redis_cluster import LocalCluster
 
 
 # --- settings and setup ----------------------------------------------------------------------------
@@ -714,6 +723,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=1, help="repeat every run this many times, report the median (default 1)"
     )
     p.add_argument("--profile", type=Path, metavar="DIR", help="also profile each server with py-spy into DIR")
+    p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="also drive gateway-rc, the gateway on a local three-master Redis Cluster started for the run",
+    )
+    p.add_argument("--database", default=DB_NAME, help=f"the bench database, recreated (default {DB_NAME})")
     args = p.parse_args(argv)
     try:
         args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -740,7 +755,9 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DB_NAME
     args = parse_args(argv)
+    DB_NAME = args.database
     print(
         f"cores: {os.cpu_count()}  python: {platform.python_version()} ({platform.python_implementation()})"
         f"  protocol: {args.protocol}  client: {args.client}"
@@ -751,10 +768,17 @@ def main(argv: list[str] | None = None) -> int:
         tenant_id, api_key = runner.run(prepare_database(env))
         logdir = Path(tempfile.mkdtemp(prefix="tenantry-bench-"))
         servers: list[ServerProcess] = []
+        cluster: LocalCluster | None = None
         failed = True
         try:
             servers.append(start_server("bare", ["bare_server:app", "--app-dir", str(BENCH)], env, logdir))
             servers.append(start_server("gateway", ["tenantry.app:create_app", "--factory"], env, logdir))
+            if args.redis_cluster:
+                from tenantry.dev.redis_cluster import start_local_cluster
+
+                cluster = start_local_cluster(3)
+                on_cluster = {**env, "TENANTRY_REDIS_URL": cluster.url, "TENANTRY_REDIS_CLUSTER": "true"}
+                servers.append(start_server("gateway-rc", ["tenantry.app:create_app", "--factory"], on_cluster, logdir))
             for variant in args.variants:
                 target = [f"gateway_variants:{variant}", "--factory", "--app-dir", str(BENCH)]
                 servers.append(start_server(variant, target, env, logdir))
@@ -775,6 +799,7 @@ def main(argv: list[str] | None = None) -> int:
                 if name != "bare":
                     runner.run(call_once(target, args.protocol, "data_put", {"key": KEY, "value": VALUE}))
             names = [args.only] if args.only else ["bare", "gateway"]
+            names += ["gateway-rc"] if args.redis_cluster else []
             names += args.variants
             runs: list[RunResult] = []
             for _ in range(args.rounds):
@@ -802,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in servers:
                 stop_server(server)
+            if cluster is not None:
+                cluster.stop()
     return 1 if failed else 0
 
 

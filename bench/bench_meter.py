@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_meter.py [--decisions 20000] [--tenants 10000] [--db 15]
                                           [--url redis://127.0.0.1:6379] [--concurrency 16]
+                                          [--redis-cluster]
 
 Uses its own Redis database (default 15), flushed before and after. Redis must be up.
 
@@ -12,6 +13,10 @@ ledger's `record` (XADD, or XADD + ZREM in one round trip), next to a bare PING 
 round-trip floor. Each runs twice, on redis-py and on the lean client (`tenantry.metering.resp`),
 interleaved, and the `cpu` column is this process's CPU per call, i.e. the client's cost; the
 ratio of the two is printed. Then admit from `--concurrency` coroutines at once, on each client.
+
+`--redis-cluster` adds a third client to part 1: the cluster client (`tenantry.metering.cluster`) on a
+local three-master Redis Cluster started for the run (redis-server from the distribution), with the
+ledger's 16 shards, its ratio given against the lean client on the single Redis.
 
 Part 2 admits once for each of N tenants, with quota and a per-minute rate limit on
 (two counter keys per tenant), then again with the in-flight cap on too (plus one sorted
@@ -33,7 +38,8 @@ from typing import cast
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from tenantry.db.engine import Database
-from tenantry.metering.ledger import Ledger, UsageEvent
+from tenantry.metering.cluster import ClusterClient
+from tenantry.metering.ledger import Ledger, UsageEvent, ledger_streams
 from tenantry.metering.meter import Meter
 from tenantry.metering.resp import RespClient
 from tenantry.plans import Limits
@@ -102,7 +108,12 @@ async def evalsha_stats(r: Redis) -> tuple[int, int]:
 
 
 def operations(
-    r: Redis, resp: RespClient | None, meter: Meter, ledger: Ledger, tenants: list[uuid.UUID], decisions: int
+    r: Redis,
+    resp: RespClient | ClusterClient | None,
+    meter: Meter,
+    ledger: Ledger,
+    tenants: list[uuid.UUID],
+    decisions: int,
 ) -> dict[str, Callable[[int], Awaitable[object]]]:
     """The timed operations, on whichever client `meter` and `ledger` were built with."""
     calls = [f"call-{i}" for i in range(decisions)]
@@ -151,17 +162,20 @@ def operations(
     }
 
 
-async def latency(r: Redis, url: str, decisions: int, tenants: list[uuid.UUID], width: int) -> None:
+async def latency(
+    r: Redis, url: str, decisions: int, tenants: list[uuid.UUID], width: int, cluster_url: str | None
+) -> None:
     resp = RespClient.from_url(url)
     db = cast(Database, None)  # the ledger touches PostgreSQL only when Redis fails, which it must not here
     clients = {
         "redis-py": (Meter(r), Ledger(r, db, stream=STREAM)),
         "resp": (Meter(resp), Ledger(resp, db, stream=STREAM)),
     }
-    ops = {
-        name: operations(r, resp if name == "resp" else None, m, lg, tenants, decisions)
-        for name, (m, lg) in clients.items()
-    }
+    lean: dict[str, RespClient | ClusterClient] = {"resp": resp}
+    if cluster_url is not None:
+        lean["cluster"] = cc = ClusterClient.from_url(cluster_url)
+        clients["cluster"] = (Meter(cc), Ledger(cc, db, stream=ledger_streams("bench-meter", 16)))
+    ops = {name: operations(r, lean.get(name), m, lg, tenants, decisions) for name, (m, lg) in clients.items()}
     for name, (m, _) in clients.items():  # warm the connections and the script cache
         await time_each(2000, ops[name]["PING (round-trip floor)"])
         await m.admit(uuid.uuid4(), "warm", 1, QUOTA)
@@ -183,6 +197,10 @@ async def latency(r: Redis, url: str, decisions: int, tenants: list[uuid.UUID], 
         print(row(f"{op} [redis-py]", slow))
         ratio = f"cpu {fast.cpu_us / slow.cpu_us:.2f}x, p50 {pct(fast.us, 50) / pct(slow.us, 50):.2f}x of redis-py"
         print(row(f"{op} [resp]", fast, ratio))
+        if "cluster" in clients:
+            rc = timings[op, "cluster"]
+            ratio = f"cpu {rc.cpu_us / fast.cpu_us:.2f}x, p50 {pct(rc.us, 50) / pct(fast.us, 50):.2f}x of resp"
+            print(row(f"{op} [cluster]", rc, ratio))
     unmetered = Meter(r)
     t = await time_each(decisions, lambda i: unmetered.admit(tenants[i % len(tenants)], "c", 1, UNMETERED))
     print(row("admit: unmetered (no Redis)", t))
@@ -192,7 +210,8 @@ async def latency(r: Redis, url: str, decisions: int, tenants: list[uuid.UUID], 
     for name in clients:
         rate = await time_concurrent(decisions, width, ops[name]["admit: quota + rate"])
         print(f"  {name:<10} {rate:>9.0f}")
-    await resp.aclose()
+    for client in lean.values():
+        await client.aclose()
 
 
 async def memory(r: Redis, meter: Meter, tenants: int) -> None:
@@ -243,7 +262,15 @@ async def main() -> None:
     parser.add_argument("--db", type=int, default=15)
     parser.add_argument("--url", default="redis://127.0.0.1:6379")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="also time the cluster client on a local three-master cluster"
+    )
     args = parser.parse_args()
+    cluster = None
+    if args.redis_cluster:
+        from tenantry.dev.redis_cluster import start_local_cluster
+
+        cluster = start_local_cluster(3)
 
     url = f"{args.url.rstrip('/')}/{args.db}"
     r = Redis.from_pool(BlockingConnectionPool.from_url(url, max_connections=64, timeout=5))
@@ -254,12 +281,14 @@ async def main() -> None:
         meter = Meter(r)
         tenants = [uuid.uuid4() for _ in range(args.tenants)]
         started = time.perf_counter()
-        await latency(r, url, args.decisions, tenants, args.concurrency)
+        await latency(r, url, args.decisions, tenants, args.concurrency, cluster.url if cluster else None)
         await memory(r, meter, args.tenants)
         print(f"\n(total {time.perf_counter() - started:.1f} s; failures={meter.failures})")
     finally:
         await r.flushdb()
         await r.aclose()
+        if cluster is not None:
+            cluster.stop()
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ if [ "${1:-}" = "--test" ]; then
   # program is still missing is skipped and says why.
   #   chromium: the console's browser test (Playwright drives it)
   #   pgbouncer: the gateway and the isolation tests through PgBouncer in transaction pooling mode
+  #   redis-server, redis-cli: the local three-master Redis Cluster of tests/metering/test_cluster.py
   wanted=(
     "/usr/bin/chromium chromium"
     "/usr/sbin/pgbouncer pgbouncer"
+    "/usr/bin/redis-server redis-server"
+    "/usr/bin/redis-cli redis-tools"
   )
   missing=()
   for pair in "${wanted[@]}"; do

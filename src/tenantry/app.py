@@ -47,9 +47,10 @@ from tenantry.governance.gate import Gate
 from tenantry.governance.kills import KillSwitch
 from tenantry.governance.store import Policies
 from tenantry.governance.triggers import TriggerWatch
+from tenantry.metering.cluster import ClusterClient
 from tenantry.metering.commands import RedisCommands, RedisPyCommands
 from tenantry.metering.drain import LedgerDrainer
-from tenantry.metering.ledger import Ledger, stream_key
+from tenantry.metering.ledger import Ledger, ledger_streams
 from tenantry.metering.meter import Meter
 from tenantry.metering.resp import RespClient, UnsupportedURL
 from tenantry.metrics import Metrics
@@ -68,8 +69,11 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_me
 
 
 def hot_redis_client(settings: Settings, redis: Redis, *, timeout: float) -> RedisCommands:
-    """The client of the per-call commands (`metering/commands.py`): a lean connection of its own, or
-    redis-py's pool when switched off or for a URL the lean client does not speak."""
+    """The client of the per-call commands (`metering/commands.py`): a lean connection of its own (one per
+    master of a Redis Cluster), or redis-py's pool when switched off or for a URL the lean client does not
+    speak."""
+    if settings.redis_cluster:
+        return ClusterClient.from_url(settings.redis_url, timeout=timeout)
     if settings.redis_lean_client:
         try:
             return RespClient.from_url(settings.redis_url, timeout=timeout)
@@ -104,13 +108,13 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     resolver = CredentialResolver(settings, db, plans, issuers=issuers)
     hot = hot_redis_client(settings, redis, timeout=settings.meter_timeout_seconds)
     meter = Meter(hot, key_prefix=settings.redis_key_prefix)
-    stream = stream_key(settings.redis_key_prefix)
-    ledger = Ledger(hot, db, stream=stream, meter=meter)
+    streams = ledger_streams(settings.redis_key_prefix, settings.ledger_shards)
+    ledger = Ledger(hot, db, stream=streams, meter=meter)
     audit = AuditTrail(ledger, ArgumentDigests(settings.secret_keys), metrics, enabled=settings.audit_enabled)
     # The drainer's own connection: its blocking read (1 s) must not stall the meter's commands.
     drain_client = hot_redis_client(settings, redis, timeout=5.0)
     drainer = LedgerDrainer(
-        drain_client, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
+        drain_client, db, stream=streams, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
     )
     listener = ChangeListener(settings.direct_database_url)  # LISTEN needs a session: never pooled
     policies = Policies(db)

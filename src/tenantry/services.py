@@ -21,7 +21,8 @@ from tenantry.gateway.catalog import Catalog
 from tenantry.gateway.server import Gateway
 from tenantry.governance.kills import KillSwitch
 from tenantry.governance.store import Policies
-from tenantry.metering.commands import RedisCommands
+from tenantry.metering.cluster import ClusterClient
+from tenantry.metering.commands import RedisCommands, RedisPyCommands
 from tenantry.metering.drain import LedgerDrainer
 from tenantry.metering.ledger import Ledger
 from tenantry.metering.meter import Meter
@@ -65,9 +66,15 @@ class Services:
         """The catalog's (exposed, offered) tool count of the tenant, for its `max_tools` quota."""
         return None if self.catalog is None else await self.catalog.tool_counts(tenant_id, limits)
 
+    @property
+    def commands(self) -> RedisCommands:
+        """Redis commands routed as the meter's are (to the right master on a Redis Cluster), for the rest
+        of the app's keys (the console's sessions, the ledger's health)."""
+        return self.hot if self.hot is not None else RedisPyCommands(self.redis)
+
     async def aclose_redis(self) -> None:
         """Close every Redis client."""
         for client in (self.hot, self.drain_client):
-            if isinstance(client, RespClient):
+            if isinstance(client, RespClient | ClusterClient):
                 await client.aclose()
         await self.redis.aclose()

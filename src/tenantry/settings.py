@@ -58,6 +58,14 @@ class Settings(BaseSettings):
     # The meter's and the ledger's per-call commands over Tenantry's own lean RESP client (False:
     # over redis-py like everything else; kept to measure the difference and as a way back).
     redis_lean_client: bool = True
+    # `redis_url` names one node of a Redis Cluster: the meter, the ledger and the drain send each
+    # command to the master of its key's slot (the rest of the nodes are found with CLUSTER SLOTS).
+    redis_cluster: bool = False
+    # The usage ledger's Redis streams; a tenant's entries all go to one, picked by a hash of its id.
+    # On a cluster each stream is one key on one master: 16 spreads the ledger's writes and the drain
+    # evenly over 2, 4, 8 or 16 masters and within one stream of even over 3, 5 or 6. Lowering it
+    # strands the entries of the dropped streams: drain them first (README, Redis Cluster).
+    ledger_shards: int = Field(default=16, ge=1, le=256)
 
     admin_api_key: str = DEV_ADMIN_API_KEY
     # The ops credential: `/metrics` and `/health?tenant=` (the admin key and admin tokens also work).
@@ -223,6 +231,14 @@ class Settings(BaseSettings):
             raise ValueError("TENANTRY_TLS_KEYFILE is set without TENANTRY_TLS_CERTFILE")
         if not parse_groups(self.tls_groups):
             raise ValueError("TENANTRY_TLS_GROUPS names no group")
+        return self
+
+    @model_validator(mode="after")
+    def _check_redis_cluster(self) -> Settings:
+        if self.redis_cluster and not self.redis_lean_client:
+            raise ValueError("TENANTRY_REDIS_CLUSTER needs TENANTRY_REDIS_LEAN_CLIENT: the cluster client is lean")
+        if self.redis_cluster and not self.redis_url.startswith(("redis://", "rediss://")):
+            raise ValueError("TENANTRY_REDIS_CLUSTER needs a redis:// or rediss:// URL naming one node of the cluster")
         return self
 
     @model_validator(mode="after")

@@ -153,3 +153,20 @@ async def test_while_the_breaker_is_open_events_go_to_postgres_at_once_and_slots
     clock[0] += 10
     assert (await meter.admit(tid, "after", 1, FREE)).admitted  # ...freed first, so the cap of 1 admits
     assert await redis.zscore(meter.inflight_key(tid), "held") is None
+
+
+async def test_calls_arriving_together_after_an_outage_share_the_leftover_work(
+    hung: tuple[Meter, Redis, list[float], int],
+) -> None:
+    """Entries left to free and admissions left to undo are each settled once, however many calls
+    arrive at once when Redis answers again, and none of those calls fails for it."""
+    meter, redis, _, _ = hung
+    tenant = uuid.uuid4()
+    inflight = meter.inflight_key(tenant)
+    await redis.zadd(inflight, {f"gone-{n}": 10**15 for n in range(20)})
+    for n in range(20):
+        meter.release_later(inflight, f"gone-{n}")
+    decisions = await asyncio.gather(*(meter.admit(tenant, f"c{n}", 1, PAID) for n in range(30)))
+    assert sum(d.admitted for d in decisions) == 1  # the cap of one: the freed entries made room
+    assert not meter.unreleased
+    assert await redis.zcard(inflight) == 1

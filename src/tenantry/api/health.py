@@ -38,7 +38,7 @@ from tenantry import tenants as tenant_service
 from tenantry.api.deps import OpsDep, ServicesDep, is_ops, require_ops
 from tenantry.api.openapi import errors
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
-from tenantry.metering.drain import dead_letter_key, oldest_undrained_age_ms
+from tenantry.metering.drain import backlog
 from tenantry.metering.quotas import at_limit, quota_usage
 from tenantry.plans import Limits
 from tenantry.services import Services
@@ -107,8 +107,7 @@ async def _ledger(s: Services) -> Check:
     if s.meter.down:
         return {"status": "fail", "detail": "Redis, which holds the stream, did not answer a moment ago"}
     async with asyncio.timeout(s.settings.meter_timeout_seconds):
-        lag_ms = await oldest_undrained_age_ms(s.redis, s.ledger.stream)
-        dead = await s.redis.xlen(dead_letter_key(s.ledger.stream))
+        lag_ms, dead = await backlog(s.commands, s.ledger.streams)
     limit_ms = int(s.settings.ledger_max_lag_seconds * 1000)
     ok = lag_ms <= limit_ms
     check: Check = {

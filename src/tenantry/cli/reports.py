@@ -13,6 +13,7 @@ from tenantry import tenants as tenant_service
 from tenantry.audit.store import parse_time
 from tenantry.cli.common import emit, with_db
 from tenantry.db.engine import Database
+from tenantry.metering.cluster import ClusterClient
 from tenantry.metering.meter import Meter
 from tenantry.metering.reports import BUCKETS, SECTIONS, build_report, report_range
 from tenantry.plans import PlanBook
@@ -28,13 +29,17 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         # The meter's windows live in Redis; a short timeout, so an unreachable Redis costs the report
         # only its quotas (`reports.quotas`), not a hang. No catalog here: `max_tools` shows no `used`.
         redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        # On a Redis Cluster the tenant's keys live on the master of their slot: the cluster client finds it.
+        cluster = ClusterClient.from_url(settings.redis_url, timeout=2.0) if settings.redis_cluster else None
         try:
-            meter = Meter(redis, key_prefix=settings.redis_key_prefix, timeout_s=2.0)
+            meter = Meter(cluster or redis, key_prefix=settings.redis_key_prefix, timeout_s=2.0)
             async with db.system() as conn:
                 tenant = await tenant_service.get_tenant(conn, tenant_id)
                 limits = PlanBook(settings).limits(tenant.plan, tenant.limits)
                 return await build_report(conn, meter, tenant_id, limits, since, until, args.bucket)
         finally:
+            if cluster is not None:
+                await cluster.aclose()
             await redis.aclose()
 
     report = asyncio.run(with_db(settings, work))

@@ -21,6 +21,13 @@ a batch is refused for its data, the drain stores it tenant by tenant, then
 event by event, and moves what is still refused, with the reason, to
 `<stream>:dead` before acknowledging it. `/health` shows how many are there.
 Entries in the eight-field format of gateways before 0006 are still read.
+
+Shards (`ledger.ledger_streams`): one drainer reads every shard of the ledger, each with its own consumer
+group, so each stream keeps the guarantees above, and stores what it read from all of them with one
+statement. On a single Redis one blocking XREADGROUP reads them all, as it read the one stream; on a
+Redis Cluster a command may name keys of one slot only, so each pass reads every shard without
+blocking (one round trip per master, all masters at once) and, when all were empty, waits
+`poll_ms` before the next pass. Acknowledgements go likewise, per shard, in one round trip.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import socket
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -41,7 +48,8 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
 from tenantry.metering.commands import RedisCommands, as_commands
-from tenantry.metering.ledger import REDIS_ERRORS, UsageEvent, insert_documents, stream_key, unstorable
+from tenantry.metering.entries import Dead, Docs, Entry, field_pairs, group_entries, parse_entry, stream_entries
+from tenantry.metering.ledger import REDIS_ERRORS, insert_documents, stream_key, unstorable
 
 log = logging.getLogger(__name__)
 
@@ -66,35 +74,45 @@ class LedgerDrainer:
         claim_idle_ms: int = 30_000,
         linger_ms: int = 200,
         consumer: str | None = None,
-        stream: str = stream_key(),
+        stream: str | Sequence[str] = stream_key(),
         timeout_s: float = 5.0,
+        poll_ms: int = 100,
     ) -> None:
         """`linger_ms`: after a batch that was not full, wait this long for more events, so under load
         the drain moves them in batches (one transaction for many calls) instead of one by one.
 
         `client` carries every command (`commands.py`). Give the drainer a connection of its own (the
         app gives it its own lean client): its blocking read would hold up every command queued
-        behind it on a shared one. A redis-py client is bounded by `timeout_s` per command."""
-        self.stream = stream
+        behind it on a shared one. A redis-py client is bounded by `timeout_s` per command.
+
+        `stream`: the ledger's stream, or its shards (`ledger_streams`). `poll_ms`: on a Redis Cluster,
+        how long the drain waits after a pass that found every shard empty (it cannot block on all)."""
+        self.streams = (stream,) if isinstance(stream, str) else tuple(stream)
+        self.stream = self.streams[0]
         self._commands = as_commands(client, timeout=timeout_s)
         self._db = db
         self._batch = batch_size
         self._block_ms = block_ms
         self._claim_idle_ms = claim_idle_ms
         self._linger_s = linger_ms / 1000
+        self._poll_s = poll_ms / 1000
+        # A cluster refuses a command naming keys of several slots: there, read each shard on its own.
+        self._one_read = len(self.streams) == 1 or not getattr(self._commands, "cluster", False)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._stopping = asyncio.Event()
-        self.dead = dead_letter_key(stream)
+        self.dead = dead_letter_key(self.stream)
         self.drained = 0
         self.dead_lettered = 0
         self.last_error: str | None = None
 
     async def ensure_group(self) -> None:
-        try:
-            await self._commands.execute("XGROUP", "CREATE", self.stream, GROUP, "0", "MKSTREAM")
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create each shard's consumer group (and stream) unless it exists."""
+        for stream in self.streams:
+            try:
+                await self._commands.execute("XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM")
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def drain_once(self, *, block: bool = False, recover: bool = True) -> int:
         """Move one batch. With `recover`, this consumer's own pending entries first, then abandoned
@@ -102,10 +120,12 @@ class LedgerDrainer:
         entries, fresh = await self._read(block=block, recover=recover)
         if not entries:
             return 0
-        ids = [entry_id for entry_id, _ in entries]
+        ids: dict[str, list[bytes]] = {}
+        for stream, entry_id, _ in entries:
+            ids.setdefault(stream, []).append(entry_id)
         # An entry deleted after it was read comes back without fields: only acknowledged.
-        live = [(entry_id, fields) for entry_id, fields in entries if fields]
-        batch, audit, odd = _group(live)
+        live = [entry for entry in entries if entry[2]]
+        batch, audit, odd = group_entries(live)
         moved = 0
         if batch or audit:
             try:
@@ -117,57 +137,60 @@ class LedgerDrainer:
                 # Something in the batch can never be stored: find it, store the rest.
                 log.error("ledger: a batch of %d events was refused (%s); storing them one by one", len(live), exc.orig)
                 odd = live
-        dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
+        dead: list[Dead] = []
         if odd:
             stored, dead = await self._store_one_by_one(odd)
             moved += stored
         if dead:
             await self._dead_letter(dead)
-        await self._commands.execute_many([("XACK", self.stream, GROUP, *ids), ("XDEL", self.stream, *ids)])
+        acks: list[tuple[str | bytes, ...]] = []
+        for stream, stream_ids in ids.items():
+            acks += [("XACK", stream, GROUP, *stream_ids), ("XDEL", stream, *stream_ids)]
+        await self._commands.execute_many(acks)
         self.drained += moved
-        return len(ids)
+        return len(entries)
 
-    async def _store_one_by_one(
-        self, entries: list[tuple[bytes, dict[bytes, bytes]]]
-    ) -> tuple[int, list[tuple[bytes, dict[bytes, bytes], str]]]:
+    async def _store_one_by_one(self, entries: list[Entry]) -> tuple[int, list[Dead]]:
         """The slow path, for a batch holding something the fast one could not store: each tenant's
         entries in their own transaction, and a tenant's whose were refused, one entry at a time.
         Returns how many usage events were stored, and the entries that can never be (with the reason)."""
-        dead: list[tuple[bytes, dict[bytes, bytes], str]] = []
-        by_tenant: dict[uuid.UUID, list[tuple[bytes, dict[bytes, bytes], _Docs]]] = defaultdict(list)
-        for entry_id, fields in entries:
+        dead: list[Dead] = []
+        by_tenant: dict[uuid.UUID, list[tuple[str, bytes, dict[bytes, bytes], Docs]]] = defaultdict(list)
+        for stream, entry_id, fields in entries:
             try:
-                tenant, docs = _parse(fields)
+                tenant, docs = parse_entry(fields)
             except ValueError as exc:
-                dead.append((entry_id, fields, str(exc)))
+                dead.append((stream, entry_id, fields, str(exc)))
                 continue
-            by_tenant[tenant].append((entry_id, fields, docs))
+            by_tenant[tenant].append((stream, entry_id, fields, docs))
         stored = 0
         for tenant, group in by_tenant.items():
-            refused = await self._refusal(tenant, [docs for _, _, docs in group])
+            refused = await self._refusal(tenant, [docs for *_, docs in group])
             if refused is None:
-                stored += sum(docs.usage is not None for _, _, docs in group)
+                stored += sum(docs.usage is not None for *_, docs in group)
                 continue
-            for entry_id, fields, docs in group:
+            for stream, entry_id, fields, docs in group:
                 alone = refused if len(group) == 1 else await self._refusal(tenant, [docs])
                 if alone is None:
                     stored += docs.usage is not None
                     continue
                 # An audit record that can never be stored must not take the call's usage event with it:
                 # the event is stored (billed) and the entry kept aside for its record.
-                usage_only = _Docs(docs.usage, None)
+                usage_only = Docs(docs.usage, None)
                 if (
                     docs.audit is not None
                     and docs.usage is not None
                     and await self._refusal(tenant, [usage_only]) is None
                 ):
                     stored += 1
-                    dead.append((entry_id, fields, f"audit record refused by PostgreSQL (usage stored): {alone}"))
+                    dead.append(
+                        (stream, entry_id, fields, f"audit record refused by PostgreSQL (usage stored): {alone}")
+                    )
                     continue
-                dead.append((entry_id, fields, f"refused by PostgreSQL: {alone}"))
+                dead.append((stream, entry_id, fields, f"refused by PostgreSQL: {alone}"))
         return stored, dead
 
-    async def _refusal(self, tenant: uuid.UUID, entries: list[_Docs]) -> str | None:
+    async def _refusal(self, tenant: uuid.UUID, entries: list[Docs]) -> str | None:
         """Store one tenant's `entries` in one transaction; None when stored, PostgreSQL's reason when it never will."""
         usage = [d.usage for d in entries if d.usage is not None]
         audit = [d.audit for d in entries if d.audit is not None]
@@ -179,43 +202,56 @@ class LedgerDrainer:
             return str(exc.orig)
         return None
 
-    async def _dead_letter(self, dead: list[tuple[bytes, dict[bytes, bytes], str]]) -> None:
-        """Keep entries that can never be stored in `<stream>:dead`, with the reason, before they are
-        acknowledged: nothing leaves the ledger unaccounted for; `/health` shows how many there are."""
+    async def _dead_letter(self, dead: list[Dead]) -> None:
+        """Keep entries that can never be stored in `<stream>:dead` (of their shard), with the reason,
+        before they are acknowledged: nothing leaves the ledger unaccounted for; `/health` shows how many
+        there are."""
         commands: list[list[bytes | str]] = []
-        for entry_id, fields, reason in dead:
-            log.error("ledger: entry %s can never be stored (%s); moved to %s", entry_id, reason, self.dead)
+        for stream, entry_id, fields, reason in dead:
+            kept_in = dead_letter_key(stream)
+            log.error("ledger: entry %s can never be stored (%s); moved to %s", entry_id, reason, kept_in)
             kept = {**fields, b"entry": entry_id, b"reason": reason.encode()[:1000]}
-            commands.append(["XADD", self.dead, "*", *(part for pair in kept.items() for part in pair)])
+            commands.append(["XADD", kept_in, "*", *(part for pair in kept.items() for part in pair)])
         await self._commands.execute_many(commands)
         self.dead_lettered += len(dead)
 
-    async def _read(self, *, block: bool, recover: bool) -> tuple[list[tuple[bytes, dict[bytes, bytes]]], bool]:
+    async def _read(self, *, block: bool, recover: bool) -> tuple[list[Entry], bool]:
         """A batch, and whether it was delivered for the first time (`fresh`: none of it can be stored yet)."""
-        if not recover:
-            return await self._read_group(">", block_ms=self._block_ms if block else None), True
-        # A batch this consumer read but did not acknowledge (the insert failed, or we were cancelled).
-        entries = await self._read_group("0", block_ms=None)
-        if entries:
-            return entries, False
-        # Entries a dead consumer read and never acknowledged (Redis 7 lists deleted ones apart; 6.2 as nil).
-        claimed = await self._commands.execute(
-            "XAUTOCLAIM", self.stream, GROUP, self.consumer, self._claim_idle_ms, "0-0", "COUNT", self._batch
-        )
-        entries = [(entry_id, _pairs(fields)) for entry_id, fields in claimed[1] if fields is not None]
-        if entries:
-            return entries, False
-        return await self._read_group(">", block_ms=self._block_ms if block else None), True
+        if recover:
+            # A batch this consumer read but did not acknowledge (the insert failed, or we were cancelled).
+            entries = await self._read_group("0", block=False)
+            if entries:
+                return entries, False
+            # Entries a dead consumer read and never acknowledged (Redis 7 lists deleted ones apart; 6.2 as nil).
+            claims = await self._commands.execute_many(
+                [
+                    ("XAUTOCLAIM", stream, GROUP, self.consumer, self._claim_idle_ms, "0-0", "COUNT", self._batch)
+                    for stream in self.streams
+                ]
+            )
+            entries = [
+                (stream, entry_id, field_pairs(fields))
+                for stream, claimed in zip(self.streams, claims, strict=True)
+                for entry_id, fields in claimed[1]
+                if fields is not None
+            ]
+            if entries:
+                return entries, False
+        return await self._read_group(">", block=block), True
 
-    async def _read_group(self, start: str, *, block_ms: int | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """XREADGROUP from `start` ("0": this consumer's pending entries; ">": new ones)."""
+    async def _read_group(self, start: str, *, block: bool) -> list[Entry]:
+        """XREADGROUP of every shard from `start` ("0": this consumer's pending entries; ">": new ones)."""
         command: list[str | int] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self._batch]
-        if block_ms is not None:
-            command += ["BLOCK", block_ms]
-        reply = await self._commands.execute(*command, "STREAMS", self.stream, start)
-        # RESP2 answers [[stream, entries]]; RESP3 (redis-py 8's default protocol) {stream: entries}.
-        streams = reply.values() if isinstance(reply, dict) else [entries for _, entries in reply or []]
-        return [(entry_id, _pairs(fields)) for entries in streams for entry_id, fields in entries]
+        if self._one_read:
+            if block:
+                command += ["BLOCK", self._block_ms]
+            starts = [start] * len(self.streams)
+            return stream_entries(await self._commands.execute(*command, "STREAMS", *self.streams, *starts))
+        replies = await self._commands.execute_many([(*command, "STREAMS", stream, start) for stream in self.streams])
+        entries = [entry for reply in replies for entry in stream_entries(reply)]
+        if not entries and block:
+            await self._pause(self._poll_s)
+        return entries
 
     async def run(self) -> None:
         """Drain until `stop()`; then drain what is left (bounded) and return."""
@@ -277,79 +313,14 @@ async def oldest_undrained_age_ms(redis: Redis, stream: str, now_ms: int | None 
     return max(0, now_ms - int(raw.split("-")[0]))
 
 
-@dataclass(frozen=True, slots=True)
-class _Docs:
-    usage: str | None  # the usage event's document
-    audit: str | None  # the audit record's document
-
-
-def _parse(fields: dict[bytes, bytes]) -> tuple[uuid.UUID, _Docs]:
-    """An entry's tenant and documents, any format (the eight-field usage events of gateways before 0006
-    too); ValueError when it is neither a usage event nor an audit record."""
-    if b"a" not in fields:
-        event = UsageEvent.from_fields(fields)
-        return event.tenant_id, _Docs(event.document(), None)
-    try:
-        tenant = uuid.UUID(fields[b"t"].decode())
-        audit = fields[b"a"].decode()
-    except (KeyError, ValueError) as exc:  # UnicodeDecodeError too
-        raise ValueError(f"not an audit record: {exc!r}") from exc
-    usage = UsageEvent.from_fields({k: v for k, v in fields.items() if k != b"a"}) if b"v" in fields else None
-    if usage is not None and usage.tenant_id != tenant:
-        raise ValueError("the usage event and the audit record name different tenants")
-    return tenant, _Docs(None if usage is None else usage.document(), audit)
-
-
-def _group(
-    entries: list[tuple[bytes, dict[bytes, bytes]]],
-) -> tuple[dict[uuid.UUID, list[str]], dict[uuid.UUID, list[str]], list[tuple[bytes, dict[bytes, bytes]]]]:
-    """The fast path: entries as the gateway writes them (`t`, and `v` and/or `a`) grouped by tenant,
-    their usage and audit documents passed on unparsed; and the rest (older-format or malformed
-    entries, for the slow path)."""
-    batch: dict[uuid.UUID, list[str]] = {}
-    audit: dict[uuid.UUID, list[str]] = {}
-    tenants: dict[bytes, uuid.UUID | None] = {}
-    odd: list[tuple[bytes, dict[bytes, bytes]]] = []
-    for entry in entries:
-        fields = entry[1]
-        raw_tenant, doc, record = fields.get(b"t"), fields.get(b"v"), fields.get(b"a")
-        if raw_tenant is None or len(fields) != 1 + (doc is not None) + (record is not None) or len(fields) == 1:
-            odd.append(entry)
-            continue
-        if raw_tenant in tenants:
-            tenant = tenants[raw_tenant]
-        else:
-            try:
-                tenant = uuid.UUID(raw_tenant.decode())
-            except (ValueError, UnicodeDecodeError):
-                tenant = None
-            tenants[raw_tenant] = tenant
-        try:
-            text_doc = None if doc is None else doc.decode()
-            text_record = None if record is None else record.decode()
-        except UnicodeDecodeError:
-            tenant = None
-        if tenant is None:
-            odd.append(entry)
-            continue
-        if text_doc is not None:
-            _add(batch, tenant, text_doc)
-        if text_record is not None:
-            _add(audit, tenant, text_record)
-    return batch, audit, odd
-
-
-def _add(grouped: dict[uuid.UUID, list[str]], tenant: uuid.UUID, doc: str) -> None:
-    docs = grouped.get(tenant)  # no setdefault: it would build a list per entry
-    if docs is None:
-        grouped[tenant] = [doc]
-    else:
-        docs.append(doc)
-
-
-def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
-    """A stream entry's fields as RESP2 sends them (name, value, name, value...)."""
-    if not flat:
-        return {}
-    items = iter(flat)
-    return dict(zip(items, items, strict=True))
+async def backlog(commands: RedisCommands, streams: Sequence[str], now_ms: int | None = None) -> tuple[int, int]:
+    """Over every shard: the age of the oldest event not yet in PostgreSQL (as `oldest_undrained_age_ms`),
+    and how many entries were set aside as never storable; one round trip (one per master on a cluster)."""
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    asked: list[tuple[str, ...]] = []
+    for stream in streams:
+        asked += [("XRANGE", stream, "-", "+", "COUNT", "1"), ("XLEN", dead_letter_key(stream))]
+    replies = await commands.execute_many(asked)
+    oldest = [int(bytes(first[0][0]).split(b"-")[0]) for first in replies[0::2] if first]
+    lag = max(0, now_ms - min(oldest)) if oldest else 0
+    return lag, sum(int(n) for n in replies[1::2])

@@ -3,10 +3,11 @@
 Design
 ------
 Hot path (no database round trip): when a call completes, its event is
-appended to the Redis stream `<prefix>:{ledger}` *before* the result is
-returned to the client, in the same pipelined round trip that frees the
-call's in-flight slot in the meter. So a gateway crash at any moment loses
-no event of a call whose result the client received: either the event is
+appended to its tenant's ledger stream *before* the result is returned
+to the client, in the same pipelined round trip that frees the call's
+in-flight slot in the meter (on a Redis Cluster, one write to each of the
+two masters, at once). So a gateway crash at any moment loses no event
+of a call whose result the client received: either the event is
 in the stream, or the client got no result. That XADD (+ ZREM) goes over the
 meter's client (`commands.py`), the lean RESP client in the app, in one
 write: through redis-py the pipeline cost ~280-330 µs of client CPU per call,
@@ -32,15 +33,25 @@ failed (`ledger_unavailable`) rather than returned unrecorded.
 
 Durability of the stream across a *Redis* restart needs Redis persistence
 (AOF); docker-compose.yml turns it on.
+
+Shards: the ledger is `TENANTRY_LEDGER_SHARDS` streams (`ledger_streams`), and a tenant's entries
+all go to one of them, picked by a hash of its id: on a Redis Cluster each stream is one key, so
+one stream would be one hot key on one master taking every call's XADD and the whole drain. One
+tenant's entries stay in one stream, in order (its audit chain is written in that order). The first
+shard is `<prefix>:{ledger}`, the one stream of gateways before shards, so what they left drains; the
+others' hash tags are picked so their slots are evenly spaced, and a cluster whose masters own equal
+slot ranges (as `redis-cli --cluster create` makes) gets an even share of them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
+import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,13 +63,46 @@ from sqlalchemy.exc import DBAPIError
 from tenantry.db.engine import Database
 from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.meter import Meter
+from tenantry.metering.slots import SLOTS, key_slot
 
 log = logging.getLogger(__name__)
 
+MAX_SHARDS = 256
+
 
 def stream_key(prefix: str = "tenantry") -> str:
-    """The ledger stream's key; `{ledger}` is its Redis Cluster hash tag."""
+    """The first ledger stream's key (the only one before shards); `{ledger}` is its Redis Cluster hash tag."""
     return f"{prefix}:{{ledger}}"
+
+
+def ledger_streams(prefix: str = "tenantry", shards: int = 1) -> tuple[str, ...]:
+    """The keys of the ledger's `shards` streams: `stream_key(prefix)`, then one per hash tag of `shard_tags`."""
+    return tuple(f"{prefix}:{{{tag}}}" for tag in shard_tags(shards))
+
+
+@functools.cache
+def shard_tags(shards: int) -> tuple[str, ...]:
+    """`ledger`, then for each other shard i the first tag `ledger-<i>.<j>` whose slot falls in the i-th of
+    `shards` equal slices of the slot space, counted from the slot of `ledger`: evenly spaced slots."""
+    if not 1 <= shards <= MAX_SHARDS:
+        raise ValueError(f"the ledger has 1 to {MAX_SHARDS} shards, not {shards}")
+    first = key_slot("ledger")
+    width = SLOTS // shards
+    tags = ["ledger"]
+    for i in range(1, shards):
+        start = (first + i * SLOTS // shards) % SLOTS
+        j = 0
+        while (key_slot(f"ledger-{i}.{j}") - start) % SLOTS >= width:
+            j += 1
+        tags.append(f"ledger-{i}.{j}")
+    return tuple(tags)
+
+
+def shard_of(tenant_id: uuid.UUID, streams: Sequence[str]) -> str:
+    """The stream of `tenant_id`'s entries: always the same one, so they stay in order."""
+    if len(streams) == 1:
+        return streams[0]
+    return streams[zlib.crc32(tenant_id.bytes) % len(streams)]
 
 
 REDIS_ERRORS = (RedisError, OSError)
@@ -220,18 +264,21 @@ class Ledger:
         client: Redis | RedisCommands,
         db: Database,
         *,
-        stream: str = stream_key(),
+        stream: str | Sequence[str] = stream_key(),
         timeout_s: float | None = None,
         meter: Meter | None = None,
     ) -> None:
-        """`client` carries the XADD (`commands.py`); a redis-py client is bounded by `timeout_s`. With
+        """`stream`: the ledger's stream, or its shards (`ledger_streams`).
+
+        `client` carries the XADD (`commands.py`); a redis-py client is bounded by `timeout_s`. With
         `meter`, its breaker applies here too: while it is open (Redis hung a moment ago) the event goes
         straight to PostgreSQL instead of waiting for another timeout, and the call's in-flight entry is
         freed once Redis answers again."""
         self._commands = as_commands(client, timeout=timeout_s)
         self._db = db
         self._meter = meter
-        self.stream = stream
+        self.streams = (stream,) if isinstance(stream, str) else tuple(stream)
+        self.stream = self.streams[0]
         self.fallbacks = 0  # events written straight to PostgreSQL because Redis was unreachable
 
     async def record(
@@ -242,7 +289,7 @@ class Ledger:
         `release=(key, member)`: also remove `member` from the sorted set `key` (the call's in-flight
         slot in the meter) in the same round trip."""
         if self._meter is None or not self._meter.down:
-            xadd = event.xadd(self.stream, audit)
+            xadd = event.xadd(shard_of(event.tenant_id, self.streams), audit)
             try:
                 if release is None:
                     await self._commands.execute(*xadd)
@@ -266,7 +313,8 @@ class Ledger:
         change): an entry of its own, or straight to PostgreSQL while Redis cannot take it."""
         if self._meter is None or not self._meter.down:
             try:
-                await self._commands.execute("XADD", self.stream, "*", "t", str(tenant_id), "a", audit)
+                stream = shard_of(tenant_id, self.streams)
+                await self._commands.execute("XADD", stream, "*", "t", str(tenant_id), "a", audit)
                 return
             except REDIS_ERRORS as exc:
                 log.warning("ledger: Redis unavailable (%s); writing an audit record to PostgreSQL", exc)

@@ -8,8 +8,7 @@ Design
 ------
 One Lua script (`meter.lua`, package data) checks every limit that applies
 to the call and, only if all of them pass, counts the call against all of
-them, atomically; a refused call consumes nothing. It runs by EVALSHA and is
-reloaded (SCRIPT LOAD) when Redis answers NOSCRIPT.
+them, atomically; a refused call consumes nothing. It runs by EVALSHA.
 
 Every command goes through one `RedisCommands` (`commands.py`): the app gives
 the meter the lean RESP client of `resp.py` (redis-py spent ~200-250 µs of
@@ -18,11 +17,8 @@ runs on every metered tool call; the lean client spends ~50-70 µs,
 bench/bench_meter.py), or redis-py behind the same interface. Both raise
 redis-py's classes, so the outage handling below is one code path.
 
-Quota and request rate are sliding-window counters: two fixed-window
-counters (current and previous window) weighted by the overlap,
-
-    estimate = previous * (window - elapsed) / window + current
-
+Quota and request rate are sliding-window counters: two fixed-window counters
+weighted by the overlap, `previous * (window - elapsed) / window + current`,
 so memory per (tenant, limit) is two small integer keys whatever the limit.
 Window-index key names are computed here from `now_ms` and every key is
 passed in KEYS; all of a tenant's keys carry the hash tag `{<tenant uuid>}`
@@ -34,9 +30,10 @@ The in-flight cap is a sorted set of call ids scored by their deadline
 (`now + call_timeout_ms`); expired entries are dropped before each check, so
 a crashed process cannot leak slots beyond its calls' deadlines.
 
-When Redis is unreachable the tenant's plan decides (`Limits.fail_open`):
-admit unmetered (`bypassed=True`) or refuse (`meter_unavailable`). `admit`
-never raises for that; `failures` counts such events for a metric.
+When Redis is unreachable (or, on a Redis Cluster, the tenant's slot is
+mid-migration or its master down: `SlotUnavailable`, those tenants only) the tenant's plan decides
+(`Limits.fail_open`): admit unmetered (`bypassed=True`) or refuse
+(`meter_unavailable`). `admit` never raises for that; `failures` counts them.
 """
 
 from __future__ import annotations
@@ -58,6 +55,7 @@ from tenantry.metering.breaker import RedisBreaker
 from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.decision import REASONS, Decision, OverRate, QuotaKind, Usage, wall_clock_ms, window_usage
 from tenantry.metering.resp import LuaScript
+from tenantry.metering.slots import SlotUnavailable
 from tenantry.plans import Limits
 
 __all__ = ["REASONS", "Decision", "Meter", "QuotaKind", "Usage", "wall_clock_ms"]
@@ -67,16 +65,13 @@ ABANDON_LUA: Final[str] = files("tenantry.metering").joinpath("abandon.lua").rea
 
 RATE_WINDOW_MS: Final = 60_000
 WINDOWS: Final = ("calls", "reads", "requests")  # what `Meter.windows` reads: the two quotas and the rate
-
-# Abandoned admissions waiting to be undone, at most (the oldest are dropped: their in-flight entries
-# still expire at their deadlines).
+# Abandoned admissions waiting to be undone, at most (the oldest dropped: their entries expire anyway).
 _MAX_ABANDONED: Final = 100_000
 # Rate-limited tenants remembered at once, at most (the oldest are forgotten: they ask Redis again).
 _MAX_RATE_LIMITED: Final = 10_000
 
 # What "Redis is unreachable" looks like from redis-py (builtin TimeoutError is an OSError).
 _REDIS_DOWN: Final = (RedisConnectionError, RedisTimeoutError, OSError)
-
 _NO_LIMIT: Final = -1
 
 # The retry hint of `concurrency_limited`. The script knows only when the oldest call in flight must have
@@ -169,29 +164,33 @@ class Meter:
         self._breaker.unanswered()
 
     def release_later(self, key: str, call_id: str) -> None:
-        """Free this in-flight entry when Redis answers again (its call ended while Redis did not)."""
-        self.unreleased.append((key, call_id))
+        self.unreleased.append((key, call_id))  # its call ended while Redis did not answer: free it later
 
     async def _settle(self) -> None:
-        """Undo, in order, the admissions this process gave up waiting for (abandon.lua), and free the
-        entries of calls that ended meanwhile, while Redis answers."""
+        """Undo the admissions given up on (abandon.lua), free the entries of calls that ended meanwhile, while
+        Redis answers. Concurrent callers share the work: each takes its item off first (it goes back if
+        its idempotent command may not have run)."""
         while self.unreleased:
-            key, call_id = self.unreleased[0]
+            key, call_id = self.unreleased.popleft()
             try:
                 await self._commands.execute("ZREM", key, call_id)
-            except _REDIS_DOWN:
+            except BaseException as exc:
+                self.unreleased.appendleft((key, call_id))
+                if not isinstance(exc, _REDIS_DOWN):
+                    raise
                 self._unanswered()
                 return
-            self.unreleased.popleft()
         while self.abandoned:
-            item = self.abandoned[0]
+            item = self.abandoned.popleft()
             try:
                 keys = [item.quota_key, item.inflight_key, item.mark_key]
                 outcome = await self._commands.evalsha(self._abandon_lua, keys, [item.call_id, item.cost, item.mark_ms])
-            except _REDIS_DOWN:
+            except BaseException as exc:
+                self.abandoned.appendleft(item)
+                if not isinstance(exc, _REDIS_DOWN):
+                    raise
                 self._unanswered()
                 return
-            self.abandoned.popleft()
             if outcome == 1:
                 self.undone += 1
 
@@ -314,6 +313,9 @@ class Meter:
             await self._settle()
         try:
             reply = await self._commands.evalsha(self._lua, keys, args)
+        except SlotUnavailable:  # the script did not run; the breaker stays shut: only this tenant's slot is out
+            self.failures += 1
+            return self._without_redis(limits, limit)
         except _REDIS_DOWN:
             self._unanswered()
             if call_id:  # the script may still run when Redis resumes: make sure it admits nothing then

@@ -18,8 +18,8 @@ does only what those commands need:
 - EVALSHA with one SCRIPT LOAD and retry when the server answers NOSCRIPT;
 - AUTH (password or username + password) and SELECT from a redis://, rediss:// or unix:// URL.
 
-The meter, the ledger and the drain reach it through `commands.RedisCommands`; health checks and tests
-use redis-py.
+The meter, the ledger and the drain reach it through `commands.RedisCommands` (on a Redis Cluster, one
+client per master, `cluster.py`); health checks and tests use redis-py.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import contextlib
 import hashlib
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -44,7 +44,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["LuaScript", "RespClient", "UnsupportedURL", "encode_command"]
+__all__ = ["CannotConnect", "LuaScript", "RespClient", "UnsupportedURL", "encode_command"]
 
 Arg = str | bytes | int | float
 Command = Sequence[Arg]
@@ -62,6 +62,10 @@ _ERRORS: Final[dict[str, type[ResponseError] | type[RedisConnectionError]]] = {
 
 class UnsupportedURL(ValueError):
     """The URL names a transport this client does not speak; use redis-py for it."""
+
+
+class CannotConnect(RedisConnectionError):
+    """No connection could be opened (refused, unreachable): the command was never sent."""
 
 
 class _Incomplete(Exception):
@@ -288,6 +292,7 @@ class RespClient:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self._host, self._port, self._path = host, port, path
+        self._login = (username, password, db)
         self._ssl = ssl_context
         self._timeout = timeout
         self._handshake: list[Command] = []
@@ -336,6 +341,26 @@ class RespClient:
             timeout=timeout,
         )
 
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port this client connects to."""
+        if self._path is not None:
+            raise UnsupportedURL("a unix socket is not a Redis Cluster node")
+        return self._host, self._port
+
+    def at(self, host: str, port: int) -> RespClient:
+        """A client of another node of the same deployment (a Redis Cluster's): same credentials and TLS."""
+        username, password, db = self._login
+        return RespClient(
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            db=db,
+            ssl_context=self._ssl,
+            timeout=self._timeout,
+        )
+
     # -- commands ------------------------------------------------------------------------------
 
     async def execute(self, *args: Arg) -> Any:
@@ -354,6 +379,20 @@ class RespClient:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    async def execute_replies(self, commands: Sequence[Command]) -> list[Any]:
+        """As `execute_many`, but error replies are returned in place, not raised (a cluster client
+        follows each command's redirection on its own)."""
+        return await self._send(b"".join(encode_command(c) for c in commands), len(commands))
+
+    def submit(self, commands: Sequence[Command]) -> Awaitable[list[Any]]:
+        """As `execute_replies`, but queued at once when connected (a future, no coroutine to schedule): a
+        cluster client sends one write to each of several nodes in the same loop iteration."""
+        payload = b"".join(encode_command(c) for c in commands)
+        conn = self._conn
+        if conn is not None and conn.failure is None:
+            return conn.send(payload, len(commands))
+        return self._send(payload, len(commands))
 
     async def evalsha(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run `script` by its SHA; on NOSCRIPT (a restarted or flushed Redis) load it and retry, once,
@@ -419,7 +458,7 @@ class RespClient:
         except TimeoutError:
             raise RedisTimeoutError(f"connecting to Redis took longer than {self._timeout}s") from None
         except OSError as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            raise CannotConnect(f"cannot connect to Redis: {exc}") from exc
         if not self._handshake:
             return conn
         try:

@@ -85,16 +85,15 @@ def admin_subject(services: Services, credential: str) -> str | None:
 async def sign_in_allowed(services: Services, client: str) -> bool:
     """Whether `client` has failed fewer than the allowed sign-ins in the last minute."""
     key = f"{services.settings.redis_key_prefix}:console:failed:{client}"
-    failed = await services.redis.get(key)
+    failed = await services.commands.execute("GET", key)
     return failed is None or int(failed) < services.settings.console_sign_in_attempts
 
 
 async def note_failed_sign_in(services: Services, client: str) -> None:
     key = f"{services.settings.redis_key_prefix}:console:failed:{client}"
-    async with services.redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, _ATTEMPT_WINDOW_SECONDS)
-        await pipe.execute()
+    # The counter gets its expiry when it is created, before it is counted: no count ever outlives its
+    # window (INCR keeps the expiry). Two commands of one key, so one master on a Redis Cluster too.
+    await services.commands.execute_many([("SET", key, 0, "EX", _ATTEMPT_WINDOW_SECONDS, "NX"), ("INCR", key)])
 
 
 async def start(services: Services, response: Response, subject: str, *, tls: bool) -> None:
@@ -102,7 +101,7 @@ async def start(services: Services, response: Response, subject: str, *, tls: bo
     session_id = secrets.token_urlsafe(32)
     ttl = services.settings.console_session_ttl_seconds
     value = json.dumps({"csrf": secrets.token_urlsafe(32), "subject": subject})
-    await services.redis.set(_key(services, _hash(session_id)), value, ex=ttl)
+    await services.commands.execute("SET", _key(services, _hash(session_id)), value, "EX", ttl)
     response.set_cookie(COOKIE, session_id, max_age=ttl, path="/console", httponly=True, secure=tls, samesite="strict")
 
 
@@ -110,7 +109,7 @@ async def end(services: Services, request: Request, response: Response) -> None:
     """Delete the session (its cookie is worthless from now on) and clear the cookie."""
     session_id = request.cookies.get(COOKIE)
     if session_id:
-        await services.redis.delete(_key(services, _hash(session_id)))
+        await services.commands.execute("DEL", _key(services, _hash(session_id)))
     response.delete_cookie(COOKIE, path="/console", httponly=True, samesite="strict")
 
 
@@ -119,7 +118,7 @@ async def current(services: Services, request: Request) -> Session | None:
     if not session_id or len(session_id) > 100:
         return None
     id_hash = _hash(session_id)
-    raw = await services.redis.get(_key(services, id_hash))
+    raw = await services.commands.execute("GET", _key(services, id_hash))
     if raw is None:
         return None
     stored = json.loads(raw)
