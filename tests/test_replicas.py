@@ -107,9 +107,7 @@ async def _tool_calls_counted(replica_url: str, outcome: str) -> float:
         metrics = (await http.get("/metrics", headers=OPS)).text
     lines = [line for line in metrics.splitlines() if line.startswith("tenantry_tool_calls_total{")]
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in lines
-        if 'tool="data_list"' in line and f'outcome="{outcome}"' in line
+        float(line.rsplit(" ", 1)[1]) for line in lines if 'tool="data_list"' in line and f'outcome="{outcome}"' in line
     )
 
 
@@ -208,3 +206,132 @@ async def test_a_suspension_a_revoked_key_and_an_upstream_change_reach_every_rep
         finally:
             for http in clients:
                 await http.aclose()
+
+
+@pytest.fixture
+def doomed(settings: Settings, stripe: FakeStripe, tmp_path: Path) -> Iterator[Fleet]:
+    """Three replicas of the test's own, one of which it kills."""
+    with fleet(settings, tmp_path, **billing_env(stripe)) as running:
+        yield running
+
+
+async def test_a_sigkilled_replica_under_load_loses_no_billed_call_and_bills_none_twice(
+    doomed: Fleet, stripe: FakeStripe, db: Database
+) -> None:
+    async with admin_at(doomed.url) as admin:
+        tenant = await admin.create_tenant(plan="pro")
+    customer = await give_customer(db, stripe, tenant)
+    workers, kill_after, stop_after = 9, 120, 300
+    returned: list[str] = []
+    lost = 0  # calls whose answer never came back (the connection died with the replica)
+    killed = asyncio.Event()
+
+    async def worker(i: int) -> None:
+        nonlocal lost
+        n = 0
+        while len(returned) < stop_after:
+            n += 1
+            try:  # a kept-alive connection: three workers per replica, until theirs dies
+                async with httpx.AsyncClient(base_url=doomed.url, timeout=10) as http:
+                    while len(returned) < stop_after:
+                        n += 1
+                        r = await bridge(http, tenant, "data_put", {"key": f"w{i}-{n}", "value": n})
+                        assert r.status_code == 200, r.text
+                        returned.append(r.json()["_meta"]["tenantry/event_id"])
+            except httpx.TransportError:
+                lost += 1
+                assert killed.is_set()  # only the killed replica's connections fail
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(workers)]
+
+    async def enough() -> bool:
+        return len(returned) >= kill_after
+
+    await eventually(enough, within=60, what=f"{kill_after} answers")
+    killed.set()
+    doomed.kill(doomed.replicas[1])
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+
+    async def billed_as_recorded() -> list[Any] | None:
+        """The ledger, once it holds every returned call and Stripe bills exactly what it holds."""
+        rows = await ledger_rows(db, tenant)
+        complete = {str(r.event_id) for r in rows} >= set(returned)
+        return rows if complete and stripe.billed(customer) == len(rows) else None
+
+    rows = await eventually(billed_as_recorded, within=30, what="every call recorded and billed")
+    assert len(rows) == len({r.event_id for r in rows})  # none recorded twice
+    # Every returned call is billed once; at most the calls in flight on the killed replica ran unanswered.
+    assert len(returned) == len(set(returned)) <= len(rows) <= len(returned) + lost
+    assert all(r.outcome == "ok" for r in rows)
+    assert 0 < lost <= workers
+
+
+@pytest.fixture
+def stateful(settings: Settings, tmp_path: Path) -> Iterator[Fleet]:
+    with fleet(settings, tmp_path, TENANTRY_MCP_STATEFUL="true") as running:
+        yield running
+
+
+VERSION = "2025-06-18"
+
+
+async def open_session(http: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, str]:
+    params = {"protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}
+    opened = await mcp(http, headers, "initialize", params)
+    assert opened.status_code == 200, opened.text
+    session = {**headers, "Mcp-Session-Id": opened.headers["mcp-session-id"], "Mcp-Protocol-Version": VERSION}
+    done = await http.post(
+        "/mcp",
+        headers={**session, "Content-Type": "application/json", "Accept": "application/json, text/event-stream"},
+        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+    )
+    assert done.status_code == 202, done.text
+    return session
+
+
+async def test_a_stateful_session_is_served_through_any_replica_and_ends_with_its_replica(
+    stateful: Fleet, tmp_path: Path
+) -> None:
+    async with admin_at(stateful.url) as admin:
+        tenant = await admin.create_tenant(plan="pro")
+        other_key = (await admin.http.post(f"/api/tenants/{tenant.id}/keys", json={"name": "other"})).json()["secret"]
+    async with fresh(stateful.url) as http:
+        session = await open_session(http, tenant.headers)
+        owner_id = session["Mcp-Session-Id"].split("-", 1)[0]
+        assert owner_id in stateful.ids  # the id names the replica that owns the session
+        owner = next(r for r in stateful.replicas if r.id == owner_id)
+        for n in range(6):  # through the balancer: each request on the next replica, all on the one session
+            put = result(
+                await mcp(http, session, "tools/call", {"name": "data_put", "arguments": {"key": "n", "value": n}})
+            )
+            assert not put.get("isError"), put
+    for replica in stateful.replicas:  # and straight to each: the others forward to the owner
+        async with httpx.AsyncClient(base_url=replica.url, timeout=30) as direct:
+            got = result(await mcp(direct, session, "tools/call", {"name": "data_get", "arguments": {"key": "n"}}))
+            assert got["structuredContent"]["value"] == 5
+            # Forwarding grants nothing: the owner still refuses the session to another credential.
+            borrowed = {**session, "Authorization": f"Bearer {other_key}"}
+            assert (await mcp(direct, borrowed, "tools/list")).status_code == 404
+            # The session's standalone SSE stream, opened through any replica, streams from the owner.
+            async with direct.stream("GET", "/mcp", headers={**session, "Accept": "text/event-stream"}) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+            # A session id naming no live replica, or not minted here at all, is an unknown session.
+            for made_up in (f"{'ab' * 6}-{'0' * 32}", uuid.uuid4().hex):
+                unknown = await mcp(direct, {**session, "Mcp-Session-Id": made_up}, "tools/list")
+                assert unknown.status_code == 404, unknown.text
+
+    stateful.kill(owner)
+    for replica in stateful.replicas:
+        if replica is owner:
+            continue
+        async with httpx.AsyncClient(base_url=replica.url, timeout=30) as direct:
+            ended = await mcp(direct, session, "tools/list")
+            # The MCP specification's answer for a session the server does not know: 404, so the client
+            # opens a new one.
+            assert ended.status_code == 404, ended.text
+            assert ended.json()["error"]["message"] == "Session not found"
+    async with fresh(stateful.url) as http:  # a new session, on a live replica, works
+        again = await open_session(http, tenant.headers)
+        assert again["Mcp-Session-Id"].split("-", 1)[0] in stateful.ids - {owner_id}
+        assert (await mcp(http, again, "tools/list")).status_code == 200

@@ -52,13 +52,13 @@ class Balancer:
     backends: list[Backend]
     retry_after: float = 2.0
     connect_timeout: float = 2.0
-    _turn: itertools.count[int] = field(default_factory=itertools.count)
-    _server: asyncio.Server | None = None
-    _open: set[asyncio.Task[None]] = field(default_factory=set)
+    _turn: itertools.count[int] = field(default_factory=itertools.count, init=False)
+    _server: asyncio.Server | None = field(default=None, init=False)
+    _open: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     @classmethod
-    def to(cls, addresses: list[str], **options: float) -> Balancer:
-        return cls([Backend(*parse_address(a)) for a in addresses], **options)
+    def to(cls, addresses: list[str], *, retry_after: float = 2.0, connect_timeout: float = 2.0) -> Balancer:
+        return cls([Backend(*parse_address(a)) for a in addresses], retry_after, connect_timeout)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on (host, port) (0: any free port); return the address listened on."""

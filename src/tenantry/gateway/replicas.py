@@ -48,7 +48,13 @@ _REPLICA_ID = re.compile(r"^[0-9a-f]{12}$")
 _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host"}
 )
+# The SDK's own answer for a session it does not know (the MCP specification's 404), byte for byte.
 SESSION_NOT_FOUND: Final = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
+_TOO_LARGE: Final = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Request body too large"}}'
+_DIRECTORY_DOWN: Final = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"The replica that owns this session cannot be'
+    b' looked up now (Redis is unreachable); retry"}}'
+)
 
 
 def new_replica_id() -> str:
@@ -139,21 +145,18 @@ class SessionForwarding:
         try:
             address = await self.replicas.address_of(owner)
         except (RedisError, OSError):
-            await _answer(send, 503, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session '
-            b'owner unknown: the replica directory is unavailable"}}', retry_after=True)
+            await _answer(send, 503, _DIRECTORY_DOWN, retry_after=True)
             return
         if address is None:
             await _answer(send, 404, SESSION_NOT_FOUND)
             return
         body = await _read_body(receive, self._max_body)
         if body is None:
-            await _answer(send, 413, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Request too large"}}')
+            await _answer(send, 413, _TOO_LARGE)
             return
         await self._forward(scope, receive, send, address, owner, body)
 
-    async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, address: str, owner: str, body: bytes
-    ) -> None:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, address: str, owner: str, body: bytes) -> None:
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP and k != FORWARDED_HEADER]
         headers.append((FORWARDED_HEADER, self.replicas.id.encode()))
         query = scope.get("query_string", b"")
