@@ -102,7 +102,13 @@ def start_balancer(backends: list[bg.ServerProcess], logdir: Path) -> bg.ServerP
 
 
 async def drive(
-    port: int, headers: dict[str, str], concurrency: int, warmup: float, duration: float, pids: list[int], lb: int | None
+    port: int,
+    headers: dict[str, str],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    pids: list[int],
+    lb: int | None,
 ) -> tuple[bg.RunResult, Cpu, Cpu]:
     """bench_gateway's load (C keep-alive connections, data_get back to back), with CPU taken over every
     replica and the balancer."""

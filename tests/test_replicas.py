@@ -290,7 +290,7 @@ async def open_session(http: httpx.AsyncClient, headers: dict[str, str]) -> dict
 
 
 async def test_a_stateful_session_is_served_through_any_replica_and_ends_with_its_replica(
-    stateful: Fleet, tmp_path: Path
+    stateful: Fleet, db: Database
 ) -> None:
     async with admin_at(stateful.url) as admin:
         tenant = await admin.create_tenant(plan="pro")
@@ -320,6 +320,25 @@ async def test_a_stateful_session_is_served_through_any_replica_and_ends_with_it
             for made_up in (f"{'ab' * 6}-{'0' * 32}", uuid.uuid4().hex):
                 unknown = await mcp(direct, {**session, "Mcp-Session-Id": made_up}, "tools/list")
                 assert unknown.status_code == 404, unknown.text
+
+    # A forwarded request is one request: one id in both replicas' answers and logs, one audit record.
+    elsewhere = next(r for r in stateful.replicas if r is not owner)
+    ids = [uuid.uuid4().hex, uuid.uuid4().hex]
+    async with httpx.AsyncClient(base_url=elsewhere.url, timeout=30) as direct:
+        for request_id in ids:
+            listed = await mcp(direct, {**session, "X-Request-ID": request_id}, "tools/list")
+            assert listed.status_code == 200, listed.text
+            assert listed.headers.get_list("x-request-id") == [request_id]
+
+    async def audited(request_id: str) -> int:
+        async with db.system() as conn:
+            found = await conn.execute(
+                text("SELECT count(*) FROM audit_records WHERE request_id = :r"), {"r": request_id}
+            )
+            return int(found.scalar_one())
+
+    await eventually(lambda: audited(ids[1]), what="the second request's audit record")
+    assert await audited(ids[0]) == 1  # the owner wrote it; the replica that forwarded it wrote none
 
     stateful.kill(owner)
     for replica in stateful.replicas:

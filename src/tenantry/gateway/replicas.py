@@ -35,6 +35,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tenantry.observability import REQUEST_SCOPE_KEY, RequestRecord
+
 log = logging.getLogger(__name__)
 
 FORWARDED_HEADER: Final = b"tenantry-forwarded-by"
@@ -49,6 +51,17 @@ _HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host"}
 )
 # The SDK's own answer for a session it does not know (the MCP specification's 404), byte for byte.
+# What this replica's own edge middleware puts on every answer: the owner's copies are dropped, not doubled.
+_ADDED_HERE: Final = frozenset(
+    {
+        b"x-request-id",
+        b"x-content-type-options",
+        b"referrer-policy",
+        b"x-frame-options",
+        b"content-security-policy",
+        b"strict-transport-security",
+    }
+)
 SESSION_NOT_FOUND: Final = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
 _TOO_LARGE: Final = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Request body too large"}}'
 _DIRECTORY_DOWN: Final = (
@@ -159,6 +172,12 @@ class SessionForwarding:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, address: str, owner: str, body: bytes) -> None:
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP and k != FORWARDED_HEADER]
         headers.append((FORWARDED_HEADER, self.replicas.id.encode()))
+        record = scope.get(REQUEST_SCOPE_KEY)
+        if isinstance(record, RequestRecord):
+            # One request, one id in both replicas' log lines; its audit record is the owner's to write.
+            headers = [(k, v) for k, v in headers if k.lower() != b"x-request-id"]
+            headers.append((b"x-request-id", record.request_id.encode()))
+            record.audited = True
         query = scope.get("query_string", b"")
         url = f"{address}{scope['path']}" + (f"?{query.decode('latin-1')}" if query else "")
         request = self._http.build_request(scope["method"], url, headers=headers, content=body)
@@ -170,7 +189,7 @@ class SessionForwarding:
             await _answer(send, 404, SESSION_NOT_FOUND)
             return
         try:
-            out = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
+            out = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP | _ADDED_HERE]
             await send({"type": "http.response.start", "status": response.status_code, "headers": out})
             async with anyio.create_task_group() as group:
 
