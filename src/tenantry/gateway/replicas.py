@@ -144,8 +144,12 @@ class SessionForwarding:
         self.app = app
         self.replicas = replicas
         self._max_body = max_body
-        # No read timeout: a GET stream stays open as long as the client keeps it.
-        self._http = httpx2.AsyncClient(timeout=httpx2.Timeout(None, connect=connect_timeout))
+        # No read timeout: a GET stream stays open as long as the client keeps it. No connection limit
+        # either: each open stream holds one, and a pool limit would make the next session wait for it.
+        self._http = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(None, connect=connect_timeout),
+            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=32),
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
