@@ -27,6 +27,7 @@ FLOORS: dict[str, int] = {
     "ids": 0,
     "plans": 1,
     "tls": 1,
+    "balancer": 1,  # stdlib only: `tenantry balance`
     "settings": 2,
     "tenancy": 2,
     # storage and the per-call services

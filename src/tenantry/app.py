@@ -42,6 +42,7 @@ from tenantry.federation.pool import UpstreamPool
 from tenantry.federation.ssrf import check_url
 from tenantry.gateway.calls import ToolCalls
 from tenantry.gateway.catalog import Catalog
+from tenantry.gateway.replicas import Replicas
 from tenantry.gateway.server import Gateway
 from tenantry.governance.gate import Gate
 from tenantry.governance.kills import KillSwitch
@@ -136,7 +137,8 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         tracing=tracing,
         audit=audit,
     )
-    gateway = Gateway(settings, calls, resolver, metrics, audit)
+    replicas = Replicas(redis, key_prefix=settings.redis_key_prefix, address=settings.replica_base_url)
+    gateway = Gateway(settings, calls, resolver, metrics, audit, replicas=replicas)
     kill_switch.on_session_kill.append(gateway.end_session)
     return Services(
         settings,

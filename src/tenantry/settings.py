@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     # Stateful mode: a session with no request in flight (and no open stream) this long is ended and
     # everything kept for it dropped.
     mcp_session_idle_seconds: float = Field(default=1800.0, gt=0, le=86_400)
+    # Stateful mode behind a balancer: where the other replicas reach this one, for the requests of
+    # sessions it owns (README "Replicas"; default http://host:port, e.g. http://$(POD_IP):8000 in k8s).
+    replica_url: str | None = None
     mcp_json_response: bool = True
     # Stateless JSON tools/call answered without the SDK's per-request transport (gateway/fastpath.py).
     mcp_fast_path: bool = True
@@ -271,6 +274,11 @@ class Settings(BaseSettings):
     def self_base_url(self) -> str:
         scheme = "https" if self.tls_certfile else "http"
         return (self.gateway_base_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def replica_base_url(self) -> str:
+        scheme = "https" if self.tls_certfile else "http"
+        return (self.replica_url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def owner_database_url(self) -> str:

@@ -261,13 +261,15 @@ _ACTIVE_TENANTS = text("SELECT count(*) FROM tenants WHERE status = 'active'")
 
 
 async def _process(s: Services) -> dict[str, Any]:
-    """This replica: version, uptime, memory, and how many tenants are active."""
+    """This replica: its id (the one its stateful sessions' ids start with), version, uptime, memory, and
+    how many tenants are active."""
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), s.db.system() as conn:
             active: int | None = (await conn.execute(_ACTIVE_TENANTS)).scalar_one()
     except Exception:  # reported as unknown; the database check says why
         active = None
     return {
+        "replica": s.gateway.replica_id,
         "version": __version__,
         "uptime_seconds": round(time.time() - _STARTED, 1),
         "memory_rss_bytes": _rss_bytes(),

@@ -1,7 +1,7 @@
 """`tenantry`: thin commands over the same functions the REST API uses.
 
     common.py   output, exit codes, a database for one command
-    serve.py    serve, migrate, dev
+    serve.py    serve, migrate, dev, balance
     tenants.py  tenant ..., key ...
     calls.py    call, probe (an MCP client)
     governance.py  policy ..., kill ...
@@ -27,7 +27,7 @@ from tenantry.cli import governance as governance_cli
 from tenantry.cli import reports as reports_cli
 from tenantry.cli.calls import cmd_call, cmd_probe
 from tenantry.cli.common import EXIT_AUTH, EXIT_CODES, EXIT_UNAVAILABLE, EXIT_USAGE
-from tenantry.cli.serve import _demo_tenant, cmd_dev, cmd_migrate, cmd_serve
+from tenantry.cli.serve import _demo_tenant, cmd_balance, cmd_dev, cmd_migrate, cmd_serve
 from tenantry.cli.tenants import (
     cmd_key_create,
     cmd_key_list,
@@ -77,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "dev":
             p.add_argument("--state-dir", default=".tenantry", help="where embedded services keep their data")
+
+    p = command(
+        "balance",
+        "Balance a port over several gateway replicas, round robin per connection (for trying replicas on one "
+        "machine; in production use the balancer you have).",
+        cmd_balance,
+    )
+    p.add_argument("--listen", default="127.0.0.1:8000", help="host:port to listen on (default 127.0.0.1:8000)")
+    p.add_argument(
+        "--backend", action="append", required=True, help="a replica's host:port, e.g. 127.0.0.1:8001 (repeatable)"
+    )
+    p.add_argument(
+        "--retry-after", type=float, default=2.0, help="seconds a replica that refused a connection is skipped (2)"
+    )
 
     p = command("migrate", "Create the database if missing and apply migrations.", cmd_migrate)
     p.add_argument("--downgrade", metavar="REVISION", help="roll back to REVISION (e.g. 'base') instead")

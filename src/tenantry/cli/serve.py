@@ -1,4 +1,4 @@
-"""`tenantry serve`, `migrate` and `dev` (which also keeps a demo tenant and its key)."""
+"""`tenantry serve`, `migrate`, `dev` (which also keeps a demo tenant and its key) and `balance`."""
 
 from __future__ import annotations
 
@@ -75,6 +75,26 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     uvicorn.Server(config).run()
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace, settings: Settings) -> int:
+    from tenantry import balancer
+
+    configure_logging(json_lines=settings.json_logs, level=settings.log_level)
+    for address in [args.listen, *args.backend]:
+        balancer.parse_address(address)  # a clear usage error before anything listens
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # uvloop comes with uvicorn[standard]; asyncio's own loop works, slower
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(balancer.run(args.listen, args.backend, retry_after=args.retry_after))
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

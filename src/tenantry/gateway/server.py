@@ -46,6 +46,7 @@ from tenantry.gateway.context import (
 )
 from tenantry.gateway.fastpath import FastRoute, ToolCallFastPath
 from tenantry.gateway.relay import NO_CHANNEL, AgentRelay, LogLevels, session_key
+from tenantry.gateway.replicas import Replicas, SessionForwarding
 from tenantry.gateway.resources import Offerings
 from tenantry.gateway.sessions import Sessions
 from tenantry.gateway.subscriptions import Subscriptions
@@ -66,8 +67,12 @@ class Gateway:
         resolver: CredentialResolver,
         metrics: Metrics,
         audit: AuditTrail | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self._calls = calls
+        # Stateful sessions behind a balancer: each session id names its replica (`replicas.py`).
+        self.replicas = replicas if settings.mcp_stateful else None
+        self.replica_id = replicas.id if replicas is not None else None
         self._log_levels = LogLevels(stateful=settings.mcp_stateful)
         with warnings.catch_warnings():
             # logging/setLevel is deprecated from 2026-07-28 on, but clients on handshake versions still send it.
@@ -102,6 +107,7 @@ class Gateway:
             security_settings=security,
             max_request_body_size=settings.max_request_bytes,
             session_idle_timeout=settings.mcp_session_idle_seconds,
+            mint=self.replicas.session_id if self.replicas is not None else None,
         )
         self.session_manager.on_end.append(self._log_levels.forget)
         self.session_manager.on_end.append(self.subscriptions.forget)
@@ -127,18 +133,30 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
         """Enter in the app's lifespan: the session manager's task group lives this long."""
-        async with self.session_manager.run():
-            try:
-                yield
-            finally:
-                await self.subscriptions.aclose()
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.session_manager.run())
+            stack.push_async_callback(self.subscriptions.aclose)
+            if self.replicas is not None:
+                await stack.enter_async_context(self.replicas.registered())
+                stack.push_async_callback(self._forwarding.aclose)
+            yield
 
     def _guard(self, app: Any) -> TenantAuth:
         return TenantAuth(app, self._resolver, self._metrics)
 
     @functools.cached_property
-    def mcp_endpoint(self) -> TenantAuth:
-        """`/mcp`: authenticated, then the fast path for plain tool calls, then the SDK for the rest."""
+    def _forwarding(self) -> SessionForwarding:
+        assert self.replicas is not None
+        return SessionForwarding(self._authenticated_mcp, self.replicas, max_body=self._max_body)
+
+    @functools.cached_property
+    def mcp_endpoint(self) -> ASGIApp:
+        """`/mcp`: a request on another replica's session forwarded there, else `_authenticated_mcp`."""
+        return self._forwarding if self.replicas is not None else self._authenticated_mcp
+
+    @functools.cached_property
+    def _authenticated_mcp(self) -> TenantAuth:
+        """Authenticated, then the fast path for plain tool calls, then the SDK for the rest."""
         mcp: Any = JsonRpcErrors(StreamableHTTPASGIApp(self.session_manager))
         if self._fast:
             routes: dict[str, FastRoute] = {

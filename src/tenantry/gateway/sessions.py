@@ -7,8 +7,11 @@ needs: it tells `on_end` listeners (so the state kept per session, like the agen
 dropped then), and `end(session_id)` ends a live session on an admin's kill. An ended session's id
 answers 404 from then on; a client that opens a new session starts from nothing.
 
-It relies on one private method of the SDK's manager (`_discard_session`, where every ending goes);
-`tests/gateway/test_sessions.py` fails if that changes.
+Behind a balancer, each session's id names the replica that owns it (`mint`, see `replicas.py`).
+
+It relies on two private methods of the SDK's manager (`_discard_session`, where every ending goes, and
+`_admit_session`, where every session is registered); `tests/gateway/test_sessions.py` and
+`tests/test_replicas.py` fail if they change.
 """
 
 from __future__ import annotations
@@ -24,9 +27,22 @@ log = logging.getLogger(__name__)
 
 
 class Sessions(StreamableHTTPSessionManager):
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, mint: Callable[[], str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.on_end: list[Callable[[str], None]] = []
+        self._mint = mint
+
+    def _admit_session(self, requestor: Any) -> StreamableHTTPServerTransport | None:
+        transport = super()._admit_session(requestor)
+        if transport is None or self._mint is None or transport.mcp_session_id is None:
+            return transport
+        # The SDK's random id, replaced (before anything has seen it) by one that names this replica.
+        minted, new = transport.mcp_session_id, self._mint()
+        self._server_instances[new] = self._server_instances.pop(minted)
+        if minted in self._session_owners:
+            self._session_owners[new] = self._session_owners.pop(minted)
+        transport.mcp_session_id = new
+        return transport
 
     def live(self, session_id: str) -> bool:
         return session_id in self._server_instances
