@@ -9,10 +9,12 @@ What it does, in one run:
 3. **Redis per active tenant**: every tenant stores one value and makes `--calls` tools/call `data_get`;
    once the drain has moved every usage event into PostgreSQL, it counts the prefix's keys per tenant (the
    `{tenant id}` hash tag in the key) and sums `MEMORY USAGE` over them; keys without a tenant (the usage
-   ledger's stream) are shown apart, since they do not grow with the tenant count;
+   ledger's stream) are shown apart, since they do not grow with the tenant count; and what the ledger's
+   stream holds per call while nothing drains it (PostgreSQL down);
 4. **PostgreSQL connections per replica**: the backends connected to the database (`pg_stat_activity`,
    by role), idle and at the peak of a `--duration`-second drive at each concurrency (sampled every 20 ms),
-   next to the pool settings that bound them. Prints tables; exits 1 if a call failed.
+   next to the pool settings that bound them; then the replica's resident memory. Prints tables; exits 1
+   if a call failed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +145,47 @@ async def redis_per_tenant(port: int, tenants: list[tuple[str, str]], calls: int
         print(f"  shared: {name} {size:,} B")
 
 
+async def ledger_backlog(entries: int = 2_000) -> None:
+    """Bytes per call in the usage ledger's stream while nothing drains it (PostgreSQL down): the entries a
+    `data_get` call writes (its usage event and audit record, built by the gateway's own classes), appended
+    to a scratch stream and weighed with MEMORY USAGE."""
+    from tenantry.audit.records import ArgumentDigests, AuditRecord
+    from tenantry.metering.ledger import UsageEvent
+
+    digests = ArgumentDigests(["Zm9yLWJlbmNobWFya3Mtb25seS0wMTIzNDU2Nzg5YWI="])
+    stream = f"{PREFIX}:{{backlog}}"
+    r = aioredis.from_url(REDIS_URL)
+    try:
+        await r.delete(stream)
+        async with r.pipeline(transaction=False) as pipe:
+            for _ in range(entries):
+                tenant, event_id = uuid.uuid4(), uuid.uuid4()
+                now_ms = int(time.time() * 1000)
+                event = UsageEvent(event_id, tenant, "data_get", 1, "ok", 1.234, now_ms)
+                audit = AuditRecord(
+                    tenant_id=tenant,
+                    transport="streamable_http",
+                    method="tools/call",
+                    decision="admitted",
+                    outcome="ok",
+                    latency_us=1234,
+                    request_id=uuid.uuid4().hex,
+                    tool="data_get",
+                    subject=str(uuid.uuid4()),
+                    key_id=str(uuid.uuid4()),
+                    status=200,
+                    event_id=event_id,
+                    args_digest=digests.digest(tenant, {"key": "k"}),
+                )
+                pipe.execute_command(*event.xadd(stream, audit.document()))
+            await pipe.execute()
+        size = await r.memory_usage(stream, samples=0) or 0
+    finally:
+        await r.delete(stream)
+        await r.aclose()
+    print(f"  ledger backlog (nothing draining): {size / entries:,.0f} B per call (usage event + audit record)")
+
+
 async def backends(conn: asyncpg.Connection) -> dict[str, int]:
     rows = await conn.fetch(
         "SELECT usename, count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
@@ -192,26 +236,45 @@ async def connections(port: int, tenants: list[tuple[str, str]], levels: list[in
         await pg.close()
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of `pid` (Linux /proc), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 async def run(args: argparse.Namespace) -> int:
     env = server_env()
     env["TENANTRY_DATABASE_URL"] = f"{PG_SERVER}/{DB_NAME}"
+    await forget_keys()
     tenants = await prepare(env, args.tenants)
     with tempfile.TemporaryDirectory() as logs:
         server = start_server(NAME, ["tenantry.app:create_app", "--factory"], env, Path(logs))
         try:
             await asyncio.to_thread(wait_healthy, server)
             await redis_per_tenant(server.port, tenants, args.calls)
+            await ledger_backlog()
             await connections(server.port, tenants, args.concurrency, args.duration)
+            print(f"\nthe replica's resident memory after all that: {rss_mib(server.pid):.0f} MiB")
+        except RuntimeError:
+            print(f"the gateway's log ends:\n{server.log_tail(40)}", file=sys.stderr)
+            raise
         finally:
             stop_server(server)
+            await forget_keys()
+            await recreate_database(DB_NAME)
+    return 0
+
+
+async def forget_keys() -> None:
+    """Delete every key of this benchmark's prefix (what an earlier, interrupted run left too)."""
     r = aioredis.from_url(REDIS_URL)
     try:
         async for name in r.scan_iter(match=f"{PREFIX}:*", count=1000):
             await r.delete(name)
     finally:
         await r.aclose()
-    await recreate_database(DB_NAME)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
