@@ -130,7 +130,7 @@ exponent (values can arrive as float64, which would print 1048576 as 1.048576e+0
 {{- end }}
 {{- range $name, $value := $v.settings }}
 {{- if not (regexMatch "^[a-z][a-z0-9_]*$" $name) }}
-{{- fail (printf "settings.%s: name a setting in lower case without the TENANTRY_ prefix (e.g. db_pool_size)" $name) }}
+{{- fail (printf "settings.%s: name a setting in lower case without the TENANTRY_ prefix (e.g. log_level)" $name) }}
 {{- end }}
 {{- if has $name $secretSettings }}
 {{- fail (printf "settings.%s is a secret: put it in the Secret secrets.existingSecret names (secrets.keys), never in values" $name) }}
