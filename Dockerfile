@@ -12,10 +12,12 @@ COPY src ./src
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim-trixie
-RUN groupadd --system tenantry && useradd --system --gid tenantry --home-dir /app --shell /usr/sbin/nologin tenantry
+# A fixed uid/gid (10001), so Kubernetes' runAsUser in the Helm chart names this very user.
+RUN groupadd --system --gid 10001 tenantry \
+    && useradd --system --uid 10001 --gid tenantry --home-dir /app --shell /usr/sbin/nologin tenantry
 COPY --from=build /install /usr/local
 WORKDIR /app
-USER tenantry
+USER 10001:10001
 ENV TENANTRY_HOST=0.0.0.0 \
     TENANTRY_PORT=8000 \
     PYTHONUNBUFFERED=1

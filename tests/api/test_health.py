@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from typing import Any
 
@@ -10,7 +12,7 @@ import pytest
 
 import tenantry
 from tenantry.client import connect
-from tests.conftest import ADMIN_KEY, OPS, Admin, TenantHandle, serve
+from tests.conftest import ADMIN_KEY, OPS, Admin, TenantHandle, eventually, serve
 from tests.federation.test_upstreams import add_upstream
 
 CHECKS = {"database", "redis", "app_role", "ledger", "upstream_changes", "audit", "tls"}
@@ -113,6 +115,94 @@ async def test_health_is_503_and_names_redis_when_redis_is_unreachable(settings:
     assert body["status"] == "degraded"
     assert body["checks"]["redis"]["status"] == "fail"
     assert body["checks"]["database"]["status"] == "ok"
+
+
+class PostgresLink:
+    """A TCP forwarder to the test PostgreSQL, on its own loop in a thread (the gateway's startup waits on
+    the test's thread), that can be cut (listener closed, every connection aborted) and restored."""
+
+    def __init__(self) -> None:
+        from tests.conftest import free_port
+
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pg-link", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 5432)
+        self._open |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+
+    async def _cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        for writer in self._open:
+            writer.transport.abort()
+        self._open.clear()
+
+    def _call(self, coro: Any) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=5)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._call(self._listen())
+
+    def cut(self) -> None:
+        self._call(self._cut())
+
+    def restore(self) -> None:
+        self._call(self._listen())
+
+    def stop(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+async def test_liveness_stays_ok_while_postgresql_is_cut_off_and_readiness_recovers(settings: Any) -> None:
+    """What the Helm chart's probes rely on: while PostgreSQL is unreachable, `/health` (readiness) is 503
+    and `/health/live` (liveness) stays 200, so Kubernetes stops routing to a replica without restarting
+    it; when PostgreSQL is back, `/health` is 200 again in the same process."""
+    link = PostgresLink()
+    link.start()
+    through_link = settings.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{link.port}")
+    assert through_link != settings.database_url
+    try:
+        with serve(settings.model_copy(update={"database_url": through_link})) as url:
+            async with httpx.AsyncClient(base_url=url) as client:
+                assert (await client.get("/health")).status_code == 200
+                link.cut()
+                ready = await client.get("/health")
+                live = await client.get("/health/live")
+                assert ready.status_code == 503
+                assert ready.json()["checks"]["database"] == {"status": "fail"}
+                assert live.status_code == 200
+                assert live.json() == {"status": "alive"}
+                link.restore()
+
+                async def ready_again() -> bool:
+                    return (await client.get("/health")).status_code == 200
+
+                await eventually(ready_again, within=10, what="/health answering 200 after PostgreSQL came back")
+    finally:
+        link.stop()
 
 
 async def test_metrics_count_tool_calls_per_tool_and_outcome_without_naming_tenants(

@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 import uuid
+from typing import Any
 
 import httpx
 import jwt
@@ -191,3 +192,35 @@ async def test_an_unknown_tenant_id_with_a_valid_key_is_refused(
 ) -> None:
     r = await mcp_status(http, {"Tenant-ID": str(uuid.uuid4()), "Authorization": f"Bearer {tenant_a.key}"})
     assert r.status_code == 403
+
+
+async def test_a_credential_that_cannot_be_checked_while_postgresql_is_unreachable_gets_a_503_json_error(
+    settings: Any, admin: Admin
+) -> None:
+    """A key the replica has not cached cannot be checked without PostgreSQL: the client gets a retryable 503
+    with the usual JSON error, on MCP and REST alike, not a bare 500."""
+    from tests.api.test_health import PostgresLink
+    from tests.conftest import serve
+
+    tenant = await admin.create_tenant()
+    link = PostgresLink()
+    link.start()
+    try:
+        through_link = settings.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{link.port}")
+        with serve(settings.model_copy(update={"database_url": through_link})) as url:
+            async with httpx.AsyncClient(base_url=url) as client:
+                link.cut()
+                mcp = await client.post(
+                    "/mcp",
+                    json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                    headers={**tenant.headers, "Accept": "application/json, text/event-stream"},
+                )
+                rest = await client.post(
+                    f"/api/tenant/{tenant.id}/tool", json={"method": "listTools"}, headers=tenant.headers
+                )
+    finally:
+        link.stop()
+    for response in (mcp, rest):
+        assert response.status_code == 503
+        assert response.json()["error"] == "auth_unavailable"
+        assert "retry" in response.json()["detail"]

@@ -1,7 +1,8 @@
 """Ops: `/health` (and `?tenant=`) and `/metrics`.
 
 Plain `/health` is public and says only ok/degraded per check (a load
-balancer needs no more). Everything else needs the ops credential (the ops
+balancer needs no more); `/health/live` says only that the process answers
+(a liveness probe must not fail because PostgreSQL or Redis did). Everything else needs the ops credential (the ops
 key, the admin key or an admin token): the detail of each check, `?tenant=`
 (checked before any work, so a stranger can neither learn whether a tenant
 exists nor make the gateway contact its upstreams) and `/metrics`.
@@ -190,6 +191,14 @@ async def _upstreams(s: Services, tenant_id: uuid.UUID) -> dict[str, Check]:
     except Exception as exc:  # a health check reports every failure; it never raises
         return {"upstreams": {"status": "fail", "detail": f"{type(exc).__name__}: {str(exc)[:200]}"}}
     return {f"upstream:{st.upstream.name}": st.check() for st in view.statuses.values()}
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """Liveness: this process's event loop answers. Public, and it asks nothing of PostgreSQL, Redis or
+    upstreams, so a restart-on-failure probe (Kubernetes `livenessProbe`) does not restart every replica
+    when a shared dependency blips; whether a replica should take traffic is `/health` (readiness)."""
+    return {"status": "alive"}
 
 
 @router.get("/health", response_model=None, responses=errors(400, 401, 404, 503))

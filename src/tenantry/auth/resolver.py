@@ -20,13 +20,14 @@ from typing import Any
 
 import jwt
 from sqlalchemy import false, func, literal, literal_column, select
+from sqlalchemy.exc import DBAPIError
 
 from tenantry.auth.api_keys import hash_key, looks_like_api_key
 from tenantry.auth.issuers import ExternalIdentity, TenantIssuers
 from tenantry.auth.jwt import ALGORITHM, CANARY_PREFIX, TenantToken, decode_canary_token, decode_tenant_token
 from tenantry.db.engine import Database
 from tenantry.db.models import api_keys, tenants
-from tenantry.errors import Forbidden, Unauthenticated
+from tenantry.errors import Forbidden, Unauthenticated, Unavailable
 from tenantry.plans import Limits, PlanBook
 from tenantry.settings import Settings
 from tenantry.tenancy import Principal, TenantStatus
@@ -164,8 +165,14 @@ class CredentialResolver:
             self._cache.move_to_end(cache_key)
             return state
         generation = self._generation
-        async with self._db.system() as conn:
-            row = (await conn.execute(query.where(where()))).one_or_none()
+        try:
+            async with self._db.system() as conn:
+                row = (await conn.execute(query.where(where()))).one_or_none()
+        except (DBAPIError, OSError):
+            # Nobody can tell whether the credential is good: a clear, retryable 503, not a 500.
+            raise Unavailable(
+                "the credential cannot be checked: the database is unavailable; retry later", code="auth_unavailable"
+            ) from None
         if row is None:
             self._cache.pop(cache_key, None)
             return None
