@@ -101,7 +101,9 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         check_url, allow_private=settings.upstream_allow_private, allow_loopback=settings.upstream_allow_loopback
     )
     issuers = TenantIssuers(db, guard)
-    resolver = CredentialResolver(settings, db, plans, issuers=issuers)
+    listener = ChangeListener(settings.owner_database_url)
+    # While the listener holds its connection, every change of a credential reaches the resolver.
+    resolver = CredentialResolver(settings, db, plans, issuers=issuers, announced=lambda: listener.listening)
     hot = hot_redis_client(settings, redis, timeout=settings.meter_timeout_seconds)
     meter = Meter(hot, key_prefix=settings.redis_key_prefix)
     stream = stream_key(settings.redis_key_prefix)
@@ -112,7 +114,6 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     drainer = LedgerDrainer(
         drain_client, db, stream=stream, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
     )
-    listener = ChangeListener(settings.owner_database_url)
     policies = Policies(db)
     kill_switch = KillSwitch(db, listener)
     gate = Gate(policies, kill_switch, TriggerWatch(db, kill_switch))
