@@ -57,10 +57,13 @@ class BenchTenant:
     key: str
 
 
-def server_env() -> dict[str, str]:
+def server_env(overrides: list[str]) -> dict[str, str]:
     env = bg.server_env()
     env["TENANTRY_DATABASE_URL"] = f"{bg.PG_SERVER}/{DB_NAME}"
     env["TENANTRY_OPS_API_KEY"] = OPS_KEY
+    for item in overrides:
+        name, _, value = item.partition("=")
+        env[f"TENANTRY_{name.upper()}"] = value
     return env
 
 
@@ -241,7 +244,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run (default 1)")
     p.add_argument("--rounds", type=int, default=3, help="few/many alternations; medians are reported")
     p.add_argument("--profile", type=Path, metavar="DIR", help="also profile each set with py-spy into DIR")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a gateway setting for this run (TENANTRY_NAME), e.g. audit_enabled=false; repeatable",
+    )
     args = p.parse_args(argv)
+    if any("=" not in item for item in args.set):
+        p.error("--set takes NAME=VALUE")
     if not 1 <= args.few < args.tenants or args.concurrency < 1 or args.rounds < 1 or args.duration <= 0:
         p.error("need 1 <= --few < --tenants, --concurrency >= 1, --rounds >= 1, --duration > 0")
     return args
@@ -252,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"cores: {os.cpu_count()}  tenants: {args.tenants}  few: {args.few}  concurrency: {args.concurrency}"
         f"  duration: {args.duration:g}s (+{args.warmup:g}s warm-up) x {args.rounds} rounds"
+        + (f"  settings: {' '.join(args.set)}" if args.set else "")
     )
-    env = server_env()
+    env = server_env(args.set)
     with asyncio.Runner(loop_factory=bg.new_loop) as runner:
         started = time.perf_counter()
         tenants = runner.run(prepare(env, args.tenants))
