@@ -178,19 +178,20 @@ async def drive(
     return result
 
 
-async def touch_all(port: int, heads: list[bytes], concurrency: int) -> int:
-    """One data_get per tenant; the number of wrong answers."""
+async def touch_all(port: int, heads: list[bytes], concurrency: int) -> list[str]:
+    """One data_get per tenant; what was wrong with each wrong answer."""
     body = bg.call_body("legacy", 1, "data_get", {"key": bg.KEY})
     queue = list(heads)
-    wrong = 0
+    wrong: list[str] = []
 
     async def worker() -> None:
-        nonlocal wrong
         conn = TenantConnection("127.0.0.1", port, "/mcp", {})
         try:
             while queue:
                 status, payload = await conn.post_as(queue.pop(), body)
-                wrong += bg.check_response(status, payload, 1) is not None
+                problem = bg.check_response(status, payload, 1)
+                if problem is not None:
+                    wrong.append(problem)
         finally:
             await conn.close()
 
@@ -209,12 +210,16 @@ async def metric_series(port: int) -> int:
     return sum(1 for line in body.splitlines() if line and not line.startswith("#"))
 
 
-async def redis_keys(prefix: str) -> int:
+async def redis_keys(prefix: str, *, delete: bool = False) -> int:
+    """How many keys the gateway holds under `prefix` (`delete`: and remove them, before a run)."""
     from redis.asyncio import Redis
 
     client = Redis.from_url(bg.REDIS_URL)
     try:
-        return sum([1 async for _ in client.scan_iter(match=f"{prefix}:*", count=1000)])
+        found = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if delete and found:
+            await client.delete(*found)
+        return len(found)
     finally:
         await client.aclose()
 
@@ -271,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         tenants = runner.run(prepare(env, args.tenants))
         print(f"created {len(tenants)} tenants with keys and values in {time.perf_counter() - started:.1f}s")
+        runner.run(redis_keys("bench-tenants", delete=True))  # a previous run's keys would be counted
         server = bg.start_server("tenants", ["tenantry.app:create_app", "--factory"], env, Path(tempfile.mkdtemp()))
         prefix = "bench-tenants"  # bg.start_server gives each server `bench-<name>` as its Redis key prefix
         failed = True
@@ -279,8 +285,18 @@ def main(argv: list[str] | None = None) -> int:
             heads = [request_head(server.port, t) for t in tenants]
             sets = {"few": heads[: args.few], "many": heads}
             started = time.perf_counter()
-            wrong = runner.run(touch_all(server.port, heads, args.concurrency))
-            print(f"touched every tenant once in {time.perf_counter() - started:.1f}s ({wrong} wrong answers)")
+            first = touch_all(server.port, heads, args.concurrency)
+            if args.profile is not None:  # the first call of each tenant: the start of it
+                args.profile.mkdir(parents=True, exist_ok=True)
+                with bg.py_spy(server.pid, args.profile / "first", args.duration):
+                    wrong = runner.run(first)
+            else:
+                wrong = runner.run(first)
+            elapsed = time.perf_counter() - started
+            print(
+                f"first call of every tenant: {elapsed:.1f}s, {len(tenants) / elapsed:.0f} calls/s"
+                f" ({len(wrong)} wrong answers{': ' + wrong[0] if wrong else ''})"
+            )
             series: dict[str, int] = {}
             runs: dict[str, list[bg.RunResult]] = {"few": [], "many": []}
             for _ in range(args.rounds):
@@ -319,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name, active in sets.items():
                     with bg.py_spy(server.pid, args.profile / name, args.duration):
                         runner.run(drive(name, server.port, server.pid, active, args.concurrency, 0.5, args.duration))
-                print(f"profiles: {args.profile}/{{few,many}}.folded")
-            failed = wrong > 0 or any(r.errors for group in runs.values() for r in group)
+                print(f"profiles: {args.profile}/{{first,few,many}}.folded")
+            failed = bool(wrong) or any(r.errors for group in runs.values() for r in group)
         finally:
             bg.stop_server(server)
     return 1 if failed else 0
