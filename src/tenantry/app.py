@@ -106,7 +106,9 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
         check_url, allow_private=settings.upstream_allow_private, allow_loopback=settings.upstream_allow_loopback
     )
     issuers = TenantIssuers(db, guard)
-    resolver = CredentialResolver(settings, db, plans, issuers=issuers)
+    listener = ChangeListener(settings.direct_database_url)  # LISTEN needs a session: never pooled
+    # While the listener holds its connection, every change of a credential reaches the resolver.
+    resolver = CredentialResolver(settings, db, plans, issuers=issuers, announced=lambda: listener.listening)
     hot = hot_redis_client(settings, redis, timeout=settings.meter_timeout_seconds)
     meter = Meter(hot, key_prefix=settings.redis_key_prefix)
     streams = ledger_streams(settings.redis_key_prefix, settings.ledger_shards)
@@ -117,7 +119,6 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
     drainer = LedgerDrainer(
         drain_client, db, stream=streams, claim_idle_ms=int(settings.ledger_claim_idle_seconds * 1000)
     )
-    listener = ChangeListener(settings.direct_database_url)  # LISTEN needs a session: never pooled
     policies = Policies(db)
     kill_switch = KillSwitch(db, listener)
     gate = Gate(policies, kill_switch, TriggerWatch(db, kill_switch))

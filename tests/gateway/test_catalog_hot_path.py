@@ -118,3 +118,32 @@ async def test_an_expired_view_is_served_while_it_refreshes_in_the_background(
             assert await discovery.view(tid) is refreshed
     finally:
         await discovery.aclose()
+
+
+async def test_past_its_bound_the_tool_positions_map_forgets_one_tenant_not_all(
+    settings: Settings, monkeypatch: Any
+) -> None:
+    """With more tenants than the map holds, each new one pushes out the oldest alone: clearing the whole
+    map (as it once did) made every tenant recompute its positions after each 10,000th newcomer."""
+    import mcp_types as types
+    from pydantic import BaseModel
+
+    from tenantry.federation.offerings import TenantView
+    from tenantry.gateway import catalog as catalog_module
+    from tenantry.plans import Limits
+
+    monkeypatch.setattr(catalog_module, "_MAX_POSITIONS", 2)
+    entry = type("Entry", (), {"name": "fx__a", "cost": 1, "arguments": BaseModel, "withheld": False})()
+    definition = types.Tool(name="fx__a", input_schema={"type": "object"})
+    views = {t: TenantView(float("inf"), {"fx__a": entry}, [definition]) for t in (uuid.uuid4() for _ in range(3))}
+
+    class Views:
+        async def view(self, tenant_id: uuid.UUID, *, fresh: bool = False) -> TenantView:
+            return views[tenant_id]
+
+    catalog = Catalog(builtin_tools(settings), Views())  # type: ignore[arg-type]
+    limits = Limits(max_tools=len(builtin_tools(settings)) + 1)
+    for tenant_id in views:
+        who: Any = type("P", (), {"tenant_id": tenant_id, "limits": limits})()
+        assert await catalog.lookup(who, "fx__a") is entry  # within the cap
+    assert list(catalog._positions) == list(views)[1:]

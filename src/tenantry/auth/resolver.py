@@ -2,15 +2,24 @@
 
 The credential lookup runs before any tenant is known, so it reads through
 the owner's pool (one indexed query on the key hash). Its answer (key ->
-tenant, revoked?, tenant status, plan and limits) is cached for
-`auth_cache_ttl_seconds`. A change of a key or a tenant, made anywhere,
-reaches `forget` on every replica (`tenants.watch`): at once in the process
-that made it, within about a second elsewhere; the TTL bounds staleness only
-while that announcement cannot arrive.
+tenant, revoked?, tenant status, plan and limits) is cached. A change of a
+key or a tenant, made anywhere, reaches `forget` on every replica
+(`tenants.watch`): at once in the process that made it, within about a
+second elsewhere. So while those announcements arrive (`announced()`: the
+change listener holds its connection), an entry is trusted until a change
+forgets it; `auth_cache_ttl_seconds` bounds staleness only while they cannot
+arrive (the listener is down; when it reconnects, everything is forgotten).
+
+Why not the TTL always: with 10,000 tenants each calling every few seconds, a
+5 s TTL missed on nearly every call, and each miss was a query on the owner's
+small pool (bench/bench_tenants.py: p99 1.8x that of 10 tenants).
+`auth_cache_max_age_seconds` still re-reads an entry now and then, whatever
+was announced (a change no trigger announced: SQL by hand on a table without one).
 """
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -47,6 +56,7 @@ class _KeyState:
     roles: frozenset[str]
     tools: tuple[str, ...] | None
     loaded_at: float
+    trusted_until: float  # past this, read again even while changes are announced (jittered: no stampede)
 
 
 _QUERY = select(
@@ -76,9 +86,24 @@ _TENANT_QUERY = select(
 
 class CredentialResolver:
     def __init__(
-        self, settings: Settings, db: Database, plans: PlanBook, *, issuers: TenantIssuers | None = None
+        self,
+        settings: Settings,
+        db: Database,
+        plans: PlanBook,
+        *,
+        issuers: TenantIssuers | None = None,
+        announced: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = _MAX_ENTRIES,
     ) -> None:
+        """`announced()`: whether every change of a key or a tenant reaches `forget` now (the change
+        listener holds its connection); while it does, cached entries outlive the TTL. At most
+        `max_entries` credentials are cached (the least recently used go first)."""
         self._settings = settings
+        self._clock = clock
+        self._max_entries = max_entries
+        self._announced = announced
+        self._max_age = settings.auth_cache_max_age_seconds
         self._issuers = issuers
         self._db = db
         self._plans = plans
@@ -99,6 +124,18 @@ class CredentialResolver:
             return
         for key in self._by_tenant.pop(tenant_id, ()):
             self._cache.pop(key, None)
+
+    def sizes(self) -> dict[str, int]:
+        """How many credentials are cached, and of how many tenants (both bounded by `max_entries`)."""
+        return {"credentials": len(self._cache), "tenants": len(self._by_tenant)}
+
+    def _untrack(self, tenant_id: uuid.UUID, cache_key: bytes | uuid.UUID) -> None:
+        """Drop `cache_key` from its tenant's set, and the set when it is empty (tenants come and go)."""
+        keys = self._by_tenant.get(tenant_id)
+        if keys is not None:
+            keys.discard(cache_key)
+            if not keys:
+                del self._by_tenant[tenant_id]
 
     async def resolve(self, token: str, tenant: uuid.UUID | None = None) -> Principal:
         """The principal `token` stands for; 401 if it stands for nobody, 403 if its tenant may not call.
@@ -159,9 +196,11 @@ class CredentialResolver:
         self, cache_key: bytes | uuid.UUID, where: Callable[[], Any], query: Any = _QUERY
     ) -> _KeyState | None:
         """The cached state of a credential, or read it (`where()` builds the clause only on a miss)."""
-        now = time.monotonic()
+        now = self._clock()
         state = self._cache.get(cache_key)
-        if state is not None and now - state.loaded_at < self._ttl:
+        if state is not None and (
+            now - state.loaded_at < self._ttl or (now < state.trusted_until and self._announced())
+        ):
             self._cache.move_to_end(cache_key)
             return state
         generation = self._generation
@@ -174,17 +213,23 @@ class CredentialResolver:
                 "the credential cannot be checked: the database is unavailable; retry later", code="auth_unavailable"
             ) from None
         if row is None:
-            self._cache.pop(cache_key, None)
+            gone = self._cache.pop(cache_key, None)
+            if gone is not None:
+                self._untrack(gone.tenant_id, cache_key)
             return None
         limits = self._plans.limits(row[4], row[5])
         tools = None if row[8] is None else tuple(row[8])
-        state = _KeyState(row[0], row[1], bool(row[2]), row[3], row[4], limits, row[6], frozenset(row[7]), tools, now)
+        trusted_until = now + self._max_age * random.uniform(0.75, 1.0)  # noqa: S311 (spread, not secrecy)
+        state = _KeyState(
+            row[0], row[1], bool(row[2]), row[3], row[4], limits, row[6], frozenset(row[7]), tools, now, trusted_until
+        )
         if self._ttl > 0 and generation == self._generation:
             self._cache[cache_key] = state
+            self._cache.move_to_end(cache_key)
             self._by_tenant.setdefault(state.tenant_id, set()).add(cache_key)
-            if len(self._cache) > _MAX_ENTRIES:
+            if len(self._cache) > self._max_entries:
                 oldest, evicted = self._cache.popitem(last=False)
-                self._by_tenant.get(evicted.tenant_id, set()).discard(oldest)
+                self._untrack(evicted.tenant_id, oldest)
         return state
 
 

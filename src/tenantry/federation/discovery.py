@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Any
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import mcp_types as types
 from sqlalchemy.exc import DBAPIError
@@ -57,24 +59,37 @@ from tenantry.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# Tenants whose views are kept at once (the least recently used go first, and are built again when asked).
+_MAX_VIEWS: Final = 100_000
+
+
+@dataclass(slots=True)
+class _Building:
+    """A view being built: one build at a time, its callers (waiting too), invalidations seen meanwhile."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    generation: int = 0
+
+
 def _dump(tool: types.Tool) -> dict[str, Any]:
     dumped: dict[str, Any] = tool.model_dump(by_alias=True, exclude_none=True, mode="json")
     return dumped
 
 
 class Discovery:
-    def __init__(self, settings: Settings, db: Database, pool: UpstreamPool) -> None:
+    def __init__(self, settings: Settings, db: Database, pool: UpstreamPool, *, max_views: int = _MAX_VIEWS) -> None:
         self._ttl = settings.upstream_discovery_ttl_seconds
         self._prompt_cost = settings.prompt_get_cost
         self._db = db
         self.pool = pool
-        self._views: dict[uuid.UUID, TenantView] = {}
+        self._views: OrderedDict[uuid.UUID, TenantView] = OrderedDict()
+        self._max_views = max_views
         # Discovery per (tenant, upstream), so one upstream's change re-lists only that upstream.
         self._statuses: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, UpstreamStatus]] = {}
-        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
         self._refreshing: dict[uuid.UUID, asyncio.Task[TenantView]] = {}
-        # Bumped by every invalidation (per tenant, and for all): a build that saw a bump is not cached.
-        self._generations: dict[uuid.UUID, int] = {}
+        # Builds under way (kept only meanwhile): one that saw an invalidation (or `_epoch` move) is not cached.
+        self._building: dict[uuid.UUID, _Building] = {}
         self._epoch = 0
         pool.listeners.append(self._announced)
 
@@ -83,11 +98,17 @@ class Discovery:
         return self._ttl
 
     def _generation(self, tenant_id: uuid.UUID) -> tuple[int, int]:
-        return self._epoch, self._generations.get(tenant_id, 0)
+        building = self._building.get(tenant_id)
+        return self._epoch, building.generation if building is not None else 0
+
+    def sizes(self) -> dict[str, int]:
+        """The tenants whose views are cached, and those being built now."""
+        return {"views": len(self._views), "building": len(self._building)}
 
     def invalidate(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID | None = None) -> None:
         """Forget the tenant's view; with `upstream_id`, also that upstream's discovered tools."""
-        self._generations[tenant_id] = self._generations.get(tenant_id, 0) + 1
+        if (building := self._building.get(tenant_id)) is not None:
+            building.generation += 1
         self._views.pop(tenant_id, None)
         if upstream_id is not None:
             self._statuses.pop((tenant_id, upstream_id), None)
@@ -121,22 +142,34 @@ class Discovery:
         return await self._rebuild(tenant_id, fresh=fresh)
 
     async def _rebuild(self, tenant_id: uuid.UUID, *, fresh: bool) -> TenantView:
-        lock = self._locks.setdefault(tenant_id, asyncio.Lock())
-        async with lock:
-            view = self._views.get(tenant_id)
-            if view is not None and not fresh and self.pool.clock() < view.expires_at:
-                return view
-            generation = self._generation(tenant_id)
-            try:
-                view = await self._build(tenant_id, fresh=fresh, generation=generation)
-            except (DBAPIError, OSError) as exc:
-                # Without the database the upstream rows are unknown: built-ins only, retried soon.
-                log.warning("upstreams of tenant %s unreadable (%s)", tenant_id, type(exc).__name__)
-                stale = self._views.get(tenant_id)
-                return stale if stale is not None else TenantView(expires_at=self.pool.clock() + 1.0)
-            if self._generation(tenant_id) == generation:
-                self._views[tenant_id] = view
+        building = self._building.get(tenant_id) or self._building.setdefault(tenant_id, _Building())
+        building.users += 1
+        try:
+            async with building.lock:
+                return await self._rebuild_locked(tenant_id, fresh=fresh)
+        finally:
+            building.users -= 1
+            if not building.users:
+                del self._building[tenant_id]
+
+    async def _rebuild_locked(self, tenant_id: uuid.UUID, *, fresh: bool) -> TenantView:
+        view = self._views.get(tenant_id)
+        if view is not None and not fresh and self.pool.clock() < view.expires_at:
             return view
+        generation = self._generation(tenant_id)
+        try:
+            view = await self._build(tenant_id, fresh=fresh, generation=generation)
+        except (DBAPIError, OSError) as exc:
+            # Without the database the upstream rows are unknown: built-ins only, retried soon.
+            log.warning("upstreams of tenant %s unreadable (%s)", tenant_id, type(exc).__name__)
+            stale = self._views.get(tenant_id)
+            return stale if stale is not None else TenantView(expires_at=self.pool.clock() + 1.0)
+        if self._generation(tenant_id) == generation:
+            self._views[tenant_id] = view
+            self._views.move_to_end(tenant_id)
+            while len(self._views) > self._max_views:
+                self._views.popitem(last=False)
+        return view
 
     def _refresh_soon(self, tenant_id: uuid.UUID) -> None:
         if tenant_id in self._refreshing:

@@ -18,6 +18,7 @@ subject's policy may then hide some of it. Prompts and resources are not tools: 
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,7 +39,8 @@ from tenantry.tools.base import BuiltinTool, ToolContext
 
 # What the pipeline runs, by the MCP method that asks for it.
 TOOL_CALL, RESOURCE_READ, PROMPT_GET = "tools/call", "resources/read", "prompts/get"
-# Tenants whose upstream tools' positions are remembered at once (the oldest views are rebuilt).
+# Tenants whose upstream tools' positions are remembered at once (past it, the oldest is forgotten: a
+# tenant beyond the 10,000th no longer empties the whole map, which made every tenant rebuild its own).
 _MAX_POSITIONS = 10_000
 
 
@@ -87,7 +89,7 @@ class Catalog:
         self._definitions = [tool.definition for tool in self._builtins.values()]
         self._upstreams = upstreams
         # Per tenant: the view last seen and each exposed upstream tool's position in it.
-        self._positions: dict[uuid.UUID, tuple[TenantView, dict[str, int]]] = {}
+        self._positions: OrderedDict[uuid.UUID, tuple[TenantView, dict[str, int]]] = OrderedDict()
 
     @classmethod
     def built(cls, settings: Settings, upstreams: Discovery | None = None, *, read_cost: int = 1) -> Catalog:
@@ -147,10 +149,11 @@ class Catalog:
         """Where `name` stands among the view's exposed upstream tools (the order listings show)."""
         cached = self._positions.get(tenant_id)
         if cached is None or cached[0] is not view:
-            if len(self._positions) >= _MAX_POSITIONS:
-                self._positions.clear()
             cached = (view, {tool.name: i for i, tool in enumerate(view.definitions)})
             self._positions[tenant_id] = cached
+            self._positions.move_to_end(tenant_id)
+            if len(self._positions) > _MAX_POSITIONS:
+                self._positions.popitem(last=False)
         return cached[1].get(name, len(view.definitions))
 
     async def find(self, principal: Principal, method: str, name: str) -> CatalogEntry | None:

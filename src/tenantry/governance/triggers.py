@@ -53,6 +53,11 @@ class TriggerWatch:
         self._throttled: dict[tuple[uuid.UUID, str, str], tuple[float, str]] = {}
         self.fired = 0
 
+    @property
+    def throttling(self) -> int:
+        """How many sessions and subjects are held (or were, until their next call or the next throttle)."""
+        return len(self._throttled)
+
     def throttled(self, principal: Principal) -> TenantryError | None:
         """The refusal of a session or subject a trigger throttled, while it lasts."""
         if not self._throttled:
@@ -145,7 +150,11 @@ class TriggerWatch:
         if trigger.action == "flag":
             return None
         if trigger.action == "throttle":
-            self._throttled[(principal.tenant_id, scope, target)] = (self._clock() + trigger.seconds, why)
+            now = self._clock()
+            # Throttles that ended are dropped here too, not only when their caller comes back (many never do).
+            for ended in [key for key, (until, _) in self._throttled.items() if until <= now]:
+                del self._throttled[ended]
+            self._throttled[(principal.tenant_id, scope, target)] = (now + trigger.seconds, why)
             return self.throttled(principal)
         async with self._db.system() as conn:
             kill = await create_kill(conn, principal.tenant_id, scope, target, f"trigger {name}: {why}")
