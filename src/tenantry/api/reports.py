@@ -29,7 +29,9 @@ async def report_of(
         limits = services.plans.limits(tenant.plan, tenant.limits)
     tools = await services.tool_counts(tid, limits)
     async with services.db.system() as conn:
-        return await build_report(conn, services.meter, tid, limits, start, end, bucket, tool_counts=tools)
+        return await build_report(
+            conn, services.meter, tid, limits, start, end, bucket, db=services.db, tool_counts=tools
+        )
 
 
 _DESCRIPTION = f"""
