@@ -16,7 +16,8 @@ A move (also how a new tenant is provisioned: a move of nothing) runs in steps, 
    whose commit every router hears of.
 
 A failure before the switch unfences the source and clears the claim: the tenant stays where it was.
-The old copy stays (fenced) until `cleanup_tenant`. A move needs the previous one's copy cleaned up.
+The old copy stays (fenced) until `cleanup_tenant` (an empty one, as when a new tenant is provisioned, is
+deleted at once). A move needs the previous one's copy cleaned up.
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ async def move_tenant(
                 await _fence(conn, tenant_id, moved=False)
         await _set(db, tenant_id, moving_since=None)
         raise
+    # An old copy that held nothing (provisioning a new tenant) is not kept for an operator to clean up.
+    cleaned = copied == 0 and (await cleanup_tenant(db, settings, tenant_id))["cleaned"] is not None
     return {
         "tenant_id": str(tenant_id),
         "tier": target.tier,
@@ -209,6 +212,7 @@ async def move_tenant(
         "from": source.tier,
         "rows_copied": copied,
         "verified": after,
+        "old_copy": "deleted (it was empty)" if cleaned else "kept until cleanup",
     }
 
 

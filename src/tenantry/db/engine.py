@@ -59,6 +59,10 @@ async def bind_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
     await conn.execute(_BIND_TENANT, {"tenant_id": str(tenant_id)})
 
 
+# Undefined table, undefined schema, unknown database: what a dropped tier copy answers.
+_GONE = frozenset({"42P01", "3F000", "3D000"})
+
+
 def _sqlstate(exc: DBAPIError) -> str | None:
     orig = exc.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -121,9 +125,15 @@ class Database:
                         await bind_tenant(conn, tenant_id)
                         yield conn
             except DBAPIError as exc:
-                if _sqlstate(exc) == MOVED_SQLSTATE:  # the copy was frozen by a move: retry on the new one
+                state = _sqlstate(exc)
+                if state == MOVED_SQLSTATE:  # the copy was frozen by a move: retry on the new one
                     self.router.forget(tenant_id)
                     raise tenant_moving() from None
+                if placement is not None and state in _GONE:
+                    # The copy this replica knew is gone (a move's cleanup it has not heard of yet)?
+                    self.router.forget(tenant_id)
+                    if await self.router.placement(tenant_id) != placement:
+                        raise tenant_moving() from None
                 raise
 
     @asynccontextmanager

@@ -119,6 +119,7 @@ REVISIONS: list[Callable[[str], list[str]]] = [_revision_1]
 HEAD = len(REVISIONS)
 
 
-def upgrade_statements(current: int, app_role: str, *, target: int = HEAD) -> list[str]:
-    """The DDL that takes a copy on revision `current` to `target`."""
-    return [statement for step in REVISIONS[current:target] for statement in step(app_role)]
+def upgrade_statements(current: int, app_role: str, *, target: int | None = None) -> list[str]:
+    """The DDL that takes a copy on revision `current` to `target` (default: the newest)."""
+    end = len(REVISIONS) if target is None else target
+    return [statement for step in REVISIONS[current:end] for statement in step(app_role)]
