@@ -23,6 +23,7 @@ deleted at once). A move needs the previous one's copy cleaned up.
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from typing import Any
 
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tenantry.db import tier_schema
 from tenantry.db.engine import Database, note_tenant_changed
 from tenantry.db.models import tenants
-from tenantry.db.provision import copy_rows, create_copy, drop_copy, fingerprint, owner_transaction
+from tenantry.db.provision import check_server, copy_rows, create_copy, drop_copy, fingerprint, owner_transaction
 from tenantry.db.router import DATABASE, SCHEMA, SHARED, TIERS, Placement, database_name, schema_name
 from tenantry.errors import BadRequest, Conflict, NotFound
 from tenantry.secrets import SecretBox
@@ -59,22 +60,40 @@ def desired_tier(settings: Settings, plan: str, override: str | None) -> str:
     return override or settings.plan_tier(plan)
 
 
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])?$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+
+
 def check_database_url(tier: str, url: str | None) -> str | None:
     """A database-tier tenant may name another server: a `postgresql+asyncpg://` URL, database included."""
     if url is None:
         return None
     if tier != DATABASE:
         raise BadRequest("only a database-tier tenant may name a database URL", code="invalid_database_url")
+    shape = "the database URL must be postgresql+asyncpg://user[:password]@host[:port]/database"
     try:
         parts = make_url(url)
+        port = parts.port
     except Exception:  # whatever SQLAlchemy refuses to parse
-        raise BadRequest("the database URL does not parse", code="invalid_database_url") from None
-    if parts.drivername != "postgresql+asyncpg" or not parts.host or not parts.database:
-        raise BadRequest(
-            "the database URL must be postgresql+asyncpg://user[:password]@host[:port]/database",
-            code="invalid_database_url",
-        )
+        raise BadRequest(shape, code="invalid_database_url") from None
+    plain = all(_NAME.match(v) for v in (parts.database or "", parts.username or "postgres"))
+    if parts.drivername != "postgresql+asyncpg" or not _HOST.match(parts.host or "") or not plain or parts.query:
+        raise BadRequest(shape, code="invalid_database_url")
+    if port is not None and not 0 < port < 65_536:
+        raise BadRequest(shape, code="invalid_database_url")
     return url
+
+
+async def check_reachable(url: str | None) -> None:
+    """A database URL an admin gives must answer before anything is changed for it (a 400, not a 5xx)."""
+    if url is None:
+        return
+    try:
+        await check_server(url)
+    except Exception as exc:  # whatever stops the connection: the admin's URL, not the gateway, is at fault
+        raise BadRequest(
+            f"the database server does not answer: {type(exc).__name__}", code="database_unreachable"
+        ) from None
 
 
 def _target(settings: Settings, tenant_id: uuid.UUID, tier: str, url: str | None) -> Placement:
@@ -136,6 +155,7 @@ async def move_tenant(
     """Put the tenant's data plane on `tier` (see the module docstring). Returns what was done."""
     check_tier(tier)
     check_database_url(tier, database_url)
+    await check_reachable(database_url)
     secrets = SecretBox(settings.secret_keys)
     target = _target(settings, tenant_id, tier, database_url)
     async with db.system() as conn:

@@ -110,6 +110,8 @@ async def test_an_admin_moves_a_tenant_over_rest_and_its_agent_keeps_its_data(
         ({"tier": "moon"}, "invalid_request"),
         ({"tier": "schema", "database_url": "postgresql+asyncpg://u@h/d"}, "invalid_database_url"),
         ({"tier": "database", "database_url": "mysql://u@h/d"}, "invalid_database_url"),
+        ({"tier": "database", "database_url": "postgresql+asyncpg://u@h\x00/d"}, "invalid_database_url"),
+        ({"tier": "database", "database_url": "postgresql+asyncpg://u@127.0.0.1:1/d"}, "database_unreachable"),
     ],
 )
 async def test_a_bad_move_is_a_clear_400_and_changes_nothing(

@@ -86,6 +86,7 @@ async def create_tenant(body: TenantCreate, services: ServicesDep) -> dict[str, 
     plan = body.plan or services.settings.default_plan
     tier = tiers.desired_tier(services.settings, plan, body.tier)
     tiers.check_database_url(tier, body.database_url)
+    await tiers.check_reachable(body.database_url)
     async with services.db.system() as conn:
         tenant = await tenant_service.create_tenant(conn, body.name, plan, tier=body.tier)
     note_change(tenant.id, "tenant.create", tenant.id, None, tenant.public())

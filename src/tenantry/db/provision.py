@@ -137,6 +137,20 @@ async def fingerprint(conn: AsyncConnection, tenant_id: uuid.UUID) -> dict[str, 
     return found
 
 
+async def check_server(owner_url: str, *, connect_timeout: float = 5.0) -> None:
+    """Connect to the server `owner_url` names (its `postgres` database) and hang up; raises what fails."""
+    parts = make_url(owner_url)
+    conn = await asyncpg.connect(
+        host=parts.host,
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password,
+        database="postgres",
+        timeout=connect_timeout,
+    )
+    await conn.close()
+
+
 async def drop_copy(system: AsyncEngine, owner_url: str, placement: Placement) -> None:
     """Drop `placement`'s schema or database (gone already: nothing to do)."""
     if placement.tier == SCHEMA:
