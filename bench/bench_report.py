@@ -208,7 +208,7 @@ async def main() -> None:
             async def run() -> dict[str, Any]:
                 async with db.system() as conn:  # the admin API's pool and path
                     body = await build_report(
-                        conn, None if raw else meter, tenant, limits, since, until, bucket, recount=raw
+                        conn, None if raw else meter, tenant, limits, since, until, bucket, db=db, recount=raw
                     )
                 JSONResponse(body)  # what the API then does with it
                 return body

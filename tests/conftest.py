@@ -77,6 +77,8 @@ def test_settings(**overrides: Any) -> Settings:
         "redis_key_prefix": f"tenantry-test-{os.getpid()}",
         # Upstream fixture servers run on loopback.
         "upstream_allow_loopback": True,
+        # Every plan on the shared tier unless a test picks a tier (tests/db/test_tiers.py and others do).
+        "plan_tiers": {},
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -85,6 +87,12 @@ def test_settings(**overrides: Any) -> Settings:
 async def recreate_database(name: str, *, create: bool = True) -> None:
     conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
     try:
+        # Database-tier tenants' databases are named after it (`db/router.py`): they go with it.
+        tenant_databases = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", f"{name}_t_"
+        )
+        for row in tenant_databases:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if create:
             await conn.execute(f'CREATE DATABASE "{name}"')

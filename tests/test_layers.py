@@ -37,6 +37,7 @@ FLOORS: dict[str, int] = {
     "migrations": 4,
     "dev": 4,
     "tenants": 5,
+    "tiers": 5,
     "audit": 5,
     # what a call runs, and what runs around calls
     "tools": 6,

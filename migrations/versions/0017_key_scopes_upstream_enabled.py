@@ -7,7 +7,7 @@
   discovery, no tools, no session). Its change is announced by 0005's trigger (any update of the row).
 
 Revision ID: 0017
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-03
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0017"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

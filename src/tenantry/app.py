@@ -25,6 +25,7 @@ from tenantry import tenants as tenant_lifecycle
 from tenantry.api import admin, console, governance, health, stripe_webhooks, tenant, upstreams
 from tenantry.api import audit as audit_api
 from tenantry.api import reports as reports_api
+from tenantry.api import tiers as tiers_api
 from tenantry.api.edge import TenantryApp, edge_middleware
 from tenantry.api.openapi import document
 from tenantry.audit.maintenance import AuditMaintenance
@@ -270,6 +271,7 @@ def create_app(settings: Settings | None = None, *, span_exporter: SpanExporter 
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(admin.router)
+    app.include_router(tiers_api.router)
     app.include_router(tenant.router)
     app.include_router(upstreams.router)
     app.include_router(governance.router)

@@ -24,6 +24,14 @@ DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"
 # A valid Fernet key, public by design: it encrypts laptop upstream credentials and nothing else.
 DEV_SECRET_KEY = "ZGV2LXNlY3JldC1rZXktY2hhbmdlLW1lLTAxMjM0NTY="
 
+TierName = Literal["shared", "schema", "database"]
+DEFAULT_PLAN_TIERS: dict[str, TierName] = {
+    "free": "shared",
+    "starter": "shared",
+    "pro": "schema",
+    "enterprise": "database",
+}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TENANTRY_", env_file=".env", extra="ignore", populate_by_name=True)
@@ -53,6 +61,16 @@ class Settings(BaseSettings):
     # LISTEN and migrations. Required with `db_transaction_pooler`; otherwise `database_url` is used.
     # Same role and password as `database_url` (`database_password` applies to it too).
     database_direct_url: str | None = None
+    # --- isolation tiers (README "Isolation tiers") ---
+    # The tier each plan's tenants get unless an admin sets one for the tenant: shared tables, their
+    # own schema, or their own database.
+    plan_tiers: dict[str, TierName] = Field(default_factory=lambda: dict(DEFAULT_PLAN_TIERS))
+    # Database-tier tenants' pools: one small engine per tenant database, in one bounded LRU.
+    tier_pool_entries: int = Field(default=200, ge=1, le=100_000)
+    tier_pool_idle_seconds: float = Field(default=1800.0, gt=0, le=86_400)
+    tier_pool_size: int = Field(default=2, ge=1, le=50)
+    # Connections all tenant-database pools together may open (caps the pools open at once).
+    tier_connection_budget: int = Field(default=400, ge=1, le=100_000)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     # The meter's and the ledger's per-call commands over Tenantry's own lean RESP client (False:
@@ -209,6 +227,10 @@ class Settings(BaseSettings):
     openapi_max_document_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     openapi_max_operations: int = Field(default=500, ge=1, le=10_000)
     openapi_error_body_chars: int = Field(default=500, ge=0, le=10_000)
+
+    def plan_tier(self, plan: str) -> str:
+        """The tier a tenant on `plan` gets when no tier was set for it."""
+        return self.plan_tiers.get(plan, "shared")
 
     @property
     def plans(self) -> list[str]:

@@ -50,10 +50,16 @@ def watch(db: Database, listener: ChangeListener, *caches: Forget) -> None:
             cache(tenant_id)
 
     def notified(payload: str) -> None:
-        forget(uuid.UUID(payload))
+        tenant_id = uuid.UUID(payload)
+        db.router.forget(tenant_id)  # where its data plane is (a move's switch is a change of the row)
+        forget(tenant_id)
+
+    def reconnected() -> None:
+        db.router.forget(None)
+        forget(None)
 
     db.on_tenant_changed = forget
-    listener.subscribe(Subscription(CHANNEL, notified, lambda: forget(None)))
+    listener.subscribe(Subscription(CHANNEL, notified, reconnected))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,8 @@ class Tenant:
     updated_at: datetime
     deleted_at: datetime | None
     limits: dict[str, Any]
+    tier: str | None  # the tier an admin set (None: the plan's)
+    placement: str  # the tier its data is on now
 
     def public(self) -> dict[str, Any]:
         return {
@@ -77,6 +85,8 @@ class Tenant:
             "updated_at": self.updated_at.isoformat(),
             "deleted_at": self.deleted_at.isoformat() if self.deleted_at else None,
             "limits": self.limits,
+            "tier": self.placement,
+            "tier_override": self.tier,
         }
 
 
@@ -90,25 +100,33 @@ _COLUMNS = (
     tenants.c.updated_at,
     tenants.c.deleted_at,
     tenants.c.limits,
+    tenants.c.tier,
+    tenants.c.placement,
 )
 
 
 async def create_tenant(
-    conn: AsyncConnection, name: str, plan: str = "free", *, status: TenantStatus = TenantStatus.ACTIVE
+    conn: AsyncConnection,
+    name: str,
+    plan: str = "free",
+    *,
+    status: TenantStatus = TenantStatus.ACTIVE,
+    tier: str | None = None,
 ) -> Tenant:
+    """A new tenant, on the shared tier until `tiers.place_tenant` provisions the one it should be on."""
     row = (
         await conn.execute(
-            insert(tenants).values(id=uuid.uuid4(), name=name, plan=plan, status=status).returning(*_COLUMNS)
+            insert(tenants).values(id=uuid.uuid4(), name=name, plan=plan, status=status, tier=tier).returning(*_COLUMNS)
         )
     ).one()
-    return Tenant(*row)
+    return Tenant(**row._mapping)
 
 
 async def get_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> Tenant:
     row = (await conn.execute(select(*_COLUMNS).where(tenants.c.id == tenant_id))).one_or_none()
     if row is None:
         raise NotFound(f"no tenant {tenant_id}", code="tenant_not_found")
-    return Tenant(*row)
+    return Tenant(**row._mapping)
 
 
 async def list_tenants(
@@ -119,7 +137,7 @@ async def list_tenants(
         query = query.where(tenants.c.status == status)
     if name is not None:
         query = query.where(tenants.c.name == name)
-    return [Tenant(*row) for row in await conn.execute(query)]
+    return [Tenant(**row._mapping) for row in await conn.execute(query)]
 
 
 async def update_tenant(
@@ -130,8 +148,10 @@ async def update_tenant(
     plan: str | None = None,
     status: TenantStatus | None = None,
     limits: dict[str, Any] | None = None,
+    tier: str | None = None,
 ) -> Tenant:
-    """Change what is given; `limits` replaces the tenant's overrides of its plan's limits."""
+    """Change what is given; `limits` replaces the tenant's overrides of its plan's limits; `tier` is the
+    tier the tenant should be on (`tiers.move_tenant` puts it there)."""
     current = await get_tenant(conn, tenant_id)
     if current.status == TenantStatus.DEPROVISIONED:
         raise Conflict("a deprovisioned tenant cannot be changed", code="tenant_deprovisioned")
@@ -146,11 +166,13 @@ async def update_tenant(
         values["status"] = status
     if limits is not None:
         values["limits"] = limits
+    if tier is not None:
+        values["tier"] = tier
     row = (
         await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(**values).returning(*_COLUMNS))
     ).one()
     note_tenant_changed(conn, tenant_id)
-    return Tenant(*row)
+    return Tenant(**row._mapping)
 
 
 async def deprovision_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> Tenant:
@@ -168,7 +190,7 @@ async def deprovision_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> Ten
         )
     ).one()
     note_tenant_changed(conn, tenant_id)
-    return Tenant(*row)
+    return Tenant(**row._mapping)
 
 
 # --- provisioning (billing/onboarding.py) ----------------------------------------------------------

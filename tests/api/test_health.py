@@ -87,7 +87,7 @@ async def test_tenant_health_runs_the_rls_canary(
     r = await http.get("/health", params={"tenant": tenant_a.id}, headers=OPS)
     assert r.status_code == 200
     canary = r.json()["checks"]["rls_canary"]
-    assert canary == {"status": "ok", "own_rows": 2, "expected_rows": 2, "foreign_rows_visible": 0}
+    assert canary == {"status": "ok", "tier": "shared", "own_rows": 2, "expected_rows": 2, "foreign_rows_visible": 0}
     assert r.json()["tenant"]["id"] == tenant_a.id
     quota = r.json()["checks"]["quota"]
     assert (quota["limit"], quota["used"], quota["remaining"]) == (100, 2, 98)  # the free plan, two calls

@@ -74,10 +74,11 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
     }
     storage = {"tenant_data_count_storage"}  # 0011: keeps tenant_storage exact (its function is not a notify)
     rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}  # 0012
+    fence = {"tenant_storage_fence"}  # 0014: a moved tenant's old copy refuses writes
     scopes = {"api_keys_notify_credentials_scope"}  # 0017: a key's roles and tools changed
     try:
         await migrate(url)
-        assert await _triggers(name) == installed | credentials | governance | storage | rollups | scopes
+        assert await _triggers(name) == installed | credentials | governance | storage | rollups | fence | scopes
         await migrate(url, revision="0013", downgrade=True)
         assert await _triggers(name) == installed | credentials | governance | storage | rollups
         await migrate(url, revision="0011", downgrade=True)
@@ -95,7 +96,7 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         assert await _triggers(name) == set()
         assert "upstreams" in await _tables(name)
         await migrate(url)
-        assert await _triggers(name) == installed | credentials | governance | storage | rollups | scopes
+        assert await _triggers(name) == installed | credentials | governance | storage | rollups | fence | scopes
     finally:
         await recreate_database(name, create=False)
 

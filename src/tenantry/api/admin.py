@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from pydantic import Field
 
 from tenantry import tenants as tenant_service
+from tenantry import tiers
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.fields import Name, Roles, Strict, Subject, ToolScope
 from tenantry.api.openapi import errors
@@ -29,9 +30,17 @@ class AdminTokenRequest(Strict):
     key: str = Field(min_length=1, max_length=512)
 
 
+Tier = Literal["shared", "schema", "database"]
+DatabaseUrl = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
 class TenantCreate(Strict):
     name: Name
     plan: str | None = None
+    tier: Tier | None = Field(None, description="Isolation tier (default: the plan's).")
+    database_url: DatabaseUrl | None = Field(
+        None, description="Database tier only: the tenant's database on another server (its password is sealed)."
+    )
 
 
 class TenantPatch(Strict):
@@ -40,6 +49,8 @@ class TenantPatch(Strict):
     status: Literal["active", "suspended"] | None = None
     # Overrides of the plan's limits for this tenant ({} clears them), e.g. {"calls_per_window": 5000}.
     limits: dict[str, Any] | None = None
+    # The tier this tenant should be on; `POST /api/tenants/{id}/move` moves it there.
+    tier: Tier | None = None
 
 
 class KeyCreate(Strict):
@@ -79,9 +90,17 @@ async def admin_token(body: AdminTokenRequest, services: ServicesDep) -> dict[st
 @router.post("/tenants", status_code=201, dependencies=[AdminDep])
 async def create_tenant(body: TenantCreate, services: ServicesDep) -> dict[str, Any]:
     _check_plan(services, body.plan)
+    plan = body.plan or services.settings.default_plan
+    tier = tiers.desired_tier(services.settings, plan, body.tier)
+    tiers.check_database_url(tier, body.database_url)
+    await tiers.check_reachable(body.database_url)
     async with services.db.system() as conn:
-        tenant = await tenant_service.create_tenant(conn, body.name, body.plan or services.settings.default_plan)
+        tenant = await tenant_service.create_tenant(conn, body.name, plan, tier=body.tier)
     note_change(tenant.id, "tenant.create", tenant.id, None, tenant.public())
+    if tier != "shared":  # provisioned now, before the tenant has a key to call with
+        await tiers.move_tenant(services.db, services.settings, tenant.id, tier, database_url=body.database_url)
+        async with services.db.system() as conn:
+            tenant = await tenant_service.get_tenant(conn, tenant.id)
     return tenant.public()
 
 
@@ -117,6 +136,7 @@ async def update_tenant(tenant_id: str, body: TenantPatch, services: ServicesDep
             plan=body.plan,
             status=TenantStatus(body.status) if body.status else None,
             limits=validate_overrides(body.limits) if body.limits is not None else None,
+            tier=body.tier,
         )
     note_change(tid, "tenant.update", tid, before, tenant.public())
     return tenant.public()
@@ -135,6 +155,8 @@ async def delete_tenant(tenant_id: str, services: ServicesDep) -> dict[str, Any]
     async with services.db.system() as conn:
         tenant = await tenant_service.deprovision_tenant(conn, tid)
     note_change(tid, "tenant.deprovision", tid, before, tenant.public())
+    # Its schema or database: archived into the shared tables, then dropped.
+    await tiers.offboard_tier(services.db, services.settings, tid)
     return tenant.public()
 
 
@@ -154,7 +176,7 @@ async def tenant_usage(
     limits = services.plans.limits(tenant.plan, tenant.limits)
     tools = await services.tool_counts(tid, limits)
     async with services.db.system() as conn:
-        return await summarize(conn, services.meter, tid, limits, start, end, tool_counts=tools)
+        return await summarize(conn, services.meter, tid, limits, start, end, db=services.db, tool_counts=tools)
 
 
 @router.post("/tenants/{tenant_id}/keys", status_code=201, dependencies=[AdminDep])

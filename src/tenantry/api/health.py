@@ -39,6 +39,7 @@ from tenantry import tenants as tenant_service
 from tenantry.api.deps import OpsDep, ServicesDep, is_ops, require_ops
 from tenantry.api.openapi import errors
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
+from tenantry.db.engine import CONTROL
 from tenantry.metering.drain import backlog
 from tenantry.metering.quotas import at_limit, quota_usage
 from tenantry.plans import Limits
@@ -58,13 +59,15 @@ _ROLE = text(
     FROM pg_roles r WHERE r.rolname = current_user
     """
 )
+# On the tenant's data plane, wherever its tier puts it (so the canary proves the tier it is really on).
 _TENANT_VIEW = text(
     """
     SELECT (SELECT count(*) FROM tenant_data) AS own_rows,
            (SELECT count(*) FROM tenant_data WHERE tenant_id <> :tenant_id) AS foreign_rows,
-           (SELECT count(*) FROM tenants) AS tenants_visible
+           current_setting('tenantry.tenant_id', true) AS bound
     """
 )
+_TENANTS_VISIBLE = text("SELECT count(*) FROM tenants")
 _SYSTEM_COUNT = text("SELECT count(*) FROM tenant_data WHERE tenant_id = :tenant_id")
 
 
@@ -156,13 +159,19 @@ async def _app_role(s: Services) -> Check:
 
 
 async def _rls_canary(s: Services, tenant_id: uuid.UUID) -> Check:
+    """Through the router, in the tenant's real tier: the app role sees exactly the rows the owner counts
+    there, none of anyone else's, and (on the shared control plane) only its own tenant row."""
+    placement = await s.db.router.placement(tenant_id)
     async with s.db.tenant(tenant_id) as conn:
         view = (await conn.execute(_TENANT_VIEW, {"tenant_id": tenant_id})).one()
-    async with s.db.system() as conn:
+    async with s.db.tenant(tenant_id, plane=CONTROL) as conn:
+        tenants_visible = (await conn.execute(_TENANTS_VISIBLE)).scalar_one()
+    async with s.db.system_data(tenant_id) as conn:
         expected = (await conn.execute(_SYSTEM_COUNT, {"tenant_id": tenant_id})).scalar_one()
-    ok = view.own_rows == expected and view.foreign_rows == 0 and view.tenants_visible == 1
+    ok = view.own_rows == expected and view.foreign_rows == 0 and tenants_visible == 1 and view.bound == str(tenant_id)
     return {
         "status": "ok" if ok else "fail",
+        "tier": placement.tier,
         "own_rows": view.own_rows,
         "expected_rows": expected,
         "foreign_rows_visible": view.foreign_rows,
@@ -180,7 +189,7 @@ async def _quotas(s: Services, tenant_id: uuid.UUID, limits: Limits) -> Check:
     cannot be read (the meter's Redis, the database), which the `redis`/`database` checks explain."""
     tools = await s.tool_counts(tenant_id, limits)
     async with s.db.system() as conn:
-        found = await quota_usage(conn, s.meter, tenant_id, limits, tools=tools)
+        found = await quota_usage(conn, s.meter, tenant_id, limits, db=s.db, tools=tools)
     return {"status": "ok", "at_limit": at_limit(found), **found}
 
 
@@ -230,7 +239,8 @@ async def run_checks(services: Services, tenant_id: uuid.UUID | None) -> tuple[b
     if tenant_id is not None:
         async with services.db.system() as conn:
             found = await tenant_service.get_tenant(conn, tenant_id)
-        body["tenant"] = {"id": str(found.id), "status": found.status, "plan": found.plan}
+        placement = await services.db.router.placement(tenant_id)
+        body["tenant"] = {"id": str(found.id), "status": found.status, "plan": found.plan, "tier": placement.tier}
         limits = services.plans.limits(found.plan, found.limits)
     names = ["database", "redis", "app_role", "ledger"]
     jobs = [

@@ -36,7 +36,16 @@ async def report_of(
     tools = await services.tool_counts(tid, limits)
     async with services.db.system() as conn:
         return await build_report(
-            conn, services.meter, tid, limits, start, end, bucket, tool_counts=tools, item_series=item_series
+            conn,
+            services.meter,
+            tid,
+            limits,
+            start,
+            end,
+            bucket,
+            db=services.db,
+            tool_counts=tools,
+            item_series=item_series,
         )
 
 

@@ -18,6 +18,7 @@ from tenantry import tenants as tenant_service
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.openapi import errors
 from tenantry.audit.changes import note_change
+from tenantry.db.engine import CONTROL
 from tenantry.errors import BadRequest, Conflict
 from tenantry.federation import openapi, registry
 from tenantry.federation.ssrf import check_url
@@ -97,7 +98,7 @@ async def create_upstream(tenant_id: str, body: UpstreamCreate, services: Servic
         )
     else:
         await _check_url(services, body.url)
-    async with services.db.tenant(tid) as conn:
+    async with services.db.tenant(tid, plane=CONTROL) as conn:
         created = await registry.create_upstream(
             conn,
             services.secrets,
@@ -119,7 +120,7 @@ async def create_upstream(tenant_id: str, body: UpstreamCreate, services: Servic
 @router.get("")
 async def list_upstreams(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
-    async with services.db.tenant(tid) as conn:
+    async with services.db.tenant(tid, plane=CONTROL) as conn:
         found = await registry.list_upstreams(conn)
     return {"upstreams": [u.public() for u in found]}
 
@@ -127,7 +128,7 @@ async def list_upstreams(tenant_id: str, services: ServicesDep) -> dict[str, Any
 @router.get("/{upstream_id}")
 async def get_upstream(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
-    async with services.db.tenant(tid) as conn:
+    async with services.db.tenant(tid, plane=CONTROL) as conn:
         found = await registry.get_upstream(conn, upstream_id)
     return found.public()
 
@@ -143,7 +144,7 @@ async def update_upstream(
         registry.check_headers(body.headers)
     if body.costs is not None:
         registry.check_costs(body.costs)
-    async with services.db.tenant(tid) as conn:
+    async with services.db.tenant(tid, plane=CONTROL) as conn:
         current = await registry.get_upstream(conn, upstream_id)
     if (body.transport or current.transport) != current.transport and "openapi" in (body.transport, current.transport):
         raise BadRequest(
@@ -164,7 +165,7 @@ async def update_upstream(
         )
     elif body.url is not None:
         await _check_url(services, body.url)
-    async with services.db.tenant(tid) as conn:
+    async with services.db.tenant(tid, plane=CONTROL) as conn:
         before = (await registry.get_upstream(conn, upstream_id)).public()
         updated = await registry.update_upstream(
             conn,
@@ -190,7 +191,7 @@ async def update_upstream(
 @router.delete("/{upstream_id}")
 async def delete_upstream(tenant_id: str, upstream_id: uuid.UUID, services: ServicesDep) -> dict[str, Any]:
     tid = await _tenant(services, tenant_id)
-    async with services.db.tenant(tid) as conn:
+    async with services.db.tenant(tid, plane=CONTROL) as conn:
         deleted = await registry.delete_upstream(conn, upstream_id)
     await services.discovery.pool.close_tenant_upstream(tid, upstream_id)
     services.discovery.invalidate(tid, upstream_id)
@@ -212,7 +213,7 @@ async def review_tools(tenant_id: str, upstream_id: uuid.UUID, services: Service
     `prompt:<name>`, a resource as `resource:<uri>`, a template as `template:<uri template>`."""
     tid = await _tenant(services, tenant_id)
     tools = await services.discovery.review(tid, upstream_id)
-    async with services.db.tenant(tid) as conn:
+    async with services.db.tenant(tid, plane=CONTROL) as conn:
         drift = await registry.drift_log(conn, upstream_id)
     return {"tools": tools, "drift_log": drift}
 

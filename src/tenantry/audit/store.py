@@ -31,7 +31,7 @@ from typing import Any, Final, Literal
 from sqlalchemy import text
 
 from tenantry.audit.records import SYSTEM_TENANT
-from tenantry.db.engine import Database
+from tenantry.db.engine import CONTROL, Database
 from tenantry.errors import BadRequest
 
 PAGE_MAX: Final = 1000
@@ -172,7 +172,7 @@ async def page(
         params |= {"c_at": at_us, "c_seq": seq}
     order = "at, seq" if newer else "at DESC, seq DESC"
     sql = text(f"{_SELECT}{clauses} ORDER BY {order} LIMIT :limit")
-    async with db.tenant(tenant_id) as conn:
+    async with db.tenant(tenant_id, plane=CONTROL) as conn:
         rows = (await conn.execute(sql, {"tenant": tenant_id, "limit": limit + 1, **params})).all()
     more = len(rows) > limit
     rows = list(reversed(rows[:limit])) if newer else rows[:limit]
@@ -190,7 +190,7 @@ async def records(db: Database, tenant_id: uuid.UUID, where: AuditFilter) -> Asy
             keyed += " AND (at, seq) > (to_timestamp(:c_at / 1000000.0::double precision), :c_seq)"
             params |= {"c_at": after[0], "c_seq": after[1]}
         sql = text(f"{_SELECT}{keyed} ORDER BY at, seq LIMIT {_EXPORT_PAGE}")
-        async with db.tenant(tenant_id) as conn:
+        async with db.tenant(tenant_id, plane=CONTROL) as conn:
             rows = (await conn.execute(sql, {"tenant": tenant_id, **params})).all()
         for row in rows:
             yield _public(row)
@@ -269,7 +269,7 @@ _VERIFY = text(
 
 async def verify(db: Database, tenant_id: uuid.UUID) -> Verification:
     """Walk the tenant's chain and name its first broken link, if any."""
-    async with db.tenant(tenant_id) as conn:
+    async with db.tenant(tenant_id, plane=CONTROL) as conn:
         head = (
             await conn.execute(
                 text("SELECT seq, hash, anchor_seq, anchor_hash FROM audit_chain_heads WHERE tenant_id = :t"),

@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tenantry.db.engine import Database, note_tenant_changed
+from tenantry.db.engine import CONTROL, Database, note_tenant_changed
 from tenantry.db.models import tenant_identity_providers
 from tenantry.errors import Conflict, NotFound, Unauthenticated
 
@@ -161,7 +161,7 @@ class TenantIssuers:
         if tenant_id in self._issuers:
             return self._issuers[tenant_id]
         generation = self._generation
-        async with self._db.tenant(tenant_id) as conn:
+        async with self._db.tenant(tenant_id, plane=CONTROL) as conn:
             found = await get_issuer(conn, tenant_id)
         if generation == self._generation:
             self._issuers[tenant_id] = found

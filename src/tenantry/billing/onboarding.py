@@ -6,6 +6,8 @@ Onboarding, for one `checkout.session.completed`:
                     session (its id is a UUIDv5 of the session id) or, for a
                     returning customer, by the Stripe customer id;
 2. `configuration`  plan (from `metadata.plan`) and default limits, while provisioning;
+   `tier`           its plan's isolation tier provisioned (`tiers.place_tenant`: a schema or a
+                    database; none for the shared tier; a repeat finds it there);
 3. `api_key`        the first API key, made once; its secret is kept encrypted at rest
                     (Fernet, key derived from `TENANTRY_JWT_SECRET` by HKDF) until an
                     operator claims it, once, with `POST /api/tenants/{id}/onboarding-key`;
@@ -37,6 +39,7 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from tenantry import tenants as tenant_service
+from tenantry import tiers
 from tenantry.auth.api_keys import create_key, revoke_all_keys
 from tenantry.auth.jwt import issue_canary_token
 from tenantry.billing.events import replay_unmatched
@@ -49,7 +52,7 @@ from tenantry.errors import Conflict, NotFound, Unavailable
 from tenantry.settings import Settings
 from tenantry.tenancy import TenantStatus
 
-STEPS = ("tenant_row", "configuration", "api_key", "stripe_ids", "canary", "activate")
+STEPS = ("tenant_row", "configuration", "tier", "api_key", "stripe_ids", "canary", "activate")
 _NAMESPACE = uuid.UUID("1f0c2b8e-4d7a-5c39-9a51-7e3f0d2c6b14")
 
 FaultHook = Callable[[str], Awaitable[None]]
@@ -116,6 +119,11 @@ class Onboarding:
             await tenant_service.configure_provisioning(conn, tid, plan_for_checkout(self._settings, session))
         result.steps.append("configuration")
         await self._at("configuration")
+
+        # Its plan's isolation tier, before anything is stored (a repeated checkout finds it there).
+        await tiers.place_tenant(self._db, self._settings, tid)
+        result.steps.append("tier")
+        await self._at("tier")
 
         key_id = await self._first_key(tid)
         result.steps.append("api_key")
@@ -215,7 +223,15 @@ class Onboarding:
         async with self._db.system() as conn:
             archived = (await conn.execute(_ARCHIVE, {"tenant_id": tid})).rowcount
             tenant = await tenant_service.deprovision_tenant(conn, tid)
-        return {"tenant": tenant.public(), "keys_revoked": revoked, "report": reported, "events_archived": archived}
+        # Its schema or database: archived into the shared tables, then dropped.
+        tier = await tiers.offboard_tier(self._db, self._settings, tid)
+        return {
+            "tenant": tenant.public(),
+            "keys_revoked": revoked,
+            "report": reported,
+            "events_archived": archived,
+            "tier": tier,
+        }
 
 
 _ARCHIVE = text(

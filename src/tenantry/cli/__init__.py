@@ -33,11 +33,15 @@ from tenantry.cli.tenants import (
     cmd_key_list,
     cmd_key_revoke,
     cmd_key_set,
+    cmd_tenant_cleanup,
     cmd_tenant_create,
     cmd_tenant_list,
+    cmd_tenant_move,
     cmd_tenant_set,
+    cmd_tenant_tier,
 )
 from tenantry.client import GatewayError
+from tenantry.db.router import TIERS
 from tenantry.errors import TenantryError
 from tenantry.federation import cli as upstream_cli
 from tenantry.settings import Settings
@@ -92,8 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-after", type=float, default=2.0, help="seconds a replica that refused a connection is skipped (2)"
     )
 
-    p = command("migrate", "Create the database if missing and apply migrations.", cmd_migrate)
-    p.add_argument("--downgrade", metavar="REVISION", help="roll back to REVISION (e.g. 'base') instead")
+    p = command(
+        "migrate",
+        "Create the database if missing and apply migrations: the shared tables, then every schema- and"
+        " database-tier tenant's tables (a failed tenant is reported, the others go on; run again to retry).",
+        cmd_migrate,
+    )
+    p.add_argument("--downgrade", metavar="REVISION", help="roll back the shared tables to REVISION (e.g. 'base')")
+    p.add_argument("--tenant", help="migrate only this tenant's schema or database (not the shared tables)")
 
     tenant = sub.add_parser("tenant", help="Create, list and change tenants.").add_subparsers(
         dest="tenant_command", required=True
@@ -102,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the tenant's display name (1-200 characters)")
     p.add_argument("--plan", help="plan name (default: TENANTRY_DEFAULT_PLAN)")
     p.add_argument("--with-key", action="store_true", help="also create its first API key")
+    p.add_argument("--tier", choices=list(TIERS), help="isolation tier (default: the plan's, TENANTRY_PLAN_TIERS)")
+    p.add_argument("--database-url", help="database tier only: the tenant's database on another server")
     p = command("list", "List tenants.", cmd_tenant_list, tenant)
     p.add_argument("--status", choices=[s.value for s in TenantStatus], help="only tenants with this status")
     p = command("set", "Change a tenant's plan or status.", cmd_tenant_set, tenant)
@@ -109,6 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", help="the new plan (one of TENANTRY_PLAN_LIMITS)")
     p.add_argument("--status", choices=["active", "suspended"], help="suspend the tenant, or make it active again")
     p.add_argument("--limits", help="""overrides of the plan's limits as JSON, e.g. '{"calls_per_window": 5000}'""")
+    p.add_argument("--tier", choices=list(TIERS), help="the tier it should be on (`tenant move` puts it there)")
+    p = command(
+        "tier",
+        "Show where a tenant's data is (its isolation tier) and what its plan asks for.",
+        cmd_tenant_tier,
+        tenant,
+    )
+    p.add_argument("tenant", help="tenant id")
+    p = command(
+        "move",
+        "Move a tenant's data to another isolation tier: provision, copy, verify, switch (the old copy is kept"
+        " until `tenant cleanup`). Its calls get a retryable error while it runs.",
+        cmd_tenant_move,
+        tenant,
+    )
+    p.add_argument("tenant", help="tenant id")
+    p.add_argument("--tier", required=True, choices=list(TIERS), help="the tier to move to")
+    p.add_argument("--database-url", help="database tier only: the tenant's database on another server")
+    p = command("cleanup", "Delete the copy of a tenant's data its last move left behind.", cmd_tenant_cleanup, tenant)
+    p.add_argument("tenant", help="tenant id")
 
     key = sub.add_parser("key", help="Create, list, change and revoke tenant API keys.").add_subparsers(
         dest="key_command", required=True

@@ -36,7 +36,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
             async with db.system() as conn:
                 tenant = await tenant_service.get_tenant(conn, tenant_id)
                 limits = PlanBook(settings).limits(tenant.plan, tenant.limits)
-                return await build_report(conn, meter, tenant_id, limits, since, until, args.bucket)
+                return await build_report(conn, meter, tenant_id, limits, since, until, args.bucket, db=db)
         finally:
             if cluster is not None:
                 await cluster.aclose()

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from tenantry import tenants as tenant_service
 from tenantry.auth import api_keys
-from tenantry.cli.common import emit, with_db
+from tenantry.cli.common import EXIT_UNAVAILABLE, emit, with_db
 from tenantry.db.engine import Database
 from tenantry.db.migrate import ensure_database, migrate
+from tenantry.db.tier_migrate import migrate_tiers
 from tenantry.errors import Unavailable
 from tenantry.observability import configure_logging
 from tenantry.settings import Settings
+from tenantry.tenancy import parse_tenant_id
 from tenantry.tls import server_context
 
 if TYPE_CHECKING:
@@ -112,9 +114,29 @@ async def _migrate(settings: Settings, downgrade_to: str | None) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    asyncio.run(_migrate(settings, args.downgrade))
-    emit(args, {"migrated": args.downgrade or "head"}, f"database at {args.downgrade or 'head'}")
-    return 0
+    """The shared tables (unless `--tenant`), then every schema- and database-tier tenant's copy."""
+    tenant_id = parse_tenant_id(args.tenant) if args.tenant else None
+    if tenant_id is None:
+        asyncio.run(_migrate(settings, args.downgrade))
+    if args.downgrade:
+        emit(args, {"migrated": args.downgrade}, f"database at {args.downgrade}")
+        return 0
+
+    async def tiers(db: Database) -> list[dict[str, Any]]:
+        return await migrate_tiers(db, tenant_id=tenant_id)
+
+    report: list[dict[str, Any]] = asyncio.run(with_db(settings, tiers))
+    failed = [entry for entry in report if entry["status"] != "ok"]
+    lines = [] if tenant_id else ["database at head"]
+    lines += [
+        f"{e['tenant_id']}  {e['tier']:<8} revision {e['revision']}  {e['status']}"
+        + (f"  {e['error']}" if "error" in e else "")
+        for e in report
+    ]
+    if failed:
+        lines.append(f"{len(failed)} tenant(s) failed; run `tenantry migrate` again to retry them")
+    emit(args, {"migrated": "head", "tiers": report, "failed": len(failed)}, "\n".join(lines))
+    return EXIT_UNAVAILABLE if failed else 0
 
 
 async def _demo_tenant(

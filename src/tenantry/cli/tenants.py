@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from tenantry import tenants as tenant_service
+from tenantry import tiers
 from tenantry.audit.changes import record_change
 from tenantry.auth import api_keys
 from tenantry.cli.common import emit, json_object, with_db
@@ -29,19 +30,26 @@ def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> int:
     if plan not in settings.plans:
         raise TenantryError(f"unknown plan {plan!r}; plans are {settings.plans}", code="invalid_plan")
 
+    tier = tiers.desired_tier(settings, plan, args.tier)
+    tiers.check_database_url(tier, args.database_url)
+
     async def work(db: Database) -> dict[str, Any]:
         async with db.system() as conn:
-            tenant = await tenant_service.create_tenant(conn, args.name, plan)
+            tenant = await tenant_service.create_tenant(conn, args.name, plan, tier=args.tier)
+            await record_change(conn, tenant.id, "tenant.create", tenant.id, None, tenant.public())
+        if tier != "shared":  # provisioned before it has a key to call with
+            await tiers.move_tenant(db, settings, tenant.id, tier, database_url=args.database_url)
+        async with db.system() as conn:
+            tenant = await tenant_service.get_tenant(conn, tenant.id)
             out: dict[str, Any] = {"tenant": tenant.public()}
             if args.with_key:
                 info, secret = await api_keys.create_key(conn, tenant.id, "default")
                 out["key"] = {**info.public(), "secret": secret}
                 await record_change(conn, tenant.id, "key.create", info.id, None, info.public())
-            await record_change(conn, tenant.id, "tenant.create", tenant.id, None, tenant.public())
         return out
 
     out = asyncio.run(with_db(settings, work))
-    human = f"tenant {out['tenant']['id']} ({args.name}, plan {plan})"
+    human = f"tenant {out['tenant']['id']} ({args.name}, plan {plan}, tier {out['tenant']['tier']})"
     if "key" in out:
         human += f"\nAPI key (shown once): {out['key']['secret']}"
     emit(args, out, human)
@@ -72,12 +80,65 @@ def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
         async with db.system() as conn:
             status = TenantStatus(args.status) if args.status else None
             before = (await tenant_service.get_tenant(conn, tenant_id)).public()
-            tenant = await tenant_service.update_tenant(conn, tenant_id, plan=args.plan, status=status, limits=limits)
+            tenant = await tenant_service.update_tenant(
+                conn, tenant_id, plan=args.plan, status=status, limits=limits, tier=args.tier
+            )
             await record_change(conn, tenant_id, "tenant.update", tenant_id, before, tenant.public())
             return tenant.public()
 
     tenant = asyncio.run(with_db(settings, work))
     emit(args, {"tenant": tenant}, f"tenant {tenant['id']}: {tenant['status']}, plan {tenant['plan']}")
+    return 0
+
+
+def cmd_tenant_tier(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = parse_tenant_id(args.tenant)
+
+    async def work(db: Database) -> dict[str, Any]:
+        return await tiers.describe(db, settings, tenant_id)
+
+    found = asyncio.run(with_db(settings, work))
+    moving = f", moving since {found['moving_since']}" if found["moving_since"] else ""
+    emit(args, found, f"tenant {tenant_id}: tier {found['tier']} (wanted: {found['wanted']}){moving}")
+    return 0
+
+
+def cmd_tenant_move(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = parse_tenant_id(args.tenant)
+    tiers.check_database_url(args.tier, args.database_url)
+
+    async def work(db: Database) -> dict[str, Any]:
+        before = await tiers.describe(db, settings, tenant_id)
+        result = await tiers.move_tenant(db, settings, tenant_id, args.tier, database_url=args.database_url)
+        async with db.system() as conn:
+            after = await tiers.describe(db, settings, tenant_id)
+            await record_change(conn, tenant_id, "tenant.move", tenant_id, before, after)
+        return result
+
+    result = asyncio.run(with_db(settings, work))
+    human = (
+        f"tenant {tenant_id}: moved {result['from']} -> {result['tier']},"
+        f" {result['rows_copied']} rows copied and verified"
+        if result["moved"]
+        else f"tenant {tenant_id}: already on {result['tier']}"
+    )
+    emit(args, result, human)
+    return 0
+
+
+def cmd_tenant_cleanup(args: argparse.Namespace, settings: Settings) -> int:
+    tenant_id = parse_tenant_id(args.tenant)
+
+    async def work(db: Database) -> dict[str, Any]:
+        return await tiers.cleanup_tenant(db, settings, tenant_id)
+
+    result = asyncio.run(with_db(settings, work))
+    cleaned = result["cleaned"]
+    emit(
+        args,
+        result,
+        f"tenant {tenant_id}: " + (f"the old {cleaned} copy deleted" if cleaned else "nothing to clean up"),
+    )
     return 0
 
 

@@ -47,6 +47,15 @@ tenants = Table(
     Column("past_due_since", DateTime(timezone=True)),
     Column("plan_before_restriction", Text),
     Column("canary_passed_at", DateTime(timezone=True)),
+    # --- isolation tiers (migration 0014) ---
+    Column("tier", Text),
+    Column("placement", Text, nullable=False, server_default="shared"),
+    Column("placement_name", Text),
+    Column("placement_url", Text),
+    Column("placement_secret", LargeBinary),
+    Column("placement_revision", Integer, nullable=False, server_default="0"),
+    Column("moving_since", DateTime(timezone=True)),
+    Column("retired_placement", JSONB),
 )
 
 api_keys = Table(

@@ -16,7 +16,7 @@ from typing import Any
 
 from tenantry import tenants as tenant_service
 from tenantry.audit.changes import record_change
-from tenantry.db.engine import Database
+from tenantry.db.engine import CONTROL, Database
 from tenantry.errors import TenantryError
 from tenantry.federation import openapi, registry
 from tenantry.federation.ssrf import check_url
@@ -89,7 +89,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         async with db.system() as conn:
             tenant = await tenant_service.get_tenant(conn, tenant_id)
         limits = PlanBook(settings).limits(tenant.plan, tenant.limits)
-        async with db.tenant(tenant_id) as conn:
+        async with db.tenant(tenant_id, plane=CONTROL) as conn:
             created = await registry.create_upstream(
                 conn,
                 SecretBox(settings.secret_keys),
@@ -116,7 +116,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     tenant_id = parse_tenant_id(args.tenant)
 
     async def work(db: Database) -> list[dict[str, Any]]:
-        async with db.tenant(tenant_id) as conn:
+        async with db.tenant(tenant_id, plane=CONTROL) as conn:
             return [u.public() for u in await registry.list_upstreams(conn)]
 
     found = _run(settings, work)
@@ -136,7 +136,7 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
         raise TenantryError("the upstream id is not a UUID", code="invalid_upstream_id") from None
 
     async def work(db: Database) -> dict[str, Any]:
-        async with db.tenant(tenant_id) as conn:
+        async with db.tenant(tenant_id, plane=CONTROL) as conn:
             deleted = (await registry.delete_upstream(conn, upstream_id)).public()
             await record_change(conn, tenant_id, "upstream.delete", upstream_id, deleted, None)
             return deleted

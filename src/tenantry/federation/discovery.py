@@ -31,7 +31,7 @@ from typing import Any, Final
 import mcp_types as types
 from sqlalchemy.exc import DBAPIError
 
-from tenantry.db.engine import Database
+from tenantry.db.engine import CONTROL, Database
 from tenantry.errors import NotFound
 from tenantry.federation import registry
 from tenantry.federation.failures import UpstreamError, describe_failure
@@ -192,7 +192,7 @@ class Discovery:
         return found
 
     async def _build(self, tenant_id: uuid.UUID, *, fresh: bool, generation: tuple[int, int]) -> TenantView:
-        async with self._db.tenant(tenant_id) as conn:
+        async with self._db.tenant(tenant_id, plane=CONTROL) as conn:
             rows = await registry.list_upstreams(conn)
         now = self.pool.clock()
         view = TenantView(expires_at=now + self._ttl)
@@ -283,7 +283,7 @@ class Discovery:
             status.raw[key] = raw
             status.current[key] = pinned_form(key, raw)
         siblings = frozenset(key for key in status.current if pin_kind(key) == "tool")
-        async with self._db.tenant(upstream.tenant_id) as conn:
+        async with self._db.tenant(upstream.tenant_id, plane=CONTROL) as conn:
             pins = await registry.pins_for(conn, upstream.id)
             for tool_name, definition in status.current.items():
                 pin = pins.get(tool_name)
@@ -349,7 +349,7 @@ class Discovery:
     async def review(self, tenant_id: uuid.UUID, upstream_id: uuid.UUID) -> list[dict[str, Any]]:
         """Each tool: pinned vs current definition and its status (approved, changed, removed)."""
         status = await self.status(tenant_id, upstream_id)
-        async with self._db.tenant(tenant_id) as conn:
+        async with self._db.tenant(tenant_id, plane=CONTROL) as conn:
             pins = await registry.pins_for(conn, upstream_id)
         out = []
         for name in sorted(set(pins) | set(status.current)):
@@ -379,7 +379,7 @@ class Discovery:
         definition = status.current.get(tool)
         if definition is None:
             raise NotFound(f"upstream {status.upstream.name!r} offers no tool {tool[:100]!r} now", code="unknown_tool")
-        async with self._db.tenant(tenant_id) as conn:
+        async with self._db.tenant(tenant_id, plane=CONTROL) as conn:
             pin = await registry.pin_tool(conn, tenant_id, upstream_id, definition, reviewed=True)
         self.invalidate(tenant_id, upstream_id)
         return {"tool": tool, "status": "approved", "sha256": pin.sha256}

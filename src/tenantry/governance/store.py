@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tenantry.db.engine import Database, note_tenant_changed
+from tenantry.db.engine import CONTROL, Database, note_tenant_changed
 from tenantry.db.models import tenant_policies
 from tenantry.errors import Conflict, NotFound
 from tenantry.governance.policy import Policy, parse_document
@@ -114,7 +114,7 @@ class Policies:
         except KeyError:
             pass
         generation = self._generation
-        async with self._db.tenant(tenant_id) as conn:
+        async with self._db.tenant(tenant_id, plane=CONTROL) as conn:
             stored = await get_policy(conn, tenant_id)
         policy = None if stored is None else Policy(parse_document(stored.document), stored.version)
         if generation == self._generation:  # no change was announced while this was read

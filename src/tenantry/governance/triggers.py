@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from sqlalchemy import insert, select
 
-from tenantry.db.engine import Database
+from tenantry.db.engine import CONTROL, Database
 from tenantry.db.models import governance_triggers
 from tenantry.errors import LimitExceeded, TenantryError
 from tenantry.governance.kills import KillSwitch, create_kill
@@ -135,7 +135,7 @@ class TriggerWatch:
             why,
             trigger.action,
         )
-        async with self._db.tenant(principal.tenant_id) as conn:
+        async with self._db.tenant(principal.tenant_id, plane=CONTROL) as conn:
             await conn.execute(
                 insert(governance_triggers).values(
                     tenant_id=principal.tenant_id,
@@ -171,6 +171,6 @@ async def recent_firings(db: Database, tenant_id: uuid.UUID, limit: int = 100) -
         .order_by(t.c.fired_at.desc())
         .limit(limit)
     )
-    async with db.tenant(tenant_id) as conn:
+    async with db.tenant(tenant_id, plane=CONTROL) as conn:
         rows = (await conn.execute(query)).all()
     return [{**row._asdict(), "id": str(row.id), "fired_at": row.fired_at.isoformat()} for row in rows]

@@ -29,6 +29,7 @@ from typing import Any, Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tenantry.db.engine import Database
 from tenantry.errors import BadRequest, Unavailable
 from tenantry.metering.meter import Meter
 from tenantry.metering.quotas import quota_usage
@@ -215,6 +216,7 @@ async def build_report(
     until: datetime,
     bucket: str = "day",
     *,
+    db: Database | None = None,
     tool_counts: tuple[int, int] | None = None,
     recount: bool = False,
     item_series: bool = True,
@@ -281,17 +283,25 @@ async def build_report(
         )
     report["series"] = series
     if meter is not None:
-        report.update(await quotas(conn, meter, tenant_id, limits, tool_counts))
+        if db is None:
+            raise ValueError("a report with quotas reads the tenant's storage: pass `db`")
+        report.update(await quotas(conn, meter, tenant_id, limits, tool_counts, db=db))
     return report
 
 
 async def quotas(
-    conn: AsyncConnection, meter: Meter, tenant_id: uuid.UUID, limits: Limits, tool_counts: tuple[int, int] | None
+    conn: AsyncConnection,
+    meter: Meter,
+    tenant_id: uuid.UUID,
+    limits: Limits,
+    tool_counts: tuple[int, int] | None,
+    *,
+    db: Database,
 ) -> dict[str, Any]:
     """Every kind of quota as used/limit now, as the usage API shows it (`quotas.py`). A report is
     history: an unreachable meter leaves the quotas out, with the error's code, rather than failing it."""
     try:
-        return {"quotas": await quota_usage(conn, meter, tenant_id, limits, tools=tool_counts)}
+        return {"quotas": await quota_usage(conn, meter, tenant_id, limits, db=db, tools=tool_counts)}
     except Unavailable as exc:
         return {"quotas": None, "quotas_error": exc.code}
 

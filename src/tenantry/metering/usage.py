@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tenantry.db.engine import Database
 from tenantry.errors import BadRequest
 from tenantry.metering.meter import Meter
 from tenantry.metering.quotas import quota_usage
@@ -67,6 +68,7 @@ async def summarize(
     since: datetime,
     until: datetime,
     *,
+    db: Database,
     tool_counts: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The usage report; `tool_counts` is the catalog's (exposed, offered) tool count for `quotas.max_tools`."""
@@ -91,5 +93,5 @@ async def summarize(
         },
         "tools": tools,
         "quota": dict(await meter.usage(tenant_id, limits)),
-        "quotas": await quota_usage(conn, meter, tenant_id, limits, tools=tool_counts),
+        "quotas": await quota_usage(conn, meter, tenant_id, limits, db=db, tools=tool_counts),
     }

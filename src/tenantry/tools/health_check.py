@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from tenantry.db.engine import CONTROL
 from tenantry.errors import Unavailable
 from tenantry.tools.base import Arguments, BuiltinTool, ToolContext
 
@@ -18,10 +19,10 @@ _CANARY = text(
     """
     SELECT current_setting('tenantry.tenant_id', true) AS bound_tenant,
            current_user AS db_role,
-           (SELECT count(*) FROM tenants) AS tenants_visible,
            (SELECT count(*) FROM tenant_data) AS keys_stored
     """
 )
+_TENANTS_VISIBLE = text("SELECT count(*) FROM tenants")
 
 
 class NoArgs(Arguments):
@@ -29,9 +30,12 @@ class NoArgs(Arguments):
 
 
 async def health_check(ctx: ToolContext, args: NoArgs) -> dict[str, Any]:
+    # The data plane (wherever the tenant's tier puts it) and the shared control plane, each under RLS.
     async with ctx.db.tenant(ctx.tenant_id) as conn:
         row = (await conn.execute(_CANARY)).one()
-    ok = row.bound_tenant == str(ctx.tenant_id) and row.tenants_visible == 1
+    async with ctx.db.tenant(ctx.tenant_id, plane=CONTROL) as conn:
+        tenants_visible = (await conn.execute(_TENANTS_VISIBLE)).scalar_one()
+    ok = row.bound_tenant == str(ctx.tenant_id) and tenants_visible == 1
     if not ok:
         raise Unavailable("the database does not see this tenant bound", code="canary_failed")
     return {

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from tenantry.db.engine import CONTROL
 from tenantry.metering.reports import build_report, report_range
 from tenantry.metering.usage import summarize, time_range
 from tenantry.plans import Limits
@@ -47,12 +48,12 @@ def tool(tool_counts: ToolCounts | None = None) -> BuiltinTool:
         else:
             start, end = time_range(args.since, args.until)
         tools = await tool_counts(ctx.tenant_id, limits) if tool_counts is not None else None
-        async with ctx.db.tenant(ctx.tenant_id) as conn:
+        async with ctx.db.tenant(ctx.tenant_id, plane=CONTROL) as conn:
             if args.report:
                 return await build_report(
-                    conn, ctx.meter, ctx.tenant_id, limits, start, end, args.bucket, tool_counts=tools
+                    conn, ctx.meter, ctx.tenant_id, limits, start, end, args.bucket, db=ctx.db, tool_counts=tools
                 )
-            return await summarize(conn, ctx.meter, ctx.tenant_id, limits, start, end, tool_counts=tools)
+            return await summarize(conn, ctx.meter, ctx.tenant_id, limits, start, end, db=ctx.db, tool_counts=tools)
 
     return BuiltinTool(
         name="usage_summary",

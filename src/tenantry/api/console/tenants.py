@@ -124,7 +124,7 @@ async def tenant_page(request: Request, tenant_id: str, session: SessionDep, ser
     limits = services.plans.limits(tenant.plan, tenant.limits)
     tool_counts = await services.tool_counts(tid, limits)
     async with services.db.system() as conn:
-        now = await quotas(conn, services.meter, tid, limits, tool_counts)
+        now = await quotas(conn, services.meter, tid, limits, tool_counts, db=services.db)
     ups = [] if tenant.status == "deprovisioned" else (await upstreams.list_upstreams(tenant_id, services))["upstreams"]
     kills = (await governance.list_kills(services, tenant_id=tid, lifted=False))["kills"]
     return page(tenant.name, _tenant_body(request, session, services, tenant, keys, now, ups, kills), session)

@@ -1,0 +1,174 @@
+"""Make, fill, check and drop a tenant's tier copy: its own schema or its own database.
+
+The mechanics under `tiers.py` (which decides when): each function is idempotent, so a repeated
+onboarding or an interrupted move can simply run again.
+
+- `create_copy`: the schema (on the shared database) or the database (on the shared server, or on
+  the server a tenant's URL names) with the data-plane tables of `tier_schema`, in one transaction
+  (a copy is whole or absent); an existing copy is upgraded to `tier_schema.HEAD` instead.
+- `copy_rows`: the tenant's rows from one data plane to another (`tenant_storage` is rebuilt by the
+  destination's own trigger as the rows arrive, so its counters cannot disagree with the rows).
+- `fingerprint`: row count and an md5 over the rows in key order, per table, for the move's verification.
+- `drop_copy`: drop the schema or database (after the rows were archived or moved).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from tenantry.db import tier_schema
+from tenantry.db.migrate import ensure_database
+from tenantry.db.rls import identifier
+from tenantry.db.router import DATABASE, SCHEMA, Placement
+
+_SET_PATH = text("SELECT set_config('search_path', :path, true)")
+_HAS_TABLES = text("SELECT to_regclass(:qualified) IS NOT NULL")
+
+
+@asynccontextmanager
+async def _owner_engine(url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def owner_transaction(
+    system: AsyncEngine, owner_url: str, placement: Placement
+) -> AsyncIterator[AsyncConnection]:
+    """The owner's transaction with `placement`'s tables first on the search path."""
+    if placement.tier == DATABASE:
+        async with _owner_engine(owner_url) as engine, engine.begin() as conn:
+            yield conn
+        return
+    async with system.begin() as conn:
+        if placement.tier == SCHEMA:
+            await conn.execute(_SET_PATH, {"path": placement.name})
+        yield conn
+
+
+async def create_copy(system: AsyncEngine, owner_url: str, placement: Placement, app_role: str) -> int:
+    """Create (or upgrade) `placement`'s copy; returns the revision it is on (`tier_schema.HEAD`)."""
+    role = identifier(app_role)
+    if placement.tier == DATABASE:
+        await ensure_database(owner_url)
+        namespace = "public"
+    else:
+        namespace = identifier(str(placement.name))
+    async with owner_transaction(system, owner_url, placement) as conn:
+        if placement.tier == SCHEMA:
+            await conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {namespace}")
+            await conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA {namespace} TO {role}")
+            await conn.execute(_SET_PATH, {"path": namespace})
+        else:
+            await conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {role}")
+        exists = (await conn.execute(_HAS_TABLES, {"qualified": f"{namespace}.tenant_data"})).scalar_one()
+        current = placement.revision if exists else 0
+        for statement in tier_schema.upgrade_statements(current, role):
+            await conn.exec_driver_sql(statement)
+    return tier_schema.HEAD
+
+
+async def copy_rows(source: AsyncConnection, target: AsyncConnection, tenant_id: uuid.UUID) -> int:
+    """Copy the tenant's data-store rows; returns how many. The target's trigger counts its storage."""
+    rows = (
+        await source.execute(
+            text(
+                "SELECT tenant_id, key, value, size_bytes, created_at, updated_at FROM tenant_data"
+                " WHERE tenant_id = :t ORDER BY key"
+            ),
+            {"t": tenant_id},
+        )
+    ).all()
+    if rows:
+        await target.execute(
+            text(
+                "INSERT INTO tenant_data (tenant_id, key, value, size_bytes, created_at, updated_at)"
+                " VALUES (:tenant_id, :key, CAST(:value AS jsonb), :size_bytes, :created_at, :updated_at)"
+            ),
+            [
+                {
+                    "tenant_id": r.tenant_id,
+                    "key": r.key,
+                    "value": _json(r.value),
+                    "size_bytes": r.size_bytes,
+                    "created_at": r.created_at,
+                    "updated_at": r.updated_at,
+                }
+                for r in rows
+            ],
+        )
+    return len(rows)
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+_FINGERPRINTS = {
+    "tenant_data": text(
+        "SELECT count(*) AS n, coalesce(md5(string_agg(concat_ws('|', key, value::text, size_bytes,"
+        " created_at, updated_at), E'\\n' ORDER BY key)), '') AS sum FROM tenant_data WHERE tenant_id = :t"
+    ),
+    "tenant_storage": text(
+        "SELECT count(*) AS n, coalesce(md5(string_agg(concat_ws('|', bytes, keys), ',')), '') AS sum"
+        " FROM tenant_storage WHERE tenant_id = :t AND keys > 0"
+    ),
+}
+
+
+async def fingerprint(conn: AsyncConnection, tenant_id: uuid.UUID) -> dict[str, dict[str, object]]:
+    """{table: {"rows", "checksum"}} of the tenant's data plane on `conn`."""
+    found: dict[str, dict[str, object]] = {}
+    for table in tier_schema.DATA_PLANE_TABLES:
+        row = (await conn.execute(_FINGERPRINTS[table], {"t": tenant_id})).one()
+        found[table] = {"rows": int(row.n), "checksum": row.sum}
+    return found
+
+
+async def check_server(owner_url: str, *, connect_timeout: float = 5.0) -> None:
+    """Connect to the server `owner_url` names (its `postgres` database) and hang up; raises what fails."""
+    parts = make_url(owner_url)
+    conn = await asyncpg.connect(
+        host=parts.host,
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password,
+        database="postgres",
+        timeout=connect_timeout,
+    )
+    await conn.close()
+
+
+async def drop_copy(system: AsyncEngine, owner_url: str, placement: Placement) -> None:
+    """Drop `placement`'s schema or database (gone already: nothing to do)."""
+    if placement.tier == SCHEMA:
+        async with system.begin() as conn:
+            await conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {identifier(str(placement.name))} CASCADE")
+        return
+    if placement.tier != DATABASE:
+        return
+    parts = make_url(owner_url)
+    conn = await asyncpg.connect(
+        host=parts.host or "127.0.0.1",
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password,
+        database="postgres",
+    )
+    try:
+        name = '"' + str(parts.database).replace('"', '""') + '"'
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()

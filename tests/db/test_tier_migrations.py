@@ -1,0 +1,102 @@
+"""`tenantry migrate` for tier copies, and the tier commands, run as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from tenantry import tiers
+from tenantry.db import tier_schema
+from tenantry.db.engine import Database
+from tenantry.db.router import DATABASE, SCHEMA
+from tenantry.db.tier_migrate import migrate_tiers
+from tenantry.errors import Unavailable
+from tenantry.settings import Settings
+from tests.conftest import free_port
+from tests.db.test_tiers import _keys, _put, _tenant
+from tests.test_cli import run
+
+
+def _revision_2(app_role: str) -> list[str]:
+    return ["CREATE INDEX tenant_data_recent ON tenant_data (tenant_id, updated_at)"]
+
+
+async def test_migrate_upgrades_every_tier_copy_reports_a_failure_and_goes_on(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schema_tenant, database_tenant, unreachable = await _tenant(db), await _tenant(db), await _tenant(db)
+    for tenant_id, tier in ((schema_tenant, SCHEMA), (database_tenant, DATABASE), (unreachable, SCHEMA)):
+        await tiers.move_tenant(db, settings, tenant_id, tier)
+        await _put(db, tenant_id, "k")
+    # The third tenant's database is on a server that is down.
+    async with db.system() as conn:
+        await conn.execute(
+            text(
+                "UPDATE tenants SET placement = 'database', placement_name = 'gone', placement_url = :url WHERE id = :t"
+            ),
+            {"url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone", "t": unreachable},
+        )
+    monkeypatch.setattr(tier_schema, "REVISIONS", [*tier_schema.REVISIONS, _revision_2])
+    monkeypatch.setattr(tier_schema, "HEAD", 2)
+    db.router.forget(None)
+
+    with pytest.raises(Unavailable) as refused:  # not served against tables it does not know
+        await _keys(db, schema_tenant)
+    assert refused.value.code == "tenant_not_migrated"
+
+    report = {
+        entry["tenant_id"]: entry
+        for entry in await migrate_tiers(db)
+        if entry["tenant_id"] in {str(schema_tenant), str(database_tenant), str(unreachable)}
+    }
+    assert report[str(schema_tenant)]["status"] == "ok"
+    assert report[str(database_tenant)]["status"] == "ok"
+    assert report[str(schema_tenant)]["revision"] == 2
+    assert report[str(unreachable)]["status"] == "failed"
+    assert report[str(unreachable)]["revision"] == 1
+    assert await _keys(db, schema_tenant) == ["k"]
+    assert await _keys(db, database_tenant) == ["k"]
+    async with db.system_data(schema_tenant) as conn:
+        assert (await conn.execute(text("SELECT to_regclass('tenant_data_recent') IS NOT NULL"))).scalar_one()
+
+    # Run again: the migrated ones are left alone, the failed one is tried again.
+    again = await migrate_tiers(db, tenant_id=schema_tenant)
+    assert again == [{"tenant_id": str(schema_tenant), "tier": SCHEMA, "from": 2, "revision": 2, "status": "ok"}]
+
+
+async def test_the_tier_commands_create_move_show_and_clean_up(db: Database, settings: Settings) -> None:
+    created = run(settings, "tenant", "create", "--name", "cli-tiered", "--tier", "schema", "--json")
+    assert created.returncode == 0, created.stderr
+    tenant = json.loads(created.stdout)["tenant"]
+    assert tenant["tier"] == "schema"
+    assert tenant["tier_override"] == "schema"
+    await _put(db, uuid.UUID(tenant["id"]), "kept")
+
+    moved = run(settings, "tenant", "move", tenant["id"], "--tier", "database", "--json")
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["moved"] is True
+    assert json.loads(moved.stdout)["rows_copied"] == 1
+    shown = json.loads(run(settings, "tenant", "tier", tenant["id"], "--json").stdout)
+    assert shown["tier"] == "database"
+    assert shown["retired"] == {"tier": "schema", "name": f"tenant_{uuid.UUID(tenant['id']).hex}"}
+
+    refused = run(settings, "tenant", "move", tenant["id"], "--tier", "shared")
+    assert refused.returncode == 2
+    assert "cleanup" in refused.stderr
+    cleaned = run(settings, "tenant", "cleanup", tenant["id"], "--json")
+    assert json.loads(cleaned.stdout) == {"tenant_id": tenant["id"], "cleaned": "schema"}
+
+    migrated = run(settings, "migrate", "--tenant", tenant["id"], "--json")
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout)["tiers"][0]["status"] == "ok"
+    with pytest.raises(Unavailable) as stale:  # this process has not heard of the moves: retryable, once
+        await _keys(db, uuid.UUID(tenant["id"]))
+    assert stale.value.code == "tenant_moving"
+    assert await _keys(db, uuid.UUID(tenant["id"])) == ["kept"]
+
+    bad = run(settings, "tenant", "create", "--name", "x", "--tier", "shared", "--database-url", "postgresql://x/y")
+    assert bad.returncode == 2
+    assert "database" in bad.stderr
