@@ -177,22 +177,24 @@ async def bench(args: argparse.Namespace, port: int) -> None:
         for tier in one:
             print(row(f"{tier} tier", median_of(runs[tier]), None if tier == "shared" else shared))
 
-        print(f"\n2. {args.schema_tenants} tenants called round-robin ({args.calls * 2} calls per run)")
-        many_shared = await make_tenants(admin, "shared", args.schema_tenants)
-        provision_start = time.perf_counter()
-        many_schema = await make_tenants(admin, "schema", args.schema_tenants)
-        provision_s = time.perf_counter() - provision_start
-        await seed(client, many_shared)
-        await seed(client, many_schema)
-        churn: dict[str, list[dict[str, float]]] = {"shared": [], "schema": []}
-        for _ in range(args.rounds):
-            churn["shared"].append(await drive(client, many_shared, args.calls * 2, args.concurrency))
-            churn["schema"].append(await drive(client, many_schema, args.calls * 2, args.concurrency))
-        print(HEADER)
-        reference = median_of(churn["shared"])
-        print(row(f"{args.schema_tenants} shared-tier tenants", reference, None))
-        print(row(f"{args.schema_tenants} schema-tier tenants", median_of(churn["schema"]), reference))
-        print(f"   creating {args.schema_tenants} schema-tier tenants (schema + tables + RLS): {provision_s:.1f} s")
+        reference = shared
+        if args.schema_tenants > 0:
+            print(f"\n2. {args.schema_tenants} tenants called round-robin ({args.calls * 2} calls per run)")
+            many_shared = await make_tenants(admin, "shared", args.schema_tenants)
+            provision_start = time.perf_counter()
+            many_schema = await make_tenants(admin, "schema", args.schema_tenants)
+            provision_s = time.perf_counter() - provision_start
+            await seed(client, many_shared)
+            await seed(client, many_schema)
+            churn: dict[str, list[dict[str, float]]] = {"shared": [], "schema": []}
+            for _ in range(args.rounds):
+                churn["shared"].append(await drive(client, many_shared, args.calls * 2, args.concurrency))
+                churn["schema"].append(await drive(client, many_schema, args.calls * 2, args.concurrency))
+            print(HEADER)
+            reference = median_of(churn["shared"])
+            print(row(f"{args.schema_tenants} shared-tier tenants", reference, None))
+            print(row(f"{args.schema_tenants} schema-tier tenants", median_of(churn["schema"]), reference))
+            print(f"   creating {args.schema_tenants} schema-tier tenants (schema + tables + RLS): {provision_s:.1f} s")
 
         print(
             f"\n3. {args.database_tenants} database-tier tenants round-robin through an LRU of "
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(recreate())
     env = env_for(args.pool_entries)
     with tempfile.TemporaryDirectory() as logdir:
-        server = bg.start_server("gateway", ["tenantry.app:create_app", "--factory"], env, Path(logdir))
+        server = bg.start_server("tiers-gateway", ["tenantry.app:create_app", "--factory"], env, Path(logdir))
         try:
             bg.wait_healthy(server)
             asyncio.run(bench(args, server.port))

@@ -25,9 +25,9 @@ class CountingDatabase:
         self.db = db
         self.tenant_transactions = 0
 
-    def tenant(self, tenant_id: uuid.UUID) -> Any:
+    def tenant(self, tenant_id: uuid.UUID, **options: Any) -> Any:
         self.tenant_transactions += 1
-        return self.db.tenant(tenant_id)
+        return self.db.tenant(tenant_id, **options)
 
 
 class Clock:

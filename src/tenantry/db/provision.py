@@ -14,6 +14,7 @@ onboarding or an interrupted move can simply run again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -62,7 +63,7 @@ async def create_copy(system: AsyncEngine, owner_url: str, placement: Placement,
     """Create (or upgrade) `placement`'s copy; returns the revision it is on (`tier_schema.HEAD`)."""
     role = identifier(app_role)
     if placement.tier == DATABASE:
-        await ensure_database(owner_url)
+        await _create_database(owner_url)
         namespace = "public"
     else:
         namespace = identifier(str(placement.name))
@@ -78,6 +79,22 @@ async def create_copy(system: AsyncEngine, owner_url: str, placement: Placement,
         for statement in tier_schema.upgrade_statements(current, role):
             await conn.exec_driver_sql(statement)
     return tier_schema.HEAD
+
+
+async def _create_database(owner_url: str) -> None:
+    # CREATE DATABASE copies template1 and fails while anyone else is connected to it (another
+    # CREATE DATABASE on the same server, say): that passes in moments, so it is retried briefly.
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            await ensure_database(owner_url)
+            return
+        except asyncpg.ObjectInUseError:
+            if attempt == _CREATE_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+
+_CREATE_ATTEMPTS = 5
 
 
 async def copy_rows(source: AsyncConnection, target: AsyncConnection, tenant_id: uuid.UUID) -> int:
