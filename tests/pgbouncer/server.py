@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from tenantry.settings import Settings
 from tests.conftest import free_port
@@ -53,23 +53,10 @@ def _ready(port: int) -> bool:
     return True
 
 
-@contextmanager
-def run_pgbouncer(direct_url: str, roles: list[str], *, pool_size: int = 4) -> Iterator[PgBouncer]:
-    """PgBouncer 1.18 (the distribution's) in transaction pooling mode in front of the database of
-    `direct_url`, the `roles` logging in with passwords of its userlist (scram-sha-256); every role gets
-    `pool_size` server connections. Stopped and its directory removed on exit."""
-    if not os.access(PGBOUNCER, os.X_OK):
-        raise PgBouncerMissing(
-            "pgbouncer is not installed (Debian package pgbouncer; `scripts/setup.sh --test` installs it)"
-        )
-    target = make_url(direct_url)
-    passwords = {role: secrets.token_hex(12) for role in roles}
-    with tempfile.TemporaryDirectory(prefix="tenantry-pgbouncer-") as tmp:
-        home = Path(tmp)
-        port = free_port()
-        (home / "userlist.txt").write_text("".join(f'"{role}" "{pw}"\n' for role, pw in passwords.items()))
-        (home / "pgbouncer.ini").write_text(
-            f"""[databases]
+def _config(home: Path, target: URL, port: int, pool_size: int) -> Path:
+    config = home / "pgbouncer.ini"
+    config.write_text(
+        f"""[databases]
 {target.database} = host={target.host or "127.0.0.1"} port={target.port or 5432} dbname={target.database}
 
 [pgbouncer]
@@ -83,34 +70,63 @@ default_pool_size = {pool_size}
 max_client_conn = 1000
 logfile = {home / "pgbouncer.log"}
 """
-        )
+    )
+    return config
+
+
+def _start(home: Path, target: URL, pool_size: int) -> tuple[subprocess.Popen[str], int]:
+    """PgBouncer listening on a free port; a port taken between the probe and the bind is tried again."""
+    waiting = threading.Event()
+    for _attempt in range(3):
+        port = free_port()
+        config = _config(home, target, port, pool_size)
         command = [PGBOUNCER, "-q"]
         if os.geteuid() == 0:
             user = pwd.getpwnam(UNPRIVILEGED)
             for path in (home, *home.iterdir()):
                 os.chown(path, user.pw_uid, user.pw_gid)
             command += ["-u", UNPRIVILEGED]
-        process = subprocess.Popen([*command, str(home / "pgbouncer.ini")], stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen([*command, str(config)], stderr=subprocess.PIPE, text=True)
+        for _ in range(500):  # bounded: at most 5 s
+            if process.poll() is not None:
+                break
+            if _ready(port):
+                return process, port
+            waiting.wait(0.01)
+        _stop(process)
+    log = home / "pgbouncer.log"
+    raise RuntimeError(f"pgbouncer did not start: {log.read_text()[-2000:] if log.exists() else 'no log'}")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
+
+
+@contextmanager
+def run_pgbouncer(direct_url: str, roles: list[str], *, pool_size: int = 4) -> Iterator[PgBouncer]:
+    """PgBouncer 1.18 (the distribution's) in transaction pooling mode in front of the database of
+    `direct_url`, the `roles` logging in with passwords of its userlist (scram-sha-256); every role gets
+    `pool_size` server connections. Stopped and its directory removed on exit."""
+    if not os.access(PGBOUNCER, os.X_OK):
+        raise PgBouncerMissing(
+            "pgbouncer is not installed (Debian package pgbouncer; `scripts/setup.sh --test` installs it)"
+        )
+    passwords = {role: secrets.token_hex(12) for role in roles}
+    with tempfile.TemporaryDirectory(prefix="tenantry-pgbouncer-") as tmp:
+        home = Path(tmp)
+        (home / "userlist.txt").write_text("".join(f'"{role}" "{pw}"\n' for role, pw in passwords.items()))
+        process, port = _start(home, make_url(direct_url), pool_size)
         try:
-            waiting = threading.Event()
-            for _ in range(500):  # bounded: at most 5 s
-                if _ready(port):
-                    break
-                if process.poll() is not None:
-                    raise RuntimeError(f"pgbouncer exited at start: {process.stderr.read() if process.stderr else ''}")
-                waiting.wait(0.01)
-            else:
-                raise RuntimeError("pgbouncer did not listen within 5 s")
             yield PgBouncer(port, passwords, home / "pgbouncer.log", process.pid)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stderr is not None:
-                process.stderr.close()
+            _stop(process)
 
 
 def through(settings: Settings, bouncer: PgBouncer) -> Settings:
