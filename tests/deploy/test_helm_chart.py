@@ -46,7 +46,6 @@ EVERYTHING: dict[str, Any] = {
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}, "tlsConfig": {"serverName": "gw"}},
     "serviceAccount": {"create": True},
     "tls": {"existingSecret": "tenantry-tls"},
-    "migrations": {"databaseUrl": "postgresql+asyncpg://tenantry_owner@postgres-direct:5432/tenantry"},
     "imagePullSecrets": [{"name": "registry"}],
     "settings": {
         "log_format": "json",
@@ -266,11 +265,23 @@ def test_the_rendered_environment_is_a_valid_production_configuration(monkeypatc
     assert settings.stripe_api_key == "sk_test_x"
 
 
-def test_a_separate_listen_url_is_passed_only_when_given() -> None:
-    assert "TENANTRY_DATABASE_LISTEN_URL" not in env(one(render(REQUIRED), "Deployment"))
+def test_behind_pgbouncer_the_pooler_setting_and_a_direct_url_reach_the_gateway_and_the_migrations() -> None:
+    plain = env(one(render(REQUIRED), "Deployment"))
+    assert "TENANTRY_DATABASE_DIRECT_URL" not in plain
+    assert plain["TENANTRY_DB_TRANSACTION_POOLER"]["value"] == "false"
     direct = "postgresql+asyncpg://tenantry_owner@postgres-direct:5432/tenantry"
-    found = env(one(render({**REQUIRED, "database": {"listenUrl": direct}}), "Deployment"))
-    assert found["TENANTRY_DATABASE_LISTEN_URL"]["value"] == direct
+    pooled = {
+        **REQUIRED,
+        "database": {
+            "url": "postgresql+asyncpg://tenantry_owner@pgbouncer:6432/tenantry",
+            "transactionPooler": True,
+            "directUrl": direct,
+        },
+    }
+    for kind in ("Deployment", "Job"):
+        found = env(one(render(pooled), kind))
+        assert found["TENANTRY_DATABASE_DIRECT_URL"]["value"] == direct
+        assert found["TENANTRY_DB_TRANSACTION_POOLER"]["value"] == "true"
 
 
 def test_liveness_does_not_depend_on_postgresql_and_readiness_is_the_public_health() -> None:
@@ -316,7 +327,7 @@ def test_migrations_run_as_a_hook_before_install_and_upgrade() -> None:
     assert set(hooks["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
     assert container(job)["args"] == ["tenantry", "migrate"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
-    assert env(job)["TENANTRY_DATABASE_URL"]["value"].startswith("postgresql+asyncpg://tenantry_owner@postgres-direct")
+    assert env(job)["TENANTRY_DATABASE_URL"] == env(one(render(EVERYTHING), "Deployment"))["TENANTRY_DATABASE_URL"]
     assert env(one(render(REQUIRED), "Job"))["TENANTRY_DATABASE_URL"]["value"].endswith("@postgres:5432/tenantry")
     # A ServiceAccount the chart creates does not exist yet when a pre-install hook runs.
     assert job["spec"]["template"]["spec"]["serviceAccountName"] == "default"

@@ -62,7 +62,7 @@ one value is never set in two places. Secrets are refused with a pointer to the 
 database_password db_app_password admin_api_key ops_api_key jwt_secret secret_keys stripe_api_key stripe_webhook_secret
 {{- end -}}
 {{- define "tenantry.ownSettings" -}}
-database_url database_listen_url db_app_role db_pool_size db_max_overflow redis_url host port environment tls_certfile tls_keyfile
+database_url database_direct_url db_transaction_pooler db_app_role db_pool_size db_max_overflow redis_url host port environment tls_certfile tls_keyfile
 {{- end -}}
 
 {{/*
@@ -94,10 +94,12 @@ exponent (values can arrive as float64, which would print 1048576 as 1.048576e+0
   value: {{ $v.containerPort | quote }}
 - name: TENANTRY_DATABASE_URL
   value: {{ required "database.url is required" .databaseUrl | quote }}
-{{- with $v.database.listenUrl }}
-- name: TENANTRY_DATABASE_LISTEN_URL
+{{- with $v.database.directUrl }}
+- name: TENANTRY_DATABASE_DIRECT_URL
   value: {{ . | quote }}
 {{- end }}
+- name: TENANTRY_DB_TRANSACTION_POOLER
+  value: {{ $v.database.transactionPooler | quote }}
 - name: TENANTRY_DB_APP_ROLE
   value: {{ $v.database.appRole | quote }}
 - name: TENANTRY_DB_POOL_SIZE
