@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 _MAX_REDIRECTS: Final = 5
 _TRYAGAIN_PAUSE_S: Final = 0.01  # a multi-key command during a slot's migration: the keys are moving
+_REFRESH_GAP_S: Final = 0.1
 
 Address = tuple[str, int]
 
@@ -88,6 +89,7 @@ class ClusterClient:
         self._slots: list[RespClient | None] = [None] * SLOTS
         self._mapped = False
         self._refreshing: asyncio.Task[None] | None = None
+        self._next_refresh = 0.0
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.5) -> ClusterClient:
@@ -125,15 +127,18 @@ class ClusterClient:
 
     def _refresh_soon(self) -> None:
         """Re-read the map in the background (after a redirection or a lost node): the command that
-        noticed is not held up by it."""
-        if self._refreshing is not None and not self._refreshing.done():
+        noticed is not held up by it. At most one at a time and one per `_REFRESH_GAP_S`: while a master
+        is down every call to it notices, and the map must not be asked for thousands of times a second."""
+        loop = asyncio.get_running_loop()
+        if (self._refreshing is not None and not self._refreshing.done()) or loop.time() < self._next_refresh:
             return
-        self._refreshing = asyncio.get_running_loop().create_task(self._refresh_quietly())
+        self._next_refresh = loop.time() + _REFRESH_GAP_S
+        self._refreshing = loop.create_task(self._refresh_quietly())
 
     async def _refresh_quietly(self) -> None:
         try:
             await self.refresh()
-        except RedisConnectionError as exc:
+        except (RedisConnectionError, ValueError, TypeError, IndexError) as exc:  # no node, or a reply not understood
             log.warning("redis cluster: slot map not refreshed: %s", exc)
 
     async def _route(self, key: Arg | None) -> RespClient:
