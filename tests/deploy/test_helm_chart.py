@@ -342,3 +342,12 @@ def test_the_service_monitor_scrapes_metrics_with_the_ops_key() -> None:
     assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": SECRET, "key": "ops-api-key"}}
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert "ServiceMonitor" not in {d["kind"] for d in render(REQUIRED)}
+
+
+def test_each_pod_tells_the_other_replicas_where_its_stateful_sessions_live() -> None:
+    """A session request that lands on another replica is forwarded to the owner's TENANTRY_REPLICA_URL:
+    the pod's own IP (the downward API), on the container port, in the scheme it serves."""
+    for variant, scheme in ((REQUIRED, "http"), (EVERYTHING, "https")):
+        found = env(one(render(variant), "Deployment"))
+        assert found["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        assert found["TENANTRY_REPLICA_URL"]["value"] == f"{scheme}://$(POD_IP):8000"

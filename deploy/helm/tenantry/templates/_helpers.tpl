@@ -62,7 +62,7 @@ one value is never set in two places. Secrets are refused with a pointer to the 
 database_password db_app_password admin_api_key ops_api_key jwt_secret secret_keys stripe_api_key stripe_webhook_secret
 {{- end -}}
 {{- define "tenantry.ownSettings" -}}
-database_url database_direct_url db_transaction_pooler db_app_role db_pool_size db_max_overflow redis_url host port environment tls_certfile tls_keyfile
+database_url database_direct_url db_transaction_pooler replica_url db_app_role db_pool_size db_max_overflow redis_url host port environment tls_certfile tls_keyfile
 {{- end -}}
 
 {{/*
