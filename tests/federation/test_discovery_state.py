@@ -26,12 +26,12 @@ class GatedDatabase:
         self.waiting = asyncio.Event()
 
     @contextlib.asynccontextmanager
-    async def tenant(self, tenant_id: uuid.UUID) -> AsyncIterator[Any]:
+    async def tenant(self, tenant_id: uuid.UUID, **plane: str) -> AsyncIterator[Any]:
         self.reads += 1
         if self.gate is not None:
             self.waiting.set()
             await self.gate.wait()
-        async with self.db.tenant(tenant_id) as conn:
+        async with self.db.tenant(tenant_id, **plane) as conn:
             yield conn
 
 

@@ -227,4 +227,4 @@ def test_migrations_go_straight_to_postgresql_not_through_the_pooler(settings: S
     # Through PgBouncer they would fail at once: it serves no `postgres` database to check from.
     import argparse
 
-    assert cmd_migrate(argparse.Namespace(downgrade=None, json=True), settings) == 0
+    assert cmd_migrate(argparse.Namespace(downgrade=None, tenant=None, json=True), settings) == 0
