@@ -42,7 +42,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenantry.metering.resp import Arg, CannotConnect, Command, LuaScript, RespClient
-from tenantry.metering.slots import SLOTS, SlotUnavailable, command_key, key_slot
+from tenantry.metering.slots import SLOTS, SlotLost, SlotUnavailable, command_key, key_slot
 
 __all__ = ["ClusterClient"]
 
@@ -259,6 +259,8 @@ class ClusterClient:
         self._refresh_soon()
         if isinstance(exc, CannotConnect):
             return SlotUnavailable(f"a master of the Redis Cluster is unreachable: {exc}")
+        if isinstance(exc, RedisConnectionError):  # closed under us, not hung (a timeout stays a timeout)
+            return SlotLost(f"a master of the Redis Cluster was lost: {exc}")
         return exc
 
     async def evalsha(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:

@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Final
+from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -55,7 +55,7 @@ from tenantry.metering.breaker import RedisBreaker
 from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.decision import REASONS, Decision, OverRate, QuotaKind, Usage, wall_clock_ms, window_usage
 from tenantry.metering.resp import LuaScript
-from tenantry.metering.slots import SlotUnavailable
+from tenantry.metering.slots import SlotLost, SlotUnavailable
 from tenantry.plans import Limits
 
 __all__ = ["REASONS", "Decision", "Meter", "QuotaKind", "Usage", "wall_clock_ms"]
@@ -159,9 +159,11 @@ class Meter:
         """Whether the meter is deciding without Redis now (it failed to answer a moment ago)."""
         return self._breaker.open
 
-    def _unanswered(self) -> None:
+    def _unanswered(self, *, trip: bool = True) -> None:
+        """Redis did not answer: count it, and open the breaker unless only a lost master's slots are out."""
         self.failures += 1
-        self._breaker.unanswered()
+        if trip:
+            self._breaker.unanswered()
 
     def release_later(self, key: str, call_id: str) -> None:
         self.unreleased.append((key, call_id))  # its call ended while Redis did not answer: free it later
@@ -169,30 +171,40 @@ class Meter:
     async def _settle(self) -> None:
         """Undo the admissions given up on (abandon.lua), free the entries of calls that ended meanwhile, while
         Redis answers. Concurrent callers share the work: each takes its item off first (it goes back if
-        its idempotent command may not have run)."""
-        while self.unreleased:
+        its idempotent command may not have run; behind the others if only its cluster slot is out)."""
+        for _ in range(len(self.unreleased)):
+            if not self.unreleased:
+                return
             key, call_id = self.unreleased.popleft()
             try:
                 await self._commands.execute("ZREM", key, call_id)
             except BaseException as exc:
-                self.unreleased.appendleft((key, call_id))
-                if not isinstance(exc, _REDIS_DOWN):
-                    raise
-                self._unanswered()
+                if not self._put_back(exc, self.unreleased, (key, call_id)):
+                    return
+        for _ in range(len(self.abandoned)):
+            if not self.abandoned:
                 return
-        while self.abandoned:
             item = self.abandoned.popleft()
             try:
                 keys = [item.quota_key, item.inflight_key, item.mark_key]
                 outcome = await self._commands.evalsha(self._abandon_lua, keys, [item.call_id, item.cost, item.mark_ms])
             except BaseException as exc:
-                self.abandoned.appendleft(item)
-                if not isinstance(exc, _REDIS_DOWN):
-                    raise
-                self._unanswered()
-                return
+                if not self._put_back(exc, self.abandoned, item):
+                    return
+                continue
             if outcome == 1:
                 self.undone += 1
+
+    def _put_back(self, exc: BaseException, queue: collections.deque[Any], item: Any) -> bool:
+        """`item` failed with `exc`: True to go on with the others (only its cluster slot is out)."""
+        if isinstance(exc, SlotUnavailable | SlotLost):
+            queue.append(item)
+            return True
+        queue.appendleft(item)
+        if not isinstance(exc, _REDIS_DOWN):
+            raise exc
+        self._unanswered()
+        return False
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -316,8 +328,8 @@ class Meter:
         except SlotUnavailable:  # the script did not run; the breaker stays shut: only this tenant's slot is out
             self.failures += 1
             return self._without_redis(limits, limit)
-        except _REDIS_DOWN:
-            self._unanswered()
+        except _REDIS_DOWN as exc:
+            self._unanswered(trip=not isinstance(exc, SlotLost))  # a dead cluster master: only its slots
             if call_id:  # the script may still run when Redis resumes: make sure it admits nothing then
                 mark_ms = max(2 * call_timeout_ms, 600_000)
                 self.abandoned.append(_Abandoned(keys[0], keys[4], keys[5], call_id, cost, mark_ms))

@@ -34,6 +34,12 @@ class SlotUnavailable(RedisConnectionError):
     tenants', some ledger shards') are affected; Redis as a whole is not down."""
 
 
+class SlotLost(RedisConnectionError):
+    """The connection to the master of the command's slot broke before its reply (the master died): the
+    command may or may not have run, so its outcome is unknown (unlike `SlotUnavailable`), but as there
+    only that master's slots are out; Redis as a whole is not down."""
+
+
 def _bytes(value: Arg) -> bytes:
     if isinstance(value, bytes):
         return value
