@@ -42,15 +42,15 @@ import collections
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, Final
+from typing import Final
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenantry.errors import Unavailable
+from tenantry.metering.backlog import REDIS_DOWN as _REDIS_DOWN
+from tenantry.metering.backlog import Abandoned as _Abandoned
+from tenantry.metering.backlog import settle
 from tenantry.metering.breaker import RedisBreaker
 from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.decision import REASONS, Decision, OverRate, QuotaKind, Usage, wall_clock_ms, window_usage
@@ -70,8 +70,6 @@ _MAX_ABANDONED: Final = 100_000
 # Rate-limited tenants remembered at once, at most (the oldest are forgotten: they ask Redis again).
 _MAX_RATE_LIMITED: Final = 10_000
 
-# What "Redis is unreachable" looks like from redis-py (builtin TimeoutError is an OSError).
-_REDIS_DOWN: Final = (RedisConnectionError, RedisTimeoutError, OSError)
 _NO_LIMIT: Final = -1
 
 # The retry hint of `concurrency_limited`. The script knows only when the oldest call in flight must have
@@ -79,16 +77,6 @@ _NO_LIMIT: Final = -1
 # slot frees as soon as any of those calls ends, typically within milliseconds: a short wait a client can
 # obey without hammering. The script's answer is kept when it is sooner (the last slot's deadline is near).
 CONCURRENCY_RETRY_MS: Final = 250
-
-
-@dataclass(frozen=True, slots=True)
-class _Abandoned:
-    quota_key: str
-    inflight_key: str
-    mark_key: str
-    call_id: str
-    cost: int
-    mark_ms: int
 
 
 class Meter:
@@ -169,42 +157,10 @@ class Meter:
         self.unreleased.append((key, call_id))  # its call ended while Redis did not answer: free it later
 
     async def _settle(self) -> None:
-        """Undo the admissions given up on (abandon.lua), free the entries of calls that ended meanwhile, while
-        Redis answers. Concurrent callers share the work: each takes its item off first (it goes back if
-        its idempotent command may not have run; behind the others if only its cluster slot is out)."""
-        for _ in range(len(self.unreleased)):
-            if not self.unreleased:
-                return
-            key, call_id = self.unreleased.popleft()
-            try:
-                await self._commands.execute("ZREM", key, call_id)
-            except BaseException as exc:
-                if not self._put_back(exc, self.unreleased, (key, call_id)):
-                    return
-        for _ in range(len(self.abandoned)):
-            if not self.abandoned:
-                return
-            item = self.abandoned.popleft()
-            try:
-                keys = [item.quota_key, item.inflight_key, item.mark_key]
-                outcome = await self._commands.evalsha(self._abandon_lua, keys, [item.call_id, item.cost, item.mark_ms])
-            except BaseException as exc:
-                if not self._put_back(exc, self.abandoned, item):
-                    return
-                continue
-            if outcome == 1:
-                self.undone += 1
-
-    def _put_back(self, exc: BaseException, queue: collections.deque[Any], item: Any) -> bool:
-        """`item` failed with `exc`: True to go on with the others (only its cluster slot is out)."""
-        if isinstance(exc, SlotUnavailable | SlotLost):
-            queue.append(item)
-            return True
-        queue.appendleft(item)
-        if not isinstance(exc, _REDIS_DOWN):
-            raise exc
-        self._unanswered()
-        return False
+        """Undo the admissions given up on, free the entries of calls that ended meanwhile (`backlog.py`)."""
+        self.undone += await settle(
+            self._commands, self._abandon_lua, self.unreleased, self.abandoned, self._unanswered
+        )
 
     # -- decisions ----------------------------------------------------------------------------
 
