@@ -8,16 +8,18 @@ A move (also how a new tenant is provisioned: a move of nothing) runs in steps, 
 1. claim: the tenant row is marked `moving_since` and every router forgets the tenant, so its calls
    are refused with a retryable `tenant_moving` (503, Retry-After) until the switch;
 2. provision the target copy (`db/provision.py`) and empty it of the tenant's rows (a retried move);
-3. fence the source: its `tenant_storage` row is marked `moved`, which waits for the writes in flight
-   (they hold that row's lock) and makes any later write there fail (`tenant_moving`), so a call on a
-   replica that had not yet heard of the move cannot land in the copy being left;
-4. copy the rows and verify them: row count and checksum per table, source against target;
+3. fence the source: its `tenant_storage` row and its audit chain head are marked `moved`, which waits
+   for the writes and appends in flight (they hold those rows' locks) and makes any later one there
+   fail (`tenant_moving`; the ledger's drain leaves such audit records pending and retries them), so a
+   call on a replica that had not yet heard of the move cannot land in the copy being left;
+4. copy the rows and the audit trail (records as stored, seq and hashes unchanged, and the chain
+   head) and verify them: row count and checksum per table, source against target;
 5. switch: one update of the tenant row (placement, revision, the old copy kept as `retired_placement`)
    whose commit every router hears of.
 
 A failure before the switch unfences the source and clears the claim: the tenant stays where it was.
-The old copy stays (fenced) until `cleanup_tenant` (an empty one, as when a new tenant is provisioned, is
-deleted at once). A move needs the previous one's copy cleaned up.
+The old copy stays (fenced) until `cleanup_tenant` (one whose data store was empty, as when a new tenant
+is provisioned, is deleted at once, its verified trail with it). A move needs the previous one's copy cleaned up.
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tenantry.db import tier_schema
 from tenantry.db.engine import Database, note_tenant_changed
 from tenantry.db.models import tenants
-from tenantry.db.provision import check_server, copy_rows, create_copy, drop_copy, fingerprint, owner_transaction
+from tenantry.db.provision import (
+    check_server,
+    copy_rows,
+    copy_trail,
+    create_copy,
+    drop_copy,
+    fingerprint,
+    owner_transaction,
+)
 from tenantry.db.router import DATABASE, SCHEMA, SHARED, TIERS, Placement, database_name, schema_name
 from tenantry.errors import BadRequest, Conflict, NotFound
 from tenantry.secrets import SecretBox
@@ -135,18 +145,26 @@ async def _set(db: Database, tenant_id: uuid.UUID, **values: Any) -> None:
         note_tenant_changed(conn, tenant_id)
 
 
+# The rows a move fences in the copy it leaves: what every write of the data store, and every append to
+# the audit trail, updates (and so locks) in the same transaction.
+_FENCED = ("tenant_storage", "audit_chain_heads")
+
+
 async def _fence(conn: AsyncConnection, tenant_id: uuid.UUID, moved: bool) -> None:
-    if moved:
-        await conn.execute(
-            text("INSERT INTO tenant_storage (tenant_id) VALUES (:t) ON CONFLICT DO NOTHING"), {"t": tenant_id}
-        )
-    await conn.execute(text("UPDATE tenant_storage SET moved = :m WHERE tenant_id = :t"), {"t": tenant_id, "m": moved})
+    for table in _FENCED:
+        if moved:
+            row = text(f"INSERT INTO {table} (tenant_id) VALUES (:t) ON CONFLICT DO NOTHING")  # noqa: S608 (constants)
+            await conn.execute(row, {"t": tenant_id})
+        fence = text(f"UPDATE {table} SET moved = :m WHERE tenant_id = :t")  # noqa: S608 (constants)
+        await conn.execute(fence, {"t": tenant_id, "m": moved})
 
 
 async def _empty(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
-    # The storage row first: a fenced one would refuse the counting trigger's updates.
-    await conn.execute(text("DELETE FROM tenant_storage WHERE tenant_id = :t"), {"t": tenant_id})
-    await conn.execute(text("DELETE FROM tenant_data WHERE tenant_id = :t"), {"t": tenant_id})
+    # The storage row first: a fenced one would refuse the counting trigger's updates. Audit records are
+    # deleted only here, as the owner (the application role cannot): a copy left behind, or a target
+    # emptied of what an interrupted move put there.
+    for table in ("tenant_storage", "tenant_data", "audit_chain_heads", "audit_records"):
+        await conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": tenant_id})  # noqa: S608
 
 
 async def move_tenant(
@@ -170,6 +188,10 @@ async def move_tenant(
             return {"tenant_id": str(tenant_id), "tier": tier, "moved": False}
         if row.status == TenantStatus.DEPROVISIONED and tier != SHARED:
             raise Conflict("a deprovisioned tenant can only be moved back to shared", code="tenant_deprovisioned")
+        if source.tier != SHARED and source.revision < tier_schema.HEAD:
+            raise Conflict(
+                "the tenant's copy is on an older revision: run `tenantry migrate` first", code="tenant_not_migrated"
+            )
         if row.retired_placement is not None:
             raise Conflict(
                 "the copy the previous move left behind must be cleaned up first (tenantry tenant cleanup)",
@@ -197,6 +219,7 @@ async def move_tenant(
             owner_transaction(db.system_engine, target_url, target) as dst,
         ):
             copied = await copy_rows(src, dst, tenant_id)
+            records = await copy_trail(src, dst, tenant_id)
             before, after = await fingerprint(src, tenant_id), await fingerprint(dst, tenant_id)
             if before != after:
                 raise Conflict(f"the copy does not match its source: {before} != {after}", code="move_verify_failed")
@@ -223,7 +246,9 @@ async def move_tenant(
                 await _fence(conn, tenant_id, moved=False)
         await _set(db, tenant_id, moving_since=None)
         raise
-    # An old copy that held nothing (provisioning a new tenant) is not kept for an operator to clean up.
+    # An old copy whose data store held nothing (provisioning a new tenant) is not kept for an operator to
+    # clean up: the few audit records it may hold (the CLI records a tenant's creation in the shared trail,
+    # in the transaction that creates it) were copied and verified like the rest.
     cleaned = copied == 0 and (await cleanup_tenant(db, settings, tenant_id))["cleaned"] is not None
     return {
         "tenant_id": str(tenant_id),
@@ -231,6 +256,7 @@ async def move_tenant(
         "moved": True,
         "from": source.tier,
         "rows_copied": copied,
+        "audit_records_copied": records,
         "verified": after,
         "old_copy": "deleted (it was empty)" if cleaned else "kept until cleanup",
     }

@@ -76,9 +76,13 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
     rollups = {"usage_events_rollup", "audit_records_rollup", "audit_records_unroll"}  # 0012
     fence = {"tenant_storage_fence"}  # 0014: a moved tenant's old copy refuses writes
     scopes = {"api_keys_notify_credentials_scope"}  # 0017: a key's roles and tools changed
+    audit_fence = {"audit_chain_heads_fence"}  # 0018: a moved tenant's old trail refuses appends
+    everything = installed | credentials | governance | storage | rollups | fence | scopes | audit_fence
     try:
         await migrate(url)
-        assert await _triggers(name) == installed | credentials | governance | storage | rollups | fence | scopes
+        assert await _triggers(name) == everything
+        await migrate(url, revision="0017", downgrade=True)
+        assert await _triggers(name) == everything - audit_fence
         await migrate(url, revision="0013", downgrade=True)
         assert await _triggers(name) == installed | credentials | governance | storage | rollups
         await migrate(url, revision="0011", downgrade=True)
@@ -96,7 +100,7 @@ async def test_the_change_notification_triggers_go_down_and_up_with_their_revisi
         assert await _triggers(name) == set()
         assert "upstreams" in await _tables(name)
         await migrate(url)
-        assert await _triggers(name) == installed | credentials | governance | storage | rollups | fence | scopes
+        assert await _triggers(name) == everything
     finally:
         await recreate_database(name, create=False)
 

@@ -1,8 +1,21 @@
 """What an admin change did, for its audit record: the fields it changed, before and after, never a secret.
 
 An admin REST handler notes its change on its request (`note_change`); the record of the request,
-written before the answer goes out, carries it as its `detail`. A CLI command records its change in the
-change's own transaction (`record_change`): both commit, or neither. The detail:
+written before the answer goes out, carries it as its `detail`. A CLI command records its change with
+`record_change`, in the tenant's own trail wherever its isolation tier keeps it:
+
+- the shared tables (a shared-tier tenant, the system trail) and a schema-tier tenant's copy (a schema
+  of the same database, reached through its own recording function): in the change's own transaction,
+  so both commit, or neither;
+- a database-tier tenant's copy (another database: no transaction spans both): in a transaction of its
+  own, committed just before the change's (`record_change` is that transaction's last statement). If
+  it fails, the change rolls back; if the change's commit then fails, the trail holds the record of a
+  change that did not happen: the side an audit trail should err on.
+
+A tenant that is moving between tiers has no trail to write to: the change is refused with a retryable
+`tenant_moving` and nothing changes.
+
+The detail:
 
     {"action": "tenant.update", "target": "<id>",
      "changes": {"plan": {"before": "free", "after": "pro"}}}
@@ -22,6 +35,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.audit.records import ADMITTED, SYSTEM_TENANT, AuditRecord
+from tenantry.db.engine import Database
+from tenantry.db.rls import identifier
+from tenantry.db.router import SCHEMA, SHARED, SHARED_PLACEMENT, tenant_moving
 from tenantry.observability import current_request
 
 # A field whose name holds one of these is never written, only that it changed.
@@ -77,6 +93,10 @@ def note_change(
 
 
 _RECORD = text("SELECT tenantry_record_audit(ARRAY[CAST(:tenant AS uuid)], ARRAY[1], ARRAY[CAST(:doc AS json)], true)")
+# The same, by the function of a schema-tier tenant's copy (its tables, whatever the search path).
+_RECORD_IN_SCHEMA = (
+    "SELECT {schema}.tenantry_record_audit(ARRAY[CAST(:tenant AS uuid)], ARRAY[1], ARRAY[CAST(:doc AS json)], true)"
+)
 
 
 def operator() -> str:
@@ -88,6 +108,7 @@ def operator() -> str:
 
 
 async def record_change(
+    db: Database,
     conn: AsyncConnection,
     tenant_id: uuid.UUID | None,
     action: str,
@@ -95,8 +116,9 @@ async def record_change(
     before: Mapping[str, Any] | None,
     after: Mapping[str, Any] | None,
 ) -> None:
-    """Record a change made outside a request (the CLI) in the change's own transaction. The last
-    statement of that transaction: the recording function unbinds the tenant when it ends."""
+    """Record a change made outside a request (the CLI) made in `conn`'s transaction, in the tenant's
+    trail (see the module docstring). The last statement of that transaction: the recording function
+    unbinds the tenant when it ends."""
     record = AuditRecord(
         tenant_id=tenant_id or SYSTEM_TENANT,
         transport="cli",
@@ -106,4 +128,16 @@ async def record_change(
         subject=operator(),
         detail=describe(action, target, before, after),
     )
-    await conn.execute(_RECORD, {"tenant": record.tenant_id, "doc": record.document()})
+    params = {"tenant": record.tenant_id, "doc": record.document()}
+    placement = SHARED_PLACEMENT if tenant_id is None else await db.router.placement(tenant_id)
+    if placement.moving:
+        raise tenant_moving()
+    if placement.tier == SHARED:
+        await conn.execute(_RECORD, params)
+        return
+    db.router.check(placement)  # a copy on an older revision has no trail yet: refused, retryably
+    if placement.tier == SCHEMA:
+        await conn.execute(text(_RECORD_IN_SCHEMA.format(schema=identifier(str(placement.name)))), params)
+        return
+    async with db.tenant(record.tenant_id) as copy:
+        await copy.execute(_RECORD, params)

@@ -4,6 +4,11 @@ the retention are dropped whole (each tenant's chain anchor moves to its last dr
 A lifespan task on every replica, at start and every six hours; a transaction-level advisory lock makes
 one replica do it at a time. It runs as the owner (`tenantry_audit_partitions`, migration 0010): the
 application role cannot create or drop tables, nor delete a record.
+
+Every schema- and database-tier tenant's copy holds a trail of its own (tier revision 2), with the same
+function: each is maintained too, one at a time, in a transaction of its own. A copy that fails (its
+server down, say) is logged and counted in `last_error`, and the others go on; the next run retries it.
+A tenant in the middle of a move is skipped (the move copies whatever months its records fall in).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
+from tenantry.db.tier_schema import AUDIT_REVISION
+from tenantry.errors import TenantryError
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +32,39 @@ _AHEAD: Final = 2
 _EVERY_S: Final = 6 * 3600.0
 
 
-async def maintain(db: Database, keep_months: int) -> list[str]:
-    """Make the coming months' partitions and drop expired ones now; what was done ([] when another
-    replica holds the lock)."""
+_PARTITIONS = text("SELECT tenantry_audit_partitions(:ahead, :keep)")
+# Dropping a month waits for the drains' inserts and holds up theirs while it waits: not for long.
+_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '5s'")
+_TIER_COPIES = text(
+    "SELECT id FROM tenants WHERE placement <> 'shared' AND placement_revision >= :revision"
+    " AND moving_since IS NULL ORDER BY id"
+)
+
+
+async def maintain(db: Database, keep_months: int, *, failed: list[str] | None = None) -> list[str]:
+    """Make the coming months' partitions and drop expired ones now, in the shared tables and every tier
+    copy; what was done ([] when another replica holds the lock). A tier copy's failure is logged and
+    appended to `failed`; the others are still maintained."""
+    params = {"ahead": _AHEAD, "keep": keep_months}
     async with db.system() as conn:
         if not (await conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _LOCK})).scalar_one():
             return []
-        # Dropping a month waits for the drains' inserts and holds up theirs while it waits: not for long.
-        await conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-        done = await conn.execute(
-            text("SELECT tenantry_audit_partitions(:ahead, :keep)"), {"ahead": _AHEAD, "keep": keep_months}
-        )
-        return list(done.scalar_one() or [])
+        await conn.execute(_LOCK_TIMEOUT)
+        done = list((await conn.execute(_PARTITIONS, params)).scalar_one() or [])
+        tiered = list((await conn.execute(_TIER_COPIES, {"revision": AUDIT_REVISION})).scalars())
+        # The copies, while this replica holds the lock: one transaction each, on the copy's own tables.
+        for tenant_id in tiered:
+            try:
+                async with db.system_data(tenant_id) as copy:
+                    await copy.execute(_LOCK_TIMEOUT)
+                    lines = (await copy.execute(_PARTITIONS, params)).scalar_one() or []
+                done += [f"tenant {tenant_id}: {line}" for line in lines]
+            except (DBAPIError, OSError, TenantryError) as exc:
+                error = f"tenant {tenant_id}: {type(exc).__name__}: {exc}"[:500]
+                log.warning("audit partition maintenance of a tier copy failed: %s", error)
+                if failed is not None:
+                    failed.append(error)
+        return done
 
 
 class AuditMaintenance:
@@ -50,9 +78,10 @@ class AuditMaintenance:
     async def run(self) -> None:
         while not self._stopping.is_set():
             try:
-                for line in await maintain(self._db, self._keep):
+                failed: list[str] = []
+                for line in await maintain(self._db, self._keep, failed=failed):
                     log.info("audit: %s", line)
-                self.last_error = None
+                self.last_error = "; ".join(failed)[:1000] or None
             except (DBAPIError, OSError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("audit partition maintenance failed: %s", self.last_error)

@@ -1,7 +1,10 @@
 """Reading the trail: a filtered page at a time, an export of any size, and verification of a chain.
 
 Reads run as the application role with the tenant bound, so RLS decides what exists, as for every
-tenant table (the system trail is tenant `SYSTEM_TENANT`).
+tenant table (the system trail is tenant `SYSTEM_TENANT`). A tenant's trail lives where its isolation
+tier keeps its data (tier revision 2): reads go through `db.tenant(T)`, the data plane the router picks,
+so a schema- or database-tier tenant's trail is read from its own copy (and, while it moves, is refused
+with a retryable `tenant_moving`); the system trail is always the shared one.
 
 Pages are newest first and keyed by (at, seq), the table's primary key after the tenant: the cursor is
 the last record's position, so a page costs the same at the millionth record as at the first, and
@@ -24,14 +27,16 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.audit.records import SYSTEM_TENANT
-from tenantry.db.engine import CONTROL, Database
+from tenantry.db.engine import CONTROL, DATA, Database
 from tenantry.errors import BadRequest
 
 PAGE_MAX: Final = 1000
@@ -104,6 +109,11 @@ class AuditFilter:
         return "".join(f" AND {c}" for c in clauses), params
 
 
+def _trail(db: Database, tenant_id: uuid.UUID) -> AbstractAsyncContextManager[AsyncConnection]:
+    """A transaction on the tables that hold `tenant_id`'s trail (see the module docstring)."""
+    return db.tenant(tenant_id, plane=CONTROL if tenant_id == SYSTEM_TENANT else DATA)
+
+
 def encode_cursor(at_us: int, seq: int) -> str:
     return base64.urlsafe_b64encode(f"{at_us}.{seq}".encode()).decode().rstrip("=")
 
@@ -172,7 +182,7 @@ async def page(
         params |= {"c_at": at_us, "c_seq": seq}
     order = "at, seq" if newer else "at DESC, seq DESC"
     sql = text(f"{_SELECT}{clauses} ORDER BY {order} LIMIT :limit")
-    async with db.tenant(tenant_id, plane=CONTROL) as conn:
+    async with _trail(db, tenant_id) as conn:
         rows = (await conn.execute(sql, {"tenant": tenant_id, "limit": limit + 1, **params})).all()
     more = len(rows) > limit
     rows = list(reversed(rows[:limit])) if newer else rows[:limit]
@@ -190,7 +200,7 @@ async def records(db: Database, tenant_id: uuid.UUID, where: AuditFilter) -> Asy
             keyed += " AND (at, seq) > (to_timestamp(:c_at / 1000000.0::double precision), :c_seq)"
             params |= {"c_at": after[0], "c_seq": after[1]}
         sql = text(f"{_SELECT}{keyed} ORDER BY at, seq LIMIT {_EXPORT_PAGE}")
-        async with db.tenant(tenant_id, plane=CONTROL) as conn:
+        async with _trail(db, tenant_id) as conn:
             rows = (await conn.execute(sql, {"tenant": tenant_id, **params})).all()
         for row in rows:
             yield _public(row)
@@ -269,7 +279,7 @@ _VERIFY = text(
 
 async def verify(db: Database, tenant_id: uuid.UUID) -> Verification:
     """Walk the tenant's chain and name its first broken link, if any."""
-    async with db.tenant(tenant_id, plane=CONTROL) as conn:
+    async with _trail(db, tenant_id) as conn:
         head = (
             await conn.execute(
                 text("SELECT seq, hash, anchor_seq, anchor_hash FROM audit_chain_heads WHERE tenant_id = :t"),
@@ -313,8 +323,9 @@ async def verify(db: Database, tenant_id: uuid.UUID) -> Verification:
 
 
 async def known(db: Database, tenant_id: uuid.UUID) -> bool:
-    """Whether `tenant_id` has a trail to read: the system's, an existing tenant's, or one left by a
-    tenant since removed (a trail outlives its tenant)."""
+    """Whether `tenant_id` has a trail to read: the system's, an existing tenant's (wherever its tier
+    keeps it), or one left by a tenant since removed (a trail outlives its tenant: offboarding brings a
+    tier tenant's trail back to the shared tables, where this looks)."""
     if tenant_id == SYSTEM_TENANT:
         return True
     async with db.system() as conn:

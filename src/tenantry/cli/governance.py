@@ -59,7 +59,7 @@ def cmd_policy_set(args: argparse.Namespace, settings: Settings) -> int:
             before = await store.get_policy(conn, tenant_id)
             stored = await store.put_policy(conn, tenant_id, document, expected_version=args.expected_version)
             await record_change(
-                conn, tenant_id, "policy.put", tenant_id, before.public() if before else None, stored.public()
+                db, conn, tenant_id, "policy.put", tenant_id, before.public() if before else None, stored.public()
             )
             return stored
 
@@ -76,7 +76,9 @@ def cmd_policy_delete(args: argparse.Namespace, settings: Settings) -> int:
             await tenant_service.get_tenant(conn, tenant_id)
             before = await store.get_policy(conn, tenant_id)
             await store.delete_policy(conn, tenant_id)
-            await record_change(conn, tenant_id, "policy.delete", tenant_id, before.public() if before else None, None)
+            await record_change(
+                db, conn, tenant_id, "policy.delete", tenant_id, before.public() if before else None, None
+            )
 
     asyncio.run(with_db(settings, work))
     emit(args, {"tenant_id": str(tenant_id), "policy": None}, f"tenant {tenant_id} has no policy now")
@@ -125,7 +127,7 @@ def cmd_kill_create(args: argparse.Namespace, settings: Settings) -> int:
             if args.scope == "key" and target not in {str(k.id) for k in keys}:
                 raise NotFound(f"no key {target[:64]} for tenant {tenant_id}", code="key_not_found")
             kill = await kills.create_kill(conn, tenant_id, args.scope, target, args.reason)
-            await record_change(conn, tenant_id, "kill.create", kill.id, None, kill.public())
+            await record_change(db, conn, tenant_id, "kill.create", kill.id, None, kill.public())
             return kill
 
     kill = asyncio.run(with_db(settings, work))
@@ -157,7 +159,7 @@ def cmd_kill_lift(args: argparse.Namespace, settings: Settings) -> int:
     async def work(db: Database) -> kills.Kill:
         async with db.system() as conn:
             kill = await kills.lift_kill(conn, kill_id)
-            await record_change(conn, kill.applies_to, "kill.lift", kill_id, None, kill.public())
+            await record_change(db, conn, kill.applies_to, "kill.lift", kill_id, None, kill.public())
             return kill
 
     kill = asyncio.run(with_db(settings, work))

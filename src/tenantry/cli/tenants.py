@@ -36,7 +36,7 @@ def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> int:
     async def work(db: Database) -> dict[str, Any]:
         async with db.system() as conn:
             tenant = await tenant_service.create_tenant(conn, args.name, plan, tier=args.tier)
-            await record_change(conn, tenant.id, "tenant.create", tenant.id, None, tenant.public())
+            await record_change(db, conn, tenant.id, "tenant.create", tenant.id, None, tenant.public())
         if tier != "shared":  # provisioned before it has a key to call with
             await tiers.move_tenant(db, settings, tenant.id, tier, database_url=args.database_url)
         async with db.system() as conn:
@@ -45,7 +45,7 @@ def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> int:
             if args.with_key:
                 info, secret = await api_keys.create_key(conn, tenant.id, "default")
                 out["key"] = {**info.public(), "secret": secret}
-                await record_change(conn, tenant.id, "key.create", info.id, None, info.public())
+                await record_change(db, conn, tenant.id, "key.create", info.id, None, info.public())
         return out
 
     out = asyncio.run(with_db(settings, work))
@@ -83,7 +83,7 @@ def cmd_tenant_set(args: argparse.Namespace, settings: Settings) -> int:
             tenant = await tenant_service.update_tenant(
                 conn, tenant_id, plan=args.plan, status=status, limits=limits, tier=args.tier
             )
-            await record_change(conn, tenant_id, "tenant.update", tenant_id, before, tenant.public())
+            await record_change(db, conn, tenant_id, "tenant.update", tenant_id, before, tenant.public())
             return tenant.public()
 
     tenant = asyncio.run(with_db(settings, work))
@@ -112,7 +112,7 @@ def cmd_tenant_move(args: argparse.Namespace, settings: Settings) -> int:
         result = await tiers.move_tenant(db, settings, tenant_id, args.tier, database_url=args.database_url)
         async with db.system() as conn:
             after = await tiers.describe(db, settings, tenant_id)
-            await record_change(conn, tenant_id, "tenant.move", tenant_id, before, after)
+            await record_change(db, conn, tenant_id, "tenant.move", tenant_id, before, after)
         return result
 
     result = asyncio.run(with_db(settings, work))
@@ -153,7 +153,7 @@ def cmd_key_create(args: argparse.Namespace, settings: Settings) -> int:
             info, secret = await api_keys.create_key(
                 conn, tenant_id, args.name, subject=args.subject, roles=_roles(args.role), tools=_tools(args.tool)
             )
-            await record_change(conn, tenant_id, "key.create", info.id, None, info.public())
+            await record_change(db, conn, tenant_id, "key.create", info.id, None, info.public())
         return {**info.public(), "secret": secret}
 
     key = asyncio.run(with_db(settings, work))
@@ -202,7 +202,7 @@ def cmd_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
         async with db.system() as conn:
             before = next((k.public() for k in await api_keys.list_keys(conn, tenant_id) if k.id == key_id), None)
             revoked = (await api_keys.revoke_key(conn, tenant_id, key_id)).public()
-            await record_change(conn, tenant_id, "key.revoke", key_id, before, revoked)
+            await record_change(db, conn, tenant_id, "key.revoke", key_id, before, revoked)
             return revoked
 
     key = asyncio.run(with_db(settings, work))
@@ -220,7 +220,7 @@ def cmd_key_set(args: argparse.Namespace, settings: Settings) -> int:
             await tenant_service.get_tenant(conn, tenant_id)
             before = next((k.public() for k in await api_keys.list_keys(conn, tenant_id) if k.id == key_id), None)
             changed = (await api_keys.update_key(conn, tenant_id, key_id, roles=roles, tools=tools)).public()
-            await record_change(conn, tenant_id, "key.update", key_id, before, changed)
+            await record_change(db, conn, tenant_id, "key.update", key_id, before, changed)
             return changed
 
     key = asyncio.run(with_db(settings, work))

@@ -7,8 +7,11 @@ onboarding or an interrupted move can simply run again.
   the server a tenant's URL names) with the data-plane tables of `tier_schema`, in one transaction
   (a copy is whole or absent); an existing copy is upgraded to `tier_schema.HEAD` instead.
 - `copy_rows`: the tenant's rows from one data plane to another (`tenant_storage` is rebuilt by the
-  destination's own trigger as the rows arrive, so its counters cannot disagree with the rows).
-- `fingerprint`: row count and an md5 over the rows in key order, per table, for the move's verification.
+  destination's own trigger as the rows arrive, so its counters cannot disagree with the rows);
+- `copy_trail`: the tenant's audit records, every column as stored (seq and hashes unchanged: the
+  chain verifies in its new copy), in batches through a server-side cursor, and its chain head;
+- `fingerprint`: row count and an md5 per table, for the move's verification: over the rows in key
+  order for the data store, over (seq, hash) in seq order for the trail.
 - `drop_copy`: drop the schema or database (after the rows were archived or moved).
 """
 
@@ -74,6 +77,8 @@ async def create_copy(system: AsyncEngine, owner_url: str, placement: Placement,
             await conn.execute(_SET_PATH, {"path": namespace})
         else:
             await conn.exec_driver_sql(f"GRANT USAGE ON SCHEMA public TO {role}")
+            # The trail's functions pin the search path they are made under (`audit_schema.py`): this one.
+            await conn.execute(_SET_PATH, {"path": namespace})
         exists = (await conn.execute(_HAS_TABLES, {"qualified": f"{namespace}.tenant_data"})).scalar_one()
         current = placement.revision if exists else 0
         for statement in tier_schema.upgrade_statements(current, role):
@@ -129,6 +134,45 @@ async def copy_rows(source: AsyncConnection, target: AsyncConnection, tenant_id:
     return len(rows)
 
 
+_TRAIL_COLUMNS = (
+    "tenant_id, at, seq, id, request_id, transport, method, tool, subject, key_id, session, decision, reason,"
+    " outcome, status, latency_us, event_id, args_digest, args, detail, prev_hash, hash"
+)
+# jsonb as its text, cast back on the way in: the same value, and so the same canonical text and hash
+# (through Python's floats a number could come back another).
+_READ_TRAIL = text(  # constants only
+    f"SELECT {_TRAIL_COLUMNS.replace('args, detail', 'args::text AS args, detail::text AS detail')}"  # noqa: S608
+    " FROM audit_records WHERE tenant_id = :t ORDER BY seq"
+)
+_WRITE_TRAIL = text(
+    f"INSERT INTO audit_records ({_TRAIL_COLUMNS}) VALUES ("  # noqa: S608
+    + ", ".join(
+        f"CAST(:{c} AS jsonb)" if c in ("args", "detail") else f":{c}"
+        for c in (name.strip() for name in _TRAIL_COLUMNS.split(","))
+    )
+    + ")"
+)
+_READ_HEAD = text("SELECT seq, hash, anchor_seq, anchor_hash FROM audit_chain_heads WHERE tenant_id = :t")
+_WRITE_HEAD = text(
+    "INSERT INTO audit_chain_heads (tenant_id, seq, hash, anchor_seq, anchor_hash)"
+    " VALUES (:t, :seq, :hash, :anchor_seq, :anchor_hash)"
+)
+_TRAIL_BATCH = 1000
+
+
+async def copy_trail(source: AsyncConnection, target: AsyncConnection, tenant_id: uuid.UUID) -> int:
+    """Copy the tenant's audit trail (records and chain head, as stored); returns how many records."""
+    head = (await source.execute(_READ_HEAD, {"t": tenant_id})).one_or_none()
+    if head is not None:
+        await target.execute(_WRITE_HEAD, {"t": tenant_id, **head._asdict()})
+    copied = 0
+    rows = await source.stream(_READ_TRAIL, {"t": tenant_id})
+    async for batch in rows.partitions(_TRAIL_BATCH):
+        await target.execute(_WRITE_TRAIL, [row._asdict() for row in batch])
+        copied += len(batch)
+    return copied
+
+
 def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -141,6 +185,14 @@ _FINGERPRINTS = {
     "tenant_storage": text(
         "SELECT count(*) AS n, coalesce(md5(string_agg(concat_ws('|', bytes, keys), ',')), '') AS sum"
         " FROM tenant_storage WHERE tenant_id = :t AND keys > 0"
+    ),
+    "audit_records": text(
+        "SELECT count(*) AS n, coalesce(md5(string_agg(seq || ':' || encode(hash, 'hex'), ',' ORDER BY seq)), '')"
+        " AS sum FROM audit_records WHERE tenant_id = :t"
+    ),
+    "audit_chain_heads": text(
+        "SELECT count(*) AS n, coalesce(md5(string_agg(concat_ws('|', seq, encode(hash, 'hex'), anchor_seq,"
+        " encode(anchor_hash, 'hex')), ',')), '') AS sum FROM audit_chain_heads WHERE tenant_id = :t"
     ),
 }
 

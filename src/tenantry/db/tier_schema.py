@@ -3,10 +3,12 @@
 A tier copy holds what the tenant's own tools write, and nothing of the control plane:
 
 - moves with the tenant: `tenant_data` (the data store) and `tenant_storage` (its byte and key
-  counters, kept exact by a trigger as in migration 0011);
+  counters, kept exact by a trigger as in migration 0011), revision 1; and its audit trail,
+  `audit_records` and `audit_chain_heads` with their functions, made from migration 0010's very
+  statements (`audit_schema.py`: the same canonical text, so the same hashes), revision 2;
 - stays in the shared tables: tenants, plans, keys, upstreams and their pins, policies, identity
-  providers, kills, and (for now) usage events and audit records, whose drains, Stripe reporter and
-  hash chain are cross-tenant by design (README "Isolation tiers").
+  providers, kills, and usage events: the operator's billing ledger, which the Stripe reporter reads
+  across tenants (README "Isolation tiers").
 
 Each copy is a second wall, not the only one: every table carries `tenant_id` with forced RLS and a
 policy per command for the application role, exactly like the shared tables (`db/rls.py`), so a
@@ -22,9 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tenantry.db.audit_schema import audit_statements
 from tenantry.db.rls import identifier, tenant_table_policies
 
-DATA_PLANE_TABLES = ("tenant_data", "tenant_storage")
+# What a move copies and verifies, in this order (`db/provision.py`).
+DATA_PLANE_TABLES = ("tenant_data", "tenant_storage", "audit_records", "audit_chain_heads")
 
 # A moved tenant's old copy is fenced: once a move has set `moved` on its storage row (which every write
 # of the data store updates, through the counting trigger), any later write there fails with SQLSTATE
@@ -44,6 +48,22 @@ STORAGE_FENCE_TRIGGER = """
     FOR EACH ROW WHEN (OLD.moved AND NEW.moved)
     EXECUTE FUNCTION tenantry_storage_fence()
 """
+
+# The audit trail's fence, the same idea: a move sets `moved` on the tenant's chain head in the copy it
+# leaves, which waits for the appends in flight (`tenantry_record_audit` holds the head's lock) and makes
+# a later append there fail with TNMOV, since it must move the head on (the drain leaves such records
+# pending and retries them on the new copy). Only an append is fenced: retention may still move the
+# anchor of a fenced head (dropping an old month adds no record). Migration 0018 (shared tables) and
+# revision 2 (tier copies) run these same statements.
+AUDIT_FENCE = (
+    "ALTER TABLE audit_chain_heads ADD COLUMN moved boolean NOT NULL DEFAULT false",
+    """
+    CREATE TRIGGER audit_chain_heads_fence
+    BEFORE UPDATE ON audit_chain_heads
+    FOR EACH ROW WHEN (OLD.moved AND NEW.moved AND (OLD.seq, OLD.hash) IS DISTINCT FROM (NEW.seq, NEW.hash))
+    EXECUTE FUNCTION tenantry_storage_fence()
+    """,
+)
 
 
 def _revision_1(app_role: str) -> list[str]:
@@ -114,9 +134,16 @@ def _revision_1(app_role: str) -> list[str]:
     ]
 
 
+def _revision_2(app_role: str) -> list[str]:
+    """The audit trail (issue #17): 0010's tables and functions, pinned to the copy, and the fence."""
+    return [*audit_statements(identifier(app_role), pinned=True), *AUDIT_FENCE]
+
+
 # REVISIONS[n]: from revision n to n + 1. Append, never edit: copies in the field are on older ones.
-REVISIONS: list[Callable[[str], list[str]]] = [_revision_1]
+REVISIONS: list[Callable[[str], list[str]]] = [_revision_1, _revision_2]
 HEAD = len(REVISIONS)
+# The first revision whose copies hold the tenant's audit trail.
+AUDIT_REVISION = 2
 
 
 def upgrade_statements(current: int, app_role: str, *, target: int | None = None) -> list[str]:

@@ -104,7 +104,7 @@ def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
                 operations=operations,
             )
             after = {**created.public(), "headers": headers}  # only that credentials were set is recorded
-            await record_change(conn, tenant_id, "upstream.create", created.id, None, after)
+            await record_change(db, conn, tenant_id, "upstream.create", created.id, None, after)
         return created.public()
 
     up = _run(settings, work)
@@ -138,7 +138,7 @@ def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     async def work(db: Database) -> dict[str, Any]:
         async with db.tenant(tenant_id, plane=CONTROL) as conn:
             deleted = (await registry.delete_upstream(conn, upstream_id)).public()
-            await record_change(conn, tenant_id, "upstream.delete", upstream_id, deleted, None)
+            await record_change(db, conn, tenant_id, "upstream.delete", upstream_id, deleted, None)
             return deleted
 
     up = _run(settings, work)
@@ -151,7 +151,7 @@ def cmd_rotate(args: argparse.Namespace, settings: Settings) -> int:
         # Cross-tenant by nature: the owner role re-encrypts every tenant's credentials.
         async with db.system() as conn:
             count = await registry.rotate_credentials(conn, SecretBox(settings.secret_keys))
-            await record_change(conn, None, "upstream.rotate_secrets", "*", None, {"rotated": count})
+            await record_change(db, conn, None, "upstream.rotate_secrets", "*", None, {"rotated": count})
             return count
 
     count = _run(settings, work)

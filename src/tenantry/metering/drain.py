@@ -22,6 +22,12 @@ event by event, and moves what is still refused, with the reason, to
 `<stream>:dead` before acknowledging it. `/health` shows how many are there.
 Entries in the eight-field format of gateways before 0006 are still read.
 
+A tenant moving between isolation tiers (its audit trail moves with it, `metering/storing.py`) is not
+"never storable" but "not yet": its entries are neither stored, nor acknowledged, nor set aside. They
+stay pending, the rest of the batch is stored and acknowledged, and the drain reads its pending entries
+again about a second later (`retry_ms`), until the move is done and they land in the tenant's new copy
+(once: they are re-read as not `fresh`, so each record is looked for by id first).
+
 Shards (`ledger.ledger_streams`): one drainer reads every shard of the ledger, each with its own consumer
 group, so each stream keeps the guarantees above, and stores what it read from all of them with one
 statement. On a single Redis one blocking XREADGROUP reads them all, as it read the one stream; on a
@@ -47,13 +53,22 @@ from redis.exceptions import ResponseError
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
+from tenantry.errors import Unavailable
 from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.entries import Dead, Docs, Entry, field_pairs, group_entries, parse_entry, stream_entries
-from tenantry.metering.ledger import REDIS_ERRORS, insert_documents, stream_key, unstorable
+from tenantry.metering.ledger import REDIS_ERRORS, stream_key
+from tenantry.metering.storing import insert_documents, store_documents, unstorable
 
 log = logging.getLogger(__name__)
 
 GROUP = "ledger"
+
+
+def _tenant_of(fields: dict[bytes, bytes]) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(fields[b"t"].decode())
+    except (KeyError, ValueError):  # UnicodeDecodeError too
+        return None
 
 
 def dead_letter_key(stream: str) -> str:
@@ -77,6 +92,7 @@ class LedgerDrainer:
         stream: str | Sequence[str] = stream_key(),
         timeout_s: float = 5.0,
         poll_ms: int = 100,
+        retry_ms: int = 1000,
     ) -> None:
         """`linger_ms`: after a batch that was not full, wait this long for more events, so under load
         the drain moves them in batches (one transaction for many calls) instead of one by one.
@@ -86,7 +102,8 @@ class LedgerDrainer:
         behind it on a shared one. A redis-py client is bounded by `timeout_s` per command.
 
         `stream`: the ledger's stream, or its shards (`ledger_streams`). `poll_ms`: on a Redis Cluster,
-        how long the drain waits after a pass that found every shard empty (it cannot block on all)."""
+        how long the drain waits after a pass that found every shard empty (it cannot block on all).
+        `retry_ms`: how soon entries left pending for a tenant moving between tiers are read again."""
         self.streams = (stream,) if isinstance(stream, str) else tuple(stream)
         self.stream = self.streams[0]
         self._commands = as_commands(client, timeout=timeout_s)
@@ -96,6 +113,7 @@ class LedgerDrainer:
         self._claim_idle_ms = claim_idle_ms
         self._linger_s = linger_ms / 1000
         self._poll_s = poll_ms / 1000
+        self._retry_s = retry_ms / 1000
         # A cluster refuses a command naming keys of several slots: there, read each shard on its own.
         self._one_read = len(self.streams) == 1 or not getattr(self._commands, "cluster", False)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -103,6 +121,7 @@ class LedgerDrainer:
         self.dead = dead_letter_key(self.stream)
         self.drained = 0
         self.dead_lettered = 0
+        self.left_pending = 0  # entries the last batch left pending (their tenant is moving between tiers)
         self.last_error: str | None = None
 
     async def ensure_group(self) -> None:
@@ -127,10 +146,11 @@ class LedgerDrainer:
         live = [entry for entry in entries if entry[2]]
         batch, audit, odd = group_entries(live)
         moved = 0
+        waiting: frozenset[uuid.UUID] = frozenset()
         if batch or audit:
             try:
-                await insert_documents(self._db, batch, audit, fresh=fresh)
-                moved = sum(len(docs) for docs in batch.values())
+                waiting = (await store_documents(self._db, batch, audit, fresh=fresh)).waiting
+                moved = sum(len(docs) for tenant, docs in batch.items() if tenant not in waiting)
             except DBAPIError as exc:
                 if not unstorable(exc):
                     raise
@@ -143,10 +163,19 @@ class LedgerDrainer:
             moved += stored
         if dead:
             await self._dead_letter(dead)
+        self.left_pending = 0
+        if waiting:  # their tenant is moving: not stored yet, so not acknowledged (read again soon)
+            left = {entry_id for stream, entry_id, fields in live if _tenant_of(fields) in waiting}
+            self.left_pending = len(left)
+            for stream in ids:
+                ids[stream] = [entry_id for entry_id in ids[stream] if entry_id not in left]
         acks: list[tuple[str | bytes, ...]] = []
         for stream, stream_ids in ids.items():
+            if not stream_ids:
+                continue
             acks += [("XACK", stream, GROUP, *stream_ids), ("XDEL", stream, *stream_ids)]
-        await self._commands.execute_many(acks)
+        if acks:
+            await self._commands.execute_many(acks)
         self.drained += moved
         return len(entries)
 
@@ -268,11 +297,13 @@ class LedgerDrainer:
                     if recover:
                         next_recovery = loop.time() + self._claim_idle_ms / 2000
                     moved = await self.drain_once(block=True, recover=recover)
+                    if self.left_pending:  # a tenant moving between tiers: its entries are read again soon
+                        next_recovery = min(next_recovery, loop.time() + self._retry_s)
                     self.last_error = None
                     backoff = 0.1
                     if 0 < moved < self._batch:
                         await self._pause(self._linger_s)
-            except (*REDIS_ERRORS, DBAPIError) as exc:
+            except (*REDIS_ERRORS, DBAPIError, Unavailable) as exc:  # Unavailable: on the slow path, a move
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("ledger drain failed (%s); retrying in %.1fs", self.last_error, backoff)
                 await self._pause(backoff)
@@ -285,9 +316,10 @@ class LedgerDrainer:
         try:
             await self.ensure_group()
             while time.monotonic() < deadline:
-                if await self.drain_once(block=False) == 0:
+                read = await self.drain_once(block=False)
+                if read == 0 or read == self.left_pending:  # nothing, or only what waits for a move
                     return
-        except (*REDIS_ERRORS, DBAPIError) as exc:
+        except (*REDIS_ERRORS, DBAPIError, Unavailable) as exc:
             log.warning("ledger: final drain incomplete: %s", exc)
 
     def stop(self) -> None:

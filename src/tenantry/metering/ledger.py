@@ -53,17 +53,18 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry.db.engine import Database
+from tenantry.errors import Unavailable
 from tenantry.metering.commands import RedisCommands, as_commands
 from tenantry.metering.meter import Meter
 from tenantry.metering.slots import SLOTS, key_slot
+from tenantry.metering.storing import insert_documents as insert_documents
+from tenantry.metering.storing import unstorable as unstorable
 
 log = logging.getLogger(__name__)
 
@@ -189,67 +190,6 @@ class LedgerUnavailable(Exception):
     """Neither Redis nor PostgreSQL took the event."""
 
 
-_RECORD = text(
-    "SELECT tenantry_record_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[]))"
-)
-_RECORD_WITH_AUDIT = text(
-    "SELECT tenantry_record_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[])),"
-    " tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]), CAST(:a_docs AS json[]),"
-    " :fresh)"
-)
-_RECORD_AUDIT = text(
-    "SELECT 0, tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]),"
-    " CAST(:a_docs AS json[]), :fresh)"
-)
-
-# SQLSTATE classes that mean "this data can never be stored" (a data exception such as malformed
-# JSON or a bad uuid; an integrity violation such as a tenant that no longer exists), not "try again
-# later". Not permission errors: a role missing its grant would otherwise divert every event to the
-# dead-letter stream, where a stalled drain (lag and last_error in /health) gets it fixed.
-_UNSTORABLE = ("22", "23")
-
-
-def unstorable(exc: DBAPIError) -> bool:
-    state = getattr(exc.orig, "sqlstate", None) or ""
-    return state.startswith(_UNSTORABLE)
-
-
-async def insert_documents(
-    db: Database,
-    batch: dict[uuid.UUID, list[str]],
-    audit: dict[uuid.UUID, list[str]] | None = None,
-    *,
-    fresh: bool = False,
-) -> int:
-    """Store usage events and audit records given as documents, grouped by tenant, in one statement
-    whatever the number of tenants (`tenantry_record_usage` and `tenantry_record_audit` bind each in
-    turn, under RLS); return how many usage events were new. Audit records go in tenant order, the
-    order every writer locks the tenants' chains in. `fresh`: the drain read these entries for the
-    first time, so no audit record of them can be stored yet (none is looked for)."""
-    if not batch and not audit:
-        return 0
-    params: dict[str, Any] = {}
-    if batch:
-        # In tenant order too: each tenant's insert updates its roll-up rows (migration 0012), and two
-        # drains that locked them in different orders could deadlock.
-        usage = sorted(batch)
-        params["tenants"] = usage
-        params["counts"] = [len(batch[t]) for t in usage]
-        params["events"] = [doc for t in usage for doc in batch[t]]
-    if audit:
-        tenants = sorted(audit)
-        params["a_tenants"] = tenants
-        params["a_counts"] = [len(audit[t]) for t in tenants]
-        params["a_docs"] = [doc for t in tenants for doc in audit[t]]
-        params["fresh"] = fresh
-    statement = _RECORD if not audit else (_RECORD_WITH_AUDIT if batch else _RECORD_AUDIT)
-    # One statement is its own transaction (the functions' tenant bindings end with it): no BEGIN/COMMIT.
-    async with db.app_engine.connect() as conn:
-        autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = (await autocommit.execute(statement, params)).one()
-        return int(row[0])
-
-
 async def insert_events(db: Database, events: Iterable[UsageEvent]) -> int:
     """Insert idempotently as the app role; return how many were new."""
     batch: dict[uuid.UUID, list[str]] = defaultdict(list)
@@ -305,7 +245,7 @@ class Ledger:
             await insert_documents(
                 self._db, {event.tenant_id: [event.document()]}, {event.tenant_id: [audit]} if audit else None
             )
-        except (DBAPIError, OSError) as exc:
+        except (DBAPIError, OSError, Unavailable) as exc:  # Unavailable: the tenant is moving between tiers
             raise LedgerUnavailable(str(exc)) from exc
 
     async def append(self, tenant_id: uuid.UUID, audit: str) -> None:
@@ -321,5 +261,5 @@ class Ledger:
         self.fallbacks += 1
         try:
             await insert_documents(self._db, {}, {tenant_id: [audit]})
-        except (DBAPIError, OSError) as exc:
+        except (DBAPIError, OSError, Unavailable) as exc:
             raise LedgerUnavailable(str(exc)) from exc
