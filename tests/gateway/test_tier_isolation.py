@@ -3,6 +3,7 @@ a key of one tier cannot name a tenant of another, and `/health?tenant=` proves 
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -11,6 +12,7 @@ from sqlalchemy import text
 
 from tenantry.db.engine import Database
 from tenantry.db.router import database_name
+from tests.audit.test_trail import trail
 from tests.conftest import OPS, TEST_DB, Admin, TenantHandle
 from tests.gateway.test_isolation import call
 
@@ -146,3 +148,45 @@ async def test_offboarding_archives_a_tier_tenants_data_into_the_shared_tables_a
         ).scalar_one()
     assert list(archived) == ["archived"]
     assert dropped == 0
+    # Its trail came back with it (a trail outlives its tenant), whole: the call is there and the chain verifies.
+    records = await trail(admin, tenant.id, tool="data_put")
+    assert [r["outcome"] for r in records] == ["ok"]
+    verified = (await admin.http.get(f"/api/tenants/{tenant.id}/audit/verify")).json()
+    assert verified["intact"], verified
+    async with db.system() as conn:
+        shared = await conn.execute(
+            text("SELECT count(*) FROM public.audit_records WHERE tenant_id = :t"), {"t": tenant.id}
+        )
+        assert shared.scalar_one() == verified["head_seq"]
+
+
+async def test_a_tier_tenants_calls_are_audited_in_its_copy_and_rest_lists_exports_and_verifies_them(
+    admin: Admin, gateway_url: str, db: Database, tiered: dict[str, TenantHandle]
+) -> None:
+    for tier in ("schema", "database"):
+        tenant = tiered[tier]
+        for n in range(3):
+            put = await call(f"{gateway_url}/mcp", tenant.headers, "http", "data_put", {"key": f"k{n}", "value": n})
+            assert not put.is_error, put
+        records = await trail(admin, tenant.id, tool="data_put")
+        assert [(r["decision"], r["outcome"]) for r in records] == [("admitted", "ok")] * 3
+        base = f"/api/tenants/{tenant.id}/audit"
+        exported = await admin.http.get(f"{base}/export", params={"tool": "data_put"})
+        assert exported.status_code == 200, exported.text
+        assert sorted(json.loads(line)["id"] for line in exported.text.splitlines()) == sorted(r["id"] for r in records)
+        verified = (await admin.http.get(f"{base}/verify")).json()
+        assert verified["intact"], verified
+        assert verified["checked"] == verified["head_seq"] >= 3
+        tenant_id = uuid.UUID(tenant.id)
+        async with db.system_data(tenant_id) as conn:  # the records are in the tenant's own copy...
+            kept = await conn.execute(text("SELECT count(*) FROM audit_records WHERE tenant_id = :t"), {"t": tenant_id})
+            assert kept.scalar_one() == verified["head_seq"]
+        async with db.system() as conn:  # ...and none in the shared tables (its usage events are there)
+            shared = await conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM public.audit_records WHERE tenant_id = :t),"
+                    " (SELECT count(*) FROM usage_events WHERE tenant_id = :t AND tool = 'data_put')"
+                ),
+                {"t": tenant_id},
+            )
+            assert tuple(shared.one()) == (0, 3)

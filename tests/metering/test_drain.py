@@ -13,13 +13,19 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from tenantry import tiers
+from tenantry.audit import store
 from tenantry.audit.records import AuditRecord
 from tenantry.db.engine import Database
+from tenantry.db.router import SCHEMA
 from tenantry.metering.drain import GROUP, LedgerDrainer, dead_letter_key, oldest_undrained_age_ms
 from tenantry.metering.ledger import Ledger, insert_events
 from tenantry.metering.resp import RespClient
 from tenantry.settings import Settings
-from tests.conftest import Admin
+from tests.audit.test_chain import record
+from tests.conftest import Admin, eventually
+from tests.db.test_tier_trails import in_copy
+from tests.db.test_tiers import _put, _tenant
 from tests.metering.test_ledger import event, stored
 
 
@@ -226,3 +232,46 @@ async def test_an_audit_record_that_can_never_be_stored_does_not_take_its_calls_
     async with db.tenant(uuid.UUID(tenant.id)) as conn:
         methods = (await conn.execute(text("SELECT method FROM audit_records"))).scalars().all()
     assert "GET /x" in methods
+
+
+async def test_records_of_a_tenant_moving_between_tiers_wait_in_the_stream_and_land_once_in_its_new_copy(
+    redis: Redis, db: Database, settings: Settings, stream: str
+) -> None:
+    tenant_id, other = await _tenant(db), await _tenant(db)
+    await _put(db, tenant_id, "kept")
+    ledger = Ledger(redis, db, stream=stream)
+    for n in range(1, 4):
+        await ledger.append(tenant_id, record(tenant_id, n).document())
+    drainer = LedgerDrainer(redis, db, stream=stream, block_ms=50, linger_ms=10, retry_ms=50)
+    await drainer.flush()
+    async with db.system() as conn:  # a move's first step, the claim: the tenant's trail is nowhere to write
+        await conn.execute(text("UPDATE tenants SET moving_since = now() WHERE id = :t"), {"t": tenant_id})
+    db.router.forget(tenant_id)
+    call = event(str(tenant_id), 1)
+    await ledger.record(call, audit=record(tenant_id, 4).document())  # a call's event and record, one entry
+    await ledger.append(tenant_id, record(tenant_id, 5).document())
+    await ledger.append(other, record(other, 1).document())
+    await drainer.flush()
+    # Neither stored, nor acknowledged, nor set aside: pending; the other tenant's went through.
+    assert drainer.left_pending == 2
+    assert await redis.xlen(stream) == 2
+    assert await redis.xlen(dead_letter_key(stream)) == 0
+    assert await stored(db, str(tenant_id)) == []
+    assert (await store.verify(db, other)).checked == 1
+
+    task = asyncio.create_task(drainer.run())  # the running drain reads them again until they land
+    try:
+        await tiers.move_tenant(db, settings, tenant_id, SCHEMA)
+
+        async def drained() -> bool:
+            return await redis.xlen(stream) == 0
+
+        await eventually(drained, within=10, what="the waiting entries' storage")
+    finally:
+        drainer.stop()
+        await task
+    assert [seq for seq, _ in await in_copy(db, tenant_id)] == [1, 2, 3, 4, 5]
+    assert await stored(db, str(tenant_id)) == [call.event_id]  # billed once
+    verified = await store.verify(db, tenant_id)
+    assert (verified.intact, verified.checked) == (True, 5)
+    assert await redis.xlen(dead_letter_key(stream)) == 0

@@ -58,6 +58,7 @@ class Stored:
     # Tenants moving between isolation tiers (or whose copy cannot be written right now): their entries
     # must stay pending and be stored again later (idempotent: by event id, by audit record id).
     waiting: frozenset[uuid.UUID] = frozenset()
+    why: Unavailable | None = None  # the first reason one was left waiting
 
 
 async def store_documents(
@@ -91,14 +92,16 @@ async def store_documents(
                 db.router.forget(tenant_id)
     else:
         raise tenant_moving()
+    why = tenant_moving() if waiting else None
     for tenant_id in sorted(routed):
         params = {"t": [tenant_id], "n": [len(routed[tenant_id])], "docs": routed[tenant_id], "fresh": fresh}
         try:
             async with db.tenant(tenant_id) as conn:
                 await conn.execute(_RECORD_AUDIT_COPY, params)
-        except Unavailable:
+        except Unavailable as exc:  # moving, a copy not migrated yet, its pools busy: all retryable
             waiting.add(tenant_id)
-    return Stored(new, frozenset(waiting))
+            why = why or exc
+    return Stored(new, frozenset(waiting), why)
 
 
 _ROUTE_ATTEMPTS = 3
@@ -163,9 +166,9 @@ async def insert_documents(
     turn, under RLS), and each tier tenant's audit records in its own copy (`store_documents`); return
     how many usage events were new. Audit records go in tenant order, the order every writer locks the
     tenants' chains in. `fresh`: the drain read these entries for the first time, so no audit record of
-    them can be stored yet (none is looked for). Raises a retryable `tenant_moving` when a tenant's
-    records could not be stored because it is moving (the others were)."""
+    them can be stored yet (none is looked for). Raises a retryable `Unavailable` (`tenant_moving`, say)
+    when a tenant's records could not be stored yet (the others were)."""
     stored = await store_documents(db, batch, audit, fresh=fresh)
-    if stored.waiting:
-        raise tenant_moving()
+    if stored.why is not None:
+        raise stored.why
     return stored.new
