@@ -331,7 +331,7 @@ async def test_a_stateful_session_is_served_through_any_replica_and_ends_with_it
             assert listed.headers.get_list("x-request-id") == [request_id]
 
     async def audited(request_id: str) -> int:
-        async with db.system() as conn:
+        async with db.system_data(uuid.UUID(tenant.id)) as conn:  # its trail, wherever its tier keeps it
             found = await conn.execute(
                 text("SELECT count(*) FROM audit_records WHERE request_id = :r"), {"r": request_id}
             )

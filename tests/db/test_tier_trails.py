@@ -195,7 +195,9 @@ async def test_maintenance_makes_partitions_in_every_copy_and_one_failing_copy_s
     assert (await store.verify(db, good)).intact
 
 
-async def test_migrate_gives_a_revision_1_copy_its_trail_and_keeps_its_data(db: Database, settings: Settings) -> None:
+async def test_migrate_gives_a_revision_1_copy_the_trail_its_tenant_left_in_the_shared_tables_and_keeps_its_data(
+    db: Database, settings: Settings
+) -> None:
     tenant_id = await tiered(db, settings, SCHEMA)
     await _put(db, tenant_id, "kept")
     async with db.system_data(tenant_id) as conn:  # what a copy made before revision 2 holds
@@ -203,16 +205,24 @@ async def test_migrate_gives_a_revision_1_copy_its_trail_and_keeps_its_data(db: 
             await conn.execute(text(statement))
     async with db.system() as conn:
         await conn.execute(text("UPDATE tenants SET placement_revision = 1 WHERE id = :t"), {"t": tenant_id})
+        # Until then its records went to the shared trail.
+        await conn.execute(
+            text("SELECT public.tenantry_record_audit(CAST(:t AS uuid[]), ARRAY[2], CAST(:d AS json[]))"),
+            {"t": [tenant_id], "d": [record(tenant_id, n).document() for n in (1, 2)]},
+        )
     db.router.forget(tenant_id)
     with pytest.raises(Unavailable) as refused:
-        await write(db, tenant_id, range(1, 2))
+        await write(db, tenant_id, range(3, 4))
     assert refused.value.code == "tenant_not_migrated"
 
     [report] = await migrate_tiers(db, tenant_id=tenant_id)
     assert (report["from"], report["revision"], report["status"]) == (1, tier_schema.HEAD, "ok")
-    await write(db, tenant_id, range(1, 4))
-    assert [seq for seq, _ in await in_copy(db, tenant_id)] == [1, 2, 3]
-    assert (await store.verify(db, tenant_id)).intact
+    assert [seq for seq, _ in await in_copy(db, tenant_id)] == [1, 2]  # adopted, and gone from the shared trail
+    assert await in_shared(db, tenant_id) == 0
+    await write(db, tenant_id, range(3, 5))  # the chain goes on in the copy
+    assert [seq for seq, _ in await in_copy(db, tenant_id)] == [1, 2, 3, 4]
+    verified = await store.verify(db, tenant_id)
+    assert (verified.intact, verified.checked) == (True, 4)
     assert await _keys(db, tenant_id) == ["kept"]
 
 

@@ -191,7 +191,7 @@ async def test_a_sigkilled_gateway_loses_no_event_or_audit_record_of_a_returned_
         await eventually(all_returned_results_are_in_the_ledger, within=30)
 
         async def every_answer_is_audited() -> bool:
-            async with db.system() as conn:
+            async with db.system_data(uuid.UUID(tenant.id)) as conn:  # its trail, wherever its tier keeps it
                 rows = (
                     await conn.execute(
                         text("SELECT event_id, request_id FROM audit_records WHERE tenant_id = :t"),
@@ -201,7 +201,7 @@ async def test_a_sigkilled_gateway_loses_no_event_or_audit_record_of_a_returned_
             return {str(r.event_id) for r in rows} >= set(returned) and {r.request_id for r in rows} >= set(refusals)
 
         await eventually(every_answer_is_audited, within=30)
-        async with db.system() as conn:
+        async with db.system_data(uuid.UUID(tenant.id)) as conn:
             audited = (
                 await conn.execute(
                     text(
@@ -211,6 +211,7 @@ async def test_a_sigkilled_gateway_loses_no_event_or_audit_record_of_a_returned_
                     {"t": uuid.UUID(tenant.id)},
                 )
             ).one()
+        async with db.system() as conn:
             row = (
                 await conn.execute(
                     text(

@@ -5,7 +5,10 @@ onboarding or an interrupted move can simply run again.
 
 - `create_copy`: the schema (on the shared database) or the database (on the shared server, or on
   the server a tenant's URL names) with the data-plane tables of `tier_schema`, in one transaction
-  (a copy is whole or absent); an existing copy is upgraded to `tier_schema.HEAD` instead.
+  (a copy is whole or absent); an existing copy is upgraded to `tier_schema.HEAD` instead, and one
+  made before its tenant's trail moved into it (revision 2) gets, in the same transaction, the
+  records that tenant left in the shared trail until then (`adopt_trail`; the caller removes them
+  from the shared tables once the new revision is recorded).
 - `copy_rows`: the tenant's rows from one data plane to another (`tenant_storage` is rebuilt by the
   destination's own trigger as the rows arrive, so its counters cannot disagree with the rows);
 - `copy_trail`: the tenant's audit records, every column as stored (seq and hashes unchanged: the
@@ -62,8 +65,11 @@ async def owner_transaction(
         yield conn
 
 
-async def create_copy(system: AsyncEngine, owner_url: str, placement: Placement, app_role: str) -> int:
-    """Create (or upgrade) `placement`'s copy; returns the revision it is on (`tier_schema.HEAD`)."""
+async def create_copy(
+    system: AsyncEngine, owner_url: str, placement: Placement, app_role: str, *, tenant_id: uuid.UUID | None = None
+) -> int:
+    """Create (or upgrade) `placement`'s copy; returns the revision it is on (`tier_schema.HEAD`). With
+    `tenant_id`, an upgrade past `AUDIT_REVISION` brings that tenant's shared trail along (`adopt_trail`)."""
     role = identifier(app_role)
     if placement.tier == DATABASE:
         await _create_database(owner_url)
@@ -83,7 +89,26 @@ async def create_copy(system: AsyncEngine, owner_url: str, placement: Placement,
         current = placement.revision if exists else 0
         for statement in tier_schema.upgrade_statements(current, role):
             await conn.exec_driver_sql(statement)
+        if tenant_id is not None and 0 < current < tier_schema.AUDIT_REVISION:
+            await adopt_trail(system, conn, tenant_id)
     return tier_schema.HEAD
+
+
+async def adopt_trail(system: AsyncEngine, target: AsyncConnection, tenant_id: uuid.UUID) -> int:
+    """Copy the tenant's records from the shared trail into `target` (its copy, just given the trail's
+    tables) and verify them; returns how many. Nothing appends there meanwhile: the router refuses a copy
+    on an older revision, so the drain leaves the tenant's new records waiting."""
+    async with system.begin() as source:
+        await source.execute(_LOCK_HEAD, {"t": tenant_id})
+        adopted = await copy_trail(source, target, tenant_id)
+        before, after = await fingerprint(source, tenant_id, _TRAIL), await fingerprint(target, tenant_id, _TRAIL)
+    if before != after:
+        raise RuntimeError(f"the adopted trail does not match the shared one: {before} != {after}")
+    return adopted
+
+
+_LOCK_HEAD = text("SELECT 1 FROM audit_chain_heads WHERE tenant_id = :t FOR UPDATE")
+_TRAIL = ("audit_records", "audit_chain_heads")
 
 
 async def _create_database(owner_url: str) -> None:
@@ -197,10 +222,12 @@ _FINGERPRINTS = {
 }
 
 
-async def fingerprint(conn: AsyncConnection, tenant_id: uuid.UUID) -> dict[str, dict[str, object]]:
-    """{table: {"rows", "checksum"}} of the tenant's data plane on `conn`."""
+async def fingerprint(
+    conn: AsyncConnection, tenant_id: uuid.UUID, tables: tuple[str, ...] = tier_schema.DATA_PLANE_TABLES
+) -> dict[str, dict[str, object]]:
+    """{table: {"rows", "checksum"}} of the tenant's data plane (or of `tables` of it) on `conn`."""
     found: dict[str, dict[str, object]] = {}
-    for table in tier_schema.DATA_PLANE_TABLES:
+    for table in tables:
         row = (await conn.execute(_FINGERPRINTS[table], {"t": tenant_id})).one()
         found[table] = {"rows": int(row.n), "checksum": row.sum}
     return found

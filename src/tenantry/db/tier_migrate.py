@@ -5,6 +5,12 @@ own transaction: a failure (a server down, a copy changed by hand) is reported f
 others go on; running it again continues where it stopped, since a copy's revision is recorded on the
 tenant row only once its upgrade committed. Until then the router refuses the tenant's calls with a
 retryable `tenant_not_migrated` instead of serving them against tables it does not know.
+
+Revision 2 moves the tenant's audit trail into its copy: the records it left in the shared trail until
+then are copied in with the tables, in their transaction (`provision.adopt_trail`), and removed from
+the shared tables in the transaction that records the revision, so the trail is in exactly one place
+whatever fails in between (until the revision is recorded, the copy's is not read, and its new records
+wait in the ledger's stream).
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ _TIERED = text(
     """
 )
 _RECORD = text("UPDATE tenants SET placement_revision = :revision WHERE id = :id AND placement_revision = :was")
+_FORGET_SHARED_TRAIL = (
+    text("DELETE FROM audit_chain_heads WHERE tenant_id = :t"),
+    text("DELETE FROM audit_records WHERE tenant_id = :t"),
+)
 
 
 async def migrate_tiers(db: Database, *, tenant_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
@@ -40,10 +50,14 @@ async def migrate_tiers(db: Database, *, tenant_id: uuid.UUID | None = None) -> 
             if row.placement_revision < tier_schema.HEAD:
                 db.router.forget(row.id)
                 placement = await db.router.placement(row.id)
-                revision = await create_copy(db.system_engine, db.router.owner_url(placement), placement, db.app_role)
+                owner_url = db.router.owner_url(placement)
+                revision = await create_copy(db.system_engine, owner_url, placement, db.app_role, tenant_id=row.id)
                 async with db.system() as conn:
                     params = {"revision": revision, "id": row.id, "was": row.placement_revision}
-                    await conn.execute(_RECORD, params)
+                    recorded = (await conn.execute(_RECORD, params)).rowcount
+                    if recorded and row.placement_revision < tier_schema.AUDIT_REVISION:
+                        for forget in _FORGET_SHARED_TRAIL:  # adopted by the copy, in its upgrade
+                            await conn.execute(forget, {"t": row.id})
                     note_tenant_changed(conn, row.id)
             entry.update(revision=tier_schema.HEAD, status="ok")
         except Exception as exc:  # one tenant's failure is reported; the others are still migrated
