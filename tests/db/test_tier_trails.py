@@ -236,3 +236,42 @@ async def test_a_cli_change_of_a_tier_tenant_is_recorded_in_its_trail(db: Databa
         assert [r["detail"]["changes"]["plan"] for r in page] == [{"before": "free", "after": "pro"}]
         assert await in_shared(db, tenant_id) == 0
         assert (await store.verify(db, tenant_id)).intact
+
+
+async def test_a_move_that_fails_half_way_leaves_the_trail_where_it_was_and_appendable(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant_id = await _tenant(db)
+    await write(db, tenant_id, range(1, 4))
+
+    async def broken(*_: object) -> int:
+        raise OSError("the target went away mid-copy")
+
+    monkeypatch.setattr(tiers, "copy_trail", broken)
+    with pytest.raises(OSError, match="mid-copy"):
+        await tiers.move_tenant(db, settings, tenant_id, SCHEMA)
+    assert (await tiers.describe(db, settings, tenant_id))["tier"] == SHARED
+    await write(db, tenant_id, range(4, 5))  # unfenced: the trail goes on where it is
+    verified = await store.verify(db, tenant_id)
+    assert (verified.intact, verified.checked) == (True, 4)
+    assert await in_shared(db, tenant_id) == 4
+
+
+async def test_a_cli_change_of_a_moving_tenant_is_refused_retryably_and_changes_nothing(
+    db: Database, settings: Settings
+) -> None:
+    tenant_id = await tiered(db, settings, SCHEMA)
+    async with db.system() as conn:
+        await conn.execute(text("UPDATE tenants SET moving_since = now() WHERE id = :t"), {"t": tenant_id})
+    try:
+        refused = run(settings, "tenant", "set", str(tenant_id), "--plan", "pro", "--json")
+        assert refused.returncode != 0
+        assert '"tenant_moving"' in refused.stdout + refused.stderr
+    finally:
+        async with db.system() as conn:
+            await conn.execute(text("UPDATE tenants SET moving_since = NULL WHERE id = :t"), {"t": tenant_id})
+        db.router.forget(tenant_id)
+    async with db.system() as conn:
+        plan = await conn.execute(text("SELECT plan FROM tenants WHERE id = :t"), {"t": tenant_id})
+        assert plan.scalar_one() == "free"
+    assert await in_copy(db, tenant_id) == []
