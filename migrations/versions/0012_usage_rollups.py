@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from alembic import op
 
+from tenantry.db.refusal_schema import ROLL_UP_REFUSALS, UPSERT_REFUSALS, over, refusal_statements
 from tenantry.db.rls import drop_tenant_table_policies, migration_app_role, tenant_table_policies
 
 revision = "0012"
@@ -77,30 +78,10 @@ _UPSERT_EVENTS = """
         latency_histogram = tenantry_histogram_add(r.latency_histogram, excluded.latency_histogram)
 """
 
-# Refused audit records (as `source`) grouped into roll-up rows.
-_ROLL_UP_REFUSALS = """
-    SELECT tenant_id, bucket, kind, name, reason, count(*) AS refusals
-    FROM (SELECT tenant_id, date_trunc('hour', at, 'UTC') AS bucket,
-                 tenantry_refusal_kind(method, tool) AS kind, coalesce(tenantry_usage_name(tool), method) AS name,
-                 coalesce(reason, outcome) AS reason
-          FROM source WHERE decision = 'refused') a
-    GROUP BY tenant_id, bucket, kind, name, reason
-"""
-
-_UPSERT_REFUSALS = """
-    INSERT INTO refusal_rollups AS r (tenant_id, bucket, kind, name, reason, refusals)
-    {rows}
-    ORDER BY tenant_id, bucket, kind, name, reason
-    ON CONFLICT (tenant_id, bucket, kind, name, reason) DO UPDATE SET refusals = r.refusals + excluded.refusals
-"""
-
-
-def _over(rows: str, source: str) -> str:
-    return rows.replace("FROM source", f"FROM {source}")
-
 
 def upgrade() -> None:
     role = migration_app_role()
+    refusal = refusal_statements()
     bounds = ", ".join(str(float(b)) for b in _BOUNDS)
     op.execute(
         f"""
@@ -108,38 +89,11 @@ def upgrade() -> None:
         LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT ARRAY[{bounds}]::double precision[] $$
         """
     )
-    op.execute(
-        """
-        CREATE FUNCTION tenantry_usage_kind(tool text) RETURNS text
-        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-            SELECT CASE WHEN tool LIKE 'resource:%' THEN 'resource' WHEN tool LIKE 'prompt:%' THEN 'prompt'
-                        ELSE 'tool' END
-        $$
-        """
-    )
-    op.execute(
-        """
-        CREATE FUNCTION tenantry_usage_name(tool text) RETURNS text
-        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-            SELECT CASE WHEN tool LIKE 'resource:%' THEN substr(tool, 10) WHEN tool LIKE 'prompt:%'
-                        THEN substr(tool, 8) ELSE tool END
-        $$
-        """
-    )
+    op.execute(refusal["usage_kind"])
+    op.execute(refusal["usage_name"])
     # A refusal of a call names its tool; a read's or a prompt get's names its URI or prompt (with or
     # without the usage prefix); a request of no tool (a refused listing) is counted under its method.
-    op.execute(
-        """
-        CREATE FUNCTION tenantry_refusal_kind(method text, tool text) RETURNS text
-        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-            SELECT CASE WHEN tool IS NULL THEN 'request'
-                        WHEN tenantry_usage_kind(tool) <> 'tool' THEN tenantry_usage_kind(tool)
-                        WHEN method = 'resources/read' THEN 'resource'
-                        WHEN method = 'prompts/get' THEN 'prompt'
-                        ELSE 'tool' END
-        $$
-        """
-    )
+    op.execute(refusal["refusal_kind"])
     # Element-wise sum of two histograms (a roll-up row's and a batch's).
     op.execute(
         """
@@ -168,19 +122,7 @@ def upgrade() -> None:
         )
         """
     )
-    op.execute(
-        """
-        CREATE TABLE refusal_rollups (
-            tenant_id uuid NOT NULL,
-            bucket timestamptz NOT NULL,
-            kind text NOT NULL,
-            name text NOT NULL,
-            reason text NOT NULL,
-            refusals bigint NOT NULL,
-            PRIMARY KEY (tenant_id, bucket, kind, name, reason)
-        )
-        """
-    )
+    op.execute(refusal["table"])
     for table in ("usage_rollups", "refusal_rollups"):
         for statement in tenant_table_policies(table, role):
             op.execute(statement)
@@ -190,7 +132,7 @@ def upgrade() -> None:
         f"""
         CREATE FUNCTION tenantry_rollup_usage() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER AS $$
         BEGIN
-            {_UPSERT_EVENTS.format(rows=_over(_ROLL_UP_EVENTS, "added"))};
+            {_UPSERT_EVENTS.format(rows=over(_ROLL_UP_EVENTS, "added"))};
             RETURN NULL;
         END
         $$
@@ -202,57 +144,25 @@ def upgrade() -> None:
         REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION tenantry_rollup_usage()
         """
     )
-    op.execute(
-        f"""
-        CREATE FUNCTION tenantry_rollup_refusals() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER AS $$
-        BEGIN
-            {_UPSERT_REFUSALS.format(rows=_over(_ROLL_UP_REFUSALS, "added"))};
-            RETURN NULL;
-        END
-        $$
-        """
-    )
-    op.execute(
-        """
-        CREATE TRIGGER audit_records_rollup AFTER INSERT ON audit_records
-        REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION tenantry_rollup_refusals()
-        """
-    )
+    op.execute(refusal["rollup_function"])
+    op.execute(refusal["rollup_trigger"])
     # Only partition maintenance deletes records (to re-insert them into a new partition; the app role
     # cannot delete): what it takes out is taken out of the roll-ups, so the move counts nothing twice.
-    op.execute(
-        """
-        CREATE FUNCTION tenantry_unroll_refusal() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER AS $$
-        BEGIN
-            UPDATE refusal_rollups SET refusals = refusals - 1
-            WHERE tenant_id = OLD.tenant_id AND bucket = date_trunc('hour', OLD.at, 'UTC')
-              AND kind = tenantry_refusal_kind(OLD.method, OLD.tool)
-              AND name = coalesce(tenantry_usage_name(OLD.tool), OLD.method)
-              AND reason = coalesce(OLD.reason, OLD.outcome);
-            RETURN NULL;
-        END
-        $$
-        """
-    )
-    op.execute(
-        """
-        CREATE TRIGGER audit_records_unroll AFTER DELETE ON audit_records
-        FOR EACH ROW WHEN (OLD.decision = 'refused') EXECUTE FUNCTION tenantry_unroll_refusal()
-        """
-    )
+    op.execute(refusal["unroll_function"])
+    op.execute(refusal["unroll_trigger"])
     # The roll-ups counted afresh from the raw rows, as the caller may see them (security_invoker: under
     # its RLS): what the roll-ups must always equal (tests), and the reference the benchmark times.
     op.execute(
-        "CREATE VIEW usage_rollups_recount WITH (security_invoker = true) AS " + _over(_ROLL_UP_EVENTS, "usage_events")
+        "CREATE VIEW usage_rollups_recount WITH (security_invoker = true) AS " + over(_ROLL_UP_EVENTS, "usage_events")
     )
     op.execute(
         "CREATE VIEW refusal_rollups_recount WITH (security_invoker = true) AS "
-        + _over(_ROLL_UP_REFUSALS, "audit_records")
+        + over(ROLL_UP_REFUSALS, "audit_records")
     )
     op.execute(f"GRANT SELECT ON usage_rollups_recount, refusal_rollups_recount TO {role}")
     # What was stored before this revision (the owner's policy lets the migration see every tenant).
-    op.execute(_UPSERT_EVENTS.format(rows=_over(_ROLL_UP_EVENTS, "usage_events")))
-    op.execute(_UPSERT_REFUSALS.format(rows=_over(_ROLL_UP_REFUSALS, "audit_records")))
+    op.execute(_UPSERT_EVENTS.format(rows=over(_ROLL_UP_EVENTS, "usage_events")))
+    op.execute(UPSERT_REFUSALS.format(rows=over(ROLL_UP_REFUSALS, "audit_records")))
 
 
 def downgrade() -> None:

@@ -195,13 +195,23 @@ async def test_maintenance_makes_partitions_in_every_copy_and_one_failing_copy_s
     assert (await store.verify(db, good)).intact
 
 
+# What revision 2 added to a copy, taken away again.
+_BEFORE_REVISION_2 = (
+    "DROP VIEW refusal_rollups_recount",
+    "DROP TABLE refusal_rollups",
+    *audit_schema.DROP_STATEMENTS,
+    "DROP FUNCTION tenantry_unroll_refusal(), tenantry_rollup_refusals(), tenantry_refusal_kind(text, text),"
+    " tenantry_usage_name(text), tenantry_usage_kind(text)",
+)
+
+
 async def test_migrate_gives_a_revision_1_copy_the_trail_its_tenant_left_in_the_shared_tables_and_keeps_its_data(
     db: Database, settings: Settings
 ) -> None:
     tenant_id = await tiered(db, settings, SCHEMA)
     await _put(db, tenant_id, "kept")
     async with db.system_data(tenant_id) as conn:  # what a copy made before revision 2 holds
-        for statement in audit_schema.DROP_STATEMENTS:
+        for statement in _BEFORE_REVISION_2:
             await conn.execute(text(statement))
     async with db.system() as conn:
         await conn.execute(text("UPDATE tenants SET placement_revision = 1 WHERE id = :t"), {"t": tenant_id})
@@ -275,3 +285,27 @@ async def test_a_cli_change_of_a_moving_tenant_is_refused_retryably_and_changes_
         plan = await conn.execute(text("SELECT plan FROM tenants WHERE id = :t"), {"t": tenant_id})
         assert plan.scalar_one() == "free"
     assert await in_copy(db, tenant_id) == []
+
+
+async def refusals(db: Database, tenant_id: uuid.UUID) -> tuple[int, int]:
+    """The tenant's refusals where its trail is: as rolled up, and as counted afresh from the records."""
+    async with db.tenant(tenant_id) as conn:
+        rolled = await conn.execute(text("SELECT coalesce(sum(refusals), 0) FROM refusal_rollups"))
+        counted = await conn.execute(text("SELECT coalesce(sum(refusals), 0) FROM refusal_rollups_recount"))
+        return int(rolled.scalar_one()), int(counted.scalar_one())
+
+
+async def test_refusals_are_rolled_up_with_the_trail_in_every_tier_and_follow_it_through_moves(
+    db: Database, settings: Settings
+) -> None:
+    tenant_id = await _tenant(db)
+    await _put(db, tenant_id, "kept")
+    await write(db, tenant_id, range(1, 31))  # every third record is a refusal: 10
+    assert await refusals(db, tenant_id) == (10, 10)
+    for tier in (SCHEMA, DATABASE, SHARED):
+        await tiers.move_tenant(db, settings, tenant_id, tier)
+        assert await refusals(db, tenant_id) == (10, 10), tier
+        await tiers.cleanup_tenant(db, settings, tenant_id)
+    await tiers.move_tenant(db, settings, tenant_id, SCHEMA)
+    await write(db, tenant_id, range(31, 34))  # one more refusal, rolled up in the copy
+    assert await refusals(db, tenant_id) == (11, 11)

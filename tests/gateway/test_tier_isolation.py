@@ -13,7 +13,7 @@ from sqlalchemy import text
 from tenantry.db.engine import Database
 from tenantry.db.router import database_name
 from tests.audit.test_trail import trail
-from tests.conftest import OPS, TEST_DB, Admin, TenantHandle
+from tests.conftest import OPS, TEST_DB, Admin, TenantHandle, eventually
 from tests.gateway.test_isolation import call
 
 TIERS = ("shared", "schema", "database")
@@ -190,3 +190,14 @@ async def test_a_tier_tenants_calls_are_audited_in_its_copy_and_rest_lists_expor
                 {"t": tenant_id},
             )
             assert tuple(shared.one()) == (0, 3)
+        # A refused call is counted in the tenant's usage report, from the roll-ups kept in its copy.
+        refused = await call(f"{gateway_url}/mcp", tenant.headers, "http", "data_put", {"key": "no value"})
+        assert refused.is_error
+
+        async def reported(tenant: TenantHandle = tenant) -> dict[str, int]:
+            r = await admin.http.get(f"/api/tenants/{tenant.id}/report")
+            assert r.status_code == 200, r.text
+            found: dict[str, int] = r.json()["totals"]["refusals"]
+            return found
+
+        assert await eventually(reported, what="the refusal in the report") == {"invalid_arguments": 1}

@@ -5,7 +5,8 @@ A tier copy holds what the tenant's own tools write, and nothing of the control 
 - moves with the tenant: `tenant_data` (the data store) and `tenant_storage` (its byte and key
   counters, kept exact by a trigger as in migration 0011), revision 1; and its audit trail,
   `audit_records` and `audit_chain_heads` with their functions, made from migration 0010's very
-  statements (`audit_schema.py`: the same canonical text, so the same hashes), revision 2;
+  statements (`audit_schema.py`: the same canonical text, so the same hashes), and the refusal
+  roll-ups its triggers keep (`refusal_schema.py`, 0012's), revision 2;
 - stays in the shared tables: tenants, plans, keys, upstreams and their pins, policies, identity
   providers, kills, and usage events: the operator's billing ledger, which the Stripe reporter reads
   across tenants (README "Isolation tiers").
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from tenantry.db import refusal_schema
 from tenantry.db.audit_schema import audit_statements
 from tenantry.db.rls import identifier, tenant_table_policies
 
@@ -135,8 +137,10 @@ def _revision_1(app_role: str) -> list[str]:
 
 
 def _revision_2(app_role: str) -> list[str]:
-    """The audit trail (issue #17): 0010's tables and functions, pinned to the copy, and the fence."""
-    return [*audit_statements(identifier(app_role), pinned=True), *AUDIT_FENCE]
+    """The audit trail (issue #17): 0010's tables and functions, pinned to the copy, the fence, and 0012's
+    refusal roll-ups, which its triggers keep."""
+    role = identifier(app_role)
+    return [*audit_statements(role, pinned=True), *AUDIT_FENCE, *refusal_schema.copy_statements(role)]
 
 
 # REVISIONS[n]: from revision n to n + 1. Append, never edit: copies in the field are on older ones.

@@ -26,7 +26,8 @@ A tenant moving between isolation tiers (its audit trail moves with it, `meterin
 "never storable" but "not yet": its entries are neither stored, nor acknowledged, nor set aside. They
 stay pending, the rest of the batch is stored and acknowledged, and the drain reads its pending entries
 again about a second later (`retry_ms`), until the move is done and they land in the tenant's new copy
-(once: they are re-read as not `fresh`, so each record is looked for by id first).
+(once: they are re-read as not `fresh`, so each record is looked for by id first). Meanwhile the
+tenant's newer entries are held back too, so its chain keeps the stream's order.
 
 Shards (`ledger.ledger_streams`): one drainer reads every shard of the ledger, each with its own consumer
 group, so each stream keeps the guarantees above, and stores what it read from all of them with one
@@ -122,6 +123,7 @@ class LedgerDrainer:
         self.drained = 0
         self.dead_lettered = 0
         self.left_pending = 0  # entries the last batch left pending (their tenant is moving between tiers)
+        self._held: frozenset[uuid.UUID] = frozenset()  # tenants whose entries wait: newer ones wait too
         self.last_error: str | None = None
 
     async def ensure_group(self) -> None:
@@ -149,7 +151,8 @@ class LedgerDrainer:
         waiting: frozenset[uuid.UUID] = frozenset()
         if batch or audit:
             try:
-                waiting = (await store_documents(self._db, batch, audit, fresh=fresh)).waiting
+                hold = self._held if fresh else frozenset()
+                waiting = (await store_documents(self._db, batch, audit, fresh=fresh, hold=hold)).waiting
                 moved = sum(len(docs) for tenant, docs in batch.items() if tenant not in waiting)
             except DBAPIError as exc:
                 if not unstorable(exc):
@@ -163,6 +166,8 @@ class LedgerDrainer:
             moved += stored
         if dead:
             await self._dead_letter(dead)
+        # A re-read (own pending entries first) settles who still waits; a fresh read can only add to them.
+        self._held = (self._held | waiting) if fresh else waiting
         self.left_pending = 0
         if waiting:  # their tenant is moving: not stored yet, so not acknowledged (read again soon)
             left = {entry_id for stream, entry_id, fields in live if _tenant_of(fields) in waiting}

@@ -30,6 +30,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantry.db.engine import Database
+from tenantry.db.router import SHARED
 from tenantry.errors import BadRequest, Unavailable
 from tenantry.metering.meter import Meter
 from tenantry.metering.quotas import quota_usage
@@ -207,6 +208,18 @@ class _Points(dict[datetime, dict[str, Any]]):
         return point
 
 
+async def _refusals(
+    conn: AsyncConnection, db: Database | None, tenant_id: uuid.UUID, sql: Any, params: dict[str, Any]
+) -> list[Any]:
+    """The refusal rows of the report: a schema- or database-tier tenant's refusals are rolled up in its
+    own copy, with the trail whose records they count (tier revision 2); everyone else's here."""
+    placement = None if db is None else db.router.cached(tenant_id) or await db.router.placement(tenant_id)
+    if db is None or placement is None or placement.tier == SHARED:
+        return list(await conn.execute(sql, params))
+    async with db.tenant(tenant_id) as copy:
+        return list(await copy.execute(sql, params))
+
+
 async def build_report(
     conn: AsyncConnection,
     meter: Meter | None,
@@ -246,7 +259,7 @@ async def build_report(
     for row in await conn.execute(series_sql, params) if item_series else ():
         point = item_points[(row.kind, row.name)][row.period]
         point.update(calls=row.calls, units=row.units, errors=row.errors)
-    for row in await conn.execute(refusals_sql, params):
+    for row in await _refusals(conn, db, tenant_id, refusals_sql, params):
         if row.grouping_set == _PER_ITEM:
             items[(row.kind, row.name)].refusals[row.reason] += row.refusals
             totals.refusals[row.reason] += row.refusals

@@ -67,8 +67,10 @@ async def store_documents(
     audit: dict[uuid.UUID, list[str]] | None = None,
     *,
     fresh: bool = False,
+    hold: frozenset[uuid.UUID] = frozenset(),
 ) -> Stored:
     """Store usage events and audit records given as documents, grouped by tenant (see `insert_documents`).
+    `hold`: tenants to leave waiting without trying (the drain's, whose earlier entries wait).
 
     Usage events, and the audit records of shared-tier tenants, go to the shared tables in one statement,
     as before tiers (the router's answer for each tenant is a dict hit). A schema- or database-tier
@@ -80,7 +82,8 @@ async def store_documents(
     if not batch and not audit:
         return Stored(0)
     for _ in range(_ROUTE_ATTEMPTS):
-        shared, routed, waiting = await _route(db, audit or {})
+        shared, routed, waiting = await _route(db, audit or {}, hold)
+        waiting |= hold & batch.keys()
         usage = {t: docs for t, docs in batch.items() if t not in waiting} if waiting else batch
         try:
             new = await _insert_shared(db, usage, shared, fresh) if usage or shared else 0
@@ -108,14 +111,16 @@ _ROUTE_ATTEMPTS = 3
 
 
 async def _route(
-    db: Database, audit: dict[uuid.UUID, list[str]]
+    db: Database, audit: dict[uuid.UUID, list[str]], hold: frozenset[uuid.UUID] = frozenset()
 ) -> tuple[dict[uuid.UUID, list[str]], dict[uuid.UUID, list[str]], set[uuid.UUID]]:
     """`audit` split by where each tenant's trail lives: the shared tables, its own copy, or nowhere
     right now (moving)."""
     shared: dict[uuid.UUID, list[str]] = {}
     routed: dict[uuid.UUID, list[str]] = {}
-    waiting: set[uuid.UUID] = set()
+    waiting: set[uuid.UUID] = set(hold & audit.keys())
     for tenant_id, docs in audit.items():
+        if tenant_id in waiting:
+            continue
         if tenant_id == SYSTEM_TRAIL:  # the system trail is shared, and has no tenant row to look up
             shared[tenant_id] = docs
             continue
