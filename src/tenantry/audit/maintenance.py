@@ -7,8 +7,9 @@ application role cannot create or drop tables, nor delete a record.
 
 Every schema- and database-tier tenant's copy holds a trail of its own (tier revision 2), with the same
 function: each is maintained too, one at a time, in a transaction of its own. A copy that fails (its
-server down, say) is logged and counted in `last_error`, and the others go on; the next run retries it.
-A tenant in the middle of a move is skipped (the move copies whatever months its records fall in).
+server down, say) is logged and shown in `last_error` (`/health`), and the others go on; the next run
+retries it. A tenant in the middle of a move is skipped (its records are copied whatever month they fall
+in: one outside the target's partitions lands in its default partition).
 """
 
 from __future__ import annotations

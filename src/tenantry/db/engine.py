@@ -9,7 +9,8 @@
   the next user of the pooled connection (and both are safe under PgBouncer
   transaction pooling). `tenant(tenant_id, plane=CONTROL)` is the same
   binding on the shared tables, for the tenant's control-plane rows (its
-  upstreams, policies, audit, usage), which stay shared in every tier.
+  upstreams, policies, usage events), which stay shared in every tier (its
+  audit trail is on the data plane: it moves with its tier).
   Every tenant-scoped statement runs in one of the two, where RLS decides
   what exists.
 - `system()`: a transaction on the owner's pool, for work that is cross-tenant
