@@ -219,7 +219,7 @@ async def move_tenant(
             owner_transaction(db.system_engine, target_url, target) as dst,
         ):
             copied = await copy_rows(src, dst, tenant_id)
-            records = await copy_trail(src, dst, tenant_id)
+            records = await copy_trail(src, dst, tenant_id, make_months=target.tier != SHARED)
             before, after = await fingerprint(src, tenant_id), await fingerprint(dst, tenant_id)
             if before != after:
                 raise Conflict(f"the copy does not match its source: {before} != {after}", code="move_verify_failed")

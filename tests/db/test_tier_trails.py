@@ -254,7 +254,7 @@ async def test_a_move_that_fails_half_way_leaves_the_trail_where_it_was_and_appe
     tenant_id = await _tenant(db)
     await write(db, tenant_id, range(1, 4))
 
-    async def broken(*_: object) -> int:
+    async def broken(*_: object, **__: object) -> int:
         raise OSError("the target went away mid-copy")
 
     monkeypatch.setattr(tiers, "copy_trail", broken)
@@ -309,3 +309,30 @@ async def test_refusals_are_rolled_up_with_the_trail_in_every_tier_and_follow_it
     await tiers.move_tenant(db, settings, tenant_id, SCHEMA)
     await write(db, tenant_id, range(31, 34))  # one more refusal, rolled up in the copy
     assert await refusals(db, tenant_id) == (11, 11)
+
+
+async def test_a_moved_trail_keeps_its_months_in_partitions_of_their_own_so_retention_drops_them(
+    db: Database, settings: Settings
+) -> None:
+    tenant_id = await _tenant(db)
+    async with db.system() as conn:  # an old month the shared trail still keeps
+        await conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS audit_records_y2021m03 PARTITION OF audit_records"
+                " FOR VALUES FROM ('2021-03-01 00:00+00') TO ('2021-04-01 00:00+00')"
+            )
+        )
+    old = datetime(2021, 3, 15, tzinfo=UTC)
+    records = [record(tenant_id, 1, at=old), record(tenant_id, 2, at=old), record(tenant_id, 3)]
+    await insert_documents(db, {}, {tenant_id: [r.document() for r in records]})
+    await tiers.move_tenant(db, settings, tenant_id, SCHEMA)
+    async with db.system_data(tenant_id) as conn:
+        where = await conn.execute(
+            text("SELECT seq, tableoid::regclass::text FROM audit_records WHERE tenant_id = :t ORDER BY seq"),
+            {"t": tenant_id},
+        )
+        assert [row[1].split(".")[-1] for row in where][:2] == ["audit_records_y2021m03"] * 2
+        dropped = (await conn.execute(text("SELECT tenantry_audit_partitions(0, 13)"))).scalar_one()
+    assert "dropped audit_records_y2021m03" in dropped
+    verified = await store.verify(db, tenant_id)
+    assert (verified.intact, verified.first_seq, verified.checked) == (True, 3, 1)

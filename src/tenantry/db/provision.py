@@ -25,6 +25,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import asyncpg
 from sqlalchemy import text
@@ -183,10 +184,31 @@ _WRITE_HEAD = text(
     " VALUES (:t, :seq, :hash, :anchor_seq, :anchor_hash)"
 )
 _TRAIL_BATCH = 1000
+_MONTHS = text(
+    "SELECT DISTINCT date_trunc('month', at, 'UTC') AS month FROM audit_records WHERE tenant_id = :t ORDER BY 1"
+)
+_MONTH_FREE = text(
+    "SELECT to_regclass(:name) IS NULL AND NOT EXISTS (SELECT FROM audit_records_default WHERE at >= :lo AND at < :hi)"
+)
 
 
-async def copy_trail(source: AsyncConnection, target: AsyncConnection, tenant_id: uuid.UUID) -> int:
-    """Copy the tenant's audit trail (records and chain head, as stored); returns how many records."""
+async def copy_trail(
+    source: AsyncConnection, target: AsyncConnection, tenant_id: uuid.UUID, *, make_months: bool = False
+) -> int:
+    """Copy the tenant's audit trail (records and chain head, as stored); returns how many records.
+
+    `make_months`: first make the target's monthly partitions for the months the records fall in (a new
+    tier copy has this month's and the next two only), so retention drops them there as it would have
+    here; a month whose range the default partition already holds rows of is left to it."""
+    if make_months:
+        for (month,) in await source.execute(_MONTHS, {"t": tenant_id}):
+            lo, hi = month, (month + timedelta(days=32)).replace(day=1)
+            name = f"audit_records_y{lo:%Y}m{lo:%m}"
+            if (await target.execute(_MONTH_FREE, {"name": name, "lo": lo, "hi": hi})).scalar_one():
+                await target.exec_driver_sql(
+                    f"CREATE TABLE {name} PARTITION OF audit_records FOR VALUES FROM ('{lo.isoformat()}') TO"
+                    f" ('{hi.isoformat()}')"
+                )
     head = (await source.execute(_READ_HEAD, {"t": tenant_id})).one_or_none()
     if head is not None:
         await target.execute(_WRITE_HEAD, {"t": tenant_id, **head._asdict()})
