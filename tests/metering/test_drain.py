@@ -23,7 +23,7 @@ from tenantry.metering.ledger import Ledger, insert_events
 from tenantry.metering.resp import RespClient
 from tenantry.settings import Settings
 from tests.audit.test_chain import record
-from tests.conftest import Admin, eventually
+from tests.conftest import Admin, eventually, free_port
 from tests.db.test_tiers import _put, _tenant
 from tests.metering.test_ledger import event, stored
 
@@ -282,3 +282,39 @@ async def test_records_of_a_tenant_moving_between_tiers_wait_in_the_stream_and_l
     verified = await store.verify(db, tenant_id)
     assert (verified.intact, verified.checked) == (True, 6)
     assert await redis.xlen(dead_letter_key(stream)) == 0
+
+
+async def test_a_tier_tenant_whose_database_is_down_waits_and_stalls_no_other_tenant(
+    redis: Redis, db: Database, settings: Settings, stream: str
+) -> None:
+    down, other = await _tenant(db), await _tenant(db)
+    await tiers.move_tenant(db, settings, down, SCHEMA)
+    async with db.system() as conn:  # as if its copy were a database on a server that stopped answering
+        await conn.execute(
+            text(
+                "UPDATE tenants SET placement = 'database', placement_name = 'gone', placement_url = :u WHERE id = :t"
+            ),
+            {"u": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone", "t": down},
+        )
+    db.router.forget(down)
+    ledger = Ledger(redis, db, stream=stream)
+    drainer = LedgerDrainer(redis, db, stream=stream)
+    try:
+        await ledger.record(event(str(down), 1), audit=record(down, 1).document())
+        await ledger.append(other, record(other, 1).document())
+        await drainer.flush()
+        assert drainer.left_pending == 1  # waiting, not set aside
+        assert await redis.xlen(dead_letter_key(stream)) == 0
+        assert (await store.verify(db, other)).checked == 1  # the others drained
+    finally:
+        async with db.system() as conn:  # its server is back
+            await conn.execute(
+                text(
+                    "UPDATE tenants SET placement = 'schema', placement_name = :n, placement_url = NULL WHERE id = :t"
+                ),
+                {"n": f"tenant_{down.hex}", "t": down},
+            )
+        db.router.forget(down)
+    await drainer.flush()
+    assert await redis.xlen(stream) == 0
+    assert (await store.verify(db, down)).checked == 1

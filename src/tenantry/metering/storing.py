@@ -9,6 +9,7 @@ own schema or database otherwise (`db/router.py` says which, from memory).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from sqlalchemy.exc import DBAPIError
 from tenantry.db.engine import Database
 from tenantry.db.router import MOVED_SQLSTATE, SHARED, tenant_moving
 from tenantry.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 # The system trail's tenant (`audit.records.SYSTEM_TENANT`, a floor above this one): always shared.
 SYSTEM_TRAIL = uuid.UUID(int=0)
@@ -104,7 +107,23 @@ async def store_documents(
         except Unavailable as exc:  # moving, a copy not migrated yet, its pools busy: all retryable
             waiting.add(tenant_id)
             why = why or exc
+        except (DBAPIError, OSError) as exc:
+            if isinstance(exc, DBAPIError) and unstorable(exc):
+                raise
+            # One tenant's copy out of reach (its own database server down, say) must not stall every
+            # tenant's drain and billing: its records wait, and the drain's lag shows it in /health.
+            log.warning("audit records of tenant %s wait: its copy cannot be written (%s)", tenant_id, exc)
+            waiting.add(tenant_id)
+            why = why or _copy_unavailable(tenant_id, exc)
     return Stored(new, frozenset(waiting), why)
+
+
+def _copy_unavailable(tenant_id: uuid.UUID, exc: Exception) -> Unavailable:
+    return Unavailable(
+        f"the audit trail of tenant {tenant_id} cannot be written now ({type(exc).__name__}); retry shortly",
+        code="audit_copy_unavailable",
+        extra={"retry_after_ms": 1000},
+    )
 
 
 _ROUTE_ATTEMPTS = 3
