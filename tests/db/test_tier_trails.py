@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -14,7 +16,7 @@ from tenantry.audit.maintenance import maintain
 from tenantry.audit.records import SYSTEM_TENANT, AuditRecord
 from tenantry.db import audit_schema, tier_schema
 from tenantry.db.engine import Database
-from tenantry.db.router import DATABASE, SCHEMA, SHARED
+from tenantry.db.router import DATABASE, SCHEMA, SHARED, schema_name
 from tenantry.db.tier_migrate import migrate_tiers
 from tenantry.errors import Unavailable
 from tenantry.metering.ledger import UsageEvent
@@ -49,6 +51,30 @@ async def write(db: Database, tenant_id: uuid.UUID, numbers: range) -> list[Audi
     event = UsageEvent(uuid.uuid4(), tenant_id, "data_put", 1, "ok", 1.0, int(datetime.now(UTC).timestamp() * 1000))
     await insert_documents(db, {tenant_id: [event.document()]}, {tenant_id: [r.document() for r in written]})
     return written
+
+
+@asynccontextmanager
+async def server_down(db: Database, tenant_id: uuid.UUID) -> AsyncIterator[None]:
+    """A schema-tier tenant shown, for the block, as a database-tier one whose server does not answer."""
+    async with db.system() as conn:
+        await conn.execute(
+            text(
+                "UPDATE tenants SET placement = 'database', placement_name = 'gone', placement_url = :u WHERE id = :t"
+            ),
+            {"u": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone", "t": tenant_id},
+        )
+    db.router.forget(tenant_id)
+    try:
+        yield
+    finally:
+        async with db.system() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE tenants SET placement = 'schema', placement_name = :n, placement_url = NULL WHERE id = :t"
+                ),
+                {"n": schema_name(tenant_id), "t": tenant_id},
+            )
+        db.router.forget(tenant_id)
 
 
 async def tiered(db: Database, settings: Settings, tier: str) -> uuid.UUID:
@@ -169,26 +195,9 @@ async def test_maintenance_makes_partitions_in_every_copy_and_one_failing_copy_s
     name = f"audit_records_y{nxt:%Y}m{nxt:%m}"
     async with db.system_data(good) as conn:
         await conn.execute(text(f"DROP TABLE {name}"))
-    async with db.system() as conn:  # the other's copy is on a server that is down
-        await conn.execute(
-            text(
-                "UPDATE tenants SET placement = 'database', placement_name = 'gone', placement_url = :u WHERE id = :t"
-            ),
-            {"u": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone", "t": broken},
-        )
-    db.router.forget(broken)
     failed: list[str] = []
-    try:
+    async with server_down(db, broken):  # the other's copy is on a server that is down
         done = await maintain(db, keep_months=0, failed=failed)
-    finally:
-        async with db.system() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE tenants SET placement = 'schema', placement_name = :n, placement_url = NULL WHERE id = :t"
-                ),
-                {"n": f"tenant_{broken.hex}", "t": broken},
-            )
-        db.router.forget(broken)
     assert f"tenant {good}: created {name}" in done
     assert [line for line in failed if str(broken) in line]
     await write(db, good, range(1, 2))

@@ -23,7 +23,8 @@ from tenantry.metering.ledger import Ledger, insert_events
 from tenantry.metering.resp import RespClient
 from tenantry.settings import Settings
 from tests.audit.test_chain import record
-from tests.conftest import Admin, eventually, free_port
+from tests.conftest import Admin, eventually
+from tests.db.test_tier_trails import server_down
 from tests.db.test_tiers import _put, _tenant
 from tests.metering.test_ledger import event, stored
 
@@ -289,32 +290,16 @@ async def test_a_tier_tenant_whose_database_is_down_waits_and_stalls_no_other_te
 ) -> None:
     down, other = await _tenant(db), await _tenant(db)
     await tiers.move_tenant(db, settings, down, SCHEMA)
-    async with db.system() as conn:  # as if its copy were a database on a server that stopped answering
-        await conn.execute(
-            text(
-                "UPDATE tenants SET placement = 'database', placement_name = 'gone', placement_url = :u WHERE id = :t"
-            ),
-            {"u": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone", "t": down},
-        )
-    db.router.forget(down)
     ledger = Ledger(redis, db, stream=stream)
     drainer = LedgerDrainer(redis, db, stream=stream)
-    try:
+    async with server_down(db, down):
         await ledger.record(event(str(down), 1), audit=record(down, 1).document())
         await ledger.append(other, record(other, 1).document())
         await drainer.flush()
         assert drainer.left_pending == 1  # waiting, not set aside
         assert await redis.xlen(dead_letter_key(stream)) == 0
         assert (await store.verify(db, other)).checked == 1  # the others drained
-    finally:
-        async with db.system() as conn:  # its server is back
-            await conn.execute(
-                text(
-                    "UPDATE tenants SET placement = 'schema', placement_name = :n, placement_url = NULL WHERE id = :t"
-                ),
-                {"n": f"tenant_{down.hex}", "t": down},
-            )
-        db.router.forget(down)
+    # Its server is back.
     await drainer.flush()
     assert await redis.xlen(stream) == 0
     assert (await store.verify(db, down)).checked == 1
