@@ -222,7 +222,8 @@ async def move_tenant(
             parts = make_url(target.url)
             login = {"app_user": str(target.app_user), "app_password": str(target.app_password)}
             sealed = secrets.seal({"password": parts.password or "", **login})
-            url_without_password = parts.set(password=None).render_as_string(hide_password=False)
+            # `URL.set` ignores a None: only `_replace` takes the password out.
+            url_without_password = parts._replace(password=None).render_as_string(hide_password=False)
         await _set(
             db,
             tenant_id,
@@ -355,7 +356,7 @@ async def describe(db: Database, settings: Settings, tenant_id: uuid.UUID) -> di
         "wanted": desired_tier(settings, row.plan, row.tier),
         "override": row.tier,
         "name": row.placement_name,
-        "server": make_url(row.placement_url).set(password=None).render_as_string() if row.placement_url else None,
+        "server": make_url(row.placement_url)._replace(password=None).render_as_string() if row.placement_url else None,
         "revision": row.placement_revision,
         "revision_head": tier_schema.HEAD,
         "moving_since": row.moving_since.isoformat() if row.moving_since else None,

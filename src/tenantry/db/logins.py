@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from tenantry.db.migrate import ensure_database
 from tenantry.db.rls import identifier
+from tenantry.errors import Conflict
 
 SCRAM_ITERATIONS = 4096
 
@@ -76,10 +77,15 @@ async def ensure_login(owner_url: str, login: str, password: str, app_role: str)
                 if not exists:
                     await conn.execute(f"CREATE ROLE {name} NOLOGIN")
             verifier = scram_verifier(password)  # base64, '$' and ':' only: safe inside the literal
-            await conn.execute(
-                f"ALTER ROLE {user} WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT"
-                f" PASSWORD '{verifier}'"
-            )
+            await conn.execute(f"ALTER ROLE {user} WITH LOGIN NOCREATEDB NOCREATEROLE INHERIT PASSWORD '{verifier}'")
+            # Made here without either; but a role of that name someone made a superuser (which only a
+            # superuser owner could undo) would turn RLS off for the tenant: refuse it.
+            unsafe = "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = $1"
+            if await conn.fetchval(unsafe, user):
+                raise Conflict(
+                    f"the role {user} on the tenant's server bypasses row-level security; refusing to use it",
+                    code="unsafe_tenant_login",
+                )
             await conn.execute(f"GRANT {role} TO {user}")
             quoted = '"' + database.replace('"', '""') + '"'
             await conn.execute(f"REVOKE CONNECT ON DATABASE {quoted} FROM PUBLIC")

@@ -202,7 +202,8 @@ class Router:
             url = make_url(self._settings.app_database_url).set(database=placement.name)
             return url.render_as_string(hide_password=False)
         user = placement.app_user or self._settings.db_app_role
-        url = make_url(placement.url).set(username=user, password=placement.app_password)
+        # `_replace`, not `set` (which keeps the owner's password when given None).
+        url = make_url(placement.url)._replace(username=user, password=placement.app_password)
         return url.render_as_string(hide_password=False)
 
     def engine(self, placement: Placement) -> AsyncEngine:
