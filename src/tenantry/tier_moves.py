@@ -46,10 +46,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from tenantry import tiers
 from tenantry.db.engine import Database
-from tenantry.errors import Conflict
+from tenantry.errors import Conflict, TenantryError
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 
@@ -115,6 +116,17 @@ def _public(row: Any, state: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _describe(exc: Exception) -> str:
+    """What an operator reads as the move's last error (the database's own message, not our SQL)."""
+    if isinstance(exc, TenantryError):
+        described = f"{exc.code}: {exc.detail}"
+    elif isinstance(exc, DBAPIError):
+        described = f"{type(exc.orig).__name__}: {exc.orig}"
+    else:
+        described = f"{type(exc).__name__}: {exc}"
+    return described[:300]
+
+
 @dataclass
 class MoveRun:
     ran: bool = True
@@ -173,7 +185,7 @@ class TierMover:
         self, tenant_id: uuid.UUID, wanted: str, state: dict[str, Any] | None, exc: Exception, now: datetime
     ) -> None:
         attempts = (state["attempts"] if state else 0) + 1
-        error = f"{getattr(exc, 'code', type(exc).__name__)}: {str(exc)[:300]}"
+        error = _describe(exc)
         record = {
             "tier": wanted,
             "attempts": attempts,
