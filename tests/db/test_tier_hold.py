@@ -104,8 +104,12 @@ async def test_a_shared_tier_call_never_waits_and_is_served_as_before(db: Databa
     assert db.router.status()["moves_awaited"] == 0
 
 
-def test_a_negative_or_huge_hold_is_refused_by_the_settings() -> None:
+def test_a_negative_or_huge_hold_or_move_interval_is_refused_by_the_settings() -> None:
     for bad in (-1, 60_001, "soon"):
         with pytest.raises(ValidationError, match="tier_move_hold_ms"):
             conftest.test_settings(tier_move_hold_ms=bad)
-    assert conftest.test_settings().tier_move_hold_ms == 2000
+    for bad in (0, -5, 3601, "often"):
+        with pytest.raises(ValidationError, match="tier_move_interval_seconds"):
+            conftest.test_settings(tier_move_interval_seconds=bad)
+    defaults = conftest.test_settings()
+    assert (defaults.tier_move_hold_ms, defaults.tier_move_interval_seconds) == (2000, 30.0)
