@@ -7,7 +7,8 @@ A move (also how a new tenant is provisioned: a move of nothing) runs in steps, 
 
 1. claim: the tenant row is marked `moving_since` and every router forgets the tenant, so its calls
    are refused with a retryable `tenant_moving` (503, Retry-After) until the switch;
-2. provision the target copy (`db/provision.py`) and empty it of the tenant's rows (a retried move);
+2. provision the target copy (`db/provision.py`; on another server, first the tenant's own login
+   there, `db/logins.py`) and empty it of the tenant's rows (a retried move);
 3. fence the source: its `tenant_storage` row is marked `moved`, which waits for the writes in flight
    (they hold that row's lock) and makes any later write there fail (`tenant_moving`), so a call on a
    replica that had not yet heard of the move cannot land in the copy being left;
