@@ -178,7 +178,7 @@ class TierMover:
             if not safe:
                 raise Conflict(f"the old copy of the last move is kept: {why}", code="cleanup_pending")
             await tiers.cleanup_tenant(self._db, self._settings, row.id)
-        result = await tiers.move_tenant(self._db, self._settings, row.id, row.wanted)
+        result = await tiers.move_tenant(self._db, self._settings, row.id, row.wanted, unless_moving=True)
         log.info("tier move of tenant %s for its plan: %s -> %s", row.id, row.placement, result["tier"])
 
     async def _failed(

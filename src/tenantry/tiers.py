@@ -163,9 +163,18 @@ async def _empty(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
 
 
 async def move_tenant(
-    db: Database, settings: Settings, tenant_id: uuid.UUID, tier: str, *, database_url: str | None = None
+    db: Database,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    tier: str,
+    *,
+    database_url: str | None = None,
+    unless_moving: bool = False,
 ) -> dict[str, Any]:
-    """Put the tenant's data plane on `tier` (see the module docstring). Returns what was done."""
+    """Put the tenant's data plane on `tier` (see the module docstring). Returns what was done.
+    `unless_moving`: refuse (`tenant_moving`) a tenant another move has claimed, instead of taking it
+    over (the plan-driven mover must never race an admin's move; an admin re-running a move cut off
+    by a crash must be able to)."""
     check_tier(tier)
     check_database_url(tier, database_url)
     await check_reachable(database_url)
@@ -183,6 +192,8 @@ async def move_tenant(
             return {"tenant_id": str(tenant_id), "tier": tier, "moved": False}
         if row.status == TenantStatus.DEPROVISIONED and tier != SHARED:
             raise Conflict("a deprovisioned tenant can only be moved back to shared", code="tenant_deprovisioned")
+        if unless_moving and row.moving_since is not None:
+            raise Conflict("another move of this tenant is under way", code="tenant_moving")
         if row.retired_placement is not None:
             raise Conflict(
                 "the copy the previous move left behind must be cleaned up first (tenantry tenant cleanup)",
@@ -297,6 +308,8 @@ async def old_copy_safety(db: Database, settings: Settings, tenant_id: uuid.UUID
         raise NotFound(f"no tenant {tenant_id}", code="tenant_not_found")
     if row.retired_placement is None:
         return True, "there is no old copy"
+    if row.moving_since is not None:
+        return False, "another move of this tenant is under way"
     found = {}
     for what, placement in (
         ("current", unseal_placement(secrets, row)),

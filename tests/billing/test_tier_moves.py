@@ -9,12 +9,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
+from tenantry import tiers
 from tenantry.auth.api_keys import create_key
 from tenantry.client import connect
 from tenantry.db.engine import Database
 from tenantry.db.router import SCHEMA, SHARED, schema_name
+from tenantry.errors import Conflict
 from tenantry.services import Services
 from tenantry.settings import Settings
 from tenantry.tier_moves import TierMover
@@ -203,6 +206,25 @@ async def test_a_failing_move_is_retried_with_backoff_and_reported_until_it_succ
         health = await client.get("/health", params={"tenant": str(tenant_id)}, headers=OPS)
         assert health.json()["checks"]["tier_move"] == {"status": "ok", "due": False}
         assert await _rows(services.db, tenant_id) == {"a": "a", "b": "b"}
+
+
+async def test_the_mover_never_takes_over_a_move_someone_else_started(billing_settings: Settings, db: Database) -> None:
+    settings = _tiered(billing_settings)
+    tenant_id, customer = await _subscribed(db)
+    async with _app(settings) as (client, services):
+        await _change_plan(client, customer, "pro")
+        async with db.system() as conn:  # an admin's move has claimed the tenant meanwhile
+            await conn.execute(text("UPDATE tenants SET moving_since = now() WHERE id = :t"), {"t": tenant_id})
+        try:
+            with pytest.raises(Conflict) as refused:
+                await tiers.move_tenant(services.db, settings, tenant_id, SCHEMA, unless_moving=True)
+            assert refused.value.code == "tenant_moving"
+            run = await services.billing.mover.run_once(tenant_id)  # type: ignore[union-attr]
+            assert (run.moved, run.failed) == ([], [])  # not due while a move runs
+        finally:
+            async with db.system() as conn:
+                await conn.execute(text("UPDATE tenants SET moving_since = NULL WHERE id = :t"), {"t": tenant_id})
+        assert (await _tier(client, tenant_id))["tier"] == SHARED
 
 
 async def test_through_the_running_gateway_the_webhook_wakes_the_mover_and_calls_work_after(
