@@ -45,7 +45,7 @@ class Placement:
     url: str | None = None  # another server's owner URL, password unsealed; None: the shared server
     revision: int = 0
     moving: bool = False
-    # Another server: the tenant's own login role there and its password (`provision.ensure_login`).
+    # Another server: the tenant's own login role there and its password (`logins.ensure_login`).
     app_user: str | None = None
     app_password: str | None = field(default=None, repr=False)
 
