@@ -356,8 +356,8 @@ async def describe(db: Database, settings: Settings, tenant_id: uuid.UUID) -> di
         row = (
             await conn.execute(
                 text(
-                    "SELECT plan, tier, placement, placement_name, placement_url, placement_revision, moving_since,"
-                    " retired_placement FROM tenants WHERE id = :id"
+                    "SELECT plan, plan_before_restriction, tier, placement, placement_name, placement_url,"
+                    " placement_revision, moving_since, retired_placement FROM tenants WHERE id = :id"
                 ),
                 {"id": tenant_id},
             )
@@ -367,7 +367,8 @@ async def describe(db: Database, settings: Settings, tenant_id: uuid.UUID) -> di
     return {
         "tenant_id": str(tenant_id),
         "tier": row.placement,
-        "wanted": desired_tier(settings, row.plan, row.tier),
+        # The plan paid for: dunning's restriction does not move data (`tier_moves.py`).
+        "wanted": desired_tier(settings, row.plan_before_restriction or row.plan, row.tier),
         "override": row.tier,
         "name": row.placement_name,
         "server": make_url(row.placement_url)._replace(password=None).render_as_string() if row.placement_url else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -14,6 +15,8 @@ from sqlalchemy import text
 
 from tenantry import tiers
 from tenantry.auth.api_keys import create_key
+from tenantry.billing.dunning import enforce_past_due
+from tenantry.billing.reporter import utcnow
 from tenantry.client import connect
 from tenantry.db.engine import Database
 from tenantry.db.router import SCHEMA, SHARED, schema_name
@@ -206,6 +209,24 @@ async def test_a_failing_move_is_retried_with_backoff_and_reported_until_it_succ
         health = await client.get("/health", params={"tenant": str(tenant_id)}, headers=OPS)
         assert health.json()["checks"]["tier_move"] == {"status": "ok", "due": False}
         assert await _rows(services.db, tenant_id) == {"a": "a", "b": "b"}
+
+
+async def test_dunnings_restriction_to_a_cheaper_plan_moves_no_data(billing_settings: Settings, db: Database) -> None:
+    settings = _tiered(billing_settings)
+    tenant_id, customer = await _subscribed(db)
+    async with _app(settings) as (client, services):
+        mover = services.billing.mover  # type: ignore[union-attr]
+        await _change_plan(client, customer, "pro")
+        await mover.run_once(tenant_id)
+        failed = stripe_event("invoice.payment_failed", {"object": "invoice", "customer": customer})
+        assert (await post_event(client, failed)).status_code == 200
+        async with db.system() as conn:  # the grace period is over: restricted to the past-due plan
+            restricted = await enforce_past_due(conn, settings, utcnow() + timedelta(days=30))
+        assert tenant_id in restricted
+        run = await mover.run_once(tenant_id)
+        assert (run.moved, run.failed) == ([], [])
+        state = await _tier(client, tenant_id)
+        assert (state["tier"], state["wanted"], state["plan_move"]) == (SCHEMA, SCHEMA, None)
 
 
 async def test_the_mover_never_takes_over_a_move_someone_else_started(billing_settings: Settings, db: Database) -> None:
