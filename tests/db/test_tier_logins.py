@@ -146,6 +146,9 @@ async def test_a_tenant_on_another_server_is_served_as_its_own_login_with_a_seal
         assert not await conn.fetchval(can, "tenantry_app", database)  # only its login may connect
     finally:
         await conn.close()
+    await tiers.cleanup_tenant(db, settings, tenant_id)
+    await tiers.offboard_tier(db, settings, tenant_id)  # logins are cluster-wide: leave none behind
+    assert await _role(login) is None
 
 
 async def test_placing_a_tenant_there_again_resets_its_password_and_cleanup_drops_its_login(
