@@ -8,6 +8,8 @@
   replica); fails if a pending report is older than 10 minutes.
 - `billing_webhooks`: seconds since the last webhook arrived (informational).
 - `billing_parked`: reports Stripe refused for good; fails if any.
+- `tier_moves`: plan-driven tier moves still to run (`tier_moves.py`); fails
+  while any of them is failing, and names them with their last error.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from tenantry import tier_moves
 from tenantry.db.engine import Database
 from tenantry.settings import Settings
 
@@ -153,4 +156,5 @@ def billing_checks(db: Database, settings: Settings) -> dict[str, Callable[[], A
         "billing_stripe": lambda: _stripe(db, settings),
         "billing_webhooks": lambda: _webhooks(db, settings),
         "billing_parked": lambda: _parked(db),
+        "tier_moves": lambda: tier_moves.health(db, settings),
     }
