@@ -190,10 +190,14 @@ async def test_a_failing_move_is_retried_with_backoff_and_reported_until_it_succ
         assert "already exists" in state["last_error"]
         health = await client.get("/health", params={"tenant": str(tenant_id)}, headers=OPS)
         checks = health.json()["checks"]
-        assert health.status_code == 503
+        assert health.status_code == 503  # this tenant's health: its move is failing
         assert checks["tier_move"]["status"] == "fail"
         assert checks["tier_move"]["attempts"] == 1
         assert str(tenant_id) in {m["tenant_id"] for m in checks["tier_moves"]["failing"]}
+        # The replica's own health stays ok: one tenant's stuck move takes no replica out of its balancer.
+        plain = await client.get("/health", headers=OPS)
+        assert plain.json()["checks"]["tier_moves"]["failing_count"] == 1
+        assert plain.json()["checks"]["tier_moves"]["status"] == "ok"
         assert (await mover.run_once(tenant_id)).deferred == 1  # backing off: not tried again at once
         assert await _rows(services.db, tenant_id) == {"a": "a", "b": "b"}  # still served on shared
 
