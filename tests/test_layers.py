@@ -41,6 +41,7 @@ FLOORS: dict[str, int] = {
     "audit": 5,
     # what a call runs, and what runs around calls
     "tools": 6,
+    "tier_moves": 6,  # moves a plan change made due (run by billing's lifespan task)
     "federation": 7,
     "billing": 7,
     "governance": 7,

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     tier_pool_size: int = Field(default=2, ge=1, le=50)
     # Connections all tenant-database pools together may open (caps the pools open at once).
     tier_connection_budget: int = Field(default=400, ge=1, le=100_000)
+    # A call that finds its tenant moving waits this long for the move to end (0: refused at once).
+    tier_move_hold_ms: int = Field(default=2000, ge=0, le=60_000)
+    # How often each replica looks for plan-driven moves to run (`tier_moves.py`; one replica at a time).
+    tier_move_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     # The meter's and the ledger's per-call commands over Tenantry's own lean RESP client (False:

@@ -7,7 +7,8 @@ A move (also how a new tenant is provisioned: a move of nothing) runs in steps, 
 
 1. claim: the tenant row is marked `moving_since` and every router forgets the tenant, so its calls
    are refused with a retryable `tenant_moving` (503, Retry-After) until the switch;
-2. provision the target copy (`db/provision.py`) and empty it of the tenant's rows (a retried move);
+2. provision the target copy (`db/provision.py`; on another server, first the tenant's own login
+   there, `db/logins.py`) and empty it of the tenant's rows (a retried move);
 3. fence the source: its `tenant_storage` row and its audit chain head are marked `moved`, which waits
    for the writes and appends in flight (they hold those rows' locks) and makes any later one there
    fail (`tenant_moving`; the ledger's drain leaves such audit records pending and retries them), so a
@@ -27,13 +28,13 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import null, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tenantry.db import tier_schema
+from tenantry.db import logins, tier_schema
 from tenantry.db.engine import Database, note_tenant_changed
 from tenantry.db.models import tenants
 from tenantry.db.provision import (
@@ -42,10 +43,21 @@ from tenantry.db.provision import (
     copy_trail,
     create_copy,
     drop_copy,
+    empty,
+    fence,
     fingerprint,
     owner_transaction,
 )
-from tenantry.db.router import DATABASE, SCHEMA, SHARED, TIERS, Placement, database_name, schema_name
+from tenantry.db.router import (
+    DATABASE,
+    SCHEMA,
+    SHARED,
+    TIERS,
+    Placement,
+    database_name,
+    schema_name,
+    unseal_placement,
+)
 from tenantry.errors import BadRequest, Conflict, NotFound
 from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
@@ -117,16 +129,11 @@ def _target(settings: Settings, tenant_id: uuid.UUID, tier: str, url: str | None
     return Placement(DATABASE, database_name(shared, tenant_id))
 
 
-def _placement(secrets: SecretBox, row: Any) -> Placement:
-    url = None
-    if row.placement_url:
-        password = secrets.open(row.placement_secret)["password"] if row.placement_secret else None
-        url = make_url(row.placement_url).set(password=password).render_as_string(hide_password=False)
-    return Placement(row.placement, row.placement_name, url, row.placement_revision)
-
-
 def _retired(secrets: SecretBox, placement: Placement) -> dict[str, Any]:
-    sealed = secrets.seal({"url": placement.url}) if placement.url else None
+    sealed = None
+    if placement.url:
+        login = {"app_user": placement.app_user or "", "app_password": placement.app_password or ""}
+        sealed = secrets.seal({"url": placement.url, **login})
     return {
         "tier": placement.tier,
         "name": placement.name,
@@ -135,8 +142,15 @@ def _retired(secrets: SecretBox, placement: Placement) -> dict[str, Any]:
 
 
 def _unretire(secrets: SecretBox, retired: dict[str, Any]) -> Placement:
-    url = secrets.open(base64.b64decode(retired["sealed_url"]))["url"] if retired.get("sealed_url") else None
-    return Placement(retired["tier"], retired.get("name"), url, tier_schema.HEAD)
+    opened = secrets.open(base64.b64decode(retired["sealed_url"])) if retired.get("sealed_url") else {}
+    return Placement(
+        retired["tier"],
+        retired.get("name"),
+        opened.get("url"),
+        tier_schema.HEAD,
+        app_user=opened.get("app_user") or None,
+        app_password=opened.get("app_password") or None,
+    )
 
 
 async def _set(db: Database, tenant_id: uuid.UUID, **values: Any) -> None:
@@ -145,32 +159,19 @@ async def _set(db: Database, tenant_id: uuid.UUID, **values: Any) -> None:
         note_tenant_changed(conn, tenant_id)
 
 
-# The rows a move fences in the copy it leaves: what every write of the data store, and every append to
-# the audit trail, updates (and so locks) in the same transaction.
-_FENCED = ("tenant_storage", "audit_chain_heads")
-
-
-async def _fence(conn: AsyncConnection, tenant_id: uuid.UUID, moved: bool) -> None:
-    for table in _FENCED:
-        if moved:
-            row = text(f"INSERT INTO {table} (tenant_id) VALUES (:t) ON CONFLICT DO NOTHING")  # noqa: S608 (constants)
-            await conn.execute(row, {"t": tenant_id})
-        fence = text(f"UPDATE {table} SET moved = :m WHERE tenant_id = :t")  # noqa: S608 (constants)
-        await conn.execute(fence, {"t": tenant_id, "m": moved})
-
-
-async def _empty(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
-    # The storage row first: a fenced one would refuse the counting trigger's updates. Audit records are
-    # deleted only here, as the owner (the application role cannot): a copy left behind, or a target
-    # emptied of what an interrupted move put there.
-    for table in ("tenant_storage", "tenant_data", "audit_chain_heads", "audit_records"):
-        await conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": tenant_id})  # noqa: S608
-
-
 async def move_tenant(
-    db: Database, settings: Settings, tenant_id: uuid.UUID, tier: str, *, database_url: str | None = None
+    db: Database,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    tier: str,
+    *,
+    database_url: str | None = None,
+    unless_moving: bool = False,
 ) -> dict[str, Any]:
-    """Put the tenant's data plane on `tier` (see the module docstring). Returns what was done."""
+    """Put the tenant's data plane on `tier` (see the module docstring). Returns what was done.
+    `unless_moving`: refuse (`tenant_moving`) a tenant another move has claimed, instead of taking it
+    over (the plan-driven mover must never race an admin's move; an admin re-running a move cut off
+    by a crash must be able to)."""
     check_tier(tier)
     check_database_url(tier, database_url)
     await check_reachable(database_url)
@@ -180,7 +181,7 @@ async def move_tenant(
         row = (await conn.execute(_CLAIM, {"id": tenant_id})).one_or_none()
         if row is None:
             raise NotFound(f"no tenant {tenant_id}", code="tenant_not_found")
-        source = _placement(secrets, row)
+        source = unseal_placement(secrets, row)
         if (source.tier, source.name, source.url) == (target.tier, target.name, target.url):
             if row.moving_since is not None:
                 await conn.execute(text("UPDATE tenants SET moving_since = NULL WHERE id = :id"), {"id": tenant_id})
@@ -192,6 +193,8 @@ async def move_tenant(
             raise Conflict(
                 "the tenant's copy is on an older revision: run `tenantry migrate` first", code="tenant_not_migrated"
             )
+        if unless_moving and row.moving_since is not None:
+            raise Conflict("another move of this tenant is under way", code="tenant_moving")
         if row.retired_placement is not None:
             raise Conflict(
                 "the copy the previous move left behind must be cleaned up first (tenantry tenant cleanup)",
@@ -206,13 +209,17 @@ async def move_tenant(
     fenced = False
     try:
         revision = 0
+        if target.url:  # another server: reached as the tenant's own login there (`db/logins.py`)
+            target = replace(target, app_user=logins.login_name(db.app_role, tenant_id))
+            target = replace(target, app_password=logins.new_password())
+            await logins.ensure_login(target_url, str(target.app_user), str(target.app_password), db.app_role)
         if target.tier != SHARED:
             revision = await create_copy(db.system_engine, target_url, target, db.app_role)
-            target = Placement(target.tier, target.name, target.url, revision)
+            target = replace(target, revision=revision)
         async with owner_transaction(db.system_engine, target_url, target) as conn:
-            await _empty(conn, tenant_id)
+            await empty(conn, tenant_id)
         async with owner_transaction(db.system_engine, source_url, source) as conn:
-            await _fence(conn, tenant_id, moved=True)
+            await fence(conn, tenant_id, moved=True)
         fenced = True
         async with (
             owner_transaction(db.system_engine, source_url, source) as src,
@@ -227,8 +234,10 @@ async def move_tenant(
         url_without_password = None
         if target.url:
             parts = make_url(target.url)
-            sealed = secrets.seal({"password": parts.password or ""}) if parts.password else None
-            url_without_password = parts.set(password=None).render_as_string(hide_password=False)
+            login = {"app_user": str(target.app_user), "app_password": str(target.app_password)}
+            sealed = secrets.seal({"password": parts.password or "", **login})
+            # `URL.set` ignores a None: only `_replace` takes the password out.
+            url_without_password = parts._replace(password=None).render_as_string(hide_password=False)
         await _set(
             db,
             tenant_id,
@@ -243,7 +252,7 @@ async def move_tenant(
     except BaseException:
         if fenced:
             async with owner_transaction(db.system_engine, source_url, source) as conn:
-                await _fence(conn, tenant_id, moved=False)
+                await fence(conn, tenant_id, moved=False)
         await _set(db, tenant_id, moving_since=None)
         raise
     # An old copy whose data store held nothing (provisioning a new tenant) is not kept for an operator to
@@ -275,13 +284,54 @@ async def cleanup_tenant(db: Database, settings: Settings, tenant_id: uuid.UUID)
     url = db.router.owner_url(retired)
     if retired.tier == SHARED:
         async with owner_transaction(db.system_engine, url, retired) as conn:
-            await _empty(conn, tenant_id)
+            await empty(conn, tenant_id)
     else:
         if retired.tier == DATABASE:
             db.router.engines.discard(db.router.app_url(retired))
         await drop_copy(db.system_engine, url, retired)
+        if retired.app_user:
+            await logins.drop_login(url, retired.app_user)
     await _set(db, tenant_id, retired_placement=null())
     return {"tenant_id": str(tenant_id), "cleaned": retired.tier}
+
+
+_OLD_COPY = text(
+    "SELECT (SELECT moved FROM tenant_storage WHERE tenant_id = :t) AS fenced,"
+    " (SELECT count(*) FROM tenant_data WHERE tenant_id = :t) AS keys,"
+    " (SELECT moved FROM audit_chain_heads WHERE tenant_id = :t) AS trail_fenced,"
+    " (SELECT count(*) FROM audit_records WHERE tenant_id = :t) AS records"
+)
+
+
+async def old_copy_safety(db: Database, settings: Settings, tenant_id: uuid.UUID) -> tuple[bool, str]:
+    """Whether the copy the last move left behind may be dropped with no operator to decide, and why:
+    it must still be fenced (no write has reached it since the switch verified every row of it into the
+    current copy) or hold nothing, and the current copy must answer (else the old one may be the last
+    good copy). A copy that cannot be reached is not judged safe."""
+    secrets = SecretBox(settings.secret_keys)
+    async with db.system() as conn:
+        row = (await conn.execute(_CLAIM, {"id": tenant_id})).one_or_none()
+    if row is None:
+        raise NotFound(f"no tenant {tenant_id}", code="tenant_not_found")
+    if row.retired_placement is None:
+        return True, "there is no old copy"
+    if row.moving_since is not None:
+        return False, "another move of this tenant is under way"
+    found = {}
+    for what, placement in (
+        ("current", unseal_placement(secrets, row)),
+        ("old", _unretire(secrets, row.retired_placement)),
+    ):
+        try:
+            async with owner_transaction(db.system_engine, db.router.owner_url(placement), placement) as conn:
+                found[what] = (await conn.execute(_OLD_COPY, {"t": tenant_id})).one()
+        except Exception as exc:  # whatever keeps us from looking: not judged safe
+            return False, f"the {what} copy ({placement.tier}) does not answer: {type(exc).__name__}"
+    if found["old"].fenced is not True and found["old"].keys:
+        return False, f"the old copy ({row.retired_placement['tier']}) is no longer fenced and holds rows"
+    if found["old"].trail_fenced is not True and found["old"].records:
+        return False, f"the old copy's audit trail ({row.retired_placement['tier']}) is no longer fenced"
+    return True, "the old copy is fenced (or empty) and the current copy answers"
 
 
 async def place_tenant(db: Database, settings: Settings, tenant_id: uuid.UUID) -> dict[str, Any]:
@@ -315,8 +365,8 @@ async def describe(db: Database, settings: Settings, tenant_id: uuid.UUID) -> di
         row = (
             await conn.execute(
                 text(
-                    "SELECT plan, tier, placement, placement_name, placement_url, placement_revision, moving_since,"
-                    " retired_placement FROM tenants WHERE id = :id"
+                    "SELECT plan, plan_before_restriction, tier, placement, placement_name, placement_url,"
+                    " placement_revision, moving_since, retired_placement FROM tenants WHERE id = :id"
                 ),
                 {"id": tenant_id},
             )
@@ -326,10 +376,11 @@ async def describe(db: Database, settings: Settings, tenant_id: uuid.UUID) -> di
     return {
         "tenant_id": str(tenant_id),
         "tier": row.placement,
-        "wanted": desired_tier(settings, row.plan, row.tier),
+        # The plan paid for: dunning's restriction does not move data (`tier_moves.py`).
+        "wanted": desired_tier(settings, row.plan_before_restriction or row.plan, row.tier),
         "override": row.tier,
         "name": row.placement_name,
-        "server": make_url(row.placement_url).set(password=None).render_as_string() if row.placement_url else None,
+        "server": make_url(row.placement_url)._replace(password=None).render_as_string() if row.placement_url else None,
         "revision": row.placement_revision,
         "revision_head": tier_schema.HEAD,
         "moving_since": row.moving_since.isoformat() if row.moving_since else None,

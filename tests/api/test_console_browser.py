@@ -1,6 +1,7 @@
 """The admin console in a real headless browser (Debian's Chromium driven by Playwright): sign in,
 create a tenant, mint a key, call a tool through the gateway with it, see the call in the plot,
-approve a drifted tool, sign out. The usage page's screenshot is docs/console.png (the README shows it).
+approve a drifted tool, sign out. The usage page's screenshot, docs/console.png (the README shows
+it), is rewritten when TENANTRY_TEST_SCREENSHOT=1.
 
 `scripts/setup.sh --test` installs Chromium with apt when it is missing; without a browser (or without
 Playwright) this test is skipped and says why. Playwright's own browser download is never used.
@@ -22,7 +23,10 @@ from tests.conftest import ADMIN_KEY, ROOT, eventually
 from tests.upstream_servers import FixtureUpstream, serve_upstream
 
 CHROMIUM = Path(os.environ.get("TENANTRY_TEST_CHROMIUM", "/usr/bin/chromium"))
+# The README's screenshot is refreshed only when asked (TENANTRY_TEST_SCREENSHOT=1): rewriting a tracked
+# file on every run dirtied every checkout that ran the suite.
 SCREENSHOT = ROOT / "docs" / "console.png"
+REFRESH_SCREENSHOT = os.environ.get("TENANTRY_TEST_SCREENSHOT") == "1"
 
 if not CHROMIUM.exists():
     pytest.skip(
@@ -91,8 +95,10 @@ async def test_an_admin_runs_a_tenant_from_the_console_in_a_real_browser(gateway
         assert await eventually(plotted, what="the call in the plot") == "1"
         assert "1 call" in await page.inner_html(plot)  # the bar's title: "<hour>: 1 call"
         assert await page.inner_text("#total-calls") == "1"
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        await page.screenshot(path=str(SCREENSHOT), full_page=True)
+        shot = await page.screenshot(full_page=True)
+        assert shot.startswith(b"\x89PNG")
+        if REFRESH_SCREENSHOT:
+            SCREENSHOT.write_bytes(shot)
 
         # A rug pull: the upstream changes echo's description; the review shows the diff; approve it.
         upstream.echo_description = "Echo the text back in upper case, and count its words."

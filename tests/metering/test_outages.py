@@ -253,7 +253,7 @@ async def test_a_hung_redis_costs_a_paid_call_one_timeout_and_health_answers_at_
             os.kill(pid, signal.SIGSTOP)
             try:
                 took = []
-                for n in range(5):
+                for n in range(10):
                     started = time.perf_counter()
                     r = await bridge(http, paid, "data_put", {"key": f"hung-{n}", "value": n})
                     took.append(time.perf_counter() - started)
@@ -269,7 +269,10 @@ async def test_a_hung_redis_costs_a_paid_call_one_timeout_and_health_answers_at_
 
             await eventually(metered_again)
     assert took[0] < 1.5, took  # one meter timeout (0.5 s), and the ledger does not wait for another
-    assert max(took[1:]) < 0.4, took  # the breaker is open: decided at once, events to PostgreSQL
+    # The breaker is open: later calls are decided at once (events to PostgreSQL), except one probe per
+    # interval (0.5 s, then 1 s, ...): on a slow machine ten calls may outlast the first interval or two.
+    waited = [t for t in took[1:] if t >= 0.4]
+    assert len(waited) <= 2, took
     assert health.status_code == 503
     assert health.json()["checks"]["redis"]["state"] == "down"
     assert health_took < 1.0, health_took

@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from tenantry import __version__, tls
+from tenantry import __version__, tier_moves, tls
 from tenantry import tenants as tenant_service
 from tenantry.api.deps import OpsDep, ServicesDep, is_ops, require_ops
 from tenantry.api.openapi import errors
@@ -261,8 +261,9 @@ async def run_checks(services: Services, tenant_id: uuid.UUID | None) -> tuple[b
             names.append(name)
             jobs.append(_run(check))
         if tenant_id is not None:
-            names.append("billing_tenant")
+            names += ["billing_tenant", "tier_move"]
             jobs.append(_run(lambda: tenant_billing(services.db, tenant_id)))
+            jobs.append(_run(lambda: tier_moves.tenant_health(services.db, services.settings, tenant_id)))
     for name, result in zip(names, await asyncio.gather(*jobs), strict=True):
         checks[name] = result
     checks["upstream_changes"] = services.changes.check()

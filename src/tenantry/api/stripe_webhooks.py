@@ -9,6 +9,9 @@
   concurrent duplicate waits on the primary key, then sees it).
 - Stripe delivers out of order: see `billing.events` (newest state wins, and
   events that beat onboarding are replayed by it).
+- A plan change whose tier differs from where the tenant's data is makes the
+  tenant due for a move, run by the tier mover (`tier_moves.py`) after the
+  answer: the webhook never waits for a copy.
 - `checkout.session.completed` runs onboarding outside that transaction (it
   calls the gateway itself); its id is recorded only once onboarding
   finished, so a failed step answers 503 and Stripe's retry resumes it.
@@ -94,6 +97,8 @@ async def handle_event(services: Services, event: dict[str, Any]) -> dict[str, A
             .values(outcome=outcome, **kept)
         )
     log.info("stripe webhook %s %s: %s", event["id"], event["type"], outcome)
+    if outcome.startswith("subscription:") and services.billing is not None:
+        services.billing.mover.wake()  # a plan whose tier differs is moved by the mover, not in this request
     return {"received": True, "outcome": outcome}
 
 

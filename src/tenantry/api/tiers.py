@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import Field
 
-from tenantry import tiers
+from tenantry import tier_moves, tiers
 from tenantry.api.admin import DatabaseUrl, Tier
 from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.fields import Strict
@@ -33,9 +33,11 @@ class Move(Strict):
 
 @router.get("/tenants/{tenant_id}/tier", dependencies=[AdminDep])
 async def get_tier(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
-    """Where the tenant's data plane is now, and the tier its override or plan asks for."""
+    """Where the tenant's data plane is now, the tier its override or plan asks for, and (`plan_move`) the
+    move a Stripe plan change made due: pending, or retrying with its attempts and last error."""
     tid = parse_tenant_id(tenant_id)
-    return await tiers.describe(services.db, services.settings, tid)
+    found = await tiers.describe(services.db, services.settings, tid)
+    return {**found, "plan_move": await tier_moves.pending(services.db, services.settings, tid)}
 
 
 @router.post("/tenants/{tenant_id}/move", dependencies=[AdminDep])

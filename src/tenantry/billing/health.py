@@ -8,6 +8,9 @@
   replica); fails if a pending report is older than 10 minutes.
 - `billing_webhooks`: seconds since the last webhook arrived (informational).
 - `billing_parked`: reports Stripe refused for good; fails if any.
+- `tier_moves`: plan-driven tier moves still to run (`tier_moves.py`), the
+  failing ones named with their last error; informational (one tenant's stuck
+  move must not fail every replica's readiness; its `/health?tenant=` fails).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from tenantry import tier_moves
 from tenantry.db.engine import Database
 from tenantry.settings import Settings
 
@@ -153,4 +157,5 @@ def billing_checks(db: Database, settings: Settings) -> dict[str, Callable[[], A
         "billing_stripe": lambda: _stripe(db, settings),
         "billing_webhooks": lambda: _webhooks(db, settings),
         "billing_parked": lambda: _parked(db),
+        "tier_moves": lambda: tier_moves.health(db, settings),
     }

@@ -1,4 +1,5 @@
-"""The billing objects of one app, and the reporter's lifespan task."""
+"""The billing objects of one app, and their lifespan tasks: the reporter, and the tier mover that puts
+tenants on the tier their Stripe plan asks for (`tier_moves.py`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from tenantry.billing.health import billing_configured
 from tenantry.billing.onboarding import Onboarding
 from tenantry.billing.reporter import Reporter
 from tenantry.billing.stripe_client import StripeBilling
 from tenantry.db.engine import Database
 from tenantry.settings import Settings
+from tenantry.tier_moves import TierMover
 
 log = logging.getLogger(__name__)
 
@@ -21,29 +24,41 @@ class Billing:
     stripe: StripeBilling
     reporter: Reporter
     onboarding: Onboarding
+    mover: TierMover
     task: asyncio.Task[None] | None = None
+    mover_task: asyncio.Task[None] | None = None
 
     async def start(self, settings: Settings) -> None:
-        """Start the reporter when Stripe is configured and the reporter is on."""
+        """Start the reporter when Stripe is configured and the reporter is on; the tier mover whenever
+        Stripe can change plans (an API key or a webhook secret)."""
         if settings.billing_enabled and settings.billing_reporter_enabled:
             self.task = asyncio.create_task(self.reporter.run(), name="billing-reporter")
+        if billing_configured(settings):
+            self.mover_task = asyncio.create_task(self.mover.run(), name="tier-mover")
 
     async def stop(self) -> None:
-        if self.task is None:
-            return
-        self.reporter.stop()
-        try:
-            async with asyncio.timeout(10):
-                await self.task
-        except TimeoutError:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            log.warning("billing reporter did not stop within 10 s; cancelled (its rows are resent next start)")
-        self.task = None
+        if self.task is not None:
+            self.reporter.stop()
+            await _finish(self.task, "billing reporter", "its rows are resent next start")
+            self.task = None
+        if self.mover_task is not None:
+            self.mover.stop()
+            await _finish(self.mover_task, "tier mover", "a move cut short unwinds, and is due again")
+            self.mover_task = None
+
+
+async def _finish(task: asyncio.Task[None], name: str, consequence: str) -> None:
+    try:
+        async with asyncio.timeout(10):
+            await task
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        log.warning("%s did not stop within 10 s; cancelled (%s)", name, consequence)
 
 
 def build_billing(settings: Settings, db: Database) -> Billing:
     stripe = StripeBilling(settings)
     reporter = Reporter(settings, db, stripe)
-    return Billing(stripe, reporter, Onboarding(settings, db, reporter=reporter))
+    return Billing(stripe, reporter, Onboarding(settings, db, reporter=reporter), TierMover(settings, db))

@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tenantry import tenants as tenant_service
+from tenantry import tiers
 from tenantry.auth import api_keys
 from tenantry.cli.common import EXIT_UNAVAILABLE, emit, with_db
 from tenantry.db.engine import Database
 from tenantry.db.migrate import ensure_database, migrate
 from tenantry.db.tier_migrate import migrate_tiers
-from tenantry.errors import Unavailable
+from tenantry.errors import TenantryError, Unavailable
 from tenantry.observability import configure_logging
 from tenantry.settings import Settings
 from tenantry.tenancy import parse_tenant_id
@@ -144,12 +146,25 @@ async def _demo_tenant(
 ) -> tuple[tenant_service.Tenant, uuid.UUID, str, bool]:
     """The demo tenant and a working key for it: `kept` (the key the last run saved) when it still
     works, else a new one, and then the demo tenant's older dev keys are revoked, so runs do not pile
-    up live keys. Returns (tenant, key id, secret, reused)."""
+    up live keys. Returns (tenant, key id, secret, reused).
+
+    The demo tenant is on its plan's tier, as `POST /api/tenants` would put it; one kept from a run
+    before tiers existed (shared) is moved there too, its data with it (and its old copy cleaned up): a
+    demo should show what the README describes. A move that cannot be made is reported, and the demo
+    is served where it is."""
 
     async def work(db: Database) -> tuple[tenant_service.Tenant, uuid.UUID, str, bool]:
         async with db.system() as conn:
             existing = await tenant_service.list_tenants(conn, status="active", name=DEMO_TENANT_NAME, limit=1)
             tenant = existing[0] if existing else await tenant_service.create_tenant(conn, DEMO_TENANT_NAME, "pro")
+        try:
+            placed = await tiers.place_tenant(db, settings, tenant.id)
+            if placed["moved"]:  # a demo's verified old copy is not worth an operator's decision
+                await tiers.cleanup_tenant(db, settings, tenant.id)
+        except TenantryError as exc:
+            print(f"demo tenant left on the {tenant.placement} tier: {exc.detail}", file=sys.stderr)
+        async with db.system() as conn:
+            tenant = await tenant_service.get_tenant(conn, tenant.id)
             keys = {k.id: k for k in await api_keys.list_keys(conn, tenant.id) if k.revoked_at is None}
             if kept is not None and kept[0] == tenant.id and kept[1] in keys:
                 return tenant, kept[1], kept[2], True
@@ -197,7 +212,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         f"""
 Tenantry is starting on {base}
 
-  demo tenant id : {tenant.id}
+  demo tenant id : {tenant.id}   (plan {tenant.plan}, {tenant.placement} tier)
   demo API key   : {secret}
                    ({"kept from the last run" if reused else "new"}; kept in {saved} for the next run)
   ops credential : Authorization: Bearer {settings.ops_api_key}   (/metrics, /health detail)

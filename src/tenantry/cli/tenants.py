@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from tenantry import tenants as tenant_service
-from tenantry import tiers
+from tenantry import tier_moves, tiers
 from tenantry.audit.changes import record_change
 from tenantry.auth import api_keys
 from tenantry.cli.common import emit, json_object, with_db
@@ -95,10 +95,16 @@ def cmd_tenant_tier(args: argparse.Namespace, settings: Settings) -> int:
     tenant_id = parse_tenant_id(args.tenant)
 
     async def work(db: Database) -> dict[str, Any]:
-        return await tiers.describe(db, settings, tenant_id)
+        found = await tiers.describe(db, settings, tenant_id)
+        return {**found, "plan_move": await tier_moves.pending(db, settings, tenant_id)}
 
     found = asyncio.run(with_db(settings, work))
     moving = f", moving since {found['moving_since']}" if found["moving_since"] else ""
+    planned = found["plan_move"]
+    if planned:
+        moving += f"; its plan's move to {planned['tier']} is {planned['state']}"
+        if planned["last_error"]:
+            moving += f" after {planned['attempts']} attempt(s), last: {planned['last_error']}"
     emit(args, found, f"tenant {tenant_id}: tier {found['tier']} (wanted: {found['wanted']}){moving}")
     return 0
 

@@ -7,7 +7,9 @@
   schema for the schema tier; the pool of the tenant's own database for the
   database tier. Both settings are transaction-local, so neither can leak to
   the next user of the pooled connection (and both are safe under PgBouncer
-  transaction pooling). `tenant(tenant_id, plane=CONTROL)` is the same
+  transaction pooling). A tenant in the middle of a move is waited for, up
+  to `TIER_MOVE_HOLD_MS`, before it is refused with the retryable
+  `tenant_moving`. `tenant(tenant_id, plane=CONTROL)` is the same
   binding on the shared tables, for the tenant's control-plane rows (its
   upstreams, policies, usage events), which stay shared in every tier (its
   audit trail is on the data plane: it moves with its tier).
@@ -49,7 +51,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tenantry.db.provision import owner_transaction
-from tenantry.db.router import DATABASE, MOVED_SQLSTATE, SCHEMA, Router, tenant_moving
+from tenantry.db.router import DATABASE, MOVED_SQLSTATE, SCHEMA, SHARED, Router, tenant_moving
 from tenantry.observability import Tracing
 from tenantry.settings import Settings
 
@@ -104,6 +106,7 @@ def connect_args(settings: Settings) -> dict[str, Any]:
 class Database:
     def __init__(self, settings: Settings, *, tracing: Tracing | None = None) -> None:
         self.app_role = settings.db_app_role
+        self._move_hold_seconds = settings.tier_move_hold_ms / 1000
         self._tracing = tracing or Tracing()
         args = connect_args(settings)
         self.app_engine: AsyncEngine = create_async_engine(
@@ -135,7 +138,11 @@ class Database:
             if plane == DATA:
                 placement = self.router.cached(tenant_id) or await self.router.placement(tenant_id)
                 if placement.tier == SCHEMA or placement.tier == DATABASE or placement.moving:
+                    if placement.moving and self._move_hold_seconds:  # a short move: wait it out
+                        placement = await self.router.wait_for_move(tenant_id, self._move_hold_seconds)
                     self.router.check(placement)
+                    if placement.tier == SHARED:
+                        placement = None  # the move ended on the shared tier
                 else:
                     placement = None  # shared: today's path, untouched
             try:

@@ -14,7 +14,8 @@ onboarding or an interrupted move can simply run again.
 - `copy_trail`: the tenant's audit records, every column as stored (seq and hashes unchanged: the
   chain verifies in its new copy), in batches through a server-side cursor, and its chain head;
 - `fingerprint`: row count and an md5 per table, for the move's verification: over the rows in key
-  order for the data store, over (seq, hash) in seq order for the trail.
+  order for the data store, over (seq, hash) in seq order for the trail;
+- `fence` / `empty`: mark the tenant's rows of the copy a move leaves `moved` (and back), delete them;
 - `drop_copy`: drop the schema or database (after the rows were archived or moved).
 """
 
@@ -102,14 +103,14 @@ async def adopt_trail(system: AsyncEngine, target: AsyncConnection, tenant_id: u
     async with system.begin() as source:
         await source.execute(_LOCK_HEAD, {"t": tenant_id})
         adopted = await copy_trail(source, target, tenant_id)
-        before, after = await fingerprint(source, tenant_id, _TRAIL), await fingerprint(target, tenant_id, _TRAIL)
+        before, after = await fingerprint(source, tenant_id, TRAIL), await fingerprint(target, tenant_id, TRAIL)
     if before != after:
         raise RuntimeError(f"the adopted trail does not match the shared one: {before} != {after}")
     return adopted
 
 
 _LOCK_HEAD = text("SELECT 1 FROM audit_chain_heads WHERE tenant_id = :t FOR UPDATE")
-_TRAIL = ("audit_records", "audit_chain_heads")
+TRAIL = ("audit_records", "audit_chain_heads")
 
 
 async def _create_database(owner_url: str) -> None:
@@ -218,6 +219,31 @@ async def copy_trail(
         await target.execute(_WRITE_TRAIL, [row._asdict() for row in batch])
         copied += len(batch)
     return copied
+
+
+# The rows a move fences in the copy it leaves: what every write of the data store, and every append to
+# the audit trail, updates (and so locks) in the same transaction.
+_FENCED = ("tenant_storage", "audit_chain_heads")
+# The storage row first: a fenced one would refuse the counting trigger's updates.
+_EMPTIED = ("tenant_storage", "tenant_data", "audit_chain_heads", "audit_records")
+
+
+async def fence(conn: AsyncConnection, tenant_id: uuid.UUID, moved: bool) -> None:
+    """Fence (or unfence) the tenant's rows in the copy `conn` is on (a move's step 3, `tiers.py`)."""
+    for table in _FENCED:
+        if moved:
+            row = text(f"INSERT INTO {table} (tenant_id) VALUES (:t) ON CONFLICT DO NOTHING")  # noqa: S608 (constants)
+            await conn.execute(row, {"t": tenant_id})
+        flag = text(f"UPDATE {table} SET moved = :m WHERE tenant_id = :t")  # noqa: S608 (constants)
+        await conn.execute(flag, {"t": tenant_id, "m": moved})
+
+
+async def empty(conn: AsyncConnection, tenant_id: uuid.UUID, tables: tuple[str, ...] = _EMPTIED) -> None:
+    """Delete the tenant's rows of `tables` from the copy `conn` is on: a copy left behind, a target emptied
+    of what an interrupted move put there, a shared trail a tier copy adopted. As the owner: the
+    application role cannot delete audit records."""
+    for table in tables:
+        await conn.execute(text(f"DELETE FROM {table} WHERE tenant_id = :t"), {"t": tenant_id})  # noqa: S608
 
 
 def _json(value: object) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from tenantry.db import tier_schema
 from tenantry.db.engine import Database, note_tenant_changed
-from tenantry.db.provision import create_copy
+from tenantry.db.provision import TRAIL, create_copy, empty
 
 _TIERED = text(
     """
@@ -32,10 +32,6 @@ _TIERED = text(
     """
 )
 _RECORD = text("UPDATE tenants SET placement_revision = :revision WHERE id = :id AND placement_revision = :was")
-_FORGET_SHARED_TRAIL = (
-    text("DELETE FROM audit_chain_heads WHERE tenant_id = :t"),
-    text("DELETE FROM audit_records WHERE tenant_id = :t"),
-)
 
 
 async def migrate_tiers(db: Database, *, tenant_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
@@ -56,8 +52,7 @@ async def migrate_tiers(db: Database, *, tenant_id: uuid.UUID | None = None) -> 
                     params = {"revision": revision, "id": row.id, "was": row.placement_revision}
                     recorded = (await conn.execute(_RECORD, params)).rowcount
                     if recorded and row.placement_revision < tier_schema.AUDIT_REVISION:
-                        for forget in _FORGET_SHARED_TRAIL:  # adopted by the copy, in its upgrade
-                            await conn.execute(forget, {"t": row.id})
+                        await empty(conn, row.id, TRAIL)  # adopted by the copy, in its upgrade
                     note_tenant_changed(conn, row.id)
             entry.update(revision=tier_schema.HEAD, status="ok")
         except Exception as exc:  # one tenant's failure is reported; the others are still migrated
