@@ -271,9 +271,11 @@ class Verification:
         }
 
 
+# Up to the head as read: a record the drain appends while the walk runs (the transaction reads committed
+# rows statement by statement) is not a chain running past its head.
 _VERIFY = text(
     "SELECT seq, id, at, prev_hash, hash, tenantry_audit_hash(r) AS computed FROM audit_records r"
-    " WHERE tenant_id = :tenant AND seq > :after ORDER BY seq"
+    " WHERE tenant_id = :tenant AND seq > :after AND seq <= :head ORDER BY seq"
 )
 
 
@@ -291,7 +293,7 @@ async def verify(db: Database, tenant_id: uuid.UUID) -> Verification:
         first = expected_seq
         checked = 0
         broken: dict[str, Any] | None = None
-        rows = await conn.stream(_VERIFY, {"tenant": tenant_id, "after": expected_seq - 1})
+        rows = await conn.stream(_VERIFY, {"tenant": tenant_id, "after": expected_seq - 1, "head": head_seq})
         async for row in rows:
             problem = None
             if row.seq != expected_seq:
