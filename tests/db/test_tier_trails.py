@@ -12,10 +12,11 @@ from sqlalchemy import text
 
 from tenantry import tiers
 from tenantry.audit import store
+from tenantry.audit.changes import record_change
 from tenantry.audit.maintenance import maintain
 from tenantry.audit.records import SYSTEM_TENANT, AuditRecord
 from tenantry.db import audit_schema, tier_schema
-from tenantry.db.engine import Database
+from tenantry.db.engine import CONTROL, Database
 from tenantry.db.router import DATABASE, SCHEMA, SHARED, schema_name
 from tenantry.db.tier_migrate import migrate_tiers
 from tenantry.errors import Unavailable
@@ -345,3 +346,16 @@ async def test_a_moved_trail_keeps_its_months_in_partitions_of_their_own_so_rete
     assert "dropped audit_records_y2021m03" in dropped
     verified = await store.verify(db, tenant_id)
     assert (verified.intact, verified.first_seq, verified.checked) == (True, 3, 1)
+
+
+async def test_a_change_recorded_on_a_control_plane_transaction_lands_in_the_tier_tenants_copy(
+    db: Database, settings: Settings
+) -> None:
+    for tier in (SCHEMA, DATABASE):
+        tenant_id = await tiered(db, settings, tier)
+        # As the CLI records an upstream's creation: the application role, the tenant bound on the shared tables.
+        async with db.tenant(tenant_id, plane=CONTROL) as conn:
+            await record_change(db, conn, tenant_id, "upstream.create", "u1", None, {"name": "crm", "headers": "x"})
+        page, _ = await store.page(db, tenant_id, store.AuditFilter(method="cli upstream.create"), limit=10)
+        assert [r["detail"]["changes"]["headers"] for r in page] == [{"changed": True}]  # never the secret
+        assert await in_shared(db, tenant_id) == 0
