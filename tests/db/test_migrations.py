@@ -188,3 +188,37 @@ async def test_the_roll_ups_revision_counts_the_events_and_refusals_stored_befor
         assert [tuple(r) for r in refusals] == [tuple(r) for r in recounted] == expected
     finally:
         await recreate_database(name, create=False)
+
+
+async def _unusual_indexes(name: str) -> dict[str, str]:
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:5432/{name}")
+    try:
+        rows = await conn.fetch(
+            "SELECT c.relname, pg_get_expr(i.indpred, i.indrelid) AS predicate FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'audit_records'::regclass"
+            " AND i.indpred IS NOT NULL"
+        )
+    finally:
+        await conn.close()
+    return {r["relname"]: r["predicate"] for r in rows}
+
+
+async def test_the_trails_refused_and_unusual_records_are_indexed_alone_from_0019(services_up: None) -> None:
+    """A page of refusals (or of an outcome other than ok) reads an index of those records only, not the
+    whole trail; admitted calls, nearly all records, are in neither index."""
+    name = f"tenantry_migrations_unusual_{os.getpid()}"
+    await recreate_database(name)
+    url = f"{SERVER}/{name}"
+    try:
+        await migrate(url)
+        found = await _unusual_indexes(name)
+        assert found == {
+            "audit_records_refused": "(decision = 'refused'::text)",
+            "audit_records_unusual": "(outcome <> 'ok'::text)",
+        }
+        await migrate(url, revision="0018", downgrade=True)
+        assert await _unusual_indexes(name) == {}
+        await migrate(url)
+        assert set(await _unusual_indexes(name)) == {"audit_records_refused", "audit_records_unusual"}
+    finally:
+        await recreate_database(name, create=False)

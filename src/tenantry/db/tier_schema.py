@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tenantry.db import refusal_schema
-from tenantry.db.audit_schema import audit_statements
+from tenantry.db.audit_schema import UNUSUAL_INDEXES, audit_statements
 from tenantry.db.rls import identifier, tenant_table_policies
 
 # What a move copies and verifies, in this order (`db/provision.py`).
@@ -143,8 +143,13 @@ def _revision_2(app_role: str) -> list[str]:
     return [*audit_statements(role, pinned=True), *AUDIT_FENCE, *refusal_schema.copy_statements(role)]
 
 
+def _revision_3(app_role: str) -> list[str]:
+    """Migration 0019's partial indexes of the trail's refused and unusual records."""
+    return list(UNUSUAL_INDEXES)
+
+
 # REVISIONS[n]: from revision n to n + 1. Append, never edit: copies in the field are on older ones.
-REVISIONS: list[Callable[[str], list[str]]] = [_revision_1, _revision_2]
+REVISIONS: list[Callable[[str], list[str]]] = [_revision_1, _revision_2, _revision_3]
 HEAD = len(REVISIONS)
 # The first revision whose copies hold the tenant's audit trail.
 AUDIT_REVISION = 2
