@@ -15,7 +15,7 @@ import hmac
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +30,9 @@ class FakeStripe:
     customers: set[str] = field(default_factory=set)
     events: dict[str, dict[str, Any]] = field(default_factory=dict)  # identifier -> event
     requests: int = 0
+    # Requests by the customer they name: a gateway reports every tenant with a customer in its database,
+    # so a test sharing that database with others counts its own customer's requests only.
+    requests_by_customer: Counter[str] = field(default_factory=Counter)
     # Failures to inject, in order: "500", "429", "timeout", "drop" (accept, then send no response).
     failures: list[str] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
@@ -54,6 +57,7 @@ class FakeStripe:
     def _handle(self, body: dict[str, str]) -> tuple[int, dict[str, Any] | None]:
         with self.lock:
             self.requests += 1
+            self.requests_by_customer[body.get("payload[stripe_customer_id]", "")] += 1
             failure = self.failures.pop(0) if self.failures else None
         if failure == "500":
             return 500, {"error": {"type": "api_error", "message": "injected failure"}}
