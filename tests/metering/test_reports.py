@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -302,3 +303,37 @@ async def test_the_latency_histogram_bounds_are_those_the_roll_ups_were_counted_
     async with db.system() as conn:
         bounds = (await conn.execute(text("SELECT tenantry_latency_bounds()"))).scalar_one()
     assert tuple(bounds) == tuple(float(b) for b in LATENCY_BOUNDS_MS)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ([1, 2, 3], [10, 20, 30]),
+        ([1, 2], [10, 20, 30, 40]),  # a roll-up row counted with fewer buckets than the batch
+        ([5, 0, 7], []),
+        (None, [1, 2]),
+        ([3, None, 4], [None, 6, None]),
+        (None, None),
+        ([], []),
+        (list(range(17)), [2**40] * 17),
+    ],
+)
+async def test_adding_latency_histograms_sums_them_bucket_by_bucket(
+    db: Database, a: list[int | None] | None, b: list[int | None] | None
+) -> None:
+    """Migration 0020 rewrote the roll-ups' histogram sum (PL/pgSQL keeps its plan): it must answer exactly
+    what 0012's set-based SQL answered for every input, which is evaluated here next to it."""
+    async with db.system() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT tenantry_histogram_add(CAST(:a AS bigint[]), CAST(:b AS bigint[])) AS now,"
+                    " (SELECT array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY n)"
+                    "  FROM unnest(CAST(:a AS bigint[]), CAST(:b AS bigint[])) WITH ORDINALITY AS h(x, y, n)) AS before"
+                ),
+                {"a": a, "b": b},
+            )
+        ).one()
+    assert row.now == row.before
+    if a and b:
+        assert row.now[0] == (a[0] or 0) + (b[0] or 0)
