@@ -24,7 +24,7 @@ import uuid
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from tenantry.db.migrate import ensure_database
+from tenantry.db.migrate import connect_server, ensure_database
 from tenantry.db.rls import identifier
 from tenantry.errors import Conflict
 
@@ -51,15 +51,7 @@ def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int 
 
 
 async def _connect(owner_url: str, database: str) -> asyncpg.Connection:
-    parts = make_url(owner_url)
-    return await asyncpg.connect(
-        host=parts.host or "127.0.0.1",
-        port=parts.port or 5432,
-        user=parts.username or "postgres",
-        password=parts.password,
-        database=database,
-        timeout=10,
-    )
+    return await connect_server(owner_url, database=database)
 
 
 async def ensure_login(owner_url: str, login: str, password: str, app_role: str) -> None:

@@ -25,6 +25,20 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(str(files("tenantry.migrations")))
 
 
+async def connect_server(url: str, *, database: str = "postgres", connect_timeout: float = 10.0) -> asyncpg.Connection:
+    """A plain connection, as the user `url` names, to another database of its server (by default the
+    `postgres` one): for what no connection to the database itself can do (create or drop it, roles)."""
+    parts = make_url(url)
+    return await asyncpg.connect(
+        host=parts.host or "127.0.0.1",
+        port=parts.port or 5432,
+        user=parts.username or "postgres",
+        password=parts.password,
+        database=database,
+        timeout=connect_timeout,
+    )
+
+
 async def ensure_database(url: str, *, connect_timeout: float = 10.0) -> bool:
     """Create the database `url` names if it is missing (connecting to the server's `postgres`
     database as the same user); True if it was created."""
@@ -32,14 +46,7 @@ async def ensure_database(url: str, *, connect_timeout: float = 10.0) -> bool:
     name = parts.database
     if not name:
         raise ValueError(f"the URL names no database: {parts.render_as_string(hide_password=True)!r}")
-    conn = await asyncpg.connect(
-        host=parts.host or "127.0.0.1",
-        port=parts.port or 5432,
-        user=parts.username or "postgres",
-        password=parts.password,
-        database="postgres",
-        timeout=connect_timeout,
-    )
+    conn = await connect_server(url, connect_timeout=connect_timeout)
     try:
         if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             return False

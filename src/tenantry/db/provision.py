@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from tenantry.db import tier_schema
-from tenantry.db.migrate import ensure_database
+from tenantry.db.migrate import connect_server, ensure_database
 from tenantry.db.rls import identifier
 from tenantry.db.router import DATABASE, SCHEMA, Placement
 
@@ -283,15 +283,7 @@ async def fingerprint(
 
 async def check_server(owner_url: str, *, connect_timeout: float = 5.0) -> None:
     """Connect to the server `owner_url` names (its `postgres` database) and hang up; raises what fails."""
-    parts = make_url(owner_url)
-    conn = await asyncpg.connect(
-        host=parts.host,
-        port=parts.port or 5432,
-        user=parts.username or "postgres",
-        password=parts.password,
-        database="postgres",
-        timeout=connect_timeout,
-    )
+    conn = await connect_server(owner_url, connect_timeout=connect_timeout)
     await conn.close()
 
 
@@ -304,13 +296,7 @@ async def drop_copy(system: AsyncEngine, owner_url: str, placement: Placement) -
     if placement.tier != DATABASE:
         return
     parts = make_url(owner_url)
-    conn = await asyncpg.connect(
-        host=parts.host or "127.0.0.1",
-        port=parts.port or 5432,
-        user=parts.username or "postgres",
-        password=parts.password,
-        database="postgres",
-    )
+    conn = await connect_server(owner_url)
     try:
         name = '"' + str(parts.database).replace('"', '""') + '"'
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
