@@ -174,7 +174,7 @@ async def test_a_missing_grant_stalls_the_drain_instead_of_setting_events_aside(
     for e in events:
         await ledger.record(e)
     drainer = LedgerDrainer(redis, db, stream=stream)
-    grant = f"EXECUTE ON FUNCTION tenantry_record_usage(uuid[], integer[], json[]) TO {settings.db_app_role}"
+    grant = f"EXECUTE ON FUNCTION tenantry_ledger_usage(uuid[], integer[], json[]) TO {settings.db_app_role}"
     async with db.system() as conn:
         await conn.execute(text(f"REVOKE {grant.replace(' TO ', ' FROM ')}"))
     try:

@@ -62,6 +62,20 @@ _X_ARGS = ", ".join(f"x.{name}" for name, _ in _FIELDS)
 _X_COLUMNS = ", ".join(f"c.{name}" for name, _ in _FIELDS)
 _NAMES = ", ".join(name for name, _ in _FIELDS)
 
+# A record's document (`AuditRecord.document`) read as columns: `d` as `json_to_record` types it, and
+# its columns after `at` and `seq` under the names of `audit_records` (the text of 0010's function).
+DOC_RECORD = """d(
+                             id uuid, at bigint, rid text, tr text, m text, tool text, sub text, key text,
+                             ses text, d text, r text, o text, st integer, lat bigint, e uuid, dig text,
+                             args jsonb, det jsonb)"""
+DOC_COLUMNS = """d.id,
+                           coalesce(d.rid, '') AS request_id, d.tr AS transport, d.m AS method, d.tool,
+                           d.sub AS subject, d.key AS key_id, d.ses AS session, d.d AS decision, d.r AS reason,
+                           d.o AS outcome, d.st AS status, coalesce(d.lat, 0) AS latency_us, d.e AS event_id,
+                           d.dig AS args_digest, d.args, d.det AS detail"""
+# What the shared ledger's batch function (`ledger_schema.py`) writes and hashes, as 0010's does.
+RECORD_NAMES, RECORD_X_ARGS, RECORD_X_COLUMNS = _NAMES, _X_ARGS, _X_COLUMNS
+
 
 def audit_statements(role: str, *, pinned: bool = False) -> list[str]:
     """0010's upgrade, statement by statement, granting to `role` (a checked identifier). `pinned`: for a
@@ -194,16 +208,9 @@ def audit_statements(role: str, *, pinned: bool = False) -> list[str]:
                 -- (set-based), chained (a running aggregate) and stored, in one statement.
                 WITH x AS (
                     SELECT tenants[i] AS tenant_id, to_timestamp(d.at / 1000000.0::double precision) AS at,
-                           head_seq + row_number() OVER (ORDER BY u.n) AS seq, d.id,
-                           coalesce(d.rid, '') AS request_id, d.tr AS transport, d.m AS method, d.tool,
-                           d.sub AS subject, d.key AS key_id, d.ses AS session, d.d AS decision, d.r AS reason,
-                           d.o AS outcome, d.st AS status, coalesce(d.lat, 0) AS latency_us, d.e AS event_id,
-                           d.dig AS args_digest, d.args, d.det AS detail
+                           head_seq + row_number() OVER (ORDER BY u.n) AS seq, {DOC_COLUMNS}
                     FROM unnest(docs[first : first + counts[i] - 1]) WITH ORDINALITY AS u(doc, n),
-                         LATERAL json_to_record(u.doc) AS d(
-                             id uuid, at bigint, rid text, tr text, m text, tool text, sub text, key text,
-                             ses text, d text, r text, o text, st integer, lat bigint, e uuid, dig text,
-                             args jsonb, det jsonb)
+                         LATERAL json_to_record(u.doc) AS {DOC_RECORD}
                     WHERE d.id <> ALL (stored)
                 ), chained AS (
                     SELECT x.*, tenantry_audit_chain(

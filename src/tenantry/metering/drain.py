@@ -1,13 +1,13 @@
 """The ledger's drain: usage events and audit records from the Redis stream into PostgreSQL, each exactly once.
 
 A lifespan task on every replica (any number of them): a consumer group reads the
-stream, stores each batch with one statement, `tenantry_record_usage`
-(migration 0006) and `tenantry_record_audit` (0010, which chains each
-tenant's records), and only then acknowledges and deletes the entries. The
-function binds each tenant of the batch in turn and inserts its events with
-`ON CONFLICT DO NOTHING` on (tenant_id, event_id), as the application role
-under RLS, so the ledger obeys the same isolation as the tools, in one
-round trip whatever the number of tenants. After a batch that was not full
+stream, stores each batch with one statement, `tenantry_ledger_usage` and
+`tenantry_ledger_audit` (migration 0021: set-based, whatever the number of
+tenants; the audit function chains each tenant's records on from its head),
+and only then acknowledges and deletes the entries. Events are inserted with
+`ON CONFLICT DO NOTHING` on (tenant_id, event_id), by the dedicated ledger
+role under forced RLS (`db/ledger_schema.py`), in one round trip whatever the
+number of tenants. After a batch that was not full
 the drain lingers (200 ms), so that under load one statement carries many
 events. A crash between commit and acknowledgement leaves the entries
 pending; they are re-read (by this consumer, or claimed by another replica

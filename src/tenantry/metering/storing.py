@@ -26,16 +26,18 @@ log = logging.getLogger(__name__)
 # The system trail's tenant (`audit.records.SYSTEM_TENANT`, a floor above this one): always shared.
 SYSTEM_TRAIL = uuid.UUID(int=0)
 
+# The shared tables' batch writer (migration 0021, `db/ledger_schema.py`): the whole batch, whatever its
+# number of tenants, in set-based statements.
 _RECORD = text(
-    "SELECT tenantry_record_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[]))"
+    "SELECT tenantry_ledger_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[]))"
 )
 _RECORD_WITH_AUDIT = text(
-    "SELECT tenantry_record_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[])),"
-    " tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]), CAST(:a_docs AS json[]),"
+    "SELECT tenantry_ledger_usage(CAST(:tenants AS uuid[]), CAST(:counts AS integer[]), CAST(:events AS json[])),"
+    " tenantry_ledger_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]), CAST(:a_docs AS json[]),"
     " :fresh)"
 )
 _RECORD_AUDIT = text(
-    "SELECT 0, tenantry_record_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]),"
+    "SELECT 0, tenantry_ledger_audit(CAST(:a_tenants AS uuid[]), CAST(:a_counts AS integer[]),"
     " CAST(:a_docs AS json[]), :fresh)"
 )
 # A tier tenant's records, in its own copy (the function there is 0010's, on the copy's tables).
@@ -158,8 +160,7 @@ async def _insert_shared(
 ) -> int:
     params: dict[str, Any] = {}
     if batch:
-        # In tenant order too: each tenant's insert updates its roll-up rows (migration 0012), and two
-        # drains that locked them in different orders could deadlock.
+        # In tenant order, like the audit records (the roll-up trigger locks its rows in key order anyway).
         usage = sorted(batch)
         params["tenants"] = usage
         params["counts"] = [len(batch[t]) for t in usage]
@@ -186,8 +187,8 @@ async def insert_documents(
     fresh: bool = False,
 ) -> int:
     """Store usage events and audit records given as documents, grouped by tenant, in one statement
-    whatever the number of tenants (`tenantry_record_usage` and `tenantry_record_audit` bind each in
-    turn, under RLS), and each tier tenant's audit records in its own copy (`store_documents`); return
+    whatever the number of tenants (`tenantry_ledger_usage` and `tenantry_ledger_audit`, set-based, as
+    the ledger role), and each tier tenant's audit records in its own copy (`store_documents`); return
     how many usage events were new. Audit records go in tenant order, the order every writer locks the
     tenants' chains in. `fresh`: the drain read these entries for the first time, so no audit record of
     them can be stored yet (none is looked for). Raises a retryable `Unavailable` (`tenant_moving`, say)
