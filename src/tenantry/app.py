@@ -35,6 +35,7 @@ from tenantry.auth.issuers import TenantIssuers
 from tenantry.auth.resolver import CredentialResolver
 from tenantry.billing.runtime import build_billing
 from tenantry.db.engine import Database
+from tenantry.db.ledger_schema import LEDGER_OWNERS
 from tenantry.db.listener import ChangeListener
 from tenantry.errors import TenantryError
 from tenantry.federation.changes import UpstreamChanges
@@ -172,17 +173,22 @@ def build_services(settings: Settings, *, span_exporter: SpanExporter | None = N
 
 
 async def _refuse_unsafe_app_role(services: Services) -> None:
-    """An app role that bypasses RLS would silently turn isolation off: refuse to serve with one."""
+    """An app role (or a ledger role, which runs the drain's batch writer) that bypasses RLS would silently
+    turn isolation off: refuse to serve with one."""
     try:
         async with services.db.unbound() as conn:
             row = (
                 await conn.execute(text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"))
             ).one()
+            ledger = (await conn.execute(text(LEDGER_OWNERS))).all()
     except (DBAPIError, OSError) as exc:
         log.warning("database not reachable at startup (%s); /health will say so", type(exc).__name__)
         return
     if row.rolsuper or row.rolbypassrls:
         raise RuntimeError(f"database role {services.db.app_role!r} bypasses row-level security; refusing to start")
+    for owner in ledger:
+        if owner.bypasses_rls:
+            raise RuntimeError(f"ledger role {owner.rolname!r} bypasses row-level security; refusing to start")
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:

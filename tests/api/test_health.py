@@ -9,22 +9,26 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 import tenantry
 from tenantry.client import connect
+from tenantry.db.engine import Database
+from tenantry.db.ledger_schema import AUDIT_SIGNATURE, USAGE_SIGNATURE
 from tests.conftest import ADMIN_KEY, OPS, Admin, TenantHandle, eventually, serve
 from tests.federation.test_upstreams import add_upstream
 
 CHECKS = {"database", "redis", "app_role", "ledger", "upstream_changes", "audit", "tls"}
 
 
-async def test_health_is_ok_and_names_each_check(http: httpx.AsyncClient) -> None:
+async def test_health_is_ok_and_names_each_check(http: httpx.AsyncClient, db: Database) -> None:
     r = await http.get("/health", headers=OPS)
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok"
     assert set(body["checks"]) == CHECKS
     assert body["checks"]["app_role"]["rows_visible_without_tenant"] == 0
+    assert body["checks"]["app_role"]["ledger_roles"] == {f"{db.app_role}_ledger": {"bypass_rls": False}}
     assert body["checks"]["audit"] == {"status": "ok", "enabled": True, "lost_records": 0}
     assert "checked_out" in body["checks"]["database"]["pool"]
     process = body["process"]
@@ -32,6 +36,32 @@ async def test_health_is_ok_and_names_each_check(http: httpx.AsyncClient) -> Non
     assert process["uptime_seconds"] >= 0
     assert process["memory_rss_bytes"] > 10_000_000  # a Python process with this much imported
     assert process["active_tenants"] >= 0
+
+
+async def test_health_fails_when_the_drains_batch_writer_would_run_as_a_role_that_bypasses_rls(
+    http: httpx.AsyncClient, db: Database
+) -> None:
+    """The ledger's functions run as their owner: owned by a superuser (re-made by hand, say), they would
+    store every tenant's rows with RLS off. /health's app_role check names that owner and fails."""
+    signatures = (USAGE_SIGNATURE, AUDIT_SIGNATURE)
+    async with db.system() as conn:
+        owner = (await conn.execute(text("SELECT current_user"))).scalar_one()
+        for signature in signatures:
+            await conn.execute(text(f"ALTER FUNCTION {signature} OWNER TO {owner}"))
+    try:
+
+        async def failing() -> dict[str, Any] | None:
+            check: dict[str, Any] = (await http.get("/health", headers=OPS)).json()["checks"]["app_role"]
+            return check if check["status"] == "fail" else None
+
+        check = await eventually(failing, what="the app_role check failing")
+        assert check["ledger_roles"] == {owner: {"bypass_rls": True}}
+        assert check["bypass_rls"] is False  # the application role itself is still fine
+    finally:
+        async with db.system() as conn:
+            for signature in signatures:
+                await conn.execute(text(f"ALTER FUNCTION {signature} OWNER TO {db.app_role}_ledger"))
+    assert (await http.get("/health", headers=OPS)).json()["checks"]["app_role"]["status"] == "ok"
 
 
 async def test_public_health_says_only_ok_or_degraded_per_check(

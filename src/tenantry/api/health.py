@@ -40,6 +40,7 @@ from tenantry.api.deps import OpsDep, ServicesDep, is_ops, require_ops
 from tenantry.api.openapi import errors
 from tenantry.billing.health import billing_checks, billing_configured, tenant_billing
 from tenantry.db.engine import CONTROL
+from tenantry.db.ledger_schema import LEDGER_OWNERS
 from tenantry.metering.drain import backlog
 from tenantry.metering.quotas import at_limit, quota_usage
 from tenantry.plans import Limits
@@ -146,15 +147,18 @@ def _audit(s: Services) -> Check:
 async def _app_role(s: Services) -> Check:
     async with s.db.unbound() as conn:
         row = (await conn.execute(_ROLE)).one()
+        ledger = (await conn.execute(text(LEDGER_OWNERS))).all()
     ok = (
         not row.rolsuper and not row.rolbypassrls and row.rows_visible_unbound == 0 and row.tenants_visible_unbound == 0
     )
     return {
-        "status": "ok" if ok else "fail",
+        "status": "ok" if ok and not any(owner.bypasses_rls for owner in ledger) else "fail",
         "role": s.db.app_role,
         "superuser": row.rolsuper,
         "bypass_rls": row.rolbypassrls,
         "rows_visible_without_tenant": row.rows_visible_unbound + row.tenants_visible_unbound,
+        # The drain's batch writer runs as its own role (migration 0021): it must not bypass RLS either.
+        "ledger_roles": {owner.rolname: {"bypass_rls": owner.bypasses_rls} for owner in ledger},
     }
 
 

@@ -51,6 +51,16 @@ USAGE_SIGNATURE = "tenantry_ledger_usage(uuid[], integer[], json[])"
 AUDIT_SIGNATURE = "tenantry_ledger_audit(uuid[], integer[], json[], boolean)"
 
 
+# The role(s) that own, and so run, the two functions, and whether one could bypass RLS: the gateway
+# refuses to start with such a ledger, and /health's `app_role` check fails, as for the app role itself.
+LEDGER_OWNERS = """
+    SELECT r.rolname, r.rolsuper OR r.rolbypassrls AS bypasses_rls FROM pg_roles r
+    WHERE r.oid IN (SELECT p.proowner FROM pg_proc p
+                    WHERE p.proname IN ('tenantry_ledger_usage', 'tenantry_ledger_audit'))
+    ORDER BY r.rolname
+"""
+
+
 def ledger_role(app_role: str) -> str:
     return identifier(f"{app_role}_ledger")
 
