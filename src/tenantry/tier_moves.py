@@ -49,6 +49,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tenantry import tiers
+from tenantry.audit.changes import record_change
 from tenantry.db.engine import Database
 from tenantry.errors import Conflict, TenantryError
 from tenantry.secrets import SecretBox
@@ -61,6 +62,8 @@ LOCK_KEY = 0x74696572_6D6F7665  # "tiermove"
 BACKOFF_BASE = timedelta(seconds=5)
 BACKOFF_MAX = timedelta(minutes=30)
 STATE_KEY = "plan_move"
+# The subject of a plan-driven move's audit record.
+MOVER = "system:tier-mover"
 
 # Due tenants; `wanted`: the tenant's override, else the tier of the plan it pays for.
 _DUE = text(
@@ -144,6 +147,7 @@ class TierMover:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.last_run: MoveRun | None = None
+        self.unrecorded = 0  # moves done whose audit record could not be written
 
     def wake(self) -> None:
         """Run a pass now (a webhook just changed a plan on this replica)."""
@@ -180,6 +184,24 @@ class TierMover:
             await tiers.cleanup_tenant(self._db, self._settings, row.id)
         result = await tiers.move_tenant(self._db, self._settings, row.id, row.wanted, unless_moving=True)
         log.info("tier move of tenant %s for its plan: %s -> %s", row.id, row.placement, result["tier"])
+        await self._record(row, result)
+
+    async def _record(self, row: Any, result: dict[str, Any]) -> None:
+        """The move in the tenant's trail (now on its new tier), as an admin's move is: who (the mover,
+        for the plan), from where to where, what was copied. The move is done: a record that cannot be
+        written is logged and counted (`/health`'s `audit.lost_records`), and does not make the move fail
+        or run again."""
+        self._db.router.forget(row.id)  # where the trail is now, not where this replica last saw it
+        after = {"tier": result["tier"], "plan_tier": row.wanted}
+        after |= {k: result[k] for k in ("rows_copied", "audit_records_copied", "old_copy") if k in result}
+        try:
+            async with self._db.system() as conn:
+                await record_change(
+                    self._db, conn, row.id, "tenant.tier_move", row.id, {"tier": row.placement}, after, by=MOVER
+                )
+        except Exception:
+            log.exception("the audit record of tenant %s's tier move could not be written", row.id)
+            self.unrecorded += 1
 
     async def _failed(
         self, tenant_id: uuid.UUID, wanted: str, state: dict[str, Any] | None, exc: Exception, now: datetime

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tenantry import tiers
+from tenantry import tier_moves, tiers
 from tenantry.auth.api_keys import create_key
 from tenantry.billing.dunning import enforce_past_due
 from tenantry.billing.reporter import utcnow
@@ -23,7 +23,7 @@ from tenantry.db.router import SCHEMA, SHARED, schema_name
 from tenantry.errors import Conflict
 from tenantry.services import Services
 from tenantry.settings import Settings
-from tenantry.tier_moves import TierMover
+from tenantry.tier_moves import MOVER, TierMover
 from tests.billing.conftest import (
     Clock,
     in_process,
@@ -106,6 +106,48 @@ async def test_an_upgrade_to_a_plan_on_another_tier_moves_the_tenant_after_the_w
         moved = await _tier(client, tenant_id)
         assert (moved["tier"], moved["name"], moved["plan_move"]) == (SCHEMA, schema_name(tenant_id), None)
         assert await _rows(services.db, tenant_id) == {"a": "a", "b": "b"}
+        # In the tenant's trail, where it now lives, as an admin's move would be: who, from where, to where.
+        (record,) = await _move_records(services.db, tenant_id)
+        assert (record.transport, record.subject, record.decision, record.outcome) == (
+            "system",
+            MOVER,
+            "admitted",
+            "ok",
+        )
+        assert record.detail["changes"]["tier"] == {"before": SHARED, "after": SCHEMA}
+        assert record.detail["changes"]["rows_copied"] == {"before": None, "after": 2}
+        assert services.billing.mover.unrecorded == 0  # type: ignore[union-attr]
+
+
+async def _move_records(db: Database, tenant_id: uuid.UUID) -> list[Any]:
+    async with db.tenant(tenant_id) as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT transport, subject, decision, outcome, detail FROM audit_records"
+                " WHERE method = 'system tenant.tier_move' ORDER BY seq"
+            )
+        )
+        return list(rows)
+
+
+async def test_a_move_whose_record_cannot_be_written_is_done_and_counted_as_a_lost_record(
+    billing_settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(*args: Any, **kwargs: Any) -> None:
+        raise OSError("the trail is out of reach")
+
+    monkeypatch.setattr(tier_moves, "record_change", refused)
+    settings = _tiered(billing_settings)
+    tenant_id, customer = await _subscribed(db)
+    async with _app(settings) as (client, services):
+        await _change_plan(client, customer, "pro")
+        mover = services.billing.mover  # type: ignore[union-attr]
+        run = await mover.run_once(tenant_id)
+        assert (run.moved, run.failed) == ([str(tenant_id)], [])  # done, not failed nor due again
+        assert (await _tier(client, tenant_id))["plan_move"] is None
+        assert mover.unrecorded == 1
+        health = (await client.get("/health", headers=OPS)).json()
+        assert health["checks"]["audit"]["lost_records"] >= 1
 
 
 async def test_a_replayed_or_repeated_plan_event_moves_nothing_a_second_time(

@@ -137,7 +137,9 @@ def _audit(s: Services) -> Check:
     monthly partitions are kept. Informational: a replica that cannot write its trail still answers."""
     if s.audit is None or not s.audit.enabled:
         return {"status": "ok", "enabled": False}
-    check: Check = {"status": "ok", "enabled": True, "lost_records": s.audit.failures}
+    # With the records of plan-driven tier moves the mover could not write (`tier_moves.py`).
+    unrecorded = s.billing.mover.unrecorded if s.billing is not None else 0
+    check: Check = {"status": "ok", "enabled": True, "lost_records": s.audit.failures + unrecorded}
     maintenance = s.audit_maintenance
     if maintenance is not None and maintenance.last_error:
         check["partitions_error"] = maintenance.last_error

@@ -115,17 +115,22 @@ async def record_change(
     target: object,
     before: Mapping[str, Any] | None,
     after: Mapping[str, Any] | None,
+    *,
+    by: str | None = None,
 ) -> None:
-    """Record a change made outside a request (the CLI) made in `conn`'s transaction, in the tenant's
-    trail (see the module docstring). The last statement of that transaction: the recording function
-    unbinds the tenant when it ends."""
+    """Record a change made outside a request made in `conn`'s transaction, in the tenant's trail (see
+    the module docstring). The last statement of that transaction: the recording function unbinds the
+    tenant when it ends. `by`: who made it when it was not a CLI command (the gateway itself, say
+    "system:tier-mover"): the record's subject, and its transport and method are "system" instead of
+    "cli"."""
+    transport = "system" if by else "cli"
     record = AuditRecord(
         tenant_id=tenant_id or SYSTEM_TENANT,
-        transport="cli",
-        method=f"cli {action}",
+        transport=transport,
+        method=f"{transport} {action}",
         decision=ADMITTED,
         outcome="ok",
-        subject=operator(),
+        subject=by or operator(),
         detail=describe(action, target, before, after),
     )
     params = {"tenant": record.tenant_id, "doc": record.document()}
