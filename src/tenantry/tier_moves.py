@@ -82,6 +82,13 @@ _DUE = text(
     """
 )
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+# A claim older than this whose move lock is free was left by a move that died: the mover releases it.
+# The margin is for replicas of a version before the move lock, whose moves hold none.
+STALE_AFTER = timedelta(minutes=10)
+_CLAIMED = text(
+    "SELECT id, placement, moving_since FROM tenants WHERE moving_since < now() - :stale"
+    " AND (CAST(:tenant AS uuid) IS NULL OR id = CAST(:tenant AS uuid)) ORDER BY id"
+)
 _SECRET = text("SELECT placement_secret FROM tenants WHERE id = :id FOR UPDATE")
 _SET_SECRET = text("UPDATE tenants SET placement_secret = :sealed WHERE id = :id")
 
@@ -136,6 +143,7 @@ class MoveRun:
     moved: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     deferred: int = 0
+    released: list[str] = field(default_factory=list)  # claims of dead moves taken back
 
 
 class TierMover:
@@ -159,6 +167,7 @@ class TierMover:
         async with self._db.system() as lock:
             if not (await lock.execute(_TRY_LOCK, {"key": LOCK_KEY})).scalar_one():
                 return MoveRun(ran=False)
+            run.released = await self._release_stale(tenant_id)
             due = (await lock.execute(_DUE, _params(self._settings, tenant_id))).all()
             for row in due:
                 now = self._clock()
@@ -176,6 +185,26 @@ class TierMover:
         self.last_run = run
         return run
 
+    async def _release_stale(self, tenant_id: uuid.UUID | None) -> list[str]:
+        """Unwind the claims of moves that died (`tiers.release_stale_claim`): without this, a crash in
+        the middle of a move would leave the tenant refused (`tenant_moving`) until an admin moved it
+        again. Each release is audited in the tenant's trail."""
+        released = []
+        async with self._db.system() as conn:
+            claimed = (await conn.execute(_CLAIMED, {"stale": STALE_AFTER, "tenant": tenant_id})).all()
+        for row in claimed:
+            try:
+                if not await tiers.release_stale_claim(self._db, self._settings, row.id, STALE_AFTER):
+                    continue
+            except Exception:  # its source out of reach, say: tried again next pass
+                log.exception("the stale move claim of tenant %s could not be released", row.id)
+                continue
+            log.warning("released the claim a dead move left on tenant %s (since %s)", row.id, row.moving_since)
+            released.append(str(row.id))
+            since = {"moving_since": row.moving_since.isoformat(), "tier": row.placement}
+            await self._record(row.id, "tenant.tier_move_released", since, {"moving_since": None})
+        return released
+
     async def _move(self, row: Any) -> None:
         if row.retired_placement is not None:
             safe, why = await tiers.old_copy_safety(self._db, self._settings, row.id)
@@ -184,23 +213,20 @@ class TierMover:
             await tiers.cleanup_tenant(self._db, self._settings, row.id)
         result = await tiers.move_tenant(self._db, self._settings, row.id, row.wanted, unless_moving=True)
         log.info("tier move of tenant %s for its plan: %s -> %s", row.id, row.placement, result["tier"])
-        await self._record(row, result)
-
-    async def _record(self, row: Any, result: dict[str, Any]) -> None:
-        """The move in the tenant's trail (now on its new tier), as an admin's move is: who (the mover,
-        for the plan), from where to where, what was copied. The move is done: a record that cannot be
-        written is logged and counted (`/health`'s `audit.lost_records`), and does not make the move fail
-        or run again."""
-        self._db.router.forget(row.id)  # where the trail is now, not where this replica last saw it
         after = {"tier": result["tier"], "plan_tier": row.wanted}
         after |= {k: result[k] for k in ("rows_copied", "audit_records_copied", "old_copy") if k in result}
+        await self._record(row.id, "tenant.tier_move", {"tier": row.placement}, after)
+
+    async def _record(self, tenant_id: uuid.UUID, action: str, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """What the mover did in the tenant's trail (where it is now), as an admin's change is: who (the
+        mover), what before and after. The change is done: a record that cannot be written is logged and
+        counted (`/health`'s `audit.lost_records`), and does not make it fail or run again."""
+        self._db.router.forget(tenant_id)  # where the trail is now, not where this replica last saw it
         try:
             async with self._db.system() as conn:
-                await record_change(
-                    self._db, conn, row.id, "tenant.tier_move", row.id, {"tier": row.placement}, after, by=MOVER
-                )
+                await record_change(self._db, conn, tenant_id, action, tenant_id, before, after, by=MOVER)
         except Exception:
-            log.exception("the audit record of tenant %s's tier move could not be written", row.id)
+            log.exception("the audit record of the mover's %s of tenant %s could not be written", action, tenant_id)
             self.unrecorded += 1
 
     async def _failed(

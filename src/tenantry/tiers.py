@@ -26,9 +26,9 @@ is provisioned, is deleted at once, its verified trail with it). A move needs th
 from __future__ import annotations
 
 import base64
-import re
 import uuid
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import null, text, update
@@ -38,7 +38,8 @@ from tenantry.db import logins, tier_schema
 from tenantry.db.engine import Database, note_tenant_changed
 from tenantry.db.models import tenants
 from tenantry.db.provision import (
-    check_server,
+    check_database_url,
+    check_reachable,
     copy_rows,
     copy_trail,
     create_copy,
@@ -46,6 +47,7 @@ from tenantry.db.provision import (
     empty,
     fence,
     fingerprint,
+    move_lock,
     owner_transaction,
 )
 from tenantry.db.router import (
@@ -80,42 +82,6 @@ def check_tier(tier: str) -> str:
 
 def desired_tier(settings: Settings, plan: str, override: str | None) -> str:
     return override or settings.plan_tier(plan)
-
-
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])?$")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
-
-
-def check_database_url(tier: str, url: str | None) -> str | None:
-    """A database-tier tenant may name another server: a `postgresql+asyncpg://` URL, database included."""
-    if url is None:
-        return None
-    if tier != DATABASE:
-        raise BadRequest("only a database-tier tenant may name a database URL", code="invalid_database_url")
-    shape = "the database URL must be postgresql+asyncpg://user[:password]@host[:port]/database"
-    try:
-        parts = make_url(url)
-        port = parts.port
-    except Exception:  # whatever SQLAlchemy refuses to parse
-        raise BadRequest(shape, code="invalid_database_url") from None
-    plain = all(_NAME.match(v) for v in (parts.database or "", parts.username or "postgres"))
-    if parts.drivername != "postgresql+asyncpg" or not _HOST.match(parts.host or "") or not plain or parts.query:
-        raise BadRequest(shape, code="invalid_database_url")
-    if port is not None and not 0 < port < 65_536:
-        raise BadRequest(shape, code="invalid_database_url")
-    return url
-
-
-async def check_reachable(url: str | None) -> None:
-    """A database URL an admin gives must answer before anything is changed for it (a 400, not a 5xx)."""
-    if url is None:
-        return
-    try:
-        await check_server(url)
-    except Exception as exc:  # whatever stops the connection: the admin's URL, not the gateway, is at fault
-        raise BadRequest(
-            f"the database server does not answer: {type(exc).__name__}", code="database_unreachable"
-        ) from None
 
 
 def _target(settings: Settings, tenant_id: uuid.UUID, tier: str, url: str | None) -> Placement:
@@ -153,10 +119,23 @@ def _unretire(secrets: SecretBox, retired: dict[str, Any]) -> Placement:
     )
 
 
-async def _set(db: Database, tenant_id: uuid.UUID, **values: Any) -> None:
+_CLAIM_MOVE = text("UPDATE tenants SET moving_since = clock_timestamp() WHERE id = :id RETURNING moving_since")
+
+
+async def _switch(
+    db: Database, tenant_id: uuid.UUID, claimed: datetime, *, taken_back_ok: bool = False, **values: Any
+) -> None:
+    """End the move that claimed the tenant at `claimed` (switching it, or unwinding): only while that
+    claim still stands. Recovery may have judged it stale and taken it back (a keeper connection cut
+    off, a replica of an older version): then the move fails instead of switching the tenant to a copy
+    that writes may have passed by since (an unwind has nothing left to undo)."""
     async with db.system() as conn:
-        await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(**values))
-        note_tenant_changed(conn, tenant_id)
+        mine = (tenants.c.id == tenant_id) & (tenants.c.moving_since == claimed)
+        if (await conn.execute(update(tenants).where(mine).values(**values))).rowcount == 1:
+            note_tenant_changed(conn, tenant_id)
+            return
+    if not taken_back_ok:
+        raise Conflict("the move's claim was taken back as stale; move again", code="tenant_moving")
 
 
 async def move_tenant(
@@ -169,12 +148,22 @@ async def move_tenant(
     unless_moving: bool = False,
 ) -> dict[str, Any]:
     """Put the tenant's data plane on `tier` (see the module docstring). Returns what was done.
-    `unless_moving`: refuse (`tenant_moving`) a tenant another move has claimed, instead of taking it
-    over (the plan-driven mover must never race an admin's move; an admin re-running a move cut off
-    by a crash must be able to)."""
+    `unless_moving`: refuse (`tenant_moving`) a tenant another move has claimed, even one a crash cut off,
+    instead of taking it over (the plan-driven mover leaves those to `tier_moves.recover_stale_moves`; an
+    admin re-running a move cut off by a crash must be able to). A move that is running now (its lock
+    held, wherever it runs) is never taken over."""
     check_tier(tier)
     check_database_url(tier, database_url)
     await check_reachable(database_url)
+    async with move_lock(db.system_engine, tenant_id) as free:
+        if not free:
+            raise Conflict("another move of this tenant is under way", code="tenant_moving")
+        return await _move(db, settings, tenant_id, tier, database_url, unless_moving)
+
+
+async def _move(
+    db: Database, settings: Settings, tenant_id: uuid.UUID, tier: str, database_url: str | None, unless_moving: bool
+) -> dict[str, Any]:
     secrets = SecretBox(settings.secret_keys)
     target = _target(settings, tenant_id, tier, database_url)
     async with db.system() as conn:
@@ -200,10 +189,7 @@ async def move_tenant(
                 "the copy the previous move left behind must be cleaned up first (tenantry tenant cleanup)",
                 code="cleanup_pending",
             )
-        await conn.execute(
-            text("UPDATE tenants SET moving_since = now() WHERE id = :id"),
-            {"id": tenant_id},
-        )
+        claimed = (await conn.execute(_CLAIM_MOVE, {"id": tenant_id})).scalar_one()
         note_tenant_changed(conn, tenant_id)
     source_url, target_url = db.router.owner_url(source), db.router.owner_url(target)
     fenced = False
@@ -238,9 +224,10 @@ async def move_tenant(
             sealed = secrets.seal({"password": parts.password or "", **login})
             # `URL.set` ignores a None: only `_replace` takes the password out.
             url_without_password = parts._replace(password=None).render_as_string(hide_password=False)
-        await _set(
+        await _switch(
             db,
             tenant_id,
+            claimed,
             placement=target.tier,
             placement_name=target.name,
             placement_url=url_without_password,
@@ -253,7 +240,7 @@ async def move_tenant(
         if fenced:
             async with owner_transaction(db.system_engine, source_url, source) as conn:
                 await fence(conn, tenant_id, moved=False)
-        await _set(db, tenant_id, moving_since=None)
+        await _switch(db, tenant_id, claimed, moving_since=None, taken_back_ok=True)
         raise
     # An old copy whose data store held nothing (provisioning a new tenant) is not kept for an operator to
     # clean up: the few audit records it may hold (the CLI records a tenant's creation in the shared trail,
@@ -269,6 +256,26 @@ async def move_tenant(
         "verified": after,
         "old_copy": "deleted (it was empty)" if cleaned else "kept until cleanup",
     }
+
+
+async def release_stale_claim(db: Database, settings: Settings, tenant_id: uuid.UUID, older_than: timedelta) -> bool:
+    """Unwind what a dead move left: a claim older than `older_than` whose move lock is free (its process,
+    or its keeper connection, is gone; the switch clears the claim in the same update, so the tenant is
+    still where it was). Its source is unfenced and the claim cleared, as the move's own unwinding would
+    have done; a copy it half made is emptied or replaced by the next move. Returns whether it did."""
+    async with move_lock(db.system_engine, tenant_id) as free:
+        if not free:
+            return False  # a move of the tenant is running
+        async with db.system() as conn:
+            row = (await conn.execute(_CLAIM, {"id": tenant_id})).one_or_none()
+            now = (await conn.execute(text("SELECT now()"))).scalar_one()
+        if row is None or row.moving_since is None or row.moving_since > now - older_than:
+            return False
+        source = unseal_placement(SecretBox(settings.secret_keys), row)
+        async with owner_transaction(db.system_engine, db.router.owner_url(source), source) as conn:
+            await fence(conn, tenant_id, moved=False)
+        await _switch(db, tenant_id, row.moving_since, moving_since=None, taken_back_ok=True)
+        return True
 
 
 async def cleanup_tenant(db: Database, settings: Settings, tenant_id: uuid.UUID) -> dict[str, Any]:
@@ -291,7 +298,9 @@ async def cleanup_tenant(db: Database, settings: Settings, tenant_id: uuid.UUID)
         await drop_copy(db.system_engine, url, retired)
         if retired.app_user:
             await logins.drop_login(url, retired.app_user)
-    await _set(db, tenant_id, retired_placement=null())
+    async with db.system() as conn:
+        await conn.execute(update(tenants).where(tenants.c.id == tenant_id).values(retired_placement=null()))
+        note_tenant_changed(conn, tenant_id)
     return {"tenant_id": str(tenant_id), "cleaned": retired.tier}
 
 

@@ -18,6 +18,7 @@ from tenantry.api.openapi import errors
 from tenantry.audit.changes import note_change
 from tenantry.auth import api_keys
 from tenantry.auth.jwt import issue_admin_token
+from tenantry.db.provision import check_database_url, check_reachable
 from tenantry.errors import BadRequest, Conflict, Unauthenticated
 from tenantry.metering.usage import summarize, time_range
 from tenantry.plans import validate_overrides
@@ -92,8 +93,8 @@ async def create_tenant(body: TenantCreate, services: ServicesDep) -> dict[str, 
     _check_plan(services, body.plan)
     plan = body.plan or services.settings.default_plan
     tier = tiers.desired_tier(services.settings, plan, body.tier)
-    tiers.check_database_url(tier, body.database_url)
-    await tiers.check_reachable(body.database_url)
+    check_database_url(tier, body.database_url)
+    await check_reachable(body.database_url)
     async with services.db.system() as conn:
         tenant = await tenant_service.create_tenant(conn, body.name, plan, tier=body.tier)
     note_change(tenant.id, "tenant.create", tenant.id, None, tenant.public())

@@ -19,6 +19,7 @@ from tenantry.api.deps import AdminDep, ServicesDep
 from tenantry.api.fields import Strict
 from tenantry.api.openapi import errors
 from tenantry.audit.changes import note_change
+from tenantry.db.provision import check_database_url
 from tenantry.tenancy import parse_tenant_id
 
 router = APIRouter(prefix="/api", responses=errors(400, 401, 404, 409, 503))
@@ -44,7 +45,7 @@ async def get_tier(tenant_id: str, services: ServicesDep) -> dict[str, Any]:
 async def move(tenant_id: str, body: Move, services: ServicesDep) -> dict[str, Any]:
     tid = parse_tenant_id(tenant_id)
     before = await tiers.describe(services.db, services.settings, tid)
-    tiers.check_database_url(body.tier, body.database_url)
+    check_database_url(body.tier, body.database_url)
     result = await tiers.move_tenant(services.db, services.settings, tid, body.tier, database_url=body.database_url)
     note_change(tid, "tenant.move", tid, before, await tiers.describe(services.db, services.settings, tid))
     return result

@@ -8,7 +8,6 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from tenantry.billing.health import billing_configured
 from tenantry.billing.onboarding import Onboarding
 from tenantry.billing.reporter import Reporter
 from tenantry.billing.stripe_client import StripeBilling
@@ -29,12 +28,12 @@ class Billing:
     mover_task: asyncio.Task[None] | None = None
 
     async def start(self, settings: Settings) -> None:
-        """Start the reporter when Stripe is configured and the reporter is on; the tier mover whenever
-        Stripe can change plans (an API key or a webhook secret)."""
+        """Start the reporter when Stripe is configured and the reporter is on; the tier mover always: it
+        moves tenants whose Stripe plan asks for another tier (none without Stripe), and releases what
+        a move that died left claimed, however it was started."""
         if settings.billing_enabled and settings.billing_reporter_enabled:
             self.task = asyncio.create_task(self.reporter.run(), name="billing-reporter")
-        if billing_configured(settings):
-            self.mover_task = asyncio.create_task(self.mover.run(), name="tier-mover")
+        self.mover_task = asyncio.create_task(self.mover.run(), name="tier-mover")
 
     async def stop(self) -> None:
         if self.task is not None:

@@ -14,6 +14,7 @@ from tenantry.audit.changes import record_change
 from tenantry.auth import api_keys
 from tenantry.cli.common import emit, json_object, with_db
 from tenantry.db.engine import Database
+from tenantry.db.provision import check_database_url
 from tenantry.errors import TenantryError
 from tenantry.plans import validate_overrides
 from tenantry.settings import Settings
@@ -31,7 +32,7 @@ def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> int:
         raise TenantryError(f"unknown plan {plan!r}; plans are {settings.plans}", code="invalid_plan")
 
     tier = tiers.desired_tier(settings, plan, args.tier)
-    tiers.check_database_url(tier, args.database_url)
+    check_database_url(tier, args.database_url)
 
     async def work(db: Database) -> dict[str, Any]:
         async with db.system() as conn:
@@ -111,7 +112,7 @@ def cmd_tenant_tier(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_tenant_move(args: argparse.Namespace, settings: Settings) -> int:
     tenant_id = parse_tenant_id(args.tenant)
-    tiers.check_database_url(args.tier, args.database_url)
+    check_database_url(args.tier, args.database_url)
 
     async def work(db: Database) -> dict[str, Any]:
         before = await tiers.describe(db, settings, tenant_id)

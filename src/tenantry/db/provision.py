@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ from tenantry.db import tier_schema
 from tenantry.db.migrate import connect_server, ensure_database
 from tenantry.db.rls import identifier
 from tenantry.db.router import DATABASE, SCHEMA, Placement
+from tenantry.errors import BadRequest
 
 _SET_PATH = text("SELECT set_config('search_path', :path, true)")
 _HAS_TABLES = text("SELECT to_regclass(:qualified) IS NOT NULL")
@@ -65,6 +67,62 @@ async def owner_transaction(
         if placement.tier == SCHEMA:
             await conn.execute(_SET_PATH, {"path": placement.name})
         yield conn
+
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])?$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+
+
+def check_database_url(tier: str, url: str | None) -> str | None:
+    """A database-tier tenant may name another server: a `postgresql+asyncpg://` URL, database included."""
+    if url is None:
+        return None
+    if tier != DATABASE:
+        raise BadRequest("only a database-tier tenant may name a database URL", code="invalid_database_url")
+    shape = "the database URL must be postgresql+asyncpg://user[:password]@host[:port]/database"
+    try:
+        parts = make_url(url)
+        port = parts.port
+    except Exception:  # whatever SQLAlchemy refuses to parse
+        raise BadRequest(shape, code="invalid_database_url") from None
+    plain = all(_NAME.match(v) for v in (parts.database or "", parts.username or "postgres"))
+    if parts.drivername != "postgresql+asyncpg" or not _HOST.match(parts.host or "") or not plain or parts.query:
+        raise BadRequest(shape, code="invalid_database_url")
+    if port is not None and not 0 < port < 65_536:
+        raise BadRequest(shape, code="invalid_database_url")
+    return url
+
+
+async def check_reachable(url: str | None) -> None:
+    """A database URL an admin gives must answer before anything is changed for it (a 400, not a 5xx)."""
+    if url is None:
+        return
+    try:
+        await check_server(url)
+    except Exception as exc:  # whatever stops the connection: the admin's URL, not the gateway, is at fault
+        raise BadRequest(
+            f"the database server does not answer: {type(exc).__name__}", code="database_unreachable"
+        ) from None
+
+
+# A move's liveness (`move_lock`): a transaction-level advisory lock per tenant, keyed off the tenant id's
+# random last 8 bytes, xor a constant of its own (so it never meets the reporter's or the mover's key).
+_MOVE_LOCK_SALT = 0x6D6F76_696E67  # "moving"
+_TRY_MOVE_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+
+
+def move_key(tenant_id: uuid.UUID) -> int:
+    return int.from_bytes(tenant_id.bytes[8:], "big", signed=True) ^ _MOVE_LOCK_SALT
+
+
+@asynccontextmanager
+async def move_lock(system: AsyncEngine, tenant_id: uuid.UUID) -> AsyncIterator[bool]:
+    """Hold the tenant's move lock for the block, on an owner connection of its own, in a transaction that
+    ends with the block (or with the process: a crash lets go of it). Yields whether it was free: held
+    elsewhere means a move of the tenant is running now. A claim (`tenants.moving_since`) whose lock is
+    free is one a dead move left (`tier_moves.recover_stale_moves`)."""
+    async with system.connect() as conn, conn.begin():
+        yield bool((await conn.execute(_TRY_MOVE_LOCK, {"key": move_key(tenant_id)})).scalar_one())
 
 
 async def create_copy(
