@@ -86,7 +86,7 @@ _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 # The margin is for replicas of a version before the move lock, whose moves hold none.
 STALE_AFTER = timedelta(minutes=10)
 _CLAIMED = text(
-    "SELECT id, placement, moving_since FROM tenants WHERE moving_since < now() - :stale"
+    "SELECT id, placement, moving_since FROM tenants WHERE moving_since < now() - CAST(:stale AS interval)"
     " AND (CAST(:tenant AS uuid) IS NULL OR id = CAST(:tenant AS uuid)) ORDER BY id"
 )
 _SECRET = text("SELECT placement_secret FROM tenants WHERE id = :id FOR UPDATE")

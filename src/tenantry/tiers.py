@@ -3,7 +3,7 @@
 Which tier: the tenant's own `tier` when an admin set one, else its plan's (`TENANTRY_PLAN_TIERS`).
 Where its data is now: `tenants.placement` (migration 0014), which only `move_tenant` changes.
 
-A move (also how a new tenant is provisioned: a move of nothing) runs in steps, each idempotent:
+A move (also how a new tenant is provisioned: a move of nothing) runs under the tenant's move lock, in steps:
 
 1. claim: the tenant row is marked `moving_since` and every router forgets the tenant, so its calls
    are refused with a retryable `tenant_moving` (503, Retry-After) until the switch;
