@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy import text
@@ -12,8 +14,9 @@ from tenantry import tiers
 from tenantry.db import tier_schema
 from tenantry.db.engine import Database
 from tenantry.db.router import DATABASE, SCHEMA
-from tenantry.db.tier_migrate import migrate_tiers
+from tenantry.db.tier_migrate import migrate_tiers, seal_clear_passwords
 from tenantry.errors import Unavailable
+from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 from tests.conftest import free_port
 from tests.db.test_tiers import _keys, _put, _tenant
@@ -92,3 +95,59 @@ async def test_the_tier_commands_create_move_clean_up_and_migrate(db: Database, 
         await _keys(db, tenant_id)
     assert stale.value.code == "tenant_moving"
     assert await _keys(db, tenant_id) == ["kept"]
+
+
+@asynccontextmanager
+async def _placed_with_password_in_clear(db: Database) -> AsyncIterator[tuple[uuid.UUID, str]]:
+    """A database-tier tenant as one placed before owner passwords were sealed left its row; put back on
+    the shared tier after the test (its server is no server: tier maintenance would report it)."""
+    tenant_id = await _tenant(db)
+    url = "postgresql+asyncpg://owner:pw%40in-clear@127.0.0.1:5432/tenantry_t_elsewhere"
+    async with db.system() as conn:
+        await conn.execute(
+            text(
+                "UPDATE tenants SET placement = 'database', placement_name = 'tenantry_t_elsewhere',"
+                " placement_url = :url, placement_revision = :head WHERE id = :t"
+            ),
+            {"url": url, "head": tier_schema.HEAD, "t": tenant_id},
+        )
+    try:
+        yield tenant_id, url
+    finally:
+        async with db.system() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE tenants SET placement = 'shared', placement_name = NULL, placement_url = NULL,"
+                    " placement_secret = NULL WHERE id = :t"
+                ),
+                {"t": tenant_id},
+            )
+
+
+async def _placement_url(db: Database, tenant_id: uuid.UUID) -> str:
+    async with db.system() as conn:
+        found = await conn.execute(text("SELECT placement_url FROM tenants WHERE id = :t"), {"t": tenant_id})
+        return str(found.scalar_one())
+
+
+async def test_migrate_seals_an_owner_password_left_in_clear_and_reaches_the_same_server(
+    db: Database, settings: Settings
+) -> None:
+    secrets = SecretBox(settings.secret_keys)
+    async with _placed_with_password_in_clear(db) as (tenant_id, url):
+        assert await seal_clear_passwords(db, secrets, tenant_id=tenant_id) == [str(tenant_id)]
+
+        stored = await _placement_url(db, tenant_id)
+        assert "in-clear" not in stored
+        assert stored == "postgresql+asyncpg://owner@127.0.0.1:5432/tenantry_t_elsewhere"
+        db.router.forget(tenant_id)
+        assert (await db.router.placement(tenant_id)).url == url  # the router's URL is what it was
+        assert await seal_clear_passwords(db, secrets, tenant_id=tenant_id) == []  # a repeat seals nothing
+
+
+async def test_the_migrate_command_reports_what_it_sealed(db: Database, settings: Settings) -> None:
+    async with _placed_with_password_in_clear(db) as (tenant_id, _):
+        result = run(settings, "migrate", "--tenant", str(tenant_id), "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["sealed"] == [str(tenant_id)]
+        assert "in-clear" not in await _placement_url(db, tenant_id)

@@ -17,9 +17,10 @@ from tenantry.auth import api_keys
 from tenantry.cli.common import EXIT_UNAVAILABLE, emit, with_db
 from tenantry.db.engine import Database
 from tenantry.db.migrate import ensure_database, migrate
-from tenantry.db.tier_migrate import migrate_tiers
+from tenantry.db.tier_migrate import migrate_tiers, seal_clear_passwords
 from tenantry.errors import TenantryError, Unavailable
 from tenantry.observability import configure_logging
+from tenantry.secrets import SecretBox
 from tenantry.settings import Settings
 from tenantry.tenancy import parse_tenant_id
 from tenantry.tls import server_context
@@ -124,12 +125,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         emit(args, {"migrated": args.downgrade}, f"database at {args.downgrade}")
         return 0
 
-    async def tiers(db: Database) -> list[dict[str, Any]]:
-        return await migrate_tiers(db, tenant_id=tenant_id)
+    async def tiers(db: Database) -> tuple[list[dict[str, Any]], list[str]]:
+        sealed = await seal_clear_passwords(db, SecretBox(settings.secret_keys), tenant_id=tenant_id)
+        return await migrate_tiers(db, tenant_id=tenant_id), sealed
 
-    report: list[dict[str, Any]] = asyncio.run(with_db(settings, tiers))
+    report, sealed = asyncio.run(with_db(settings, tiers))
     failed = [entry for entry in report if entry["status"] != "ok"]
     lines = [] if tenant_id else ["database at head"]
+    lines += [f"{t}  owner password of its database server sealed (it was in clear in placement_url)" for t in sealed]
     lines += [
         f"{e['tenant_id']}  {e['tier']:<8} revision {e['revision']}  {e['status']}"
         + (f"  {e['error']}" if "error" in e else "")
@@ -137,7 +140,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if failed:
         lines.append(f"{len(failed)} tenant(s) failed; run `tenantry migrate` again to retry them")
-    emit(args, {"migrated": "head", "tiers": report, "failed": len(failed)}, "\n".join(lines))
+    emit(args, {"migrated": "head", "tiers": report, "failed": len(failed), "sealed": sealed}, "\n".join(lines))
     return EXIT_UNAVAILABLE if failed else 0
 
 

@@ -19,10 +19,12 @@ import uuid
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from tenantry.db import tier_schema
 from tenantry.db.engine import Database, note_tenant_changed
 from tenantry.db.provision import TRAIL, create_copy, empty
+from tenantry.secrets import SecretBox
 
 _TIERED = text(
     """
@@ -59,3 +61,33 @@ async def migrate_tiers(db: Database, *, tenant_id: uuid.UUID | None = None) -> 
             entry.update(revision=row.placement_revision, status="failed", error=f"{type(exc).__name__}: {exc}"[:300])
         report.append(entry)
     return report
+
+
+_REMOTE = text(
+    """
+    SELECT id, placement_url, placement_secret FROM tenants
+    WHERE placement_url IS NOT NULL AND (CAST(:tenant AS uuid) IS NULL OR id = CAST(:tenant AS uuid))
+    ORDER BY id FOR UPDATE
+    """
+)
+_SEAL = text("UPDATE tenants SET placement_url = :url, placement_secret = :sealed WHERE id = :id")
+
+
+async def seal_clear_passwords(db: Database, secrets: SecretBox, *, tenant_id: uuid.UUID | None = None) -> list[str]:
+    """Database-tier tenants placed on another server before its owner password was sealed kept it in
+    clear in `tenants.placement_url` (`URL.set(password=None)` keeps a password): seal it into
+    `placement_secret`, as a move does now, and take it out of the URL. The router reaches the same
+    server with the same password either way. Returns the tenants sealed; a repeat seals nothing."""
+    done: list[str] = []
+    async with db.system() as conn:
+        for row in (await conn.execute(_REMOTE, {"tenant": str(tenant_id) if tenant_id else None})).all():
+            url = make_url(row.placement_url)
+            if url.password is None:
+                continue
+            secret = secrets.open(row.placement_secret) if row.placement_secret else {}
+            secret["password"] = secret.get("password") or str(url.password)
+            bare = url._replace(password=None).render_as_string(hide_password=False)
+            await conn.execute(_SEAL, {"id": row.id, "url": bare, "sealed": secrets.seal(secret)})
+            note_tenant_changed(conn, row.id)
+            done.append(str(row.id))
+    return done
