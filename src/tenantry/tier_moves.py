@@ -194,7 +194,7 @@ class TierMover:
             claimed = (await conn.execute(_CLAIMED, {"stale": STALE_AFTER, "tenant": tenant_id})).all()
         for row in claimed:
             try:
-                if not await tiers.release_stale_claim(self._db, self._settings, row.id, STALE_AFTER):
+                if not await tiers.release_stale_claim(self._db, self._settings, row.id, row.moving_since):
                     continue
             except Exception:  # its source out of reach, say: tried again next pass
                 log.exception("the stale move claim of tenant %s could not be released", row.id)

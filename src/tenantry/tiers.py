@@ -9,18 +9,17 @@ A move (also how a new tenant is provisioned: a move of nothing) runs under the 
    are refused with a retryable `tenant_moving` (503, Retry-After) until the switch;
 2. provision the target copy (`db/provision.py`; on another server, first the tenant's own login
    there, `db/logins.py`) and empty it of the tenant's rows (a retried move);
-3. fence the source: its `tenant_storage` row and its audit chain head are marked `moved`, which waits
-   for the writes and appends in flight (they hold those rows' locks) and makes any later one there
-   fail (`tenant_moving`; the ledger's drain leaves such audit records pending and retries them), so a
-   call on a replica that had not yet heard of the move cannot land in the copy being left;
+3. fence the source: its `tenant_storage` row and audit chain head are marked `moved`, which waits for
+   the writes in flight (they hold those rows' locks) and fails any later one there (`tenant_moving`;
+   the drain retries such records), so a replica that had not heard of the move cannot write there;
 4. copy the rows and the audit trail (records as stored, seq and hashes unchanged, and the chain
    head) and verify them: row count and checksum per table, source against target;
 5. switch: one update of the tenant row (placement, revision, the old copy kept as `retired_placement`)
    whose commit every router hears of.
 
 A failure before the switch unfences the source and clears the claim: the tenant stays where it was.
-The old copy stays (fenced) until `cleanup_tenant` (one whose data store was empty, as when a new tenant
-is provisioned, is deleted at once, its verified trail with it). A move needs the previous one's copy cleaned up.
+The old copy stays (fenced) until `cleanup_tenant` (deleted at once when its data store was empty, as
+for a new tenant, its verified trail with it); the next move needs it cleaned up.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import null, text, update
@@ -119,6 +118,8 @@ def _unretire(secrets: SecretBox, retired: dict[str, Any]) -> Placement:
     )
 
 
+# How long a move waits for another of the tenant to end (two deliveries of one onboarding, say).
+MOVE_LOCK_WAIT_S = 10.0
 _CLAIM_MOVE = text("UPDATE tenants SET moving_since = clock_timestamp() WHERE id = :id RETURNING moving_since")
 
 
@@ -148,15 +149,15 @@ async def move_tenant(
     unless_moving: bool = False,
 ) -> dict[str, Any]:
     """Put the tenant's data plane on `tier` (see the module docstring). Returns what was done.
-    `unless_moving`: refuse (`tenant_moving`) a tenant another move has claimed, even one a crash cut off,
-    instead of taking it over (the plan-driven mover leaves those to `tier_moves.recover_stale_moves`; an
-    admin re-running a move cut off by a crash must be able to). A move that is running now (its lock
-    held, wherever it runs) is never taken over."""
+    `unless_moving`: refuse (`tenant_moving`) a tenant another move has claimed, even one a crash cut off
+    (the mover leaves those to its release of stale claims; an admin re-running a move cut off by a
+    crash must be able to). A move running now (its lock held, wherever) is waited for, up to
+    `MOVE_LOCK_WAIT_S` (not by the mover), then this one runs from where it left the tenant."""
     check_tier(tier)
     check_database_url(tier, database_url)
     await check_reachable(database_url)
-    async with move_lock(db.system_engine, tenant_id) as free:
-        if not free:
+    async with move_lock(db.system_engine, tenant_id, wait_s=0 if unless_moving else MOVE_LOCK_WAIT_S) as had:
+        if not had:
             raise Conflict("another move of this tenant is under way", code="tenant_moving")
         return await _move(db, settings, tenant_id, tier, database_url, unless_moving)
 
@@ -258,18 +259,17 @@ async def _move(
     }
 
 
-async def release_stale_claim(db: Database, settings: Settings, tenant_id: uuid.UUID, older_than: timedelta) -> bool:
-    """Unwind what a dead move left: a claim older than `older_than` whose move lock is free (its process,
-    or its keeper connection, is gone; the switch clears the claim in the same update, so the tenant is
-    still where it was). Its source is unfenced and the claim cleared, as the move's own unwinding would
-    have done; a copy it half made is emptied or replaced by the next move. Returns whether it did."""
+async def release_stale_claim(db: Database, settings: Settings, tenant_id: uuid.UUID, claimed: datetime) -> bool:
+    """Unwind what a dead move left: its claim (`claimed`, judged stale), if it still stands and its move
+    lock is free (the switch clears the claim in the same update, so the tenant is still where it was).
+    Its source is unfenced and the claim cleared, as the move's own unwinding would have; the next move
+    empties or replaces what it half made. Returns whether it did."""
     async with move_lock(db.system_engine, tenant_id) as free:
         if not free:
             return False  # a move of the tenant is running
         async with db.system() as conn:
             row = (await conn.execute(_CLAIM, {"id": tenant_id})).one_or_none()
-            now = (await conn.execute(text("SELECT now()"))).scalar_one()
-        if row is None or row.moving_since is None or row.moving_since > now - older_than:
+        if row is None or row.moving_since != claimed:
             return False
         source = unseal_placement(SecretBox(settings.secret_keys), row)
         async with owner_transaction(db.system_engine, db.router.owner_url(source), source) as conn:

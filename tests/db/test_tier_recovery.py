@@ -4,6 +4,7 @@ never taken over, and a move whose claim was taken back does not switch."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -96,8 +97,9 @@ async def test_the_claim_a_dead_move_left_is_released_and_the_tenant_served_agai
 
 
 async def test_a_recent_claim_or_one_whose_move_is_still_running_is_left_alone(
-    settings: Settings, db: Database
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(tiers, "MOVE_LOCK_WAIT_S", 0.3)
     recent = await _with_rows(db)
     await _die_mid_move(db, recent, STALE_AFTER - timedelta(minutes=1))
     running = await _with_rows(db)
@@ -107,7 +109,7 @@ async def test_a_recent_claim_or_one_whose_move_is_still_running_is_left_alone(
         assert free
         assert (await mover.run_once(recent)).released == []
         assert (await mover.run_once(running)).released == []
-        with pytest.raises(Conflict, match="under way"):  # nor does an admin's move take it over
+        with pytest.raises(Conflict, match="under way"):  # an admin's move waits for it, then gives up
             await tiers.move_tenant(db, settings, running, SCHEMA)
     assert await _moving_since(db, recent) is not None
     assert await _moving_since(db, running) is not None
@@ -135,3 +137,14 @@ async def test_a_move_whose_claim_was_taken_back_fails_instead_of_switching(
     assert (placement.tier, placement.moving) == (SHARED, False)
     async with db.tenant(tenant_id) as conn:  # still served where it was, unfenced
         await conn.execute(_PUT, {"t": tenant_id, "k": "b"})
+
+
+async def test_two_moves_of_one_tenant_at_once_run_one_after_the_other(settings: Settings, db: Database) -> None:
+    """Two deliveries of one onboarding place the tenant at the same moment: the second waits for the
+    first and then finds the tenant where it wants it."""
+    tenant_id = await _with_rows(db)
+    first, second = await asyncio.gather(*(tiers.move_tenant(db, settings, tenant_id, SCHEMA) for _ in range(2)))
+    assert sorted([first["moved"], second["moved"]]) == [False, True]
+    db.router.forget(tenant_id)
+    placement = await db.router.placement(tenant_id)
+    assert (placement.tier, placement.moving) == (SCHEMA, False)

@@ -32,6 +32,7 @@ from datetime import timedelta
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -109,6 +110,8 @@ async def check_reachable(url: str | None) -> None:
 # random last 8 bytes, xor a constant of its own (so it never meets the reporter's or the mover's key).
 _MOVE_LOCK_SALT = 0x6D6F76_696E67  # "moving"
 _TRY_MOVE_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+_MOVE_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout ran out
 
 
 def move_key(tenant_id: uuid.UUID) -> int:
@@ -116,13 +119,26 @@ def move_key(tenant_id: uuid.UUID) -> int:
 
 
 @asynccontextmanager
-async def move_lock(system: AsyncEngine, tenant_id: uuid.UUID) -> AsyncIterator[bool]:
+async def move_lock(system: AsyncEngine, tenant_id: uuid.UUID, *, wait_s: float = 0.0) -> AsyncIterator[bool]:
     """Hold the tenant's move lock for the block, on an owner connection of its own, in a transaction that
-    ends with the block (or with the process: a crash lets go of it). Yields whether it was free: held
-    elsewhere means a move of the tenant is running now. A claim (`tenants.moving_since`) whose lock is
-    free is one a dead move left (`tier_moves.recover_stale_moves`)."""
+    ends with the block (or with the process: a crash lets go of it). Yields whether it was had, waiting
+    up to `wait_s` for a move that holds it to end: not had means a move of the tenant is running now. A
+    claim (`tenants.moving_since`) whose lock is free is one a dead move left (`tier_moves`)."""
+    params = {"key": move_key(tenant_id)}
     async with system.connect() as conn, conn.begin():
-        yield bool((await conn.execute(_TRY_MOVE_LOCK, {"key": move_key(tenant_id)})).scalar_one())
+        if wait_s <= 0:
+            yield bool((await conn.execute(_TRY_MOVE_LOCK, params)).scalar_one())
+            return
+        had = True
+        try:
+            async with conn.begin_nested():
+                await conn.execute(text(f"SET LOCAL lock_timeout = {max(1, round(wait_s * 1000))}"))
+                await conn.execute(_MOVE_LOCK, params)
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            had = False
+        yield had
 
 
 async def create_copy(
