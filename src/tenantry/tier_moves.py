@@ -15,10 +15,14 @@ them (`POST /api/tenants`, `tenantry tenant move`): an operator's placement is n
 Which plan: the one paid for. A tenant restricted by dunning keeps the tier of the plan it pays for
 (`plan_before_restriction`): an unpaid invoice does not copy its data away and back.
 
-One replica at a time: every replica runs `TierMover.run` (a lifespan task while billing is
-configured; the webhook wakes it at once), and each pass takes a PostgreSQL advisory lock, as the
-billing reporter does. `tiers.move_tenant` itself claims the tenant row, so an admin's move and this
-one never overlap.
+One replica at a time: every replica runs `TierMover.run` (a lifespan task; the webhook wakes it at
+once), and each pass takes a PostgreSQL advisory lock, as the billing reporter does. `tiers.move_tenant`
+holds the tenant's move lock and claims its row, so an admin's move and this one never overlap.
+
+A move that died (its process killed mid-way) leaves its claim, and the tenant refused: each pass first
+releases claims older than `STALE_AFTER` whose move lock is free (`tiers.release_stale_claim`), with or
+without Stripe. Every move and release the mover makes is recorded in the tenant's trail (subject
+`system:tier-mover`), as an admin's change is.
 
 Failures: a failed move unwinds itself (the tenant stays where it was, serving). Its attempt count,
 last error and next attempt (exponential backoff, 5 s doubling to 30 min) are kept in the tenant's
@@ -62,7 +66,7 @@ LOCK_KEY = 0x74696572_6D6F7665  # "tiermove"
 BACKOFF_BASE = timedelta(seconds=5)
 BACKOFF_MAX = timedelta(minutes=30)
 STATE_KEY = "plan_move"
-# The subject of a plan-driven move's audit record.
+# The subject of the audit records of what the mover does.
 MOVER = "system:tier-mover"
 
 # Due tenants; `wanted`: the tenant's override, else the tier of the plan it pays for.
