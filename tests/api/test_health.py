@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -12,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 import tenantry
+from tenantry.app import create_app
 from tenantry.client import connect
 from tenantry.db.engine import Database
 from tenantry.db.ledger_schema import AUDIT_SIGNATURE, USAGE_SIGNATURE
@@ -38,17 +41,29 @@ async def test_health_is_ok_and_names_each_check(http: httpx.AsyncClient, db: Da
     assert process["active_tenants"] >= 0
 
 
-async def test_health_fails_when_the_drains_batch_writer_would_run_as_a_role_that_bypasses_rls(
-    http: httpx.AsyncClient, db: Database
-) -> None:
-    """The ledger's functions run as their owner: owned by a superuser (re-made by hand, say), they would
-    store every tenant's rows with RLS off. /health's app_role check names that owner and fails."""
+@asynccontextmanager
+async def ledger_owned_by_a_superuser(db: Database) -> AsyncIterator[str]:
+    """The ledger's functions handed to the owner (a superuser in tests: re-made by hand, say), whose RLS
+    they would then run without; handed back after."""
     signatures = (USAGE_SIGNATURE, AUDIT_SIGNATURE)
     async with db.system() as conn:
-        owner = (await conn.execute(text("SELECT current_user"))).scalar_one()
+        owner = str((await conn.execute(text("SELECT current_user"))).scalar_one())
         for signature in signatures:
             await conn.execute(text(f"ALTER FUNCTION {signature} OWNER TO {owner}"))
     try:
+        yield owner
+    finally:
+        async with db.system() as conn:
+            for signature in signatures:
+                await conn.execute(text(f"ALTER FUNCTION {signature} OWNER TO {db.app_role}_ledger"))
+
+
+async def test_health_fails_when_the_drains_batch_writer_would_run_as_a_role_that_bypasses_rls(
+    http: httpx.AsyncClient, db: Database
+) -> None:
+    """The ledger's functions run as their owner: one that bypasses RLS would store every tenant's rows
+    with RLS off. /health's app_role check names that owner and fails."""
+    async with ledger_owned_by_a_superuser(db) as owner:
 
         async def failing() -> dict[str, Any] | None:
             check: dict[str, Any] = (await http.get("/health", headers=OPS)).json()["checks"]["app_role"]
@@ -57,11 +72,20 @@ async def test_health_fails_when_the_drains_batch_writer_would_run_as_a_role_tha
         check = await eventually(failing, what="the app_role check failing")
         assert check["ledger_roles"] == {owner: {"bypass_rls": True}}
         assert check["bypass_rls"] is False  # the application role itself is still fine
-    finally:
-        async with db.system() as conn:
-            for signature in signatures:
-                await conn.execute(text(f"ALTER FUNCTION {signature} OWNER TO {db.app_role}_ledger"))
     assert (await http.get("/health", headers=OPS)).json()["checks"]["app_role"]["status"] == "ok"
+
+
+async def test_the_gateway_refuses_to_start_when_its_ledger_would_bypass_rls(settings: Any, db: Database) -> None:
+    app = create_app(settings)
+    services = app.state.services
+    try:
+        async with ledger_owned_by_a_superuser(db) as owner:
+            with pytest.raises(RuntimeError, match=f"ledger role '{owner}' bypasses row-level security"):
+                async with app.router.lifespan_context(app):
+                    pass
+    finally:
+        await services.aclose_redis()
+        await services.db.dispose()
 
 
 async def test_public_health_says_only_ok_or_degraded_per_check(
