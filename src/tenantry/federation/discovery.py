@@ -1,15 +1,13 @@
 """Each tenant's upstream offerings: discovered live, cached with a TTL, pinned against rug pulls.
 
-A tenant's view is built from its upstream rows (read under RLS) and each
-upstream's `tools/list` and, when it offers them, its prompts, resources and
-resource templates, concurrently; an upstream that fails contributes nothing
-and a failed status, never an exception. Every definition (a tool's name,
-description, input schema; what a model reads of a prompt or a resource, see
-`offerings.py`) is pinned (sha256) the first time it is seen; a later
-definition with another digest is withheld from listings, refused on use
-with `<kind>_definition_changed`, and logged once in `upstream_tool_drift`
-until an admin approves it. A tenant with no upstreams is cached too, so the
-built-in path makes no round trip within the TTL.
+A tenant's view is built from its upstream rows (read under RLS) and each upstream's `tools/list` and,
+when it offers them, its prompts, resources and resource templates, concurrently; an upstream that fails
+contributes nothing and a failed status, never an exception. Every definition (a tool's name,
+description, input schema; what a model reads of a prompt or a resource, see `offerings.py`) is pinned
+(sha256) the first time it is seen; a later definition with another digest is withheld from listings,
+refused on use with `<kind>_definition_changed`, and logged once in `upstream_tool_drift` until an admin
+approves it. A tenant with no upstreams is cached too, so the built-in path makes no round trip within
+the TTL.
 
 The TTL bounds staleness; it is not how changes are normally seen. Whoever
 changes an upstream (this process's admin API, another replica, the CLI)
